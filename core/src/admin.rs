@@ -1,0 +1,182 @@
+//! What operators see: snapshots, counters, and the admin events streamed to them.
+//!
+//! These types are the JSON of `GET /admin/*` and of the admin event stream, so the TUI
+//! deserialises exactly what the engine serialises.
+
+use serde::{Deserialize, Serialize};
+
+use crate::conn::ConnId;
+use crate::history::LogBounds;
+
+/// Running totals since the engine started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections ever accepted.
+    pub connections_total: u64,
+    /// Events published (minted).
+    pub published: u64,
+    /// Events committed by the log.
+    pub committed: u64,
+    /// Frames of events handed to connections, live or replayed.
+    pub delivered: u64,
+    /// Of those, frames sent while replaying history.
+    pub replayed: u64,
+    /// Connections closed because their queue overflowed.
+    pub slow_consumer_closes: u64,
+    /// `herald.reset` events sent (a resume point that could not be honoured).
+    pub resets: u64,
+    /// Keep-alive comments sent.
+    pub keepalives: u64,
+    /// Publishes answered from the idempotency memory instead of minting a new event.
+    pub idempotent_hits: u64,
+}
+
+/// A sample of the engine's state, sent on the admin stream every tick.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Milliseconds since the engine started.
+    pub uptime_ms: u64,
+    /// Totals.
+    pub counters: Counters,
+    /// The last id minted, as `ms-seq`.
+    pub last_id: Option<String>,
+    /// The last id the log committed.
+    pub committed_id: Option<String>,
+    /// Events minted but not yet committed.
+    pub pending: u64,
+    /// Distinct topics and patterns with at least one subscriber.
+    pub topics: u64,
+    /// What the log holds, as last reported by the driver.
+    pub log: LogBounds,
+}
+
+/// One connection, as shown in the admin table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// Its id (use it with `DELETE /admin/connections/{id}`).
+    pub id: ConnId,
+    /// The verified user, if any.
+    pub user: Option<String>,
+    /// Its topics and patterns.
+    pub topics: Vec<String>,
+    /// The peer address.
+    pub remote: Option<String>,
+    /// How long it has been connected, in milliseconds.
+    pub connected_ms: u64,
+    /// Event frames sent to it.
+    pub events_sent: u64,
+    /// Bytes of frames sent to it (events, keep-alives, notices).
+    pub bytes_sent: u64,
+    /// The last event id sent to it.
+    pub last_id: Option<String>,
+    /// True while it is replaying history.
+    pub replaying: bool,
+    /// True for an admin stream.
+    pub admin: bool,
+    /// Bytes queued for it but not yet written (filled in by the driver, which owns queues).
+    pub queued_bytes: u64,
+}
+
+/// One topic or pattern with its subscribers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// The topic, or the pattern (`news/*`).
+    pub topic: String,
+    /// Connections subscribed to it.
+    pub subscribers: u64,
+    /// Events delivered through it since it got its first subscriber.
+    pub events: u64,
+}
+
+/// Everything at once: `GET /admin/connections` and `GET /admin/stats` are cuts of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Counters and ids.
+    pub stats: Stats,
+    /// Every connection, in id order.
+    pub connections: Vec<ConnectionInfo>,
+    /// Every topic and pattern with subscribers, by name.
+    pub topics: Vec<TopicInfo>,
+}
+
+/// An event on the admin stream; its SSE `event:` field is [`AdminEvent::name`], its data
+/// the JSON of the inner value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum AdminEvent {
+    /// A connection opened.
+    Connected(ConnectionInfo),
+    /// A connection ended (client gone or closed by the engine).
+    Disconnected(Disconnected),
+    /// An event was committed and delivered.
+    Published(Published),
+    /// A periodic sample.
+    Stats(Stats),
+}
+
+/// Data of [`AdminEvent::Disconnected`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnected {
+    /// The connection.
+    pub id: ConnId,
+    /// Why the engine closed it (`slow_consumer`, `kicked`, ...), or `client_gone`.
+    pub reason: String,
+    /// Event frames it was sent.
+    pub events_sent: u64,
+}
+
+/// Data of [`AdminEvent::Published`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The event's id.
+    pub id: String,
+    /// Its topics.
+    pub topics: Vec<String>,
+    /// Its users.
+    pub users: Vec<String>,
+    /// Whether it was a broadcast.
+    pub broadcast: bool,
+    /// Its `event:` type, if any.
+    pub event_type: Option<String>,
+    /// The first bytes of its data.
+    pub preview: String,
+    /// Connections it was delivered to live.
+    pub recipients: u64,
+}
+
+impl AdminEvent {
+    /// The SSE event type this is sent as.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Connected(_) => "connected",
+            Self::Disconnected(_) => "disconnected",
+            Self::Published(_) => "published",
+            Self::Stats(_) => "stats",
+        }
+    }
+
+    /// The JSON data line(s) of this event.
+    pub fn data_json(&self) -> String {
+        let value = match self {
+            Self::Connected(c) => serde_json::to_string(c),
+            Self::Disconnected(d) => serde_json::to_string(d),
+            Self::Published(p) => serde_json::to_string(p),
+            Self::Stats(s) => serde_json::to_string(s),
+        };
+        // These types hold only strings and numbers: serialising them cannot fail.
+        value.unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// Reads an admin event back from its SSE type and data (what the TUI does).
+    pub fn from_sse(event_type: &str, data: &str) -> Option<Self> {
+        Some(match event_type {
+            "connected" => Self::Connected(serde_json::from_str(data).ok()?),
+            "disconnected" => Self::Disconnected(serde_json::from_str(data).ok()?),
+            "published" => Self::Published(serde_json::from_str(data).ok()?),
+            "stats" => Self::Stats(serde_json::from_str(data).ok()?),
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,86 @@
+//! Connections: their ids, what they ask for when they connect, and why they are closed.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::EventId;
+use crate::topic::{TopicPattern, UserId};
+
+/// A connection's id, unique for the life of the engine (never reused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for ConnId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(ConnId)
+    }
+}
+
+/// What a subscriber asks for; build with [`ConnectRequest::new`] and set the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectRequest {
+    /// Topics and patterns (already checked against the caller's grant by the driver).
+    pub patterns: Vec<TopicPattern>,
+    /// The verified user, whose own events the connection also receives.
+    pub user: Option<UserId>,
+    /// The resume point from `Last-Event-ID` (or the `lastEventId` query parameter).
+    pub last_id: Option<EventId>,
+    /// The peer address, shown to operators.
+    pub remote: Option<String>,
+    /// When the caller's credentials expire; the connection is closed then.
+    pub expires_at: Option<Instant>,
+    /// True for the admin stream: it receives admin events and stats samples.
+    pub admin: bool,
+}
+
+impl ConnectRequest {
+    /// A request for `patterns` with no user, no resume point and no expiry.
+    pub fn new(patterns: Vec<TopicPattern>) -> Self {
+        Self {
+            patterns,
+            user: None,
+            last_id: None,
+            remote: None,
+            expires_at: None,
+            admin: false,
+        }
+    }
+}
+
+/// Why the engine closed a connection (carried by [`crate::Output::Close`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// Its outbound queue overflowed: it reconnects and replays from the log.
+    SlowConsumer,
+    /// Its credentials expired.
+    TokenExpired,
+    /// An operator disconnected it.
+    Kicked,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// A short, stable name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow_consumer",
+            Self::TokenExpired => "token_expired",
+            Self::Kicked => "kicked",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}

@@ -1,0 +1,981 @@
+//! The engine: one value that owns every connection, index, id and counter.
+//!
+//! Inputs are `handle_*` methods taking `now`; each queues [`Output`]s that the driver drains
+//! with [`Engine::poll_output`] until `None`. The engine never does IO and never reads a clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::admin::{
+    AdminEvent, ConnectionInfo, Counters, Disconnected, Published, Snapshot, Stats, TopicInfo,
+};
+use crate::conn::{CloseReason, ConnId, ConnectRequest};
+use crate::event::{Event, Subscription, Target};
+use crate::frame::{self, Comment, FrameBuilder};
+use crate::history::{HistoryPage, HistoryRequest, LogBounds};
+use crate::id::{EventId, IdSequencer};
+use crate::topic::{EventType, Topic, TopicPattern, UserId};
+
+/// The event type of the notice sent when a resume point cannot be honoured.
+pub const RESET_EVENT: &str = "herald.reset";
+
+/// The longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+/// Tunables of the engine; [`EngineConfig::default`] gives production defaults.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The `retry:` (ms) sent as each connection's first frame.
+    pub retry_ms: u64,
+    /// A connection with nothing written for this long gets a keep-alive comment.
+    pub keepalive: Duration,
+    /// The coarse timer: keep-alives, token expiry and admin stats run once per tick.
+    pub tick: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Most topics and patterns in one subscription.
+    pub max_topics_per_connection: usize,
+    /// Most committed events kept in memory to serve reconnects without the log.
+    pub recent_events: usize,
+    /// Most payload bytes kept in that window.
+    pub recent_bytes: usize,
+    /// Most events in one page of history.
+    pub history_page_events: usize,
+    /// Rough bound on the bytes of one page of history (and of one window replay step).
+    pub history_page_bytes: usize,
+    /// Most bytes of live events held for one connection while it replays; beyond it the
+    /// engine reads them from the log instead.
+    pub held_bytes: usize,
+    /// Most idempotency keys remembered (oldest forgotten first).
+    pub idempotency_keys: usize,
+    /// Bytes of an event's data shown in admin `published` events.
+    pub admin_preview_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            retry_ms: 3_000,
+            keepalive: Duration::from_secs(15),
+            tick: Duration::from_secs(1),
+            max_connections: 50_000,
+            max_topics_per_connection: 64,
+            recent_events: 4_096,
+            recent_bytes: 16 << 20,
+            history_page_events: 1_000,
+            history_page_bytes: 256 << 10,
+            held_bytes: 1 << 20,
+            idempotency_keys: 100_000,
+            admin_preview_bytes: 120,
+        }
+    }
+}
+
+/// What the driver must do; drain with [`Engine::poll_output`] after every input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Queue `frame` on the connection's stream. If its queue overflows, call
+    /// [`Engine::handle_queue_overflow`].
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// One or more whole event-stream blocks, shared between recipients.
+        frame: Bytes,
+    },
+    /// End the connection's stream once what is queued has been written. The engine has
+    /// already forgotten it; no `handle_disconnect` is needed.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Write the event to the log; call [`Engine::handle_committed`] once it is durable (or
+    /// [`Engine::handle_append_failed`]).
+    Append(Arc<Event>),
+    /// Read a page of history and answer with [`Engine::handle_history`].
+    LoadHistory(HistoryRequest),
+}
+
+/// A publish, before it has an id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// Who it is for.
+    pub target: Target,
+    /// The `event:` type; `None` for `message`.
+    pub event_type: Option<EventType>,
+    /// The payload.
+    pub data: String,
+    /// A key that makes retries safe: a repeated key returns the first publish's id.
+    pub idempotency_key: Option<String>,
+}
+
+impl PublishRequest {
+    /// A publish of `data` to `target`, with no type and no idempotency key.
+    pub fn new(target: Target, data: impl Into<String>) -> Self {
+        Self { target, event_type: None, data: data.into(), idempotency_key: None }
+    }
+}
+
+/// The answer to a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// The event's id (the original one for a repeated idempotency key).
+    pub id: EventId,
+    /// True when the idempotency key was seen before and nothing new was published.
+    pub duplicate: bool,
+    /// True when `id` is already durable, so the publisher can be answered at once.
+    pub committed: bool,
+}
+
+/// Why a publish was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// No topic, no user and no broadcast.
+    #[error("an event needs at least one target: topics, users or broadcast")]
+    NoTarget,
+    /// The idempotency key is empty or too long.
+    #[error("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes")]
+    BadIdempotencyKey,
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The server holds as many connections as it may.
+    #[error("the server is at its limit of {limit} connections")]
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+    /// The subscription names too many topics.
+    #[error("a subscription may name at most {limit} topics (got {count})")]
+    TooManyTopics {
+        /// How many were named.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// A committed (or pending) event with its frame, encoded once and shared.
+#[derive(Debug)]
+struct Entry {
+    event: Arc<Event>,
+    frame: Bytes,
+}
+
+#[derive(Debug)]
+struct Pending {
+    entry: Arc<Entry>,
+    key: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct Replay {
+    /// Everything up to here (exclusive lower bound of the next read) has been read.
+    read_from: Option<EventId>,
+    /// The end of the range being replayed.
+    through: EventId,
+    /// Live events above `through`, held until the replay ends.
+    held: Vec<Arc<Entry>>,
+    held_bytes: usize,
+    /// Held events were dropped for memory: read them from the log instead.
+    overflowed: bool,
+    /// A `LoadHistory` is out.
+    awaiting: bool,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    sub: Subscription,
+    remote: Option<String>,
+    admin: bool,
+    connected_at: Instant,
+    expires_at: Option<Instant>,
+    /// The highest event id sent (or known to the client): nothing at or below it is sent.
+    cursor: Option<EventId>,
+    events_sent: u64,
+    bytes_sent: u64,
+    last_write: Instant,
+    replay: Option<Replay>,
+}
+
+#[derive(Debug, Default)]
+struct IndexEntry {
+    slots: BTreeSet<u32>,
+    events: u64,
+}
+
+/// The Herald engine. See the crate docs for the driver loop.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    started_at: Instant,
+    next_tick: Instant,
+    ids: IdSequencer,
+    committed: Option<EventId>,
+    log: LogBounds,
+    next_conn: u64,
+    slots: Vec<Option<Conn>>,
+    free_slots: Vec<u32>,
+    by_id: BTreeMap<ConnId, u32>,
+    topics: BTreeMap<Topic, IndexEntry>,
+    prefixes: BTreeMap<Arc<str>, IndexEntry>,
+    users: BTreeMap<UserId, BTreeSet<u32>>,
+    everyone: BTreeSet<u32>,
+    admins: BTreeSet<u32>,
+    pending: VecDeque<Pending>,
+    recent: VecDeque<Arc<Entry>>,
+    recent_bytes: usize,
+    /// Every committed event above this id is in `recent` (`None`: every event ever).
+    recent_floor: Option<EventId>,
+    idempotency: HashMap<Arc<str>, EventId>,
+    idempotency_order: VecDeque<Arc<str>>,
+    counters: Counters,
+    outputs: VecDeque<Output>,
+    keepalive_frame: Bytes,
+}
+
+impl Engine {
+    /// Creates an engine. `last_id` is the last id in the log (ids continue above it) and
+    /// `log` what the log holds, so resets are decided correctly from the first connection.
+    pub fn new(config: EngineConfig, last_id: Option<EventId>, log: LogBounds, now: Instant) -> Self {
+        let keepalive = Comment::new("keep-alive").map(|c| frame::encode_comment(&c));
+        Self {
+            next_tick: now + config.tick,
+            config,
+            started_at: now,
+            ids: IdSequencer::new(last_id),
+            committed: last_id,
+            log,
+            next_conn: 1,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_id: BTreeMap::new(),
+            topics: BTreeMap::new(),
+            prefixes: BTreeMap::new(),
+            users: BTreeMap::new(),
+            everyone: BTreeSet::new(),
+            admins: BTreeSet::new(),
+            pending: VecDeque::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            recent_floor: last_id,
+            idempotency: HashMap::new(),
+            idempotency_order: VecDeque::new(),
+            counters: Counters::default(),
+            outputs: VecDeque::new(),
+            keepalive_frame: keepalive.unwrap_or_default(),
+        }
+    }
+
+    /// The next thing the driver must do, until `None`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call [`Engine::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_tick)
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The last id the log has committed.
+    pub fn committed_id(&self) -> Option<EventId> {
+        self.committed
+    }
+
+    /// The last id minted.
+    pub fn last_id(&self) -> Option<EventId> {
+        self.ids.last()
+    }
+
+    /// The running totals.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// True when a connection with this id is open.
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.by_id.contains_key(&conn)
+    }
+
+    /// Opens a connection: sends its first frame (`retry:`), then a reset notice and/or
+    /// history if it resumes, then live events.
+    pub fn handle_connect(&mut self, req: ConnectRequest, now: Instant) -> Result<ConnId, ConnectError> {
+        if self.by_id.len() >= self.config.max_connections {
+            return Err(ConnectError::TooManyConnections { limit: self.config.max_connections });
+        }
+        let patterns: BTreeSet<TopicPattern> = req.patterns.into_iter().collect();
+        if patterns.len() > self.config.max_topics_per_connection {
+            return Err(ConnectError::TooManyTopics {
+                count: patterns.len(),
+                limit: self.config.max_topics_per_connection,
+            });
+        }
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let slot = match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        // Admin streams get admin events only: they never join the user-event indices.
+        if req.admin {
+            self.admins.insert(slot);
+        } else {
+            self.everyone.insert(slot);
+            for pattern in &patterns {
+                match pattern {
+                    TopicPattern::Exact(t) => {
+                        self.topics.entry(t.clone()).or_default().slots.insert(slot);
+                    }
+                    TopicPattern::Prefix(p) => {
+                        self.prefixes.entry(p.clone()).or_default().slots.insert(slot);
+                    }
+                }
+            }
+            if let Some(user) = &req.user {
+                self.users.entry(user.clone()).or_default().insert(slot);
+            }
+        }
+        let conn = Conn {
+            id,
+            sub: Subscription { patterns: patterns.into_iter().collect(), user: req.user },
+            remote: req.remote,
+            admin: req.admin,
+            connected_at: now,
+            expires_at: req.expires_at,
+            cursor: self.committed,
+            events_sent: 0,
+            bytes_sent: 0,
+            last_write: now,
+            replay: None,
+        };
+        self.slots[slot as usize] = Some(conn);
+        self.by_id.insert(id, slot);
+        self.counters.connections_total += 1;
+        self.counters.connections = self.by_id.len() as u64;
+
+        let first = frame::encode_retry(self.config.retry_ms);
+        self.send(slot, first, now);
+        if let (Some(last), false) = (req.last_id, req.admin) {
+            self.resume(slot, last, now);
+        }
+        let info = self.connection_info(slot, now);
+        if let Some(info) = info {
+            self.emit_admin(AdminEvent::Connected(info), now);
+        }
+        Ok(id)
+    }
+
+    /// The client went away (its stream ended or errored).
+    pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
+        if let Some(c) = self.remove(conn) {
+            self.emit_admin(
+                AdminEvent::Disconnected(Disconnected {
+                    id: conn,
+                    reason: "client_gone".into(),
+                    events_sent: c.events_sent,
+                }),
+                now,
+            );
+        }
+    }
+
+    /// The driver's queue for `conn` overflowed: it is closed, and will replay from the log
+    /// when it reconnects.
+    pub fn handle_queue_overflow(&mut self, conn: ConnId, now: Instant) {
+        if self.close(conn, CloseReason::SlowConsumer, now) {
+            self.counters.slow_consumer_closes += 1;
+        }
+    }
+
+    /// An operator disconnects `conn`; returns false if there is no such connection.
+    pub fn handle_kick(&mut self, conn: ConnId, now: Instant) -> bool {
+        self.close(conn, CloseReason::Kicked, now)
+    }
+
+    /// The server is stopping: every connection is closed with [`CloseReason::Shutdown`].
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.by_id.keys().copied().collect();
+        for id in ids {
+            self.close(id, CloseReason::Shutdown, now);
+        }
+    }
+
+    /// Publishes an event: mints its id from `wall_ms` (unix ms) and asks the log to append
+    /// it. It is delivered once [`Engine::handle_committed`] covers its id.
+    pub fn handle_publish(
+        &mut self,
+        req: PublishRequest,
+        wall_ms: u64,
+        now: Instant,
+    ) -> Result<PublishOutcome, PublishError> {
+        let _ = now;
+        if req.target.is_empty() {
+            return Err(PublishError::NoTarget);
+        }
+        let key: Option<Arc<str>> = match req.idempotency_key {
+            Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+                return Err(PublishError::BadIdempotencyKey);
+            }
+            Some(k) => Some(Arc::from(k)),
+            None => None,
+        };
+        if let Some(k) = &key {
+            if let Some(&id) = self.idempotency.get(k) {
+                self.counters.idempotent_hits += 1;
+                let committed = self.committed.is_some_and(|c| id <= c);
+                return Ok(PublishOutcome { id, duplicate: true, committed });
+            }
+        }
+        let id = self.ids.next(wall_ms);
+        let event = Arc::new(Event {
+            id,
+            target: req.target,
+            event_type: req.event_type,
+            data: req.data,
+        });
+        let frame = frame::encode_event(&event);
+        if let Some(k) = &key {
+            self.remember_key(k.clone(), id);
+        }
+        self.pending.push_back(Pending { entry: Arc::new(Entry { event: event.clone(), frame }), key });
+        self.counters.published += 1;
+        self.outputs.push_back(Output::Append(event));
+        Ok(PublishOutcome { id, duplicate: false, committed: false })
+    }
+
+    /// The log made every event up to `up_to` durable: deliver them, in id order.
+    pub fn handle_committed(&mut self, up_to: EventId, now: Instant) {
+        while self.pending.front().is_some_and(|p| p.entry.event.id <= up_to) {
+            let Some(p) = self.pending.pop_front() else { break };
+            let entry = p.entry;
+            self.committed = Some(entry.event.id);
+            self.counters.committed += 1;
+            self.remember_recent(entry.clone());
+            let recipients = self.deliver(&entry, now);
+            if !self.admins.is_empty() {
+                let published = self.published_info(&entry.event, recipients);
+                self.emit_admin(AdminEvent::Published(published), now);
+            }
+        }
+    }
+
+    /// The log could not append these events: they are dropped (never delivered) and their
+    /// idempotency keys forgotten, so a retry publishes afresh.
+    pub fn handle_append_failed(&mut self, ids: &[EventId]) {
+        let failed: BTreeSet<EventId> = ids.iter().copied().collect();
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for p in self.pending.drain(..) {
+            if failed.contains(&p.entry.event.id) {
+                if let Some(k) = &p.key {
+                    self.idempotency.remove(k);
+                }
+            } else {
+                kept.push_back(p);
+            }
+        }
+        self.pending = kept;
+    }
+
+    /// The log's answer to an [`Output::LoadHistory`] for `conn`.
+    pub fn handle_history(&mut self, conn: ConnId, page: HistoryPage, now: Instant) {
+        let Some(&slot) = self.by_id.get(&conn) else { return };
+        let Some(c) = self.slots[slot as usize].as_mut() else { return };
+        let Some(replay) = c.replay.as_mut() else { return };
+        if !replay.awaiting {
+            return;
+        }
+        replay.awaiting = false;
+        let through = replay.through;
+        let mut read_to = replay.read_from;
+        let mut frames = Vec::with_capacity(page.events.len());
+        for event in &page.events {
+            let in_range = read_to.is_none_or(|r| event.id > r) && event.id <= through;
+            if !in_range {
+                continue;
+            }
+            read_to = Some(event.id);
+            if c.cursor.is_none_or(|cur| event.id > cur) && c.sub.matches(event) {
+                frames.push((event.id, frame::encode_event(event)));
+            }
+        }
+        // A page cut short by a limit continues where it stopped; an empty one cannot
+        // make progress, so it ends the range rather than asking forever.
+        let done = !page.more || read_to.is_none_or(|r| r >= through) || page.events.is_empty();
+        if let Some(replay) = c.replay.as_mut() {
+            replay.read_from = if done { Some(through) } else { read_to };
+        }
+        for (id, frame) in frames {
+            self.send_event(slot, id, frame, true, now);
+        }
+        self.replay_step(slot, now);
+    }
+
+    /// The log's retention moved (or at start-up): used to decide resets and for stats.
+    pub fn handle_log_bounds(&mut self, bounds: LogBounds) {
+        self.log = bounds;
+    }
+
+    /// Runs the coarse timer: keep-alives, expired credentials, the admin stats sample.
+    /// Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + self.config.tick;
+        let mut expired = Vec::new();
+        for slot in 0..self.slots.len() {
+            let Some(c) = self.slots[slot].as_ref() else { continue };
+            if c.expires_at.is_some_and(|at| at <= now) {
+                expired.push(c.id);
+            } else if now.saturating_duration_since(c.last_write) >= self.config.keepalive {
+                self.counters.keepalives += 1;
+                let frame = self.keepalive_frame.clone();
+                self.send(slot as u32, frame, now);
+            }
+        }
+        for id in expired {
+            self.close(id, CloseReason::TokenExpired, now);
+        }
+        if !self.admins.is_empty() {
+            let stats = self.stats(now);
+            self.emit_admin(AdminEvent::Stats(stats), now);
+        }
+    }
+
+    /// Counters, ids and log bounds, as sent on the admin stream.
+    pub fn stats(&self, now: Instant) -> Stats {
+        Stats {
+            uptime_ms: millis(now.saturating_duration_since(self.started_at)),
+            counters: self.counters,
+            last_id: self.ids.last().map(|i| i.to_string()),
+            committed_id: self.committed.map(|i| i.to_string()),
+            pending: self.pending.len() as u64,
+            topics: (self.topics.len() + self.prefixes.len()) as u64,
+            log: self.log,
+        }
+    }
+
+    /// Everything an operator sees: stats, connections (in id order) and topics.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let connections = self
+            .by_id
+            .values()
+            .filter_map(|&slot| self.connection_info(slot, now))
+            .collect();
+        let mut topics: Vec<TopicInfo> = self
+            .topics
+            .iter()
+            .map(|(t, e)| TopicInfo { topic: t.to_string(), subscribers: e.slots.len() as u64, events: e.events })
+            .chain(self.prefixes.iter().map(|(p, e)| TopicInfo {
+                topic: format!("{p}*"),
+                subscribers: e.slots.len() as u64,
+                events: e.events,
+            }))
+            .collect();
+        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Snapshot { stats: self.stats(now), connections, topics }
+    }
+
+    /// One connection's row, if it is open.
+    pub fn connection(&self, conn: ConnId, now: Instant) -> Option<ConnectionInfo> {
+        self.by_id.get(&conn).and_then(|&slot| self.connection_info(slot, now))
+    }
+
+    fn connection_info(&self, slot: u32, now: Instant) -> Option<ConnectionInfo> {
+        let c = self.slots.get(slot as usize)?.as_ref()?;
+        Some(ConnectionInfo {
+            id: c.id,
+            user: c.sub.user.as_ref().map(|u| u.to_string()),
+            topics: if c.admin {
+                vec![crate::topic::ADMIN_TOPIC.to_owned()]
+            } else {
+                c.sub.patterns.iter().map(|p| p.to_string()).collect()
+            },
+            remote: c.remote.clone(),
+            connected_ms: millis(now.saturating_duration_since(c.connected_at)),
+            events_sent: c.events_sent,
+            bytes_sent: c.bytes_sent,
+            last_id: c.cursor.map(|i| i.to_string()),
+            replaying: c.replay.is_some(),
+            admin: c.admin,
+            queued_bytes: 0,
+        })
+    }
+
+    fn resume(&mut self, slot: u32, last: EventId, now: Instant) {
+        let minted = self.ids.last();
+        if minted.is_none_or(|m| last > m) {
+            // An id from the future: a wiped data directory or another deployment. Tell the
+            // client, and move its cursor to where this log stands.
+            let data = reset_json("unknown_last_event_id", last, self.log.oldest);
+            let mut frame = FrameBuilder::with_capacity(data.len() + 64);
+            frame = match self.committed {
+                Some(c) => frame.id(c),
+                None => frame.empty_id(),
+            };
+            let frame = frame.event_type(&reset_type()).data(&data).finish();
+            self.counters.resets += 1;
+            self.send(slot, frame, now);
+            return;
+        }
+        let mut after = Some(last);
+        if self.log.floor.is_some_and(|floor| last < floor) {
+            let data = reset_json("history_truncated", last, self.log.oldest);
+            self.counters.resets += 1;
+            self.send(slot, frame::encode_ephemeral(&reset_type(), &data), now);
+            after = None;
+        }
+        let Some(through) = self.committed else { return };
+        if after.is_some_and(|a| a >= through) {
+            return;
+        }
+        if let Some(c) = self.slots[slot as usize].as_mut() {
+            c.cursor = after;
+            c.replay = Some(Replay {
+                read_from: after,
+                through,
+                held: Vec::new(),
+                held_bytes: 0,
+                overflowed: false,
+                awaiting: false,
+            });
+        }
+        self.replay_step(slot, now);
+    }
+
+    /// Advances a replay as far as it can without the log: serves the range from the recent
+    /// window, asks the log for what the window lacks, and when the range is done releases
+    /// the held live events (or, if they overflowed, replays them from the log too).
+    fn replay_step(&mut self, slot: u32, now: Instant) {
+        loop {
+            let Some(c) = self.slots[slot as usize].as_mut() else { return };
+            let Some(replay) = c.replay.as_mut() else { return };
+            if replay.awaiting {
+                return;
+            }
+            let through = replay.through;
+            let read_from = replay.read_from;
+            if read_from.is_some_and(|r| r >= through) {
+                if replay.overflowed {
+                    // Held events were dropped: replay up to the current commit point instead.
+                    let Some(committed) = self.committed else { return };
+                    replay.overflowed = false;
+                    replay.held.clear();
+                    replay.held_bytes = 0;
+                    replay.through = committed;
+                    continue;
+                }
+                let held = std::mem::take(&mut replay.held);
+                c.replay = None;
+                for entry in held {
+                    self.send_event(slot, entry.event.id, entry.frame.clone(), false, now);
+                }
+                return;
+            }
+            let window_covers = match (self.recent_floor, read_from) {
+                (None, _) => true,
+                (Some(floor), Some(r)) => r >= floor,
+                (Some(_), None) => false,
+            };
+            if !window_covers {
+                replay.awaiting = true;
+                let req = HistoryRequest {
+                    conn: c.id,
+                    after: read_from,
+                    through,
+                    subscription: c.sub.clone(),
+                    max_events: self.config.history_page_events,
+                    max_bytes: self.config.history_page_bytes,
+                };
+                self.outputs.push_back(Output::LoadHistory(req));
+                return;
+            }
+            // Serve one page from the window; what does not fit continues from the log so
+            // the driver can pace it against the connection's queue.
+            let start = self.recent.partition_point(|e| read_from.is_some_and(|r| e.event.id <= r));
+            let mut budget = self.config.history_page_bytes;
+            let mut read_to = read_from;
+            let mut frames = Vec::new();
+            let mut exhausted = true;
+            for entry in self.recent.range(start..) {
+                if entry.event.id > through {
+                    break;
+                }
+                if budget == 0 {
+                    exhausted = false;
+                    break;
+                }
+                read_to = Some(entry.event.id);
+                if c.sub.matches(&entry.event) {
+                    budget = budget.saturating_sub(entry.frame.len());
+                    frames.push(entry.clone());
+                }
+            }
+            replay.read_from = if exhausted { Some(through) } else { read_to };
+            if !exhausted {
+                // Force the log for the rest (the window may have moved by then).
+                replay.awaiting = true;
+                let req = HistoryRequest {
+                    conn: c.id,
+                    after: read_to,
+                    through,
+                    subscription: c.sub.clone(),
+                    max_events: self.config.history_page_events,
+                    max_bytes: self.config.history_page_bytes,
+                };
+                for entry in frames {
+                    self.send_event(slot, entry.event.id, entry.frame.clone(), true, now);
+                }
+                self.outputs.push_back(Output::LoadHistory(req));
+                return;
+            }
+            for entry in frames {
+                self.send_event(slot, entry.event.id, entry.frame.clone(), true, now);
+            }
+        }
+    }
+
+    /// Hands a committed event to every connection it is for; returns how many got it live.
+    fn deliver(&mut self, entry: &Arc<Entry>, now: Instant) -> u64 {
+        let event = &entry.event;
+        let held_limit = self.config.held_bytes;
+        let mut recipients = 0;
+        // Each connection's cursor only rises, so a connection reached twice (two matching
+        // topics, a topic and its user) takes the event once.
+        if event.target.broadcast {
+            for &slot in &self.everyone {
+                recipients += offer(&mut self.slots, &mut self.counters, &mut self.outputs, held_limit, slot, entry, now);
+            }
+            return recipients;
+        }
+        for topic in &event.target.topics {
+            if let Some(ix) = self.topics.get_mut(topic) {
+                ix.events += 1;
+                for &slot in &ix.slots {
+                    recipients += offer(&mut self.slots, &mut self.counters, &mut self.outputs, held_limit, slot, entry, now);
+                }
+            }
+            if self.prefixes.is_empty() || topic.is_system() {
+                continue;
+            }
+            let name = topic.as_str();
+            let cuts = std::iter::once(0).chain(name.match_indices('/').map(|(i, _)| i + 1));
+            for cut in cuts {
+                if let Some(ix) = self.prefixes.get_mut(&name[..cut]) {
+                    ix.events += 1;
+                    for &slot in &ix.slots {
+                        recipients += offer(&mut self.slots, &mut self.counters, &mut self.outputs, held_limit, slot, entry, now);
+                    }
+                }
+            }
+        }
+        for user in &event.target.users {
+            if let Some(slots) = self.users.get(user) {
+                for &slot in slots {
+                    recipients += offer(&mut self.slots, &mut self.counters, &mut self.outputs, held_limit, slot, entry, now);
+                }
+            }
+        }
+        recipients
+    }
+
+    fn send_event(&mut self, slot: u32, id: EventId, frame: Bytes, replayed: bool, now: Instant) {
+        let Some(c) = self.slots[slot as usize].as_mut() else { return };
+        if c.cursor.is_some_and(|cur| id <= cur) {
+            return;
+        }
+        c.cursor = Some(id);
+        c.events_sent += 1;
+        self.counters.delivered += 1;
+        if replayed {
+            self.counters.replayed += 1;
+        }
+        self.send(slot, frame, now);
+    }
+
+    fn send(&mut self, slot: u32, frame: Bytes, now: Instant) {
+        let Some(c) = self.slots[slot as usize].as_mut() else { return };
+        c.bytes_sent += frame.len() as u64;
+        c.last_write = now;
+        self.outputs.push_back(Output::Send { conn: c.id, frame });
+    }
+
+    fn close(&mut self, conn: ConnId, reason: CloseReason, now: Instant) -> bool {
+        let Some(c) = self.remove(conn) else { return false };
+        self.outputs.push_back(Output::Close { conn, reason });
+        self.emit_admin(
+            AdminEvent::Disconnected(Disconnected {
+                id: conn,
+                reason: reason.as_str().into(),
+                events_sent: c.events_sent,
+            }),
+            now,
+        );
+        true
+    }
+
+    fn remove(&mut self, conn: ConnId) -> Option<Conn> {
+        let slot = self.by_id.remove(&conn)?;
+        let c = self.slots[slot as usize].take()?;
+        self.free_slots.push(slot);
+        self.everyone.remove(&slot);
+        self.admins.remove(&slot);
+        for pattern in &c.sub.patterns {
+            match pattern {
+                TopicPattern::Exact(t) => remove_from_index(&mut self.topics, t, slot),
+                TopicPattern::Prefix(p) => remove_from_index(&mut self.prefixes, p, slot),
+            }
+        }
+        if let Some(user) = &c.sub.user {
+            if let Some(slots) = self.users.get_mut(user) {
+                slots.remove(&slot);
+                if slots.is_empty() {
+                    self.users.remove(user);
+                }
+            }
+        }
+        self.counters.connections = self.by_id.len() as u64;
+        Some(c)
+    }
+
+    fn remember_recent(&mut self, entry: Arc<Entry>) {
+        self.recent_bytes += entry.frame.len();
+        self.recent.push_back(entry);
+        while self.recent.len() > self.config.recent_events
+            || (self.recent_bytes > self.config.recent_bytes && self.recent.len() > 1)
+        {
+            let Some(old) = self.recent.pop_front() else { break };
+            self.recent_bytes -= old.frame.len();
+            self.recent_floor = Some(old.event.id);
+        }
+    }
+
+    fn remember_key(&mut self, key: Arc<str>, id: EventId) {
+        self.idempotency.insert(key.clone(), id);
+        self.idempotency_order.push_back(key);
+        while self.idempotency_order.len() > self.config.idempotency_keys {
+            if let Some(old) = self.idempotency_order.pop_front() {
+                self.idempotency.remove(&old);
+            }
+        }
+    }
+
+    fn published_info(&self, event: &Event, recipients: u64) -> Published {
+        let mut end = self.config.admin_preview_bytes.min(event.data.len());
+        while !event.data.is_char_boundary(end) {
+            end -= 1;
+        }
+        Published {
+            id: event.id.to_string(),
+            topics: event.target.topics.iter().map(|t| t.to_string()).collect(),
+            users: event.target.users.iter().map(|u| u.to_string()).collect(),
+            broadcast: event.target.broadcast,
+            event_type: event.event_type.as_ref().map(|t| t.to_string()),
+            preview: event.data[..end].to_owned(),
+            recipients,
+        }
+    }
+
+    fn emit_admin(&mut self, event: AdminEvent, now: Instant) {
+        if self.admins.is_empty() {
+            return;
+        }
+        let event_type = EventType::from_static(event.name());
+        let frame = frame::encode_ephemeral(&event_type, &event.data_json());
+        let admins: Vec<u32> = self.admins.iter().copied().collect();
+        for slot in admins {
+            self.send(slot, frame.clone(), now);
+        }
+    }
+}
+
+/// Offers a live event to the connection in `slot`: sent, held (it is replaying), or skipped
+/// (it already has it). Returns 1 when sent. A free function so the index being iterated
+/// and the connection table can be borrowed apart.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn offer(
+    slots: &mut [Option<Conn>],
+    counters: &mut Counters,
+    outputs: &mut VecDeque<Output>,
+    held_limit: usize,
+    slot: u32,
+    entry: &Arc<Entry>,
+    now: Instant,
+) -> u64 {
+    let Some(c) = slots.get_mut(slot as usize).and_then(Option::as_mut) else { return 0 };
+    let id = entry.event.id;
+    if c.cursor.is_some_and(|cur| id <= cur) {
+        return 0;
+    }
+    if let Some(replay) = c.replay.as_mut() {
+        if id <= replay.through || replay.overflowed {
+            // The history read covers it, or the log will.
+            return 0;
+        }
+        if replay.held.last().is_some_and(|h| h.event.id >= id) {
+            return 0;
+        }
+        if replay.held_bytes + entry.frame.len() > held_limit {
+            replay.overflowed = true;
+            replay.held.clear();
+            replay.held_bytes = 0;
+            return 0;
+        }
+        replay.held_bytes += entry.frame.len();
+        replay.held.push(entry.clone());
+        return 0;
+    }
+    c.cursor = Some(id);
+    c.events_sent += 1;
+    c.bytes_sent += entry.frame.len() as u64;
+    c.last_write = now;
+    counters.delivered += 1;
+    outputs.push_back(Output::Send { conn: c.id, frame: entry.frame.clone() });
+    1
+}
+
+fn remove_from_index<K, Q>(index: &mut BTreeMap<K, IndexEntry>, key: &Q, slot: u32)
+where
+    K: std::borrow::Borrow<Q> + Ord,
+    Q: Ord + ?Sized,
+{
+    if let Some(entry) = index.get_mut(key) {
+        entry.slots.remove(&slot);
+        if entry.slots.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+fn reset_type() -> EventType {
+    EventType::from_static(RESET_EVENT)
+}
+
+fn reset_json(reason: &str, last: EventId, oldest: Option<EventId>) -> String {
+    serde_json::json!({
+        "reason": reason,
+        "last_event_id": last.to_string(),
+        "oldest_id": oldest.map(|o| o.to_string()),
+    })
+    .to_string()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
