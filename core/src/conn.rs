@@ -10,7 +10,9 @@ use crate::id::EventId;
 use crate::topic::{TopicPattern, UserId};
 
 /// A connection's id, unique for the life of the engine (never reused).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct ConnId(pub u64);
 

@@ -97,7 +97,7 @@ pub enum Output {
     /// [`Engine::handle_append_failed`]).
     Append(Arc<Event>),
     /// Read a page of history and answer with [`Engine::handle_history`].
-    LoadHistory(HistoryRequest),
+    LoadHistory(Box<HistoryRequest>),
 }
 
 /// A publish, before it has an id.
@@ -116,7 +116,12 @@ pub struct PublishRequest {
 impl PublishRequest {
     /// A publish of `data` to `target`, with no type and no idempotency key.
     pub fn new(target: Target, data: impl Into<String>) -> Self {
-        Self { target, event_type: None, data: data.into(), idempotency_key: None }
+        Self {
+            target,
+            event_type: None,
+            data: data.into(),
+            idempotency_key: None,
+        }
     }
 }
 
@@ -244,7 +249,12 @@ pub struct Engine {
 impl Engine {
     /// Creates an engine. `last_id` is the last id in the log (ids continue above it) and
     /// `log` what the log holds, so resets are decided correctly from the first connection.
-    pub fn new(config: EngineConfig, last_id: Option<EventId>, log: LogBounds, now: Instant) -> Self {
+    pub fn new(
+        config: EngineConfig,
+        last_id: Option<EventId>,
+        log: LogBounds,
+        now: Instant,
+    ) -> Self {
         let keepalive = Comment::new("keep-alive").map(|c| frame::encode_comment(&c));
         Self {
             next_tick: now + config.tick,
@@ -311,9 +321,15 @@ impl Engine {
 
     /// Opens a connection: sends its first frame (`retry:`), then a reset notice and/or
     /// history if it resumes, then live events.
-    pub fn handle_connect(&mut self, req: ConnectRequest, now: Instant) -> Result<ConnId, ConnectError> {
+    pub fn handle_connect(
+        &mut self,
+        req: ConnectRequest,
+        now: Instant,
+    ) -> Result<ConnId, ConnectError> {
         if self.by_id.len() >= self.config.max_connections {
-            return Err(ConnectError::TooManyConnections { limit: self.config.max_connections });
+            return Err(ConnectError::TooManyConnections {
+                limit: self.config.max_connections,
+            });
         }
         let patterns: BTreeSet<TopicPattern> = req.patterns.into_iter().collect();
         if patterns.len() > self.config.max_topics_per_connection {
@@ -342,7 +358,11 @@ impl Engine {
                         self.topics.entry(t.clone()).or_default().slots.insert(slot);
                     }
                     TopicPattern::Prefix(p) => {
-                        self.prefixes.entry(p.clone()).or_default().slots.insert(slot);
+                        self.prefixes
+                            .entry(p.clone())
+                            .or_default()
+                            .slots
+                            .insert(slot);
                     }
                 }
             }
@@ -352,7 +372,10 @@ impl Engine {
         }
         let conn = Conn {
             id,
-            sub: Subscription { patterns: patterns.into_iter().collect(), user: req.user },
+            sub: Subscription {
+                patterns: patterns.into_iter().collect(),
+                user: req.user,
+            },
             remote: req.remote,
             admin: req.admin,
             connected_at: now,
@@ -434,12 +457,16 @@ impl Engine {
             Some(k) => Some(Arc::from(k)),
             None => None,
         };
-        if let Some(k) = &key {
-            if let Some(&id) = self.idempotency.get(k) {
-                self.counters.idempotent_hits += 1;
-                let committed = self.committed.is_some_and(|c| id <= c);
-                return Ok(PublishOutcome { id, duplicate: true, committed });
-            }
+        if let Some(k) = &key
+            && let Some(&id) = self.idempotency.get(k)
+        {
+            self.counters.idempotent_hits += 1;
+            let committed = self.committed.is_some_and(|c| id <= c);
+            return Ok(PublishOutcome {
+                id,
+                duplicate: true,
+                committed,
+            });
         }
         let id = self.ids.next(wall_ms);
         let event = Arc::new(Event {
@@ -452,16 +479,32 @@ impl Engine {
         if let Some(k) = &key {
             self.remember_key(k.clone(), id);
         }
-        self.pending.push_back(Pending { entry: Arc::new(Entry { event: event.clone(), frame }), key });
+        self.pending.push_back(Pending {
+            entry: Arc::new(Entry {
+                event: event.clone(),
+                frame,
+            }),
+            key,
+        });
         self.counters.published += 1;
         self.outputs.push_back(Output::Append(event));
-        Ok(PublishOutcome { id, duplicate: false, committed: false })
+        Ok(PublishOutcome {
+            id,
+            duplicate: false,
+            committed: false,
+        })
     }
 
     /// The log made every event up to `up_to` durable: deliver them, in id order.
     pub fn handle_committed(&mut self, up_to: EventId, now: Instant) {
-        while self.pending.front().is_some_and(|p| p.entry.event.id <= up_to) {
-            let Some(p) = self.pending.pop_front() else { break };
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.entry.event.id <= up_to)
+        {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
             let entry = p.entry;
             self.committed = Some(entry.event.id);
             self.counters.committed += 1;
@@ -493,9 +536,15 @@ impl Engine {
 
     /// The log's answer to an [`Output::LoadHistory`] for `conn`.
     pub fn handle_history(&mut self, conn: ConnId, page: HistoryPage, now: Instant) {
-        let Some(&slot) = self.by_id.get(&conn) else { return };
-        let Some(c) = self.slots[slot as usize].as_mut() else { return };
-        let Some(replay) = c.replay.as_mut() else { return };
+        let Some(&slot) = self.by_id.get(&conn) else {
+            return;
+        };
+        let Some(c) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        let Some(replay) = c.replay.as_mut() else {
+            return;
+        };
         if !replay.awaiting {
             return;
         }
@@ -539,7 +588,9 @@ impl Engine {
         self.next_tick = now + self.config.tick;
         let mut expired = Vec::new();
         for slot in 0..self.slots.len() {
-            let Some(c) = self.slots[slot].as_ref() else { continue };
+            let Some(c) = self.slots[slot].as_ref() else {
+                continue;
+            };
             if c.expires_at.is_some_and(|at| at <= now) {
                 expired.push(c.id);
             } else if now.saturating_duration_since(c.last_write) >= self.config.keepalive {
@@ -580,7 +631,11 @@ impl Engine {
         let mut topics: Vec<TopicInfo> = self
             .topics
             .iter()
-            .map(|(t, e)| TopicInfo { topic: t.to_string(), subscribers: e.slots.len() as u64, events: e.events })
+            .map(|(t, e)| TopicInfo {
+                topic: t.to_string(),
+                subscribers: e.slots.len() as u64,
+                events: e.events,
+            })
             .chain(self.prefixes.iter().map(|(p, e)| TopicInfo {
                 topic: format!("{p}*"),
                 subscribers: e.slots.len() as u64,
@@ -588,12 +643,18 @@ impl Engine {
             }))
             .collect();
         topics.sort_by(|a, b| a.topic.cmp(&b.topic));
-        Snapshot { stats: self.stats(now), connections, topics }
+        Snapshot {
+            stats: self.stats(now),
+            connections,
+            topics,
+        }
     }
 
     /// One connection's row, if it is open.
     pub fn connection(&self, conn: ConnId, now: Instant) -> Option<ConnectionInfo> {
-        self.by_id.get(&conn).and_then(|&slot| self.connection_info(slot, now))
+        self.by_id
+            .get(&conn)
+            .and_then(|&slot| self.connection_info(slot, now))
     }
 
     fn connection_info(&self, slot: u32, now: Instant) -> Option<ConnectionInfo> {
@@ -640,7 +701,9 @@ impl Engine {
             self.send(slot, frame::encode_ephemeral(&reset_type(), &data), now);
             after = None;
         }
-        let Some(through) = self.committed else { return };
+        let Some(through) = self.committed else {
+            return;
+        };
         if after.is_some_and(|a| a >= through) {
             return;
         }
@@ -663,8 +726,12 @@ impl Engine {
     /// the held live events (or, if they overflowed, replays them from the log too).
     fn replay_step(&mut self, slot: u32, now: Instant) {
         loop {
-            let Some(c) = self.slots[slot as usize].as_mut() else { return };
-            let Some(replay) = c.replay.as_mut() else { return };
+            let Some(c) = self.slots[slot as usize].as_mut() else {
+                return;
+            };
+            let Some(replay) = c.replay.as_mut() else {
+                return;
+            };
             if replay.awaiting {
                 return;
             }
@@ -673,7 +740,9 @@ impl Engine {
             if read_from.is_some_and(|r| r >= through) {
                 if replay.overflowed {
                     // Held events were dropped: replay up to the current commit point instead.
-                    let Some(committed) = self.committed else { return };
+                    let Some(committed) = self.committed else {
+                        return;
+                    };
                     replay.overflowed = false;
                     replay.held.clear();
                     replay.held_bytes = 0;
@@ -702,12 +771,14 @@ impl Engine {
                     max_events: self.config.history_page_events,
                     max_bytes: self.config.history_page_bytes,
                 };
-                self.outputs.push_back(Output::LoadHistory(req));
+                self.outputs.push_back(Output::LoadHistory(Box::new(req)));
                 return;
             }
             // Serve one page from the window; what does not fit continues from the log so
             // the driver can pace it against the connection's queue.
-            let start = self.recent.partition_point(|e| read_from.is_some_and(|r| e.event.id <= r));
+            let start = self
+                .recent
+                .partition_point(|e| read_from.is_some_and(|r| e.event.id <= r));
             let mut budget = self.config.history_page_bytes;
             let mut read_to = read_from;
             let mut frames = Vec::new();
@@ -741,7 +812,7 @@ impl Engine {
                 for entry in frames {
                     self.send_event(slot, entry.event.id, entry.frame.clone(), true, now);
                 }
-                self.outputs.push_back(Output::LoadHistory(req));
+                self.outputs.push_back(Output::LoadHistory(Box::new(req)));
                 return;
             }
             for entry in frames {
@@ -759,7 +830,15 @@ impl Engine {
         // topics, a topic and its user) takes the event once.
         if event.target.broadcast {
             for &slot in &self.everyone {
-                recipients += offer(&mut self.slots, &mut self.counters, &mut self.outputs, held_limit, slot, entry, now);
+                recipients += offer(
+                    &mut self.slots,
+                    &mut self.counters,
+                    &mut self.outputs,
+                    held_limit,
+                    slot,
+                    entry,
+                    now,
+                );
             }
             return recipients;
         }
@@ -767,7 +846,15 @@ impl Engine {
             if let Some(ix) = self.topics.get_mut(topic) {
                 ix.events += 1;
                 for &slot in &ix.slots {
-                    recipients += offer(&mut self.slots, &mut self.counters, &mut self.outputs, held_limit, slot, entry, now);
+                    recipients += offer(
+                        &mut self.slots,
+                        &mut self.counters,
+                        &mut self.outputs,
+                        held_limit,
+                        slot,
+                        entry,
+                        now,
+                    );
                 }
             }
             if self.prefixes.is_empty() || topic.is_system() {
@@ -779,7 +866,15 @@ impl Engine {
                 if let Some(ix) = self.prefixes.get_mut(&name[..cut]) {
                     ix.events += 1;
                     for &slot in &ix.slots {
-                        recipients += offer(&mut self.slots, &mut self.counters, &mut self.outputs, held_limit, slot, entry, now);
+                        recipients += offer(
+                            &mut self.slots,
+                            &mut self.counters,
+                            &mut self.outputs,
+                            held_limit,
+                            slot,
+                            entry,
+                            now,
+                        );
                     }
                 }
             }
@@ -787,7 +882,15 @@ impl Engine {
         for user in &event.target.users {
             if let Some(slots) = self.users.get(user) {
                 for &slot in slots {
-                    recipients += offer(&mut self.slots, &mut self.counters, &mut self.outputs, held_limit, slot, entry, now);
+                    recipients += offer(
+                        &mut self.slots,
+                        &mut self.counters,
+                        &mut self.outputs,
+                        held_limit,
+                        slot,
+                        entry,
+                        now,
+                    );
                 }
             }
         }
@@ -795,7 +898,9 @@ impl Engine {
     }
 
     fn send_event(&mut self, slot: u32, id: EventId, frame: Bytes, replayed: bool, now: Instant) {
-        let Some(c) = self.slots[slot as usize].as_mut() else { return };
+        let Some(c) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
         if c.cursor.is_some_and(|cur| id <= cur) {
             return;
         }
@@ -809,14 +914,18 @@ impl Engine {
     }
 
     fn send(&mut self, slot: u32, frame: Bytes, now: Instant) {
-        let Some(c) = self.slots[slot as usize].as_mut() else { return };
+        let Some(c) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
         c.bytes_sent += frame.len() as u64;
         c.last_write = now;
         self.outputs.push_back(Output::Send { conn: c.id, frame });
     }
 
     fn close(&mut self, conn: ConnId, reason: CloseReason, now: Instant) -> bool {
-        let Some(c) = self.remove(conn) else { return false };
+        let Some(c) = self.remove(conn) else {
+            return false;
+        };
         self.outputs.push_back(Output::Close { conn, reason });
         self.emit_admin(
             AdminEvent::Disconnected(Disconnected {
@@ -841,12 +950,12 @@ impl Engine {
                 TopicPattern::Prefix(p) => remove_from_index(&mut self.prefixes, p, slot),
             }
         }
-        if let Some(user) = &c.sub.user {
-            if let Some(slots) = self.users.get_mut(user) {
-                slots.remove(&slot);
-                if slots.is_empty() {
-                    self.users.remove(user);
-                }
+        if let Some(user) = &c.sub.user
+            && let Some(slots) = self.users.get_mut(user)
+        {
+            slots.remove(&slot);
+            if slots.is_empty() {
+                self.users.remove(user);
             }
         }
         self.counters.connections = self.by_id.len() as u64;
@@ -859,7 +968,9 @@ impl Engine {
         while self.recent.len() > self.config.recent_events
             || (self.recent_bytes > self.config.recent_bytes && self.recent.len() > 1)
         {
-            let Some(old) = self.recent.pop_front() else { break };
+            let Some(old) = self.recent.pop_front() else {
+                break;
+            };
             self.recent_bytes -= old.frame.len();
             self.recent_floor = Some(old.event.id);
         }
@@ -918,7 +1029,9 @@ fn offer(
     entry: &Arc<Entry>,
     now: Instant,
 ) -> u64 {
-    let Some(c) = slots.get_mut(slot as usize).and_then(Option::as_mut) else { return 0 };
+    let Some(c) = slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+        return 0;
+    };
     let id = entry.event.id;
     if c.cursor.is_some_and(|cur| id <= cur) {
         return 0;
@@ -946,7 +1059,10 @@ fn offer(
     c.bytes_sent += entry.frame.len() as u64;
     c.last_write = now;
     counters.delivered += 1;
-    outputs.push_back(Output::Send { conn: c.id, frame: entry.frame.clone() });
+    outputs.push_back(Output::Send {
+        conn: c.id,
+        frame: entry.frame.clone(),
+    });
     1
 }
 

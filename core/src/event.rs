@@ -54,10 +54,10 @@ impl Subscription {
         if target.broadcast {
             return true;
         }
-        if let Some(user) = &self.user {
-            if target.users.iter().any(|u| u == user) {
-                return true;
-            }
+        if let Some(user) = &self.user
+            && target.users.iter().any(|u| u == user)
+        {
+            return true;
         }
         target
             .topics

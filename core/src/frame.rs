@@ -36,7 +36,11 @@ pub fn for_each_line(data: &str, mut line: impl FnMut(&str)) {
             }
             b'\r' => {
                 line(&data[start..i]);
-                i += if bytes.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                i += if bytes.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
                 start = i;
             }
             _ => i += 1,
@@ -54,7 +58,9 @@ pub struct FrameBuilder {
 impl FrameBuilder {
     /// Starts an empty block with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { buf: BytesMut::with_capacity(capacity) }
+        Self {
+            buf: BytesMut::with_capacity(capacity),
+        }
     }
 
     /// `id: {id}`.
@@ -172,7 +178,10 @@ mod tests {
     #[test]
     fn comments_and_retry_have_their_own_blocks() {
         assert_eq!(Comment::new("a\nb"), None);
-        assert_eq!(&encode_comment(&Comment::new("keep-alive").unwrap())[..], b": keep-alive\n\n");
+        assert_eq!(
+            &encode_comment(&Comment::new("keep-alive").unwrap())[..],
+            b": keep-alive\n\n"
+        );
         assert_eq!(&encode_retry(3000)[..], b"retry: 3000\n\n");
         assert_eq!(&FrameBuilder::default().empty_id().finish()[..], b"id:\n\n");
     }

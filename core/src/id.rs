@@ -25,7 +25,10 @@ impl EventId {
     /// The smallest id; no minted id equals it unless the clock read zero.
     pub const MIN: EventId = EventId { ms: 0, seq: 0 };
     /// The largest id.
-    pub const MAX: EventId = EventId { ms: u64::MAX, seq: u64::MAX };
+    pub const MAX: EventId = EventId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
 
     /// Use to build an id from its parts (tests, the log's key decoding).
     pub const fn new(ms: u64, seq: u64) -> Self {
@@ -148,12 +151,28 @@ mod tests {
     #[test]
     fn malformed_ids_are_errors_not_panics() {
         for bad in [
-            "", "-", "1-", "-1", "1", "a-1", "1-b", "1--2", "+1-2", "1-2-3", " 1-2", "1-2 ",
-            "99999999999999999999-0", "1-99999999999999999999", "１-2",
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1",
+            "a-1",
+            "1-b",
+            "1--2",
+            "+1-2",
+            "1-2-3",
+            " 1-2",
+            "1-2 ",
+            "99999999999999999999-0",
+            "1-99999999999999999999",
+            "１-2",
         ] {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?} parsed");
         }
-        assert_eq!("1".repeat(100).parse::<EventId>(), Err(IdParseError::TooLong));
+        assert_eq!(
+            "1".repeat(100).parse::<EventId>(),
+            Err(IdParseError::TooLong)
+        );
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl Parser {
                 rest = &rest[1..];
             }
         }
-        while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(end) = find_break(rest) {
             let (part, after) = rest.split_at(end);
             rest = match after {
                 [b'\r', b'\n', tail @ ..] => tail,
@@ -301,12 +301,36 @@ impl Parser {
     }
 }
 
+/// The index of the first CR or LF in `bytes`, scanning eight bytes at a time.
+fn find_break(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    const CRS: u64 = u64::from_ne_bytes([b'\r'; 8]);
+    // Flags the zero bytes of `word`; the lowest flag is always exact (borrows only move up).
+    let zeros = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+    let (words, tail) = bytes.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        let word = u64::from_le_bytes(*word);
+        let found = zeros(word ^ LFS) | zeros(word ^ CRS);
+        if found != 0 {
+            return Some(i * 8 + (found.trailing_zeros() / 8) as usize);
+        }
+    }
+    let at = tail.iter().position(|&b| b == b'\n' || b == b'\r')?;
+    Some(words.len() * 8 + at)
+}
+
 /// UTF-8 with invalid sequences replaced by U+FFFD; borrowed when already valid.
 ///
 /// Decoding line by line equals decoding the whole stream: breaks, colons and spaces are
 /// ASCII, which never continue a multi-byte sequence.
 fn decode(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    // `from_utf8` has a fast path for ASCII that `from_utf8_lossy` lacks.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// A `retry:` value: ASCII digits only, base 10; `None` (ignored) otherwise or on overflow.
@@ -341,7 +365,10 @@ mod tests {
     /// Feeds `input` one byte at a time.
     fn parse_bytewise(input: &[u8]) -> (Parser, Vec<ParsedEvent>) {
         let mut parser = Parser::new();
-        let events = input.iter().flat_map(|b| parser.feed(std::slice::from_ref(b))).collect();
+        let events = input
+            .iter()
+            .flat_map(|b| parser.feed(std::slice::from_ref(b)))
+            .collect();
         (parser, events)
     }
 
@@ -367,10 +394,16 @@ mod tests {
         let expected = [event("message", "a\nb", ""), event("message", "c", "")];
         assert_eq!(parse(b"data: a\ndata: b\n\ndata: c\n\n"), expected);
         assert_eq!(parse(b"data: a\rdata: b\r\rdata: c\r\r"), expected);
-        assert_eq!(parse(b"data: a\r\ndata: b\r\n\r\ndata: c\r\n\r\n"), expected);
+        assert_eq!(
+            parse(b"data: a\r\ndata: b\r\n\r\ndata: c\r\n\r\n"),
+            expected
+        );
         assert_eq!(parse(b"data: a\rdata: b\r\n\ndata: c\n\r"), expected);
         // Two CRs are two breaks, an LF CR pair is two breaks.
-        assert_eq!(parse(b"data: a\r\rdata: b\n\r"), [event("message", "a", ""), event("message", "b", "")]);
+        assert_eq!(
+            parse(b"data: a\r\rdata: b\n\r"),
+            [event("message", "a", ""), event("message", "b", "")]
+        );
     }
 
     #[test]
@@ -386,14 +419,18 @@ mod tests {
     #[test]
     fn every_split_point_gives_the_same_events() {
         assert_split_invariant(
-            "\u{FEFF}id: 1\r\nevent: é\r\ndata: ✓ x\rdata\n: c\n\nretry: 5\r\rdata: 🎉\r\n\r\n".as_bytes(),
+            "\u{FEFF}id: 1\r\nevent: é\r\ndata: ✓ x\rdata\n: c\n\nretry: 5\r\rdata: 🎉\r\n\r\n"
+                .as_bytes(),
         );
         assert_split_invariant(b"\xEF\xBBdata: x\n\n\xEF\xBB\xBFdata: y\n\n");
     }
 
     #[test]
     fn one_leading_bom_is_stripped_even_split_across_chunks() {
-        assert_eq!(parse(b"\xEF\xBB\xBFdata: a\n\n"), [event("message", "a", "")]);
+        assert_eq!(
+            parse(b"\xEF\xBB\xBFdata: a\n\n"),
+            [event("message", "a", "")]
+        );
         let mut parser = Parser::new();
         assert_eq!(parser.feed(b"\xEF"), []);
         assert_eq!(parser.feed(b"\xBB"), []);
@@ -402,32 +439,53 @@ mod tests {
 
     #[test]
     fn a_second_bom_corrupts_the_field_name_and_the_line_is_ignored() {
-        assert_eq!(parse(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: a\n\ndata: b\n\n"), [event("message", "b", "")]);
+        assert_eq!(
+            parse(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: a\n\ndata: b\n\n"),
+            [event("message", "b", "")]
+        );
         // A BOM after the start is ordinary text.
-        assert_eq!(parse("data: a\n\n\u{FEFF}data: b\n\n".as_bytes()), [event("message", "a", "")]);
+        assert_eq!(
+            parse("data: a\n\n\u{FEFF}data: b\n\n".as_bytes()),
+            [event("message", "a", "")]
+        );
     }
 
     #[test]
     fn a_broken_bom_is_kept_as_text_and_decoded_lossily() {
-        assert_eq!(parse(b"\xEF\xBB\n\ndata: a\n\n"), [event("message", "a", "")]);
+        assert_eq!(
+            parse(b"\xEF\xBB\n\ndata: a\n\n"),
+            [event("message", "a", "")]
+        );
         let mut parser = Parser::new();
         parser.feed(b"\xEF");
-        assert_eq!(parser.feed(b"\xBBdata: x\n\ndata: y\n\n"), [event("message", "y", "")]);
+        assert_eq!(
+            parser.feed(b"\xBBdata: x\n\ndata: y\n\n"),
+            [event("message", "y", "")]
+        );
     }
 
     #[test]
     fn invalid_utf8_becomes_replacement_characters_even_split_inside_a_character() {
-        assert_eq!(parse(b"data: a\xFFb\n\n"), [event("message", "a\u{FFFD}b", "")]);
+        assert_eq!(
+            parse(b"data: a\xFFb\n\n"),
+            [event("message", "a\u{FFFD}b", "")]
+        );
         let mut parser = Parser::new();
         assert_eq!(parser.feed(b"data: \xE2\x9C"), []);
         assert_eq!(parser.feed(b"\x93\n\n"), [event("message", "✓", "")]);
-        assert_eq!(parse(b"data: \xE2\x9C\n\n"), [event("message", "\u{FFFD}", "")]);
+        assert_eq!(
+            parse(b"data: \xE2\x9C\n\n"),
+            [event("message", "\u{FFFD}", "")]
+        );
     }
 
     #[test]
     fn comment_lines_are_counted_and_ignored() {
         let mut parser = Parser::new();
-        assert_eq!(parser.feed(b": keep-alive\n\n:\ndata: a\n: inside\n\n"), [event("message", "a", "")]);
+        assert_eq!(
+            parser.feed(b": keep-alive\n\n:\ndata: a\n: inside\n\n"),
+            [event("message", "a", "")]
+        );
         assert_eq!(parser.comments(), 3);
     }
 
@@ -446,20 +504,32 @@ mod tests {
         assert_eq!(parse(b"data\ndata\n\n"), [event("message", "\n", "")]);
         assert_eq!(parse(b"data: a\nevent\n\n"), [event("message", "a", "")]);
         let mut parser = Parser::new();
-        assert_eq!(parser.feed(b"id: 1\n\nid\ndata: a\n\n"), [event("message", "a", "")]);
+        assert_eq!(
+            parser.feed(b"id: 1\n\nid\ndata: a\n\n"),
+            [event("message", "a", "")]
+        );
         assert_eq!(parser.last_event_id(), "");
     }
 
     #[test]
     fn field_names_are_case_sensitive_and_unknown_names_are_ignored() {
-        assert_eq!(parse(b"Data: a\nDATA: b\nEvent: x\nID: 3\nfoo: bar\ndata : c\n\n"), []);
+        assert_eq!(
+            parse(b"Data: a\nDATA: b\nEvent: x\nID: 3\nfoo: bar\ndata : c\n\n"),
+            []
+        );
         assert_eq!(parse(b"Data: a\ndata: b\n\n"), [event("message", "b", "")]);
     }
 
     #[test]
     fn data_lines_are_joined_with_lf_and_one_trailing_lf_is_removed() {
-        assert_eq!(parse(b"data: a\ndata: b\ndata\n\n"), [event("message", "a\nb\n", "")]);
-        assert_eq!(parse(b"data: a\ndata:\ndata: b\n\n"), [event("message", "a\n\nb", "")]);
+        assert_eq!(
+            parse(b"data: a\ndata: b\ndata\n\n"),
+            [event("message", "a\nb\n", "")]
+        );
+        assert_eq!(
+            parse(b"data: a\ndata:\ndata: b\n\n"),
+            [event("message", "a\n\nb", "")]
+        );
     }
 
     #[test]
@@ -499,10 +569,16 @@ mod tests {
     #[test]
     fn the_last_event_id_sticks_across_events_until_changed_or_reset() {
         let mut parser = Parser::new();
-        let events = parser.feed(b"id: 1\ndata: a\n\ndata: b\n\nid: 2\n\ndata: c\n\nid:\ndata: d\n\n");
+        let events =
+            parser.feed(b"id: 1\ndata: a\n\ndata: b\n\nid: 2\n\ndata: c\n\nid:\ndata: d\n\n");
         assert_eq!(
             events,
-            [event("message", "a", "1"), event("message", "b", "1"), event("message", "c", "2"), event("message", "d", "")]
+            [
+                event("message", "a", "1"),
+                event("message", "b", "1"),
+                event("message", "c", "2"),
+                event("message", "d", "")
+            ]
         );
         assert_eq!(parser.last_event_id(), "");
     }
@@ -511,13 +587,20 @@ mod tests {
     fn an_id_containing_nul_is_ignored_entirely() {
         let mut parser = Parser::new();
         let events = parser.feed(b"id: 1\n\nid: a\0b\ndata: x\n\nid: \0\ndata: y\n\n");
-        assert_eq!(events, [event("message", "x", "1"), event("message", "y", "1")]);
+        assert_eq!(
+            events,
+            [event("message", "x", "1"), event("message", "y", "1")]
+        );
         assert_eq!(parser.last_event_id(), "1");
     }
 
     #[test]
     fn an_empty_id_resets_the_last_event_id() {
-        for input in [&b"id: 7\n\nid:\n\n"[..], b"id: 7\n\nid\n\n", b"id: 7\n\nid: \n\n"] {
+        for input in [
+            &b"id: 7\n\nid:\n\n"[..],
+            b"id: 7\n\nid\n\n",
+            b"id: 7\n\nid: \n\n",
+        ] {
             let mut parser = Parser::new();
             parser.feed(input);
             assert_eq!(parser.last_event_id(), "", "{input:?}");
@@ -540,7 +623,18 @@ mod tests {
         let mut parser = Parser::new();
         parser.feed(b"retry: 1500\n\n");
         assert_eq!(parser.retry(), Some(1500));
-        for bad in ["1.5", "-1", "3s", "+5", " 5", "5 ", "", "１２", "0x10", "99999999999999999999999"] {
+        for bad in [
+            "1.5",
+            "-1",
+            "3s",
+            "+5",
+            " 5",
+            "5 ",
+            "",
+            "１２",
+            "0x10",
+            "99999999999999999999999",
+        ] {
             parser.feed(format!("retry: {bad}\n\n").as_bytes());
             assert_eq!(parser.retry(), Some(1500), "retry: {bad:?}");
         }
@@ -563,7 +657,10 @@ mod tests {
     #[test]
     fn an_event_cut_off_by_the_end_of_the_stream_is_discarded() {
         let mut parser = Parser::new();
-        assert_eq!(parser.feed(b"data: a\n\nevent: x\ndata: partial\ndata: line"), [event("message", "a", "")]);
+        assert_eq!(
+            parser.feed(b"data: a\n\nevent: x\ndata: partial\ndata: line"),
+            [event("message", "a", "")]
+        );
         parser.finish();
         assert_eq!(parser.feed(b"\n\n"), []);
         assert_eq!(parser.feed(b"data: b\n\n"), [event("message", "b", "")]);
@@ -574,7 +671,10 @@ mod tests {
         let mut parser = Parser::new();
         parser.feed(b"\xEF\xBB\xBFid: 3\ndata: a\n\n");
         parser.finish();
-        assert_eq!(parser.feed(b"\xEF\xBB\xBFdata: b\n\n"), [event("message", "b", "3")]);
+        assert_eq!(
+            parser.feed(b"\xEF\xBB\xBFdata: b\n\n"),
+            [event("message", "b", "3")]
+        );
     }
 
     #[test]
@@ -609,7 +709,23 @@ mod tests {
         assert!(parser.line.capacity() <= 16);
 
         // Exactly at the limit is fine.
-        assert_eq!(Parser::with_max_line_len(8).feed(b"data: ab\n\n"), [event("message", "ab", "")]);
+        assert_eq!(
+            Parser::with_max_line_len(8).feed(b"data: ab\n\n"),
+            [event("message", "ab", "")]
+        );
+    }
+
+    #[test]
+    fn the_default_limit_ignores_a_line_one_byte_over_16_mib_without_keeping_it() {
+        let mut parser = Parser::new();
+        parser.feed(b"data: ");
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..16 {
+            parser.feed(&block);
+        }
+        assert_eq!(parser.oversized(), 1);
+        assert!(parser.line.is_empty());
+        assert_eq!(parser.feed(b"\ndata: ok\n\n"), [event("message", "ok", "")]);
     }
 
     #[test]
@@ -621,9 +737,36 @@ mod tests {
     }
 
     #[test]
+    fn the_word_at_a_time_scan_finds_the_first_break_like_a_plain_search() {
+        for filler in [0x00, 0x09, 0x0B, 0x0C, 0x0E, 0x7F, 0x80, 0x8A, 0x8D, 0xFF] {
+            for len in 0..24 {
+                let mut bytes = vec![filler; len];
+                assert_eq!(find_break(&bytes), None);
+                for at in 0..len {
+                    for (first, second) in [(b'\n', b'\r'), (b'\r', b'\n')] {
+                        bytes.fill(filler);
+                        bytes[at] = first;
+                        if at + 3 < len {
+                            bytes[at + 3] = second;
+                        }
+                        assert_eq!(find_break(&bytes), Some(at), "{bytes:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn arbitrary_garbage_never_panics() {
         let mut parser = Parser::with_max_line_len(4);
-        for chunk in [&b"\xFF\xFE\r"[..], b"\n\r\r:", b"\0\0data\xF0\x9F", b"\n\n", b"id\0:\n\n", b"retry:\xFF\n"] {
+        for chunk in [
+            &b"\xFF\xFE\r"[..],
+            b"\n\r\r:",
+            b"\0\0data\xF0\x9F",
+            b"\n\n",
+            b"id\0:\n\n",
+            b"retry:\xFF\n",
+        ] {
             parser.feed(chunk);
         }
         parser.finish();
@@ -644,11 +787,17 @@ mod tests {
                 event_type: Some(EventType::new("note").unwrap()),
                 data: "a\r\nb\rc\nd".into(),
             }),
-            FrameBuilder::default().comment(&Comment::new("hi").unwrap()).retry(10).finish(),
+            FrameBuilder::default()
+                .comment(&Comment::new("hi").unwrap())
+                .retry(10)
+                .finish(),
             FrameBuilder::default().empty_id().finish(),
         ]
         .concat();
         assert_eq!(parser.feed(&stream), [event("note", "a\nb\nc\nd", "5-1")]);
-        assert_eq!((parser.last_event_id(), parser.retry(), parser.comments()), ("", Some(10), 1));
+        assert_eq!(
+            (parser.last_event_id(), parser.retry(), parser.comments()),
+            ("", Some(10), 1)
+        );
     }
 }

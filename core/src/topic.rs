@@ -61,7 +61,10 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
         return Err(NameError::TooLong { kind, name: cut });
     }
     if name.chars().any(char::is_control) {
-        return Err(NameError::ControlCharacter { kind, name: name.to_owned() });
+        return Err(NameError::ControlCharacter {
+            kind,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -171,7 +174,10 @@ impl TopicPattern {
     pub fn parse(pattern: &str) -> Result<Self, NameError> {
         check_name("topic pattern", pattern)?;
         if pattern.starts_with('$') {
-            return Err(NameError::Reserved { kind: "topic pattern", name: pattern.to_owned() });
+            return Err(NameError::Reserved {
+                kind: "topic pattern",
+                name: pattern.to_owned(),
+            });
         }
         if pattern == "*" {
             return Ok(Self::Prefix(Arc::from("")));
@@ -242,11 +248,23 @@ mod tests {
         assert!(Topic::new("orders").is_ok());
         assert!(Topic::new("news/eu").is_ok());
         assert_eq!(Topic::new(""), Err(NameError::Empty { kind: "topic" }));
-        assert!(matches!(Topic::new("a\nb"), Err(NameError::ControlCharacter { .. })));
-        assert!(matches!(Topic::new(&"x".repeat(201)), Err(NameError::TooLong { .. })));
-        assert!(matches!(Topic::new("$herald/admin"), Err(NameError::Reserved { .. })));
+        assert!(matches!(
+            Topic::new("a\nb"),
+            Err(NameError::ControlCharacter { .. })
+        ));
+        assert!(matches!(
+            Topic::new(&"x".repeat(201)),
+            Err(NameError::TooLong { .. })
+        ));
+        assert!(matches!(
+            Topic::new("$herald/admin"),
+            Err(NameError::Reserved { .. })
+        ));
         assert!(UserId::new("$weird-but-fine").is_ok());
-        assert!(matches!(EventType::new("a\rb"), Err(NameError::ControlCharacter { .. })));
+        assert!(matches!(
+            EventType::new("a\rb"),
+            Err(NameError::ControlCharacter { .. })
+        ));
     }
 
     #[test]
@@ -269,7 +287,16 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in ["", "/*", "a*", "a/*/b", "*/x", "a/**", "$herald/admin", "$x/*"] {
+        for bad in [
+            "",
+            "/*",
+            "a*",
+            "a/*/b",
+            "*/x",
+            "a/**",
+            "$herald/admin",
+            "$x/*",
+        ] {
             assert!(TopicPattern::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -1,0 +1,684 @@
+//! The engine driven through its public API by a simulated driver with simulated time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald_core::{
+    CloseReason, ConnId, ConnectError, ConnectRequest, Engine, EngineConfig, Event, EventId,
+    EventType, HistoryPage, HistoryRequest, LogBounds, Output, ParsedEvent, Parser, PublishError,
+    PublishRequest, Target, Topic, TopicPattern, UserId,
+};
+
+/// A driver with a perfect in-memory log and simulated time.
+struct Sim {
+    engine: Engine,
+    now: Instant,
+    wall_ms: u64,
+    /// Committed events, as the log would hold them.
+    log: Vec<Event>,
+    /// Appended but not yet committed.
+    appended: Vec<Arc<Event>>,
+    /// Commit appends as soon as they are drained.
+    auto_commit: bool,
+    /// Serve history requests as soon as they are drained.
+    auto_history: bool,
+    history_requests: Vec<HistoryRequest>,
+    frames: BTreeMap<ConnId, Vec<Bytes>>,
+    closed: Vec<(ConnId, CloseReason)>,
+}
+
+impl Sim {
+    fn new(config: EngineConfig) -> Self {
+        Self::with_log(config, Vec::new(), LogBounds::default())
+    }
+
+    fn with_log(config: EngineConfig, log: Vec<Event>, bounds: LogBounds) -> Self {
+        // Simulated time needs an origin; only differences from it matter.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let last = log.last().map(|e| e.id);
+        Self {
+            engine: Engine::new(config, last, bounds, now),
+            now,
+            wall_ms: 1_700_000_000_000,
+            log,
+            appended: Vec::new(),
+            auto_commit: true,
+            auto_history: true,
+            history_requests: Vec::new(),
+            frames: BTreeMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(out) = self.engine.poll_output() {
+                progressed = true;
+                match out {
+                    Output::Send { conn, frame } => {
+                        self.frames.entry(conn).or_default().push(frame)
+                    }
+                    Output::Close { conn, reason } => self.closed.push((conn, reason)),
+                    Output::Append(event) => self.appended.push(event),
+                    Output::LoadHistory(req) => self.history_requests.push(*req),
+                }
+            }
+            if self.auto_commit && !self.appended.is_empty() {
+                self.commit_all();
+                progressed = true;
+            }
+            if self.auto_history && !self.history_requests.is_empty() {
+                self.serve_history();
+                progressed = true;
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn commit_all(&mut self) {
+        let Some(last) = self.appended.last().map(|e| e.id) else {
+            return;
+        };
+        self.log
+            .extend(self.appended.drain(..).map(|e| (*e).clone()));
+        self.engine.handle_committed(last, self.now);
+    }
+
+    fn serve_history(&mut self) {
+        for req in std::mem::take(&mut self.history_requests) {
+            let page = read_log(&self.log, &req);
+            self.engine.handle_history(req.conn, page, self.now);
+        }
+    }
+
+    fn connect(&mut self, patterns: &[&str], user: Option<&str>, last: Option<EventId>) -> ConnId {
+        let mut req = ConnectRequest::new(
+            patterns
+                .iter()
+                .map(|p| TopicPattern::parse(p).unwrap())
+                .collect(),
+        );
+        req.user = user.map(|u| UserId::new(u).unwrap());
+        req.last_id = last;
+        let id = self.engine.handle_connect(req, self.now).unwrap();
+        self.drain();
+        id
+    }
+
+    fn publish(&mut self, target: Target, data: &str) -> EventId {
+        self.wall_ms += 1;
+        let out = self
+            .engine
+            .handle_publish(PublishRequest::new(target, data), self.wall_ms, self.now)
+            .unwrap();
+        self.drain();
+        out.id
+    }
+
+    fn publish_topic(&mut self, topic: &str, data: &str) -> EventId {
+        self.publish(topics(&[topic]), data)
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.engine.handle_timeout(self.now);
+        }
+        self.drain();
+    }
+
+    /// What the client on `conn` has seen, parsed as a browser would.
+    fn received(&self, conn: ConnId) -> Vec<ParsedEvent> {
+        let mut parser = Parser::new();
+        let mut out = Vec::new();
+        for frame in self.frames.get(&conn).into_iter().flatten() {
+            out.extend(parser.feed(frame));
+        }
+        out
+    }
+
+    fn received_ids(&self, conn: ConnId) -> Vec<String> {
+        self.received(conn)
+            .into_iter()
+            .filter(|e| e.event_type == "message")
+            .map(|e| e.last_event_id)
+            .collect()
+    }
+
+    fn raw(&self, conn: ConnId) -> String {
+        self.frames
+            .get(&conn)
+            .into_iter()
+            .flatten()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect()
+    }
+}
+
+fn read_log(log: &[Event], req: &HistoryRequest) -> HistoryPage {
+    let mut page = HistoryPage::default();
+    let mut bytes = 0;
+    for event in log
+        .iter()
+        .filter(|e| req.contains(e.id) && req.subscription.matches(e))
+    {
+        if page.events.len() >= req.max_events
+            || (bytes >= req.max_bytes && !page.events.is_empty())
+        {
+            page.more = true;
+            break;
+        }
+        bytes += event.data.len();
+        page.events.push(event.clone());
+    }
+    page
+}
+
+fn topics(names: &[&str]) -> Target {
+    Target {
+        topics: names.iter().map(|t| Topic::new(t).unwrap()).collect(),
+        ..Target::default()
+    }
+}
+
+fn users(names: &[&str]) -> Target {
+    Target {
+        users: names.iter().map(|u| UserId::new(u).unwrap()).collect(),
+        ..Target::default()
+    }
+}
+
+fn ids(list: &[EventId]) -> Vec<String> {
+    list.iter().map(|i| i.to_string()).collect()
+}
+
+#[test]
+fn first_frame_of_a_connection_carries_retry() {
+    let mut sim = Sim::new(EngineConfig {
+        retry_ms: 2500,
+        ..EngineConfig::default()
+    });
+    let c = sim.connect(&["orders"], None, None);
+    assert!(sim.raw(c).starts_with("retry: 2500\n\n"));
+}
+
+#[test]
+fn events_reach_topic_pattern_user_and_broadcast_subscribers_once_each() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let orders = sim.connect(&["orders"], None, None);
+    let news = sim.connect(&["news/*"], None, None);
+    let alice_tab1 = sim.connect(&["orders"], Some("alice"), None);
+    let alice_tab2 = sim.connect(&[], Some("alice"), None);
+    let bob = sim.connect(&[], Some("bob"), None);
+
+    let o = sim.publish_topic("orders", "o");
+    let n = sim.publish_topic("news/eu", "n");
+    let a = sim.publish(users(&["alice"]), "a");
+    let both = sim.publish(
+        Target {
+            users: vec![UserId::new("alice").unwrap()],
+            ..topics(&["orders"])
+        },
+        "both",
+    );
+    let b = sim.publish(
+        Target {
+            broadcast: true,
+            ..Target::default()
+        },
+        "b",
+    );
+
+    assert_eq!(sim.received_ids(orders), ids(&[o, both, b]));
+    assert_eq!(sim.received_ids(news), ids(&[n, b]));
+    assert_eq!(sim.received_ids(alice_tab1), ids(&[o, a, both, b]));
+    assert_eq!(sim.received_ids(alice_tab2), ids(&[a, both, b]));
+    assert_eq!(sim.received_ids(bob), ids(&[b]));
+}
+
+#[test]
+fn nothing_is_delivered_before_the_log_commits() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.auto_commit = false;
+    let c = sim.connect(&["orders"], None, None);
+    let first = sim.publish_topic("orders", "1");
+    let second = sim.publish_topic("orders", "2");
+    assert!(sim.received_ids(c).is_empty());
+    assert_eq!(sim.appended.len(), 2);
+    // The log commits the first only: only it is delivered.
+    let one = sim.appended.remove(0);
+    sim.log.push((*one).clone());
+    sim.engine.handle_committed(first, sim.now);
+    sim.drain();
+    assert_eq!(sim.received_ids(c), ids(&[first]));
+    sim.commit_all();
+    sim.drain();
+    assert_eq!(sim.received_ids(c), ids(&[first, second]));
+}
+
+#[test]
+fn a_failed_append_is_never_delivered_and_its_key_can_be_retried() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.auto_commit = false;
+    let c = sim.connect(&["orders"], None, None);
+    let mut req = PublishRequest::new(topics(&["orders"]), "x");
+    req.idempotency_key = Some("k".into());
+    let failed = sim
+        .engine
+        .handle_publish(req.clone(), 1, sim.now)
+        .unwrap()
+        .id;
+    sim.drain();
+    sim.appended.clear();
+    sim.engine.handle_append_failed(&[failed]);
+    let ok = sim.engine.handle_publish(req, 2, sim.now).unwrap();
+    assert!(!ok.duplicate);
+    sim.drain();
+    sim.commit_all();
+    sim.drain();
+    assert_eq!(sim.received_ids(c), ids(&[ok.id]));
+}
+
+#[test]
+fn publishing_without_a_target_is_refused() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let err = sim
+        .engine
+        .handle_publish(PublishRequest::new(Target::default(), "x"), 1, sim.now);
+    assert_eq!(err, Err(PublishError::NoTarget));
+}
+
+#[test]
+fn a_repeated_idempotency_key_returns_the_original_id() {
+    let mut sim = Sim::new(EngineConfig {
+        idempotency_keys: 2,
+        ..EngineConfig::default()
+    });
+    let c = sim.connect(&["orders"], None, None);
+    let publish = |sim: &mut Sim, key: &str| {
+        let mut req = PublishRequest::new(topics(&["orders"]), "x");
+        req.idempotency_key = Some(key.into());
+        let out = sim.engine.handle_publish(req, 5, sim.now).unwrap();
+        sim.drain();
+        out
+    };
+    let first = publish(&mut sim, "a");
+    let again = publish(&mut sim, "a");
+    assert!(!first.duplicate);
+    assert!(again.duplicate && again.committed);
+    assert_eq!(first.id, again.id);
+    assert_eq!(sim.received_ids(c).len(), 1);
+    // Memory for keys is bounded: the oldest key is forgotten.
+    publish(&mut sim, "b");
+    publish(&mut sim, "c");
+    assert!(!publish(&mut sim, "a").duplicate);
+}
+
+#[test]
+fn resuming_from_the_recent_window_replays_exactly_what_was_missed() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let c = sim.connect(&["orders"], None, None);
+    let a = sim.publish_topic("orders", "a");
+    sim.engine.handle_disconnect(c, sim.now);
+    let b = sim.publish_topic("orders", "b");
+    sim.publish_topic("other", "not mine");
+    let d = sim.publish_topic("orders", "d");
+    let again = sim.connect(&["orders"], None, Some(a));
+    assert!(sim.history_requests.is_empty());
+    assert_eq!(sim.received_ids(again), ids(&[b, d]));
+    let e = sim.publish_topic("orders", "e");
+    assert_eq!(sim.received_ids(again), ids(&[b, d, e]));
+    assert_eq!(sim.engine.counters().replayed, 2);
+}
+
+#[test]
+fn live_events_during_a_replay_are_held_and_released_without_gap_or_duplicate() {
+    let mut sim = Sim::new(EngineConfig {
+        recent_events: 2,
+        ..EngineConfig::default()
+    });
+    let mut published = Vec::new();
+    for i in 0..10 {
+        published.push(sim.publish_topic("orders", &i.to_string()));
+    }
+    sim.auto_history = false;
+    let c = sim.connect(&["orders"], None, Some(published[1]));
+    // The window holds only the last two: the engine asks the log.
+    assert_eq!(sim.history_requests.len(), 1);
+    assert_eq!(sim.history_requests[0].after, Some(published[1]));
+    // Events are published and committed while the log read is in flight.
+    for i in 10..13 {
+        published.push(sim.publish_topic("orders", &i.to_string()));
+    }
+    assert!(sim.received_ids(c).is_empty());
+    // The log answers with what it held when asked (through the old commit point), plus,
+    // as a racing read could, some of the newer events too.
+    let req = sim.history_requests.remove(0);
+    let mut page = read_log(
+        &sim.log,
+        &HistoryRequest {
+            through: published[11],
+            ..req.clone()
+        },
+    );
+    page.more = false;
+    sim.engine.handle_history(c, page, sim.now);
+    sim.drain();
+    assert_eq!(sim.received_ids(c), ids(&published[2..]));
+}
+
+#[test]
+fn a_replay_larger_than_a_page_is_read_in_pages() {
+    let config = EngineConfig {
+        recent_events: 1,
+        history_page_events: 3,
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    let published: Vec<EventId> = (0..10)
+        .map(|i| sim.publish_topic("t", &i.to_string()))
+        .collect();
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    assert_eq!(sim.received_ids(c), ids(&published[1..]));
+}
+
+#[test]
+fn held_events_that_overflow_are_replayed_from_the_log_instead() {
+    let config = EngineConfig {
+        recent_events: 1,
+        held_bytes: 64,
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    let mut published: Vec<EventId> = (0..3)
+        .map(|i| sim.publish_topic("t", &i.to_string()))
+        .collect();
+    sim.auto_history = false;
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    for i in 0..20 {
+        published.push(sim.publish_topic("t", &format!("live {i}")));
+    }
+    // Keep answering the log's requests until the replay is over.
+    sim.auto_history = true;
+    sim.drain();
+    assert_eq!(sim.received_ids(c), ids(&published[1..]));
+    let after = sim.publish_topic("t", "after");
+    assert_eq!(sim.received_ids(c).last(), Some(&after.to_string()));
+}
+
+#[test]
+fn a_resume_point_older_than_the_log_gets_a_reset_then_what_the_log_holds() {
+    let events: Vec<Event> = (10..15)
+        .map(|ms| Event {
+            id: EventId::new(ms, 0),
+            target: topics(&["t"]),
+            event_type: None,
+            data: ms.to_string(),
+        })
+        .collect();
+    let bounds = LogBounds {
+        oldest: Some(EventId::new(10, 0)),
+        floor: Some(EventId::new(9, 0)),
+        events: 5,
+        bytes: 10,
+    };
+    let mut sim = Sim::with_log(EngineConfig::default(), events, bounds);
+    let c = sim.connect(&["t"], None, Some(EventId::new(3, 0)));
+    let got = sim.received(c);
+    assert_eq!(got[0].event_type, "herald.reset");
+    let data: serde_json::Value = serde_json::from_str(&got[0].data).unwrap();
+    assert_eq!(data["reason"], "history_truncated");
+    assert_eq!(data["oldest_id"], "10-0");
+    assert_eq!(
+        got[1..].iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        ["10", "11", "12", "13", "14"]
+    );
+    assert_eq!(sim.engine.counters().resets, 1);
+    // The client that saw the last trimmed event missed nothing: no reset.
+    let exact = sim.connect(&["t"], None, Some(EventId::new(9, 0)));
+    assert!(
+        sim.received(exact)
+            .iter()
+            .all(|e| e.event_type != "herald.reset")
+    );
+    assert_eq!(sim.received_ids(exact).len(), 5);
+}
+
+#[test]
+fn a_resume_point_from_the_future_gets_a_reset_that_moves_the_cursor() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let known = sim.publish_topic("t", "x");
+    let c = sim.connect(&["t"], None, Some(EventId::new(u64::MAX, 0)));
+    let got = sim.received(c);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event_type, "herald.reset");
+    assert_eq!(got[0].last_event_id, known.to_string());
+    let data: serde_json::Value = serde_json::from_str(&got[0].data).unwrap();
+    assert_eq!(data["reason"], "unknown_last_event_id");
+    let next = sim.publish_topic("t", "y");
+    assert_eq!(sim.received_ids(c), ids(&[next]));
+    // With an empty log the reset clears the client's id instead.
+    let mut empty = Sim::new(EngineConfig::default());
+    let c = empty.connect(&["t"], None, Some(EventId::new(5, 5)));
+    assert!(empty.raw(c).contains("id:\nevent: herald.reset\n"));
+}
+
+#[test]
+fn ids_are_monotonic_across_a_restart_and_a_clock_that_steps_back() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.wall_ms = 10_000;
+    let a = sim.publish_topic("t", "a");
+    sim.wall_ms = 5_000; // the clock steps back
+    let b = sim.publish_topic("t", "b");
+    assert!(b > a);
+    let log = sim.log.clone();
+    let mut restarted = Sim::with_log(EngineConfig::default(), log, LogBounds::default());
+    restarted.wall_ms = 1_000; // and the restarted machine's clock is even further behind
+    let c = restarted.publish_topic("t", "c");
+    assert!(c > b, "{c} after {b}");
+}
+
+#[test]
+fn a_slow_consumer_is_closed_while_the_others_keep_receiving() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let slow = sim.connect(&["t"], None, None);
+    let fast = sim.connect(&["t"], None, None);
+    let a = sim.publish_topic("t", "a");
+    // The driver's queue for `slow` overflows.
+    sim.engine.handle_queue_overflow(slow, sim.now);
+    sim.drain();
+    assert_eq!(sim.closed, vec![(slow, CloseReason::SlowConsumer)]);
+    let b = sim.publish_topic("t", "b");
+    assert_eq!(sim.received_ids(fast), ids(&[a, b]));
+    assert_eq!(sim.received_ids(slow), ids(&[a]));
+    assert_eq!(sim.engine.counters().slow_consumer_closes, 1);
+    // It reconnects with its last id and replays what it missed.
+    let back = sim.connect(&["t"], None, Some(a));
+    assert_eq!(sim.received_ids(back), ids(&[b]));
+}
+
+#[test]
+fn idle_connections_get_a_keep_alive_on_the_coarse_tick() {
+    let config = EngineConfig {
+        keepalive: Duration::from_secs(15),
+        tick: Duration::from_secs(1),
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    let idle = sim.connect(&["t"], None, None);
+    let busy = sim.connect(&["busy"], None, None);
+    for _ in 0..14 {
+        sim.advance(Duration::from_secs(1));
+        sim.publish_topic("busy", "x");
+    }
+    assert!(!sim.raw(idle).contains(": keep-alive"));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.raw(idle).matches(": keep-alive").count(), 1);
+    assert!(!sim.raw(busy).contains(": keep-alive"));
+    for _ in 0..15 {
+        sim.advance(Duration::from_secs(1));
+    }
+    assert_eq!(sim.raw(idle).matches(": keep-alive").count(), 2);
+    let parser_comments = {
+        let mut p = Parser::new();
+        for f in &sim.frames[&idle] {
+            p.feed(f);
+        }
+        p.comments()
+    };
+    assert_eq!(parser_comments, 2);
+}
+
+#[test]
+fn the_timer_never_asks_for_a_past_deadline_and_early_calls_are_harmless() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.connect(&["t"], None, None);
+    let deadline = sim.engine.poll_timeout().unwrap();
+    sim.engine.handle_timeout(sim.now); // early
+    assert_eq!(sim.engine.poll_timeout(), Some(deadline));
+    sim.now += Duration::from_secs(10); // the driver was late
+    sim.engine.handle_timeout(sim.now);
+    assert!(sim.engine.poll_timeout().unwrap() > sim.now);
+}
+
+#[test]
+fn a_connection_is_closed_when_its_token_expires() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let mut req = ConnectRequest::new(vec![TopicPattern::parse("t").unwrap()]);
+    req.expires_at = Some(sim.now + Duration::from_secs(5));
+    let c = sim.engine.handle_connect(req, sim.now).unwrap();
+    sim.drain();
+    sim.advance(Duration::from_secs(4));
+    assert!(sim.closed.is_empty());
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.closed, vec![(c, CloseReason::TokenExpired)]);
+    assert!(!sim.engine.is_connected(c));
+}
+
+#[test]
+fn limits_on_connections_and_topics_are_errors() {
+    let mut sim = Sim::new(EngineConfig {
+        max_connections: 1,
+        max_topics_per_connection: 2,
+        ..EngineConfig::default()
+    });
+    let many = ["a", "b", "c"]
+        .iter()
+        .map(|t| TopicPattern::parse(t).unwrap())
+        .collect();
+    assert_eq!(
+        sim.engine
+            .handle_connect(ConnectRequest::new(many), sim.now),
+        Err(ConnectError::TooManyTopics { count: 3, limit: 2 })
+    );
+    sim.connect(&["a"], None, None);
+    assert_eq!(
+        sim.engine
+            .handle_connect(ConnectRequest::new(vec![]), sim.now),
+        Err(ConnectError::TooManyConnections { limit: 1 })
+    );
+}
+
+#[test]
+fn admin_streams_see_connections_publishes_and_stats_but_no_user_events() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let mut req = ConnectRequest::new(vec![]);
+    req.admin = true;
+    let admin = sim.engine.handle_connect(req, sim.now).unwrap();
+    sim.drain();
+    let user = sim.connect(&["t"], Some("alice"), None);
+    sim.publish(
+        Target {
+            broadcast: true,
+            ..topics(&["t"])
+        },
+        "hello",
+    );
+    sim.engine.handle_kick(user, sim.now);
+    sim.drain();
+    sim.advance(Duration::from_secs(1));
+    let got = sim.received(admin);
+    let kinds: Vec<&str> = got.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "connected",
+            "connected",
+            "published",
+            "disconnected",
+            "stats"
+        ]
+    );
+    assert!(
+        got.iter().all(|e| e.last_event_id.is_empty()),
+        "admin events carry no id"
+    );
+    let published: serde_json::Value = serde_json::from_str(&got[2].data).unwrap();
+    assert_eq!(published["preview"], "hello");
+    assert_eq!(published["recipients"], 1);
+    let gone: serde_json::Value = serde_json::from_str(&got[3].data).unwrap();
+    assert_eq!(gone["reason"], "kicked");
+    // Ordinary subscribers cannot name the admin topic at all.
+    assert!(TopicPattern::parse("$herald/admin").is_err());
+}
+
+#[test]
+fn the_snapshot_lists_connections_topics_and_counters() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let a = sim.connect(&["orders", "news/*"], Some("alice"), None);
+    sim.connect(&["orders"], None, None);
+    sim.publish_topic("orders", "x");
+    sim.advance(Duration::from_secs(2));
+    let snap = sim.engine.snapshot(sim.now);
+    assert_eq!(snap.connections.len(), 2);
+    let row = &snap.connections[0];
+    assert_eq!(row.id, a);
+    assert_eq!(row.user.as_deref(), Some("alice"));
+    assert_eq!(row.topics, ["orders", "news/*"]);
+    assert_eq!(row.events_sent, 1);
+    assert_eq!(row.connected_ms, 2000);
+    let topics: Vec<(String, u64, u64)> = snap
+        .topics
+        .iter()
+        .map(|t| (t.topic.clone(), t.subscribers, t.events))
+        .collect();
+    assert_eq!(
+        topics,
+        [("news/*".to_owned(), 1, 0), ("orders".to_owned(), 2, 1)]
+    );
+    assert_eq!(snap.stats.counters.delivered, 2);
+    assert_eq!(snap.stats.counters.connections, 2);
+}
+
+#[test]
+fn shutdown_closes_every_connection() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let a = sim.connect(&["t"], None, None);
+    let b = sim.connect(&["u"], None, None);
+    sim.engine.handle_shutdown(sim.now);
+    sim.drain();
+    assert_eq!(
+        sim.closed,
+        vec![(a, CloseReason::Shutdown), (b, CloseReason::Shutdown)]
+    );
+    assert_eq!(sim.engine.counters().connections, 0);
+}
+
+#[test]
+fn event_types_and_multiline_data_arrive_as_sent() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let c = sim.connect(&["t"], None, None);
+    let mut req = PublishRequest::new(topics(&["t"]), "line 1\r\nline 2\rline 3");
+    req.event_type = Some(EventType::new("order.updated").unwrap());
+    sim.engine.handle_publish(req, 1, sim.now).unwrap();
+    sim.drain();
+    let got = sim.received(c);
+    assert_eq!(got[0].event_type, "order.updated");
+    assert_eq!(got[0].data, "line 1\nline 2\nline 3");
+}
