@@ -73,6 +73,8 @@ pub enum CloseReason {
     Kicked,
     /// The server is shutting down.
     Shutdown,
+    /// The log could not serve its replay: it reconnects and tries again.
+    LogUnavailable,
 }
 
 impl CloseReason {
@@ -83,6 +85,7 @@ impl CloseReason {
             Self::TokenExpired => "token_expired",
             Self::Kicked => "kicked",
             Self::Shutdown => "shutdown",
+            Self::LogUnavailable => "log_unavailable",
         }
     }
 }

@@ -574,6 +574,12 @@ impl Engine {
         self.replay_step(slot, now);
     }
 
+    /// The log could not answer a history read for `conn`: it is closed, and retries by
+    /// reconnecting (skipping the history would lose events).
+    pub fn handle_history_failed(&mut self, conn: ConnId, now: Instant) {
+        self.close(conn, CloseReason::LogUnavailable, now);
+    }
+
     /// The log's retention moved (or at start-up): used to decide resets and for stats.
     pub fn handle_log_bounds(&mut self, bounds: LogBounds) {
         self.log = bounds;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The longest wire form an id can have: two `u64`s and a dash.
 pub const MAX_ID_LEN: usize = 20 + 1 + 20;
@@ -13,7 +13,7 @@ pub const MAX_ID_LEN: usize = 20 + 1 + 20;
 /// Ordered first by `ms`, then by `seq`; written on the wire as `"{ms}-{seq}"`, the shape of a
 /// Redis stream id. Use [`IdSequencer`] to mint them and [`EventId::from_str`] to read one a
 /// client sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventId {
     /// Unix time in milliseconds when the id was minted (never less than the previous id's).
     pub ms: u64,
@@ -65,6 +65,30 @@ impl EventId {
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+// JSON (admin API, metrics) shows ids as clients see them, `"ms-seq"`; binary formats (the
+// log's records) keep the two integers.
+impl Serialize for EventId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            (self.ms, self.seq).serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let (ms, seq) = <(u64, u64)>::deserialize(d)?;
+            Ok(Self::new(ms, seq))
+        }
     }
 }
 
@@ -173,6 +197,14 @@ mod tests {
             "1".repeat(100).parse::<EventId>(),
             Err(IdParseError::TooLong)
         );
+    }
+
+    #[test]
+    fn json_shows_ids_in_their_wire_form() {
+        let id = EventId::new(12, 3);
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"12-3\"");
+        assert_eq!(serde_json::from_str::<EventId>("\"12-3\"").unwrap(), id);
+        assert!(serde_json::from_str::<EventId>("\"x\"").is_err());
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! refer to.
 //!
 //! Memory is bounded: a line longer than [`MAX_LINE_LEN`] bytes is ignored as a whole (never
-//! truncated), and an event whose data would grow past that limit is dropped at its blank line.
-//! Both count in [`Parser::oversized`].
+//! truncated), and an event whose decoded data would grow past that limit is dropped at its
+//! blank line. Both count in [`Parser::oversized`]. A parser thus holds at most a few times the
+//! limit (the line, the data, and the decoded id and event type, which are lines themselves).
 
 use std::borrow::Cow;
 
@@ -102,8 +103,8 @@ impl Parser {
         let mut rest = self.skip_bom(chunk);
         if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
-            if rest[0] == b'\n' {
-                rest = &rest[1..];
+            if let [b'\n', tail @ ..] = rest {
+                rest = tail;
             }
         }
         while let Some(end) = find_break(rest) {
@@ -259,12 +260,14 @@ impl Parser {
         if self.dropping_event {
             return;
         }
+        // Measured after decoding: each invalid byte grows into a 3-byte U+FFFD.
+        let value = decode(value);
         if self.data.len() + value.len() + 1 > self.max_line_len {
             self.data.clear();
             self.dropping_event = true;
             return;
         }
-        self.data.push_str(&decode(value));
+        self.data.push_str(&value);
         self.data.push('\n');
     }
 
@@ -726,6 +729,17 @@ mod tests {
         assert_eq!(parser.oversized(), 1);
         assert!(parser.line.is_empty());
         assert_eq!(parser.feed(b"\ndata: ok\n\n"), [event("message", "ok", "")]);
+    }
+
+    #[test]
+    fn the_data_limit_counts_replacement_characters_not_raw_bytes() {
+        // Four invalid bytes decode to 12 bytes of U+FFFD, over a 10-byte limit.
+        let mut parser = Parser::with_max_line_len(10);
+        assert_eq!(
+            parser.feed(b"data:\x80\x80\x80\x80\n\ndata: ok\n\n"),
+            [event("message", "ok", "")]
+        );
+        assert_eq!(parser.oversized(), 1);
     }
 
     #[test]

@@ -1,4 +1,13 @@
-//! herald-server: the `herald` binary's library: the durable log, the HTTP API and the driver
-//! that runs the herald-core engine.
+//! herald-server: the `herald` binary's library: the durable log, the hub that drives the
+//! herald-core engine, and the HTTP API.
 
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod hub;
 pub mod log;
+pub mod metrics;
+pub mod server;
+pub mod sse;
+pub mod tls;

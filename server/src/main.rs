@@ -1,1 +1,163 @@
-fn main() {}
+//! `herald`: a Server-Sent Events hub. See `herald --help`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use herald_server::auth::{Claims, Grants, JwtKey, PublishGrant};
+use herald_server::config::{ServeArgs, parse_duration};
+use serde_json::json;
+
+/// Herald: publish events over HTTP, deliver them to browsers over Server-Sent Events, and
+/// replay what a reconnecting client missed from a durable log.
+#[derive(Parser, Debug)]
+#[command(name = "herald", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server. Settings: flags > HERALD_* environment variables > --config file >
+    /// defaults.
+    Serve(ServeArgs),
+    /// Mint a signed token (HS256 JWT) for a subscriber, publisher or operator.
+    Token(TokenArgs),
+    /// Publish one event through a running server's HTTP API.
+    Publish(PublishArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The user id (`sub`): events sent to this user reach all its connections.
+    #[arg(long)]
+    sub: String,
+    /// A topic or `prefix/*` pattern the user may subscribe to (repeatable).
+    #[arg(long = "subscribe")]
+    subscribe: Vec<String>,
+    /// May publish to anything (topics, users, broadcast).
+    #[arg(long)]
+    publish: bool,
+    /// May publish to this topic or pattern only (repeatable; ignored with --publish).
+    #[arg(long = "publish-topic")]
+    publish_topics: Vec<String>,
+    /// May use the admin API and console.
+    #[arg(long)]
+    admin: bool,
+    /// How long the token is valid, e.g. 15m, 1h, 30d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// The server's secret (the same as `herald serve` uses).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Read the secret from this config file when not given otherwise.
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct PublishArgs {
+    /// The server.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// A token with publish rights (not needed against `herald serve --dev`).
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Topic to publish to (repeatable).
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// User to send to (repeatable).
+    #[arg(long = "user")]
+    users: Vec<String>,
+    /// Send to everyone connected.
+    #[arg(long)]
+    broadcast: bool,
+    /// The event type (`event:` field); default `message`.
+    #[arg(long)]
+    event: Option<String>,
+    /// The data: JSON is sent as JSON (compact), anything else as text.
+    #[arg(long)]
+    data: String,
+    /// Makes retries safe: the same key returns the first publish's id.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.resolve()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(herald_server::server::serve(config))
+        }
+        Command::Token(args) => token(args),
+        Command::Publish(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(publish(args))
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let secret = match args.jwt_secret {
+        Some(s) => s,
+        None => {
+            let from_file = ServeArgs { config: args.config.clone(), ..ServeArgs::default() };
+            from_file.resolve()?.jwt_secret.context(
+                "no JWT secret: pass --jwt-secret (or set HERALD_JWT_SECRET, or jwt_secret in --config)",
+            )?
+        }
+    };
+    for p in args.subscribe.iter().chain(&args.publish_topics) {
+        herald_core::TopicPattern::parse(p).with_context(|| format!("invalid topic pattern {p:?}"))?;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let publish = if args.publish {
+        PublishGrant::All(true)
+    } else if !args.publish_topics.is_empty() {
+        PublishGrant::Topics(args.publish_topics)
+    } else {
+        PublishGrant::All(false)
+    };
+    let claims = Claims {
+        sub: args.sub,
+        exp: now + args.ttl.as_secs().max(1),
+        herald: Grants { subscribe: args.subscribe, publish, admin: args.admin },
+    };
+    println!("{}", JwtKey::new(secret.as_bytes()).mint(&claims));
+    Ok(())
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let data: serde_json::Value =
+        serde_json::from_str(&args.data).unwrap_or_else(|_| serde_json::Value::String(args.data.clone()));
+    let mut body = json!({
+        "topics": args.topics,
+        "users": args.users,
+        "broadcast": args.broadcast,
+        "data": data,
+    });
+    if let Some(e) = args.event {
+        body["event"] = json!(e);
+    }
+    if let Some(k) = args.idempotency_key {
+        body["idempotency_key"] = json!(k);
+    }
+    let url = format!("{}/publish", args.url.trim_end_matches('/'));
+    let (status, answer) =
+        herald_server::client::request_json(http::Method::POST, &url, args.token.as_deref(), Some(body)).await?;
+    if !status.is_success() {
+        let message = answer.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error");
+        bail!("{status}: {message}");
+    }
+    println!("{}", answer.get("id").and_then(|i| i.as_str()).unwrap_or_default());
+    Ok(())
+}

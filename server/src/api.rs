@@ -1,0 +1,396 @@
+//! The HTTP API: each request becomes a hub command; answers are JSON (errors as
+//! `{"error": "..."}`) or an event stream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_core::{
+    ConnId, ConnectError, ConnectRequest, EventId, EventType, PublishError, PublishRequest, Target,
+    Topic, TopicPattern, UserId, frame,
+};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{AuthError, Identity, JwtKey, token_from};
+use crate::hub::{Hub, PublishFailure, jittered_retry};
+use crate::log::{EventLog, LogMetrics};
+use crate::metrics;
+use crate::sse::SseBody;
+
+/// The response body: a whole JSON/HTML body or an event stream.
+pub type Body = Either<Full<Bytes>, SseBody>;
+
+/// The small page at `/`.
+const INDEX_HTML: &str = include_str!("index.html");
+
+/// Everything request handlers share.
+pub struct AppState {
+    /// The engine's driver.
+    pub hub: Hub,
+    /// Token verification; `None` only in dev mode.
+    pub jwt: Option<JwtKey>,
+    /// Development mode: no auth.
+    pub dev: bool,
+    /// Publish body limit.
+    pub max_body: usize,
+    /// `retry:` base for refusals.
+    pub retry_ms: u64,
+    /// CORS allow-list.
+    pub cors_origins: Vec<String>,
+    /// The log, for metrics.
+    pub log: Arc<dyn EventLog>,
+    /// Group-commit figures, for metrics.
+    pub log_metrics: Arc<LogMetrics>,
+}
+
+/// Routes one request. Never fails: errors are JSON responses.
+pub async fn handle(req: Request<Incoming>, state: Arc<AppState>, remote: SocketAddr) -> Result<Response<Body>, Infallible> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = route(req, &state, remote).await.unwrap_or_else(|e| e.into_response());
+    apply_cors(&state, origin, &mut response);
+    Ok(response)
+}
+
+/// An error answer: status and message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn into_response(self) -> Response<Body> {
+        json_response(self.status, &json!({ "error": self.message }))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, e.to_string())
+    }
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(value.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn unavailable() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down")
+}
+
+async fn route(req: Request<Incoming>, state: &AppState, remote: SocketAddr) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        return Ok(preflight());
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, [""]) => Ok(index()),
+        (&Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
+        (&Method::GET, ["metrics"]) => metrics_response(state).await,
+        (&Method::GET, ["events"]) => subscribe(req, state, remote, false).await,
+        (&Method::POST, ["publish"]) => publish(req, state).await,
+        (&Method::GET, ["admin", "events"]) => subscribe(req, state, remote, true).await,
+        (&Method::GET, ["admin", "connections"]) => {
+            require_admin(&req, state)?;
+            let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
+            Ok(json_response(StatusCode::OK, &json!({ "connections": snap.connections })))
+        }
+        (&Method::GET, ["admin", "connections", id]) => {
+            require_admin(&req, state)?;
+            let id = parse_conn_id(id)?;
+            let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
+            match snap.connections.into_iter().find(|c| c.id == id) {
+                Some(c) => Ok(json_response(StatusCode::OK, &json!(c))),
+                None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no connection {id}"))),
+            }
+        }
+        (&Method::DELETE, ["admin", "connections", id]) => {
+            require_admin(&req, state)?;
+            let id = parse_conn_id(id)?;
+            if state.hub.kick(id).await.map_err(|_| unavailable())? {
+                Ok(json_response(StatusCode::OK, &json!({ "disconnected": id })))
+            } else {
+                Err(ApiError::new(StatusCode::NOT_FOUND, format!("no connection {id}")))
+            }
+        }
+        (&Method::GET, ["admin", "stats"]) => {
+            require_admin(&req, state)?;
+            let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
+            Ok(json_response(StatusCode::OK, &json!({ "stats": snap.stats, "topics": snap.topics })))
+        }
+        (_, [""] | ["healthz"] | ["metrics"] | ["events"] | ["publish"] | ["admin", ..]) => {
+            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")))
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
+    }
+}
+
+fn parse_conn_id(s: &str) -> Result<ConnId, ApiError> {
+    s.parse().map_err(|_| ApiError::bad_request(format!("{s:?} is not a connection id")))
+}
+
+fn index() -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(INDEX_HTML.as_bytes()))));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r
+}
+
+fn preflight() -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, DELETE, OPTIONS"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, Last-Event-ID"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    r
+}
+
+fn apply_cors(state: &AppState, origin: Option<HeaderValue>, response: &mut Response<Body>) {
+    let Some(origin) = origin else { return };
+    let allowed = origin.to_str().is_ok_and(|o| state.cors_origins.iter().any(|a| a == o));
+    if !allowed {
+        return;
+    }
+    let h = response.headers_mut();
+    // With credentials the exact origin must be echoed, never `*`.
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+    let Some(q) = req.uri().query() else { return Vec::new() };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` and `+` in a query component; invalid escapes stay as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], escaped) {
+            (_, Some(b)) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (b'+', None) => out.push(b' '),
+            (b, None) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The caller's identity: dev mode trusts everyone; otherwise a valid token is required.
+fn identify(req: &Request<Incoming>, state: &AppState, query: &[(String, String)]) -> Result<Identity, ApiError> {
+    let query_token = query.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str());
+    let token = token_from(req.headers(), query_token);
+    match (&state.jwt, token) {
+        (Some(key), Some(token)) => Ok(key.identify(&token, unix_now())?),
+        (_, None) if state.dev => {
+            let user = query.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str());
+            let user = user
+                .map(UserId::new)
+                .transpose()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Ok(Identity::dev(user))
+        }
+        (None, Some(_)) => Ok(Identity::dev(None)),
+        (Some(_), None) | (None, None) => Err(AuthError::Missing.into()),
+    }
+}
+
+fn require_admin(req: &Request<Incoming>, state: &AppState) -> Result<Identity, ApiError> {
+    let id = identify(req, state, &query_pairs(req))?;
+    if !id.admin {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "this token has no admin rights"));
+    }
+    Ok(id)
+}
+
+async fn subscribe(
+    req: Request<Incoming>,
+    state: &AppState,
+    remote: SocketAddr,
+    admin: bool,
+) -> Result<Response<Body>, ApiError> {
+    let query = query_pairs(&req);
+    let identity = identify(&req, state, &query)?;
+    if admin && !identity.admin {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "this token has no admin rights"));
+    }
+    let mut patterns = Vec::new();
+    if !admin {
+        for (k, v) in &query {
+            if k == "topic" {
+                patterns.push(TopicPattern::parse(v).map_err(|e| ApiError::bad_request(e.to_string()))?);
+            }
+        }
+        if let Some(p) = identity.forbidden_topic(&patterns) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("this token may not subscribe to topic {:?}", p.to_string())));
+        }
+    }
+    let header_id = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
+    let query_id = query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone());
+    let last_id = match header_id.or(query_id) {
+        None => None,
+        // An empty header is what a client sends after an `id:` reset: start live.
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(
+            s.parse::<EventId>()
+                .map_err(|e| ApiError::bad_request(format!("invalid Last-Event-ID: {e}")))?,
+        ),
+    };
+    let expires_at = identity.expires_unix.map(|exp| {
+        let left = exp.saturating_sub(unix_now());
+        std::time::Instant::now() + Duration::from_secs(left)
+    });
+    let connect = ConnectRequest {
+        patterns,
+        user: identity.user.clone(),
+        last_id,
+        remote: Some(remote.to_string()),
+        expires_at,
+        admin,
+    };
+    match state.hub.connect(connect, admin).await.map_err(|_| unavailable())? {
+        Ok(sub) => Ok(stream_response(Either::Right(sub.body))),
+        Err(e @ ConnectError::TooManyTopics { .. }) => Err(ApiError::bad_request(e.to_string())),
+        Err(e @ ConnectError::TooManyConnections { .. }) => {
+            // EventSource gives up for good on any non-200: say "come back later" in-band.
+            tracing::warn!(%remote, "{e}");
+            let retry = jittered_retry(state.retry_ms, remote.port().into());
+            Ok(stream_response(Either::Left(Full::new(frame::encode_retry(retry)))))
+        }
+    }
+}
+
+fn stream_response(body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    broadcast: bool,
+    #[serde(default)]
+    event: Option<String>,
+    data: serde_json::Value,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Body>, ApiError> {
+    let query = query_pairs(&req);
+    let identity = identify(&req, state, &query)?;
+    let limit = state.max_body;
+    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes"))
+        } else {
+            ApiError::bad_request(format!("could not read the body: {e}"))
+        }
+    })?;
+    let body: PublishBody =
+        serde_json::from_slice(&body.to_bytes()).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let bad = |e: herald_core::NameError| ApiError::bad_request(e.to_string());
+    let target = Target {
+        topics: body.topics.iter().map(|t| Topic::new(t)).collect::<Result<_, _>>().map_err(bad)?,
+        users: body.users.iter().map(|u| UserId::new(u)).collect::<Result<_, _>>().map_err(bad)?,
+        broadcast: body.broadcast,
+    };
+    if target.is_empty() {
+        return Err(ApiError::bad_request(PublishError::NoTarget.to_string()));
+    }
+    identity
+        .check_publish(&target)
+        .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, m))?;
+    let event_type = match body.event.as_deref() {
+        None | Some("") => None,
+        Some(t) => Some(EventType::new(t).map_err(bad)?),
+    };
+    let data = match body.data {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    let request = PublishRequest { target, event_type, data, idempotency_key: body.idempotency_key };
+    match state.hub.publish(request).await {
+        Ok(id) => Ok(json_response(StatusCode::OK, &json!({ "id": id.to_string() }))),
+        Err(PublishFailure::Rejected(e)) => Err(ApiError::bad_request(e.to_string())),
+        Err(e @ PublishFailure::Log(_)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(PublishFailure::ShuttingDown) => Err(unavailable()),
+    }
+}
+
+async fn metrics_response(state: &AppState) -> Result<Response<Body>, ApiError> {
+    let stats = state.hub.stats().await.map_err(|_| unavailable())?;
+    let text = metrics::render(&stats, &state.log_metrics.snapshot(), state.log.corrupt_records());
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(text))));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn query_components_are_percent_decoded() {
+        assert_eq!(percent_decode("news%2F*"), "news/*");
+        assert_eq!(percent_decode("a+b"), "a b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("caf%C3%A9"), "café");
+    }
+}

@@ -1,0 +1,336 @@
+//! Who is calling: HS256 JWTs from a header, a cookie or the query string, and what they may do.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use herald_core::{Target, TopicPattern, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// The cookie a browser can carry its token in.
+pub const TOKEN_COOKIE: &str = "herald_token";
+
+/// The longest token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// A token's claims: `sub` is the user id, `herald` what the user may do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    /// Herald's own grants.
+    #[serde(default)]
+    pub herald: Grants,
+}
+
+/// What a token allows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    /// Topics and `prefix/*` patterns the user may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// `true` for any topic, or the topics (and patterns) the user may publish to.
+    #[serde(default)]
+    pub publish: PublishGrant,
+    /// May read the admin API and push to anyone.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// The `publish` claim: a flag or a list of topic patterns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PublishGrant {
+    /// `true`: any topic, user or broadcast; `false`: nothing.
+    All(bool),
+    /// Only events whose topics all fall under these patterns (no users, no broadcast).
+    Topics(Vec<String>),
+}
+
+impl Default for PublishGrant {
+    fn default() -> Self {
+        Self::All(false)
+    }
+}
+
+/// Why a token was refused (answered with 401 and this message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials were presented.
+    #[error("missing credentials: send a token as 'Authorization: Bearer <token>', the '{TOKEN_COOKIE}' cookie or '?token='")]
+    Missing,
+    /// The token is not three base64url parts of JSON.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The token is not HS256.
+    #[error("unsupported token algorithm (only HS256 is accepted)")]
+    Algorithm,
+    /// The signature does not match the server's secret.
+    #[error("invalid token signature")]
+    Signature,
+    /// The token expired.
+    #[error("token expired")]
+    Expired,
+    /// A grant in the token is not a valid topic pattern or user id.
+    #[error("token claim is invalid: {0}")]
+    BadClaim(String),
+}
+
+/// The verified caller: what a request may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The user (from `sub`), if any.
+    pub user: Option<UserId>,
+    /// Patterns the caller may subscribe to.
+    pub subscribe: Vec<TopicPattern>,
+    /// What the caller may publish.
+    pub publish: PublishRight,
+    /// Admin rights.
+    pub admin: bool,
+    /// When the credentials expire, unix seconds (`None` in dev mode).
+    pub expires_unix: Option<u64>,
+}
+
+/// What an identity may publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishRight {
+    /// Nothing.
+    None,
+    /// Anything: any topic, any user, broadcast.
+    All,
+    /// Events whose every topic falls under one of these patterns.
+    Topics(Vec<TopicPattern>),
+}
+
+impl Identity {
+    /// The anonymous caller of `--dev` mode: every right, optionally naming itself.
+    pub fn dev(user: Option<UserId>) -> Self {
+        Self {
+            user,
+            subscribe: vec![TopicPattern::Prefix("".into())],
+            publish: PublishRight::All,
+            admin: true,
+            expires_unix: None,
+        }
+    }
+
+    /// The first pattern the caller may not subscribe to, if any.
+    pub fn forbidden_topic<'a>(&self, patterns: &'a [TopicPattern]) -> Option<&'a TopicPattern> {
+        patterns
+            .iter()
+            .find(|p| !self.subscribe.iter().any(|grant| p.is_within(grant)))
+    }
+
+    /// Checks a publish; the error names what is not allowed.
+    pub fn check_publish(&self, target: &Target) -> Result<(), String> {
+        match &self.publish {
+            PublishRight::All => Ok(()),
+            PublishRight::None => Err("this token may not publish".into()),
+            PublishRight::Topics(grants) => {
+                if target.broadcast {
+                    return Err("this token may not broadcast".into());
+                }
+                if let Some(user) = target.users.first() {
+                    return Err(format!("this token may not publish to user {user:?}"));
+                }
+                match target.topics.iter().find(|t| !grants.iter().any(|g| g.matches(t))) {
+                    Some(t) => Err(format!("this token may not publish to topic {:?}", t.as_str())),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// The server's signing key.
+#[derive(Clone)]
+pub struct JwtKey {
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtKey(..)")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
+impl JwtKey {
+    /// A key from the shared secret.
+    pub fn new(secret: &[u8]) -> Self {
+        Self { secret: secret.to_vec() }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Signs `claims` as an HS256 JWT.
+    pub fn mint(&self, claims: &Claims) -> String {
+        let header = Header { alg: "HS256".into(), typ: Some("JWT".into()) };
+        let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let signing_input = format!("{header}.{body}");
+        let mut mac = self.mac();
+        mac.update(signing_input.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{sig}")
+    }
+
+    /// Verifies signature and expiry, and returns the claims.
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Malformed("too long"));
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(body), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed("expected three dot-separated parts"));
+        };
+        let header_json = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| AuthError::Malformed("header is not base64url"))?;
+        let header: Header =
+            serde_json::from_slice(&header_json).map_err(|_| AuthError::Malformed("header is not JSON"))?;
+        if header.alg != "HS256" {
+            return Err(AuthError::Algorithm);
+        }
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
+        let mut mac = self.mac();
+        mac.update(header_json_input(token).as_bytes());
+        mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
+        let body = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| AuthError::Malformed("claims are not base64url"))?;
+        let claims: Claims =
+            serde_json::from_slice(&body).map_err(|_| AuthError::Malformed("claims are not the expected JSON"))?;
+        if claims.exp <= now_unix {
+            return Err(AuthError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a token and turns its claims into an [`Identity`].
+    pub fn identify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+        let claims = self.verify(token, now_unix)?;
+        let user = if claims.sub.is_empty() {
+            None
+        } else {
+            Some(UserId::new(&claims.sub).map_err(|e| AuthError::BadClaim(e.to_string()))?)
+        };
+        let patterns = |list: &[String]| -> Result<Vec<TopicPattern>, AuthError> {
+            list.iter()
+                .map(|p| TopicPattern::parse(p).map_err(|e| AuthError::BadClaim(e.to_string())))
+                .collect()
+        };
+        let publish = match &claims.herald.publish {
+            PublishGrant::All(true) => PublishRight::All,
+            PublishGrant::All(false) => PublishRight::None,
+            PublishGrant::Topics(list) => PublishRight::Topics(patterns(list)?),
+        };
+        Ok(Identity {
+            user,
+            subscribe: patterns(&claims.herald.subscribe)?,
+            publish,
+            admin: claims.herald.admin,
+            expires_unix: Some(claims.exp),
+        })
+    }
+}
+
+/// The signed part of a token: everything before the last dot.
+fn header_json_input(token: &str) -> &str {
+    token.rsplit_once('.').map_or(token, |(input, _)| input)
+}
+
+/// Finds the token in `Authorization: Bearer`, then the cookie, then `token` in the query.
+pub fn token_from(headers: &http::HeaderMap, query_token: Option<&str>) -> Option<String> {
+    if let Some(auth) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(t) = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")) {
+            return Some(t.trim().to_owned());
+        }
+    }
+    for cookie in headers.get_all(http::header::COOKIE) {
+        let Ok(cookie) = cookie.to_str() else { continue };
+        for pair in cookie.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=')
+                && name == TOKEN_COOKIE
+            {
+                return Some(value.to_owned());
+            }
+        }
+    }
+    query_token.map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::Topic;
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            exp,
+            herald: Grants {
+                subscribe: vec!["orders".into(), "news/*".into()],
+                publish: PublishGrant::Topics(vec!["orders".into()]),
+                admin: false,
+            },
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_and_grants_what_it_says() {
+        let key = JwtKey::new(b"secret");
+        let token = key.mint(&claims(2_000));
+        let id = key.identify(&token, 1_000).unwrap();
+        assert_eq!(id.user, Some(UserId::new("alice").unwrap()));
+        let p = |s| TopicPattern::parse(s).unwrap();
+        assert_eq!(id.forbidden_topic(&[p("orders"), p("news/eu")]), None);
+        assert_eq!(id.forbidden_topic(&[p("orders"), p("secret")]), Some(&p("secret")));
+        let orders = Target { topics: vec![Topic::new("orders").unwrap()], ..Target::default() };
+        assert!(id.check_publish(&orders).is_ok());
+        let bcast = Target { broadcast: true, ..Target::default() };
+        assert!(id.check_publish(&bcast).is_err());
+    }
+
+    #[test]
+    fn forged_expired_and_malformed_tokens_are_refused_with_a_reason() {
+        let key = JwtKey::new(b"secret");
+        let token = key.mint(&claims(2_000));
+        assert_eq!(JwtKey::new(b"other").verify(&token, 1_000), Err(AuthError::Signature));
+        assert_eq!(key.verify(&token, 2_000), Err(AuthError::Expired));
+        assert!(matches!(key.verify("abc", 0), Err(AuthError::Malformed(_))));
+        assert!(matches!(key.verify("a.b.c", 0), Err(AuthError::Malformed(_))));
+        // Tampering with the claims breaks the signature.
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory","exp":9999999999,"herald":{"admin":true}}"#);
+        parts[1] = &forged;
+        assert_eq!(key.verify(&parts.join("."), 0), Err(AuthError::Signature));
+        // "alg": "none" is never accepted.
+        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), parts[1]);
+        assert_eq!(key.verify(&none, 0), Err(AuthError::Algorithm));
+    }
+
+    #[test]
+    fn tokens_are_found_in_header_cookie_and_query_in_that_order() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(token_from(&headers, Some("q")), Some("q".into()));
+        headers.insert(http::header::COOKIE, "a=1; herald_token=c".parse().unwrap());
+        assert_eq!(token_from(&headers, Some("q")), Some("c".into()));
+        headers.insert(http::header::AUTHORIZATION, "Bearer h".parse().unwrap());
+        assert_eq!(token_from(&headers, Some("q")), Some("h".into()));
+    }
+}

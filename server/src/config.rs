@@ -1,0 +1,302 @@
+//! `herald serve` settings: flags > `HERALD_*` environment variables > the TOML file >
+//! built-in defaults, resolved once at start-up into a [`ServeConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::log::{FsyncPolicy, LogConfig, Retention};
+
+/// The flags of `herald serve`. Every flag also reads `HERALD_<NAME>` (upper case, `_` for
+/// `-`), and every setting can be written in the `--config` TOML file under the flag's name
+/// with `_` for `-` (for example `max_connections = 1000`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with settings (flags and environment variables override it).
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded event log [default: ./herald-data].
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Development mode: no authentication, anyone on this machine may subscribe, publish
+    /// and administer, and `?user=` names a subscriber. Never use it in production.
+    #[arg(long, env = "HERALD_DEV")]
+    pub dev: bool,
+    /// Secret for HS256 tokens (required unless --dev).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// When an append counts as durable: `every-batch` (fsync each group commit) or `never`
+    /// (sled flushes in the background: faster, but a crash can lose the last ~0.5 s)
+    /// [default: every-batch].
+    #[arg(long, env = "HERALD_FSYNC")]
+    pub fsync: Option<FsyncPolicy>,
+    /// Keep at most this many events in the log [default: 1000000].
+    #[arg(long, env = "HERALD_RETAIN_EVENTS")]
+    pub retain_events: Option<u64>,
+    /// Keep events at most this long, e.g. `7d`, `12h` [default: 7d].
+    #[arg(long, env = "HERALD_RETAIN_AGE", value_parser = parse_duration)]
+    pub retain_age: Option<Duration>,
+    /// Keep at most this many bytes of events [default: 1073741824].
+    #[arg(long, env = "HERALD_RETAIN_BYTES")]
+    pub retain_bytes: Option<u64>,
+    /// Most subscriber connections at once; beyond it new subscribers are told to retry
+    /// later [default: 50000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most topics in one subscription [default: 64].
+    #[arg(long, env = "HERALD_MAX_TOPICS")]
+    pub max_topics: Option<usize>,
+    /// Largest publish body in bytes [default: 1048576].
+    #[arg(long, env = "HERALD_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Bytes queued for one subscriber before it is closed as too slow (it reconnects and
+    /// replays) [default: 4194304].
+    #[arg(long, env = "HERALD_QUEUE_BYTES")]
+    pub queue_bytes: Option<usize>,
+    /// Keep-alive comment interval on idle streams [default: 15s].
+    #[arg(long, env = "HERALD_KEEPALIVE", value_parser = parse_duration)]
+    pub keepalive: Option<Duration>,
+    /// Reconnection delay sent to clients as `retry:`, in ms [default: 3000].
+    #[arg(long, env = "HERALD_RETRY_MS")]
+    pub retry_ms: Option<u64>,
+    /// Time a client has to send its request headers [default: 10s].
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// Longest wait for streams to end and the log to flush on shutdown [default: 10s].
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Origins allowed to subscribe from a browser on another origin (with credentials);
+    /// repeat the flag or separate with commas.
+    #[arg(long = "cors-origin", env = "HERALD_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// TLS certificate chain (PEM); with --tls-key serves HTTPS with HTTP/2.
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Listen backlog (pending connections the kernel queues) [default: 4096].
+    #[arg(long, env = "HERALD_BACKLOG")]
+    pub backlog: Option<u32>,
+}
+
+/// The settings file: the same names as the flags, with `_` for `-`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    dev: Option<bool>,
+    jwt_secret: Option<String>,
+    fsync: Option<String>,
+    retain_events: Option<u64>,
+    retain_age: Option<String>,
+    retain_bytes: Option<u64>,
+    max_connections: Option<usize>,
+    max_topics: Option<usize>,
+    max_body: Option<usize>,
+    queue_bytes: Option<usize>,
+    keepalive: Option<String>,
+    retry_ms: Option<u64>,
+    header_timeout: Option<String>,
+    shutdown_timeout: Option<String>,
+    cors_origins: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    backlog: Option<u32>,
+}
+
+/// Every setting of a running server, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The log's settings.
+    pub log: LogConfig,
+    /// Development mode (no auth).
+    pub dev: bool,
+    /// The HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Topics per subscription.
+    pub max_topics: usize,
+    /// Publish body limit.
+    pub max_body: usize,
+    /// Per-connection queue bound.
+    pub queue_bytes: usize,
+    /// Keep-alive interval.
+    pub keepalive: Duration,
+    /// `retry:` sent to clients.
+    pub retry_ms: u64,
+    /// Header read timeout.
+    pub header_timeout: Duration,
+    /// Shutdown bound.
+    pub shutdown_timeout: Duration,
+    /// CORS allow-list.
+    pub cors_origins: Vec<String>,
+    /// TLS certificate and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Listen backlog.
+    pub backlog: u32,
+}
+
+/// A setting that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses `500ms`, `15s`, `10m`, `12h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 10m, 12h or 7d"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        _ => return Err(format!("{s:?} has an unknown unit (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+impl ServeArgs {
+    /// Resolves flags and environment over the file over the defaults.
+    pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let dur = |flag: Option<Duration>, file: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            match (flag, file) {
+                (Some(d), _) => Ok(d),
+                (None, Some(s)) => parse_duration(s).map_err(ConfigError::Invalid),
+                (None, None) => Ok(default),
+            }
+        };
+        let fsync = match (self.fsync, &file.fsync) {
+            (Some(f), _) => f,
+            (None, Some(s)) => s.parse().map_err(|e| ConfigError::Invalid(format!("{e}")))?,
+            (None, None) => FsyncPolicy::default(),
+        };
+        let defaults = Retention::default();
+        let retention = Retention {
+            max_events: self.retain_events.or(file.retain_events).unwrap_or(defaults.max_events),
+            max_age: dur(self.retain_age, &file.retain_age, defaults.max_age)?,
+            max_bytes: self.retain_bytes.or(file.retain_bytes).unwrap_or(defaults.max_bytes),
+        };
+        let tls = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("--tls-cert and --tls-key go together".into())),
+        };
+        let config = ServeConfig {
+            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            log: LogConfig {
+                data_dir: self
+                    .data_dir
+                    .clone()
+                    .or(file.data_dir)
+                    .unwrap_or_else(|| PathBuf::from(crate::log::DEFAULT_DATA_DIR)),
+                fsync,
+                retention,
+            },
+            dev: self.dev || file.dev.unwrap_or(false),
+            jwt_secret: self.jwt_secret.clone().or(file.jwt_secret).filter(|s| !s.is_empty()),
+            max_connections: self.max_connections.or(file.max_connections).unwrap_or(50_000),
+            max_topics: self.max_topics.or(file.max_topics).unwrap_or(64),
+            max_body: self.max_body.or(file.max_body).unwrap_or(1 << 20),
+            queue_bytes: self.queue_bytes.or(file.queue_bytes).unwrap_or(4 << 20),
+            keepalive: dur(self.keepalive, &file.keepalive, Duration::from_secs(15))?,
+            retry_ms: self.retry_ms.or(file.retry_ms).unwrap_or(3_000),
+            header_timeout: dur(self.header_timeout, &file.header_timeout, Duration::from_secs(10))?,
+            shutdown_timeout: dur(self.shutdown_timeout, &file.shutdown_timeout, Duration::from_secs(10))?,
+            cors_origins: if self.cors_origins.is_empty() {
+                file.cors_origins.unwrap_or_default()
+            } else {
+                self.cors_origins.clone()
+            },
+            tls,
+            backlog: self.backlog.or(file.backlog).unwrap_or(4096),
+        };
+        if config.max_connections == 0 || config.max_topics == 0 || config.queue_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max-connections and max-topics must be at least 1, queue-bytes at least 1024".into(),
+            ));
+        }
+        if config.keepalive.is_zero() {
+            return Err(ConfigError::Invalid("keepalive must be longer than zero".into()));
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, "max_connections = 7\nmax_topics = 3\nkeepalive = \"5s\"\nfsync = \"never\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), max_topics: Some(9), ..ServeArgs::default() };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.max_topics, 9);
+        assert_eq!(c.keepalive, Duration::from_secs(5));
+        assert_eq!(c.log.fsync, FsyncPolicy::Never);
+        assert_eq!(c.max_body, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_settings_in_the_file_are_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, "max_conections = 7\n").unwrap();
+        let err = ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("herald.toml"), "{err}");
+    }
+}

@@ -1,0 +1,430 @@
+//! The hub: the one task that owns the engine and performs its outputs.
+//!
+//! Everything else talks to it through [`Hub`] (commands over a channel). After every input
+//! it drains the engine's outputs: frames go to per-connection [`Queue`]s, appends to the
+//! group committer, history reads to a blocking task whose answer comes back as a command.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald_core::{
+    CloseReason, ConnId, ConnectError, ConnectRequest, Engine, EventId, HistoryPage, LogBounds,
+    Output, PublishError, PublishRequest, Snapshot, Stats, frame,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::log::{CommitReport, EventLog, GroupCommitter};
+use crate::sse::{Push, Queue, SseBody};
+
+/// Tunables of the driver (the engine has its own).
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Most bytes queued for one connection before it counts as a slow consumer.
+    pub queue_bytes: usize,
+    /// Base of the `retry:` sent when the server refuses or ends a stream; jitter is added.
+    pub retry_ms: u64,
+    /// How long a history read waits for its connection's queue to drain.
+    pub history_drain_wait: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self { queue_bytes: 4 << 20, retry_ms: 3_000, history_drain_wait: Duration::from_secs(30) }
+    }
+}
+
+/// Why a publish was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishFailure {
+    /// The request itself was refused by the engine.
+    #[error(transparent)]
+    Rejected(#[from] PublishError),
+    /// The log could not store it.
+    #[error("the event log could not store the event: {0}")]
+    Log(String),
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A subscriber's side of a new connection.
+#[derive(Debug)]
+pub struct Subscriber {
+    /// Its id.
+    pub conn: ConnId,
+    /// The response body streaming its queue.
+    pub body: SseBody,
+}
+
+enum Command {
+    Connect { req: ConnectRequest, snapshot: bool, reply: oneshot::Sender<Result<Subscriber, ConnectError>> },
+    Disconnect(ConnId),
+    Publish { req: PublishRequest, reply: oneshot::Sender<Result<EventId, PublishFailure>> },
+    Commit(CommitReport),
+    History { conn: ConnId, page: Result<HistoryPage, String> },
+    Snapshot { reply: oneshot::Sender<Snapshot> },
+    Stats { reply: oneshot::Sender<Stats> },
+    Kick { conn: ConnId, reply: oneshot::Sender<bool> },
+    Bounds(LogBounds),
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// The cheap, cloneable way to reach the hub from anywhere (bodies use it on drop).
+#[derive(Clone, Debug)]
+pub struct HubSender(mpsc::UnboundedSender<Command>);
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl HubSender {
+    /// Reports that a subscriber's body was dropped (the client went away).
+    pub fn disconnected(&self, conn: ConnId) {
+        let _ = self.0.send(Command::Disconnect(conn));
+    }
+
+    /// Reports the log's bounds after a retention step.
+    pub fn log_bounds(&self, bounds: LogBounds) {
+        let _ = self.0.send(Command::Bounds(bounds));
+    }
+}
+
+/// A handle to the running hub.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    tx: HubSender,
+    log_metrics: Arc<crate::log::LogMetrics>,
+}
+
+/// The hub is gone (the server is stopping).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the server is shutting down")]
+pub struct HubGone;
+
+impl Hub {
+    /// Starts the hub task: `engine` seeded from `log`, appends through a group committer.
+    pub fn start(engine: Engine, log: Arc<dyn EventLog>, config: HubConfig) -> (Hub, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sender = HubSender(tx);
+        let commit_tx = sender.clone();
+        let committer = GroupCommitter::start(log.clone(), move |report| {
+            let _ = commit_tx.0.send(Command::Commit(report));
+        });
+        let log_metrics = committer.metrics();
+        let driver = Driver {
+            engine,
+            log,
+            committer: Some(committer),
+            config,
+            queues: HashMap::new(),
+            waiters: BTreeMap::new(),
+            sender: sender.clone(),
+            shutting_down: false,
+            shutdown_reply: None,
+        };
+        let task = tokio::spawn(driver.run(rx));
+        (Hub { tx: sender, log_metrics }, task)
+    }
+
+    /// The group committer's figures, for `/metrics`.
+    pub fn log_metrics(&self) -> Arc<crate::log::LogMetrics> {
+        self.log_metrics.clone()
+    }
+
+    /// The sender bodies and background tasks use.
+    pub fn sender(&self) -> HubSender {
+        self.tx.clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, HubGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.0.send(make(reply)).map_err(|_| HubGone)?;
+        rx.await.map_err(|_| HubGone)
+    }
+
+    /// Opens a subscription; with `snapshot`, the stream starts with a `snapshot` admin event.
+    pub async fn connect(&self, req: ConnectRequest, snapshot: bool) -> Result<Result<Subscriber, ConnectError>, HubGone> {
+        self.ask(|reply| Command::Connect { req, snapshot, reply }).await
+    }
+
+    /// Publishes and waits until the event is durable.
+    pub async fn publish(&self, req: PublishRequest) -> Result<EventId, PublishFailure> {
+        self.ask(|reply| Command::Publish { req, reply }).await.map_err(|_| PublishFailure::ShuttingDown)?
+    }
+
+    /// Everything an operator sees.
+    pub async fn snapshot(&self) -> Result<Snapshot, HubGone> {
+        self.ask(|reply| Command::Snapshot { reply }).await
+    }
+
+    /// Counters and ids.
+    pub async fn stats(&self) -> Result<Stats, HubGone> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// Disconnects a connection; false if there is none with that id.
+    pub async fn kick(&self, conn: ConnId) -> Result<bool, HubGone> {
+        self.ask(|reply| Command::Kick { conn, reply }).await
+    }
+
+    /// Ends every stream (with a jittered `retry:`), flushes the log and stops the hub.
+    pub async fn shutdown(&self) -> Result<(), HubGone> {
+        self.ask(|reply| Command::Shutdown { reply }).await
+    }
+}
+
+struct Driver {
+    engine: Engine,
+    log: Arc<dyn EventLog>,
+    committer: Option<GroupCommitter>,
+    config: HubConfig,
+    queues: HashMap<ConnId, Arc<Queue>>,
+    waiters: BTreeMap<EventId, Vec<oneshot::Sender<Result<EventId, PublishFailure>>>>,
+    sender: HubSender,
+    shutting_down: bool,
+    shutdown_reply: Option<oneshot::Sender<()>>,
+}
+
+/// Unix milliseconds now; ids are minted from it.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A `retry:` delay with jitter, so that clients told to come back do not all return at once.
+pub fn jittered_retry(base_ms: u64, salt: u64) -> u64 {
+    // No RNG needed: mix the salt (connection id, time) into a spread of +0..100% of base.
+    let mut x = salt ^ wall_ms().rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    base_ms + x % base_ms.max(1)
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        self.serve(&mut rx).await;
+        self.finish(&mut rx);
+    }
+
+    /// Flushes the log and answers every publisher still waiting: those whose events the
+    /// final flush made durable get their ids, the rest an error.
+    fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
+        self.shutting_down = true;
+        if let Some(committer) = self.committer.take() {
+            tokio::task::block_in_place(|| committer.shutdown());
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            if let Command::Commit(_) = cmd {
+                self.handle(cmd);
+            }
+        }
+        for (_, replies) in std::mem::take(&mut self.waiters) {
+            for reply in replies {
+                let _ = reply.send(Err(PublishFailure::ShuttingDown));
+            }
+        }
+        if let Some(reply) = self.shutdown_reply.take() {
+            let _ = reply.send(());
+        }
+    }
+
+    async fn serve(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = self.engine.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if self.handle(cmd) {
+                        break;
+                    }
+                    // Take what else is waiting before yielding: bursts cost one wake-up.
+                    let mut stop = false;
+                    for _ in 0..1024 {
+                        match rx.try_recv() {
+                            Ok(cmd) => {
+                                if self.handle(cmd) {
+                                    stop = true;
+                                    break;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    self.engine.handle_timeout(std::time::Instant::now());
+                    self.drain();
+                }
+            }
+        }
+    }
+
+    /// Handles one command; true when the hub must stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        let now = std::time::Instant::now();
+        match cmd {
+            Command::Connect { req, snapshot, reply } => {
+                let result = self.engine.handle_connect(req, now).map(|conn| {
+                    let queue = Arc::new(Queue::new(self.config.queue_bytes));
+                    self.queues.insert(conn, queue.clone());
+                    tracing::debug!(%conn, "connected");
+                    Subscriber { conn, body: SseBody::new(conn, queue, self.sender.clone()) }
+                });
+                self.drain();
+                if snapshot && let Ok(sub) = &result {
+                    let snap = self.snapshot(now);
+                    if let (Some(q), Ok(json)) = (self.queues.get(&sub.conn), serde_json::to_string(&snap)) {
+                        let kind = herald_core::EventType::new("snapshot").ok();
+                        if let Some(kind) = kind {
+                            q.push(frame::encode_ephemeral(&kind, &json));
+                        }
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Command::Disconnect(conn) => {
+                if self.queues.remove(&conn).is_some() {
+                    tracing::debug!(%conn, "disconnected");
+                }
+                self.engine.handle_disconnect(conn, now);
+            }
+            Command::Publish { req, reply } => {
+                if self.shutting_down {
+                    let _ = reply.send(Err(PublishFailure::ShuttingDown));
+                    return false;
+                }
+                match self.engine.handle_publish(req, wall_ms(), now) {
+                    Ok(out) if out.committed => {
+                        let _ = reply.send(Ok(out.id));
+                    }
+                    Ok(out) => self.waiters.entry(out.id).or_default().push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Command::Commit(CommitReport::Committed { up_to, .. }) => {
+                self.engine.handle_committed(up_to, now);
+                let later = self.waiters.split_off(&up_to.successor());
+                for (id, replies) in std::mem::replace(&mut self.waiters, later) {
+                    for reply in replies {
+                        let _ = reply.send(Ok(id));
+                    }
+                }
+            }
+            Command::Commit(CommitReport::Failed { ids, error }) => {
+                tracing::warn!(count = ids.len(), %error, "log append failed");
+                self.engine.handle_append_failed(&ids);
+                for id in ids {
+                    for reply in self.waiters.remove(&id).unwrap_or_default() {
+                        let _ = reply.send(Err(PublishFailure::Log(error.clone())));
+                    }
+                }
+            }
+            Command::History { conn, page: Ok(page) } => self.engine.handle_history(conn, page, now),
+            Command::History { conn, page: Err(error) } => {
+                tracing::warn!(%conn, %error, "history read failed; closing the connection so it retries");
+                self.engine.handle_history_failed(conn, now);
+            }
+            Command::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot(now));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.engine.stats(now));
+            }
+            Command::Kick { conn, reply } => {
+                let _ = reply.send(self.engine.handle_kick(conn, now));
+            }
+            Command::Bounds(bounds) => self.engine.handle_log_bounds(bounds),
+            Command::Shutdown { reply } => {
+                self.shutting_down = true;
+                self.engine.handle_shutdown(now);
+                self.drain();
+                self.shutdown_reply = Some(reply);
+                return true;
+            }
+        }
+        self.drain();
+        false
+    }
+
+    fn snapshot(&self, now: std::time::Instant) -> Snapshot {
+        let mut snap = self.engine.snapshot(now);
+        for row in &mut snap.connections {
+            if let Some(q) = self.queues.get(&row.id) {
+                row.queued_bytes = q.queued_bytes() as u64;
+            }
+        }
+        snap
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Send { conn, frame } => {
+                    let Some(queue) = self.queues.get(&conn) else { continue };
+                    if queue.push(frame) == Push::Overflow {
+                        tracing::debug!(%conn, "slow consumer");
+                        self.engine.handle_queue_overflow(conn, std::time::Instant::now());
+                    }
+                }
+                Output::Close { conn, reason } => {
+                    let Some(queue) = self.queues.remove(&conn) else { continue };
+                    tracing::debug!(%conn, reason = reason.as_str(), "closing");
+                    match reason {
+                        CloseReason::SlowConsumer => queue.abort(),
+                        _ => {
+                            let retry = jittered_retry(self.config.retry_ms, conn.0);
+                            queue.close(Some(frame::encode_retry(retry)));
+                        }
+                    }
+                }
+                Output::Append(event) => match &self.committer {
+                    Some(c) => c.append(event),
+                    None => self.engine.handle_append_failed(&[event.id]),
+                },
+                Output::LoadHistory(req) => {
+                    let Some(queue) = self.queues.get(&req.conn).cloned() else { continue };
+                    let log = self.log.clone();
+                    let sender = self.sender.clone();
+                    let limit = self.config.queue_bytes / 2;
+                    let wait = self.config.history_drain_wait;
+                    tokio::spawn(async move {
+                        // Pace the replay against the client: read the next page only once
+                        // the previous one has mostly been written.
+                        let started = Instant::now();
+                        while queue.queued_bytes() > limit && !queue.is_closed() && started.elapsed() < wait {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        if queue.is_closed() {
+                            return;
+                        }
+                        let conn = req.conn;
+                        let page = tokio::task::spawn_blocking(move || log.read(&req))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()));
+                        let _ = sender.0.send(Command::History { conn, page });
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,222 @@
+//! Group commit: one thread turns many publishers' events into few batch writes and flushes.
+//!
+//! While one batch is being written and flushed, new events queue up; the next batch takes all
+//! of them (up to a bound). So the flush cost is shared by every publisher waiting at that
+//! moment, and the batch size follows the load by itself: one event per flush when idle,
+//! hundreds under 256 concurrent publishers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use herald_core::{Event, EventId};
+
+use super::EventLog;
+
+/// Most events written as one batch.
+const MAX_BATCH_EVENTS: usize = 4_096;
+/// Most payload bytes in one batch (a batch is one sled transaction held in memory).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// What happened to a batch, told to the `on_commit` callback in id order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitReport {
+    /// Every event with an id up to `up_to` that was handed to the committer is durable:
+    /// tell the engine (`handle_committed(up_to)`) and answer those publishers.
+    Committed {
+        /// The highest id in the batch.
+        up_to: EventId,
+        /// Events in the batch.
+        count: usize,
+        /// How long the batch write and flush took.
+        flush_latency: Duration,
+    },
+    /// These events were not stored: answer their publishers with an error.
+    Failed {
+        /// The ids of the batch, ascending.
+        ids: Vec<EventId>,
+        /// Why, for the publishers and the operator.
+        error: String,
+    },
+}
+
+/// Counters for `/metrics`, updated by the committer thread.
+#[derive(Debug, Default)]
+pub struct LogMetrics {
+    enqueued: AtomicU64,
+    committed_events: AtomicU64,
+    committed_batches: AtomicU64,
+    failed_events: AtomicU64,
+    failed_batches: AtomicU64,
+    last_flush_micros: AtomicU64,
+    stopped: AtomicBool,
+}
+
+/// A copy of [`LogMetrics`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogMetricsSnapshot {
+    /// Events handed to [`GroupCommitter::append`].
+    pub enqueued: u64,
+    /// Events written durably.
+    pub committed_events: u64,
+    /// Batches written durably (one flush each).
+    pub committed_batches: u64,
+    /// Events reported failed.
+    pub failed_events: u64,
+    /// Batches reported failed.
+    pub failed_batches: u64,
+    /// Write and flush time of the last committed batch.
+    pub last_flush_latency: Duration,
+    /// True once a storage failure made the committer refuse everything after it.
+    pub stopped: bool,
+}
+
+impl LogMetricsSnapshot {
+    /// Events queued but not yet committed or failed.
+    pub fn pending(&self) -> u64 {
+        self.enqueued.saturating_sub(self.committed_events + self.failed_events)
+    }
+}
+
+impl LogMetrics {
+    /// Reads every counter (each one atomically; together they are only roughly consistent).
+    pub fn snapshot(&self) -> LogMetricsSnapshot {
+        LogMetricsSnapshot {
+            enqueued: self.enqueued.load(Ordering::Relaxed),
+            committed_events: self.committed_events.load(Ordering::Relaxed),
+            committed_batches: self.committed_batches.load(Ordering::Relaxed),
+            failed_events: self.failed_events.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            last_flush_latency: Duration::from_micros(self.last_flush_micros.load(Ordering::Relaxed)),
+            stopped: self.stopped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Batches appends onto a dedicated thread: many appends, one batch write and one flush.
+///
+/// Hand it events in id order (as the engine emits `Output::Append`); reports come back to the
+/// `on_commit` callback in the same order.
+pub struct GroupCommitter {
+    queue: Option<mpsc::Sender<Arc<Event>>>,
+    thread: Option<JoinHandle<()>>,
+    metrics: Arc<LogMetrics>,
+}
+
+impl GroupCommitter {
+    /// Starts the commit thread over `log`. `on_commit` runs on that thread after every batch:
+    /// keep it short and non-blocking (send to a channel), since the next batch waits for it.
+    ///
+    /// # Panics
+    /// If the OS cannot start a thread, like `std::thread::spawn`.
+    pub fn start(
+        log: Arc<dyn EventLog>,
+        on_commit: impl FnMut(CommitReport) + Send + 'static,
+    ) -> Self {
+        let (queue, incoming) = mpsc::channel();
+        let metrics = Arc::new(LogMetrics::default());
+        let thread_metrics = Arc::clone(&metrics);
+        let thread = std::thread::Builder::new()
+            .name("herald-log-commit".into())
+            .spawn(move || run(&*log, &incoming, on_commit, &thread_metrics))
+            .expect("the OS refused to start the log commit thread");
+        Self { queue: Some(queue), thread: Some(thread), metrics }
+    }
+
+    /// Queues `event` for the next batch; never blocks. Call in id order.
+    pub fn append(&self, event: Arc<Event>) {
+        self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
+        let id = event.id;
+        let sent = self.queue.as_ref().is_some_and(|queue| queue.send(event).is_ok());
+        if !sent {
+            tracing::error!(%id, "the log commit thread is gone; event not stored");
+        }
+    }
+
+    /// The committer's counters, to export as metrics.
+    pub fn metrics(&self) -> Arc<LogMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Commits everything queued, reports it, and stops the thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        // Closing the channel lets the thread drain what is queued, then end.
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the log commit thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for GroupCommitter {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn run(
+    log: &dyn EventLog,
+    incoming: &mpsc::Receiver<Arc<Event>>,
+    mut on_commit: impl FnMut(CommitReport),
+    metrics: &LogMetrics,
+) {
+    let mut batch: Vec<Arc<Event>> = Vec::new();
+    // Set by the first storage failure. From then on nothing is acknowledged: after a failed
+    // write or fsync, what is on disk is unknown, and a later success would leave a hole
+    // behind acknowledged ids.
+    let mut stopped: Option<String> = None;
+    while let Ok(first) = incoming.recv() {
+        let mut bytes = first.data.len();
+        batch.push(first);
+        while batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = incoming.try_recv() else { break };
+            bytes += next.data.len();
+            batch.push(next);
+        }
+        let count = batch.len();
+        let report = match &stopped {
+            Some(reason) => Err(format!(
+                "the event log stopped accepting events after a storage failure: {reason}"
+            )),
+            None => {
+                let started = Instant::now();
+                match log.append(&batch) {
+                    Ok(()) => Ok(started.elapsed()),
+                    Err(error) => {
+                        tracing::error!(%error, events = count, "event log append failed");
+                        if error.is_fatal() {
+                            stopped = Some(error.to_string());
+                            metrics.stopped.store(true, Ordering::Relaxed);
+                        }
+                        Err(error.to_string())
+                    }
+                }
+            }
+        };
+        let count_u64 = count as u64;
+        let report = match report {
+            Ok(flush_latency) => {
+                metrics.committed_events.fetch_add(count_u64, Ordering::Relaxed);
+                metrics.committed_batches.fetch_add(1, Ordering::Relaxed);
+                let micros = u64::try_from(flush_latency.as_micros()).unwrap_or(u64::MAX);
+                metrics.last_flush_micros.store(micros, Ordering::Relaxed);
+                let up_to = batch.last().map_or(EventId::MIN, |event| event.id);
+                CommitReport::Committed { up_to, count, flush_latency }
+            }
+            Err(error) => {
+                metrics.failed_events.fetch_add(count_u64, Ordering::Relaxed);
+                metrics.failed_batches.fetch_add(1, Ordering::Relaxed);
+                CommitReport::Failed { ids: batch.iter().map(|event| event.id).collect(), error }
+            }
+        };
+        batch.clear();
+        on_commit(report);
+    }
+}

@@ -1,0 +1,134 @@
+//! How much history the log keeps, and the background thread that trims the rest.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald_core::EventId;
+
+use super::EventLog;
+
+/// How many events one [`Trimmer`] step removes at most: small enough that the committer,
+/// which waits for the step to finish, is held up for milliseconds only.
+pub const TRIM_STEP: usize = 1_000;
+
+/// The retention limits; an event is trimmed once any of them is exceeded (oldest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Most events kept.
+    pub max_events: u64,
+    /// Oldest event kept, measured from the publish time in its id.
+    pub max_age: Duration,
+    /// Most bytes of stored records kept (keys and encoded records, not sled's overhead).
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_events: 1_000_000,
+            max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What one trim step did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrimReport {
+    /// Events removed in this step.
+    pub removed: usize,
+    /// Stored bytes freed in this step.
+    pub bytes: u64,
+    /// The retention floor after this step: the highest id ever removed.
+    pub floor: Option<EventId>,
+    /// True when the step stopped at its bound and more events are over the limits.
+    pub more: bool,
+}
+
+/// The wall clock in unix milliseconds (0 if the clock reads before 1970, which disables
+/// trimming by age rather than trimming everything).
+pub(super) fn now_wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+type Stop = Arc<(Mutex<bool>, Condvar)>;
+
+/// Runs retention in the background: every `interval`, trim steps of [`TRIM_STEP`] until the
+/// log is within its limits. Start one per log; stop it before dropping the log.
+pub struct Trimmer {
+    stop: Stop,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Trimmer {
+    /// Starts the trimming thread. `on_trim` is told about every step that removed events (use
+    /// it to pass the new floor to the engine); it runs on the trimming thread.
+    ///
+    /// # Panics
+    /// If the OS cannot start a thread, like `std::thread::spawn`.
+    pub fn start(
+        log: Arc<dyn EventLog>,
+        interval: Duration,
+        mut on_trim: impl FnMut(TrimReport) + Send + 'static,
+    ) -> Self {
+        let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("herald-log-trim".into())
+            .spawn(move || {
+                let mut pause = interval;
+                while !wait_for_stop(&thread_stop, pause) {
+                    pause = interval;
+                    match log.trim(now_wall_ms(), TRIM_STEP) {
+                        Ok(report) => {
+                            if report.removed > 0 {
+                                on_trim(report);
+                            }
+                            if report.more {
+                                // Let queued appends take the writer lock between steps.
+                                pause = Duration::from_millis(1);
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "log retention step failed"),
+                    }
+                }
+            })
+            .expect("the OS refused to start the log trimming thread");
+        Self { stop, thread: Some(thread) }
+    }
+
+    /// Stops the thread after its current step and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let (flag, wake) = &*self.stop;
+        *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the log trimming thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Trimmer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Waits up to `timeout`; true when asked to stop.
+fn wait_for_stop(stop: &Stop, timeout: Duration) -> bool {
+    let (flag, wake) = &**stop;
+    let guard = flag.lock().unwrap_or_else(PoisonError::into_inner);
+    let (guard, _) = wake
+        .wait_timeout_while(guard, timeout, |stopped| !*stopped)
+        .unwrap_or_else(PoisonError::into_inner);
+    *guard
+}

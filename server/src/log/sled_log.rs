@@ -1,0 +1,442 @@
+//! The embedded log: sled trees for events, per-topic, per-user and broadcast indices, and meta.
+//!
+//! Layout (format version [`LAYOUT_VERSION`], stored in the meta tree):
+//! - `events`: `EventId::to_bytes()` → [`codec`] record. Key order is id order.
+//! - `by_topic`: topic, `0x00`, id → empty. Topic names never hold NUL, so one topic's keys
+//!   are contiguous and sorted by id, and a prefix pattern is a contiguous key range.
+//! - `by_user`: user, `0x00`, id → empty (same shape).
+//! - `broadcast`: id → empty.
+//! - `meta`: layout version, retention floor, event and byte totals.
+//!
+//! Every append and trim is one sled transaction over all five trees, so a crash leaves either
+//! all of a batch (event, its index entries, the totals) or none of it.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use herald_core::{Event, EventId, HistoryPage, HistoryRequest, LogBounds};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::codec;
+use super::replay;
+use super::retention::{Retention, TrimReport};
+use super::{EventLog, FsyncPolicy, LogConfig, LogError};
+
+/// The key and tree layout this build writes and reads.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// sled's page cache bound: enough to keep indices and recent events hot without sled's
+/// 1 GiB default claiming memory a hub needs for its connections.
+const CACHE_BYTES: u64 = 256 << 20;
+
+const META_LAYOUT: &[u8] = b"layout_version";
+const META_FLOOR: &[u8] = b"floor";
+const META_TOTALS: &[u8] = b"totals";
+
+/// Why the data directory could not be opened as a log.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory does not exist and could not be created.
+    #[error("cannot create data directory {}: {source}", dir.display())]
+    CreateDir {
+        /// The data directory.
+        dir: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another process (or another open log in this one) holds sled's lock on the directory.
+    #[error(
+        "data directory {} is in use by another herald process (sled holds a lock on it); \
+         stop that process or choose another data directory",
+        dir.display()
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The directory was written by a build with another storage layout.
+    #[error(
+        "data directory {} holds log format version {found}, but this herald reads version \
+         {LAYOUT_VERSION}; use a herald that matches it or a fresh data directory",
+        dir.display()
+    )]
+    FormatVersion {
+        /// The data directory.
+        dir: PathBuf,
+        /// The version stored in it.
+        found: u32,
+    },
+    /// A meta entry exists but is not what this build writes.
+    #[error("data directory {} has an unreadable '{what}' meta entry", dir.display())]
+    CorruptMeta {
+        /// The data directory.
+        dir: PathBuf,
+        /// Which entry.
+        what: &'static str,
+    },
+    /// sled could not open or recover the database.
+    #[error("cannot open the sled database in {}: {source}", dir.display())]
+    Storage {
+        /// The data directory.
+        dir: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
+}
+
+/// What the log holds; kept in memory and persisted (as `meta`) with every write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Totals {
+    /// The highest id ever held (trimmed or not).
+    last: Option<EventId>,
+    /// The highest id removed by retention.
+    floor: Option<EventId>,
+    events: u64,
+    bytes: u64,
+}
+
+impl Totals {
+    fn encode_counts(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.events.to_be_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        out
+    }
+
+    fn decode_counts(bytes: &[u8]) -> Option<(u64, u64)> {
+        let events: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        let total: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
+        (bytes.len() == 16).then(|| (u64::from_be_bytes(events), u64::from_be_bytes(total)))
+    }
+}
+
+/// The event log on sled. Open one per data directory; share it as `Arc<dyn EventLog>`.
+pub struct SledLog {
+    db: sled::Db,
+    // The trees are visible to the module's tests, which damage and inspect them.
+    pub(super) events: sled::Tree,
+    pub(super) by_topic: sled::Tree,
+    pub(super) by_user: sled::Tree,
+    pub(super) broadcast: sled::Tree,
+    pub(super) meta: sled::Tree,
+    /// sled's data file, fsynced after sled's own flush: sled syncs with `sync_file_range`,
+    /// which neither flushes the device cache nor the file's metadata (its length).
+    db_file: File,
+    db_path: PathBuf,
+    fsync: FsyncPolicy,
+    retention: Retention,
+    /// Serializes writers (the committer's appends and the trimmer's steps), so totals can be
+    /// computed outside sled's transaction without conflicts.
+    writer: Mutex<()>,
+    totals: Mutex<Totals>,
+    corrupt: AtomicU64,
+}
+
+impl std::fmt::Debug for SledLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledLog").field("db_path", &self.db_path).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data behind, never a half-written
+    // sled transaction, so the value is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The index key `name, 0x00, id`.
+pub(super) fn index_key(name: &[u8], id: EventId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 17);
+    key.extend_from_slice(name);
+    key.push(0);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+/// The id at the end of an index key (or an events key).
+pub(super) fn id_of_key(key: &[u8]) -> Option<EventId> {
+    let start = key.len().checked_sub(16)?;
+    EventId::from_bytes(&key[start..])
+}
+
+fn is_locked(error: &sled::Error) -> bool {
+    // sled 0.34 reports a failed `flock` as an `Other` IO error with this message and no
+    // dedicated variant.
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+impl SledLog {
+    /// Opens (or creates) the log in `config.data_dir`, recovering after a crash.
+    pub fn open(config: &LogConfig) -> Result<Self, OpenError> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| OpenError::CreateDir { dir: dir.clone(), source })?;
+        let storage = |source: sled::Error| {
+            if is_locked(&source) {
+                OpenError::Locked { dir: dir.clone() }
+            } else {
+                OpenError::Storage { dir: dir.clone(), source }
+            }
+        };
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(CACHE_BYTES)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(storage)?;
+        let events = db.open_tree("events").map_err(storage)?;
+        let by_topic = db.open_tree("by_topic").map_err(storage)?;
+        let by_user = db.open_tree("by_user").map_err(storage)?;
+        let broadcast = db.open_tree("broadcast").map_err(storage)?;
+        let meta = db.open_tree("meta").map_err(storage)?;
+
+        let corrupt_meta = |what| OpenError::CorruptMeta { dir: dir.clone(), what };
+        match meta.get(META_LAYOUT).map_err(storage)? {
+            Some(v) => {
+                let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| corrupt_meta("layout"))?;
+                let found = u32::from_be_bytes(bytes);
+                if found != LAYOUT_VERSION {
+                    return Err(OpenError::FormatVersion { dir, found });
+                }
+            }
+            None => {
+                meta.insert(META_LAYOUT, &LAYOUT_VERSION.to_be_bytes()).map_err(storage)?;
+                db.flush().map_err(storage)?;
+            }
+        }
+        let floor = match meta.get(META_FLOOR).map_err(storage)? {
+            Some(v) => Some(EventId::from_bytes(&v).ok_or_else(|| corrupt_meta("floor"))?),
+            None => None,
+        };
+        let (events_total, bytes_total) = match meta.get(META_TOTALS).map_err(storage)? {
+            Some(v) => Totals::decode_counts(&v).ok_or_else(|| corrupt_meta("totals"))?,
+            None => (0, 0),
+        };
+        let newest = match events.last().map_err(storage)? {
+            Some((key, _)) => Some(EventId::from_bytes(&key).ok_or_else(|| corrupt_meta("events key"))?),
+            None => None,
+        };
+        let totals = Totals {
+            last: newest.max(floor),
+            floor,
+            events: events_total,
+            bytes: bytes_total,
+        };
+
+        let db_path = dir.join("db");
+        let db_file = File::open(&db_path).map_err(|e| storage(sled::Error::Io(e)))?;
+        tracing::info!(
+            dir = %dir.display(),
+            events = totals.events,
+            last = ?totals.last,
+            floor = ?totals.floor,
+            recovered = db.was_recovered(),
+            "opened event log"
+        );
+        Ok(Self {
+            db,
+            events,
+            by_topic,
+            by_user,
+            broadcast,
+            meta,
+            db_file,
+            db_path,
+            fsync: config.fsync,
+            retention: config.retention,
+            writer: Mutex::new(()),
+            totals: Mutex::new(totals),
+            corrupt: AtomicU64::new(0),
+        })
+    }
+
+    fn sync(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        self.db_file
+            .sync_data()
+            .map_err(|source| LogError::Sync { path: self.db_path.clone(), source })
+    }
+
+    /// Applies one write as a single sled transaction over every tree.
+    fn commit(&self, writes: &Writes, totals: &Totals) -> Result<(), LogError> {
+        let counts = totals.encode_counts();
+        let floor = totals.floor.map(EventId::to_bytes);
+        let trees = (&self.events, &self.by_topic, &self.by_user, &self.broadcast, &self.meta);
+        trees
+            .transaction(|(events, by_topic, by_user, broadcast, meta)| {
+                events.apply_batch(&writes.events)?;
+                by_topic.apply_batch(&writes.by_topic)?;
+                by_user.apply_batch(&writes.by_user)?;
+                broadcast.apply_batch(&writes.broadcast)?;
+                meta.insert(META_TOTALS, &counts)?;
+                if let Some(floor) = floor {
+                    meta.insert(META_FLOOR, &floor)?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => LogError::Storage(e),
+                // The closure never aborts.
+                TransactionError::Abort(()) => {
+                    LogError::Storage(sled::Error::ReportableBug("transaction aborted".into()))
+                }
+            })
+    }
+
+    fn record_corrupt(&self, id: EventId, error: &codec::CodecError, during: &str) {
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(key = %id, %error, "skipping a log record that fails to decode during {during}");
+    }
+
+    /// How long ago (in ms of id time) events expire, saturating for absurd durations.
+    fn max_age_ms(&self) -> u64 {
+        u64::try_from(self.retention.max_age.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The batches of one write, one per tree.
+#[derive(Default)]
+struct Writes {
+    events: sled::Batch,
+    by_topic: sled::Batch,
+    by_user: sled::Batch,
+    broadcast: sled::Batch,
+}
+
+impl Writes {
+    fn index(&mut self, event: &Event, insert: bool) {
+        let id = event.id;
+        let put = |batch: &mut sled::Batch, key: Vec<u8>| {
+            if insert {
+                batch.insert(key, &[][..]);
+            } else {
+                batch.remove(key);
+            }
+        };
+        for topic in &event.target.topics {
+            put(&mut self.by_topic, index_key(topic.as_str().as_bytes(), id));
+        }
+        for user in &event.target.users {
+            put(&mut self.by_user, index_key(user.as_str().as_bytes(), id));
+        }
+        if event.target.broadcast {
+            put(&mut self.broadcast, id.to_bytes().to_vec());
+        }
+    }
+}
+
+fn stored_size(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+impl EventLog for SledLog {
+    fn append(&self, batch: &[Arc<Event>]) -> Result<(), LogError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let _writer = lock(&self.writer);
+        let mut totals = *lock(&self.totals);
+        let mut writes = Writes::default();
+        for event in batch {
+            if let Some(last) = totals.last.filter(|last| event.id <= *last) {
+                return Err(LogError::OutOfOrder { id: event.id, last });
+            }
+            let value = codec::encode_event(event)
+                .map_err(|source| LogError::Encode { id: event.id, source })?;
+            let key = event.id.to_bytes();
+            totals.bytes += stored_size(&key, &value);
+            totals.events += 1;
+            totals.last = Some(event.id);
+            writes.events.insert(&key[..], value);
+            writes.index(event, true);
+        }
+        self.commit(&writes, &totals)?;
+        if self.fsync == FsyncPolicy::EveryBatch {
+            self.sync()?;
+        }
+        *lock(&self.totals) = totals;
+        Ok(())
+    }
+
+    fn read(&self, req: &HistoryRequest) -> Result<HistoryPage, LogError> {
+        let floor = lock(&self.totals).floor;
+        let trees = replay::Trees {
+            events: &self.events,
+            by_topic: &self.by_topic,
+            by_user: &self.by_user,
+            broadcast: &self.broadcast,
+        };
+        replay::read_page(&trees, floor, req, &mut |id, error| {
+            self.record_corrupt(id, error, "replay")
+        })
+    }
+
+    fn last_id(&self) -> Option<EventId> {
+        lock(&self.totals).last
+    }
+
+    fn bounds(&self) -> LogBounds {
+        let totals = *lock(&self.totals);
+        // The oldest key is one B-tree descent; an error reading it only loses this detail.
+        let oldest = match self.events.first() {
+            Ok(first) => first.and_then(|(key, _)| EventId::from_bytes(&key)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the oldest event id");
+                None
+            }
+        };
+        LogBounds { oldest, floor: totals.floor, events: totals.events, bytes: totals.bytes }
+    }
+
+    fn trim(&self, now_wall_ms: u64, max_step: usize) -> Result<TrimReport, LogError> {
+        let _writer = lock(&self.writer);
+        let mut totals = *lock(&self.totals);
+        let expired_below = now_wall_ms.saturating_sub(self.max_age_ms());
+        let limits = self.retention;
+        let mut writes = Writes::default();
+        let mut report = TrimReport::default();
+        for item in self.events.iter() {
+            let (key, value) = item?;
+            let Some(id) = EventId::from_bytes(&key) else {
+                // Not a key this log writes; leave it rather than guess.
+                continue;
+            };
+            let over = totals.events > limits.max_events
+                || id.ms < expired_below
+                || totals.bytes > limits.max_bytes;
+            if !over {
+                break;
+            }
+            if report.removed >= max_step {
+                report.more = true;
+                break;
+            }
+            writes.events.remove(&key[..]);
+            match codec::decode_event(id, &value) {
+                Ok(event) => writes.index(&event, false),
+                // Its index entries cannot be found without its targets; they stay behind,
+                // below the floor where replay never looks.
+                Err(error) => self.record_corrupt(id, &error, "trimming"),
+            }
+            let size = stored_size(&key, &value);
+            totals.events = totals.events.saturating_sub(1);
+            totals.bytes = totals.bytes.saturating_sub(size);
+            totals.floor = Some(id);
+            report.removed += 1;
+            report.bytes += size;
+        }
+        if report.removed > 0 {
+            self.commit(&writes, &totals)?;
+            *lock(&self.totals) = totals;
+        }
+        report.floor = totals.floor;
+        Ok(report)
+    }
+
+    fn corrupt_records(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
+    }
+}

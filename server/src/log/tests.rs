@@ -1,0 +1,488 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use herald_core::{
+    ConnId, Event, EventId, HistoryPage, HistoryRequest, LogBounds, Subscription, Target, Topic,
+    TopicPattern, UserId,
+};
+
+use super::*;
+
+fn event(id: u64, topics: &[&str], users: &[&str], broadcast: bool) -> Arc<Event> {
+    Arc::new(Event {
+        id: EventId::new(1_000 + id, id),
+        target: Target {
+            topics: topics.iter().map(|t| Topic::new(t).unwrap()).collect(),
+            users: users.iter().map(|u| UserId::new(u).unwrap()).collect(),
+            broadcast,
+        },
+        event_type: None,
+        data: format!("payload {id}"),
+    })
+}
+
+fn id(n: u64) -> EventId {
+    EventId::new(1_000 + n, n)
+}
+
+fn config(dir: &std::path::Path) -> LogConfig {
+    LogConfig { data_dir: dir.to_path_buf(), ..LogConfig::default() }
+}
+
+fn subscription(patterns: &[&str], user: Option<&str>) -> Subscription {
+    Subscription {
+        patterns: patterns.iter().map(|p| TopicPattern::parse(p).unwrap()).collect(),
+        user: user.map(|u| UserId::new(u).unwrap()),
+    }
+}
+
+fn request(after: Option<EventId>, subscription: Subscription) -> HistoryRequest {
+    HistoryRequest {
+        conn: ConnId(1),
+        after,
+        through: EventId::MAX,
+        subscription,
+        max_events: 10_000,
+        max_bytes: usize::MAX,
+    }
+}
+
+fn ids(page: &HistoryPage) -> Vec<u64> {
+    page.events.iter().map(|e| e.id.seq).collect()
+}
+
+/// Events 1..=12: topics a, b, news/eu, news/us, user alice or bob, every 6th broadcast.
+fn mixed_log(log: &SledLog) {
+    let batch: Vec<Arc<Event>> = (1..=12)
+        .map(|n| match n % 6 {
+            0 => event(n, &[], &[], true),
+            1 => event(n, &["a"], &[], false),
+            2 => event(n, &["b"], &[], false),
+            3 => event(n, &["news/eu"], &[], false),
+            4 => event(n, &["news/us", "a"], &["alice"], false),
+            _ => event(n, &[], &["bob"], false),
+        })
+        .collect();
+    log.append(&batch).unwrap();
+}
+
+#[test]
+fn appended_events_read_back_in_order_with_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(&config(dir.path())).unwrap();
+    assert_eq!(log.last_id(), None);
+    mixed_log(&log);
+    let page = log.read(&request(None, subscription(&["*"], Some("alice")))).unwrap();
+    assert_eq!(ids(&page), vec![1, 2, 3, 4, 6, 7, 8, 9, 10, 12]);
+    assert_eq!(page.events[3], *event(4, &["news/us", "a"], &["alice"], false));
+    assert!(!page.more);
+    assert_eq!(log.last_id(), Some(id(12)));
+    let bounds = log.bounds();
+    assert_eq!((bounds.oldest, bounds.floor, bounds.events), (Some(id(1)), None, 12));
+    assert!(bounds.bytes > 12 * 16);
+}
+
+#[test]
+fn exact_topics_replay_only_their_events_and_broadcasts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(&config(dir.path())).unwrap();
+    mixed_log(&log);
+    let page = log.read(&request(None, subscription(&["a"], None))).unwrap();
+    assert_eq!(ids(&page), vec![1, 4, 6, 7, 10, 12]);
+    let page = log.read(&request(Some(id(4)), subscription(&["a", "b"], None))).unwrap();
+    assert_eq!(ids(&page), vec![6, 7, 8, 10, 12]);
+    let page = log.read(&request(None, subscription(&["nothing"], None))).unwrap();
+    assert_eq!(ids(&page), vec![6, 12]);
+}
+
+#[test]
+fn prefix_patterns_replay_every_topic_under_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(&config(dir.path())).unwrap();
+    mixed_log(&log);
+    let page = log.read(&request(None, subscription(&["news/*"], None))).unwrap();
+    assert_eq!(ids(&page), vec![3, 4, 6, 9, 10, 12]);
+    // Overlapping patterns name each event once.
+    let page = log.read(&request(None, subscription(&["news/*", "news/eu", "a"], None))).unwrap();
+    assert_eq!(ids(&page), vec![1, 3, 4, 6, 7, 9, 10, 12]);
+    let page = log.read(&request(None, subscription(&["*"], None))).unwrap();
+    assert_eq!(ids(&page), vec![1, 2, 3, 4, 6, 7, 8, 9, 10, 12]);
+    let page = log.read(&request(None, subscription(&["new/*"], None))).unwrap();
+    assert_eq!(ids(&page), vec![6, 12]);
+}
+
+#[test]
+fn user_replay_reads_the_users_own_events_and_broadcasts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(&config(dir.path())).unwrap();
+    mixed_log(&log);
+    let page = log.read(&request(None, subscription(&[], Some("bob")))).unwrap();
+    assert_eq!(ids(&page), vec![5, 6, 11, 12]);
+    let page = log.read(&request(None, subscription(&[], Some("carol")))).unwrap();
+    assert_eq!(ids(&page), vec![6, 12]);
+    // `alice` is a prefix of no other user here, but `bo` must not match `bob`'s entries.
+    let page = log.read(&request(None, subscription(&[], Some("bo")))).unwrap();
+    assert_eq!(ids(&page), vec![6, 12]);
+}
+
+#[test]
+fn a_range_is_exclusive_below_and_inclusive_above() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(&config(dir.path())).unwrap();
+    mixed_log(&log);
+    let mut req = request(Some(id(2)), subscription(&["*"], Some("bob")));
+    req.through = id(6);
+    assert_eq!(ids(&log.read(&req).unwrap()), vec![3, 4, 5, 6]);
+    req.after = Some(id(6));
+    assert_eq!(log.read(&req).unwrap(), HistoryPage::default());
+    req.after = Some(EventId::MAX);
+    req.through = EventId::MAX;
+    assert_eq!(log.read(&req).unwrap(), HistoryPage::default());
+}
+
+#[test]
+fn pages_stop_at_their_limits_and_say_there_is_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(&config(dir.path())).unwrap();
+    mixed_log(&log);
+    let mut req = request(None, subscription(&["*"], Some("bob")));
+    req.max_events = 5;
+    let page = log.read(&req).unwrap();
+    assert_eq!((ids(&page), page.more), (vec![1, 2, 3, 4, 5], true));
+    req.after = Some(id(5));
+    let page = log.read(&req).unwrap();
+    assert_eq!((ids(&page), page.more), (vec![6, 7, 8, 9, 10], true));
+    req.after = Some(id(10));
+    let page = log.read(&req).unwrap();
+    assert_eq!((ids(&page), page.more), (vec![11, 12], false));
+
+    // Exactly filling the page with nothing after it is not `more`.
+    req.after = Some(id(10));
+    req.max_events = 2;
+    assert!(!log.read(&req).unwrap().more);
+
+    // "payload N" is 9 or 10 bytes: a 20-byte budget holds two events.
+    req.after = None;
+    req.max_events = 100;
+    req.max_bytes = 20;
+    let page = log.read(&req).unwrap();
+    assert_eq!((ids(&page), page.more), (vec![1, 2], true));
+    // A page always holds at least one event, however small the budget.
+    req.max_bytes = 0;
+    let page = log.read(&req).unwrap();
+    assert_eq!((ids(&page), page.more), (vec![1], true));
+    req.max_events = 0;
+    req.max_bytes = usize::MAX;
+    let page = log.read(&req).unwrap();
+    assert_eq!((ids(&page), page.more), (vec![1], true));
+}
+
+#[test]
+fn very_many_topics_under_a_prefix_give_the_same_answer_by_scanning() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(&config(dir.path())).unwrap();
+    let names: Vec<String> = (0..300).map(|n| format!("t/{n}")).collect();
+    let batch: Vec<Arc<Event>> = (1..=600)
+        .map(|n| {
+            let topic = if n % 3 == 0 { "other".to_owned() } else { names[n as usize % 300].clone() };
+            event(n, &[&topic], &[], false)
+        })
+        .collect();
+    log.append(&batch).unwrap();
+    let page = log.read(&request(None, subscription(&["t/*"], None))).unwrap();
+    let expected: Vec<u64> = (1..=600).filter(|n| n % 3 != 0).collect();
+    assert_eq!(ids(&page), expected);
+    let page = log.read(&request(Some(id(590)), subscription(&["t/*"], None))).unwrap();
+    assert_eq!(ids(&page), vec![592, 593, 595, 596, 598, 599]);
+}
+
+#[test]
+fn appends_must_ascend_and_a_refused_batch_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(&config(dir.path())).unwrap();
+    log.append(&[event(5, &["a"], &[], false)]).unwrap();
+    let err = log.append(&[event(6, &["a"], &[], false), event(4, &["a"], &[], false)]);
+    assert!(matches!(err, Err(LogError::OutOfOrder { .. })), "{err:?}");
+    assert!(!err.unwrap_err().is_fatal());
+    let err = log.append(&[event(5, &["a"], &[], false)]);
+    assert!(matches!(err, Err(LogError::OutOfOrder { .. })));
+    assert_eq!(log.last_id(), Some(id(5)));
+    assert_eq!(ids(&log.read(&request(None, subscription(&["a"], None))).unwrap()), vec![5]);
+    assert_eq!(log.bounds().events, 1);
+}
+
+#[test]
+fn reopening_keeps_the_events_last_id_totals_and_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention: Retention { max_events: 4, ..Retention::default() },
+        ..config(dir.path())
+    };
+    let before = {
+        let log = SledLog::open(&cfg).unwrap();
+        mixed_log(&log);
+        let report = log.trim(0, 100).unwrap();
+        assert_eq!((report.removed, report.floor, report.more), (8, Some(id(8)), false));
+        log.bounds()
+    };
+    assert_eq!(before.events, 4);
+    let log = SledLog::open(&cfg).unwrap();
+    assert_eq!(log.bounds(), before);
+    assert_eq!(log.last_id(), Some(id(12)));
+    assert_eq!(ids(&log.read(&request(None, subscription(&["*"], None))).unwrap()), vec![9, 10, 12]);
+}
+
+#[test]
+fn the_last_id_survives_trimming_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention: Retention { max_events: 0, ..Retention::default() },
+        ..config(dir.path())
+    };
+    {
+        let log = SledLog::open(&cfg).unwrap();
+        mixed_log(&log);
+        log.trim(0, 100).unwrap();
+        assert_eq!(log.bounds(), LogBounds { floor: Some(id(12)), ..LogBounds::default() });
+    }
+    let log = SledLog::open(&cfg).unwrap();
+    assert_eq!(log.last_id(), Some(id(12)));
+    let err = log.append(&[event(12, &["a"], &[], false)]);
+    assert!(matches!(err, Err(LogError::OutOfOrder { .. })));
+}
+
+#[test]
+fn trimming_by_count_goes_in_bounded_steps_and_takes_index_entries_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention: Retention { max_events: 5, ..Retention::default() },
+        ..config(dir.path())
+    };
+    let log = SledLog::open(&cfg).unwrap();
+    mixed_log(&log);
+    let step = log.trim(0, 3).unwrap();
+    assert_eq!((step.removed, step.floor, step.more), (3, Some(id(3)), true));
+    let step = log.trim(0, 3).unwrap();
+    assert_eq!((step.removed, step.floor, step.more), (3, Some(id(6)), true));
+    let step = log.trim(0, 3).unwrap();
+    assert_eq!((step.removed, step.floor, step.more), (1, Some(id(7)), false));
+    let step = log.trim(0, 3).unwrap();
+    assert_eq!((step.removed, step.floor, step.more), (0, Some(id(7)), false));
+    assert_eq!(log.bounds().oldest, Some(id(8)));
+    assert_eq!(log.bounds().events, 5);
+    // Index entries went with their events: only those of 8..=12 remain (10 has three).
+    assert_eq!(log.by_topic.len() + log.by_user.len() + log.broadcast.len(), 7);
+    assert_eq!(ids(&log.read(&request(None, subscription(&["*"], Some("bob")))).unwrap()), vec![
+        8, 9, 10, 11, 12
+    ]);
+}
+
+#[test]
+fn trimming_by_age_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention: Retention {
+            max_age: Duration::from_millis(1_000),
+            max_bytes: u64::MAX,
+            ..Retention::default()
+        },
+        ..config(dir.path())
+    };
+    let log = SledLog::open(&cfg).unwrap();
+    mixed_log(&log); // event n was published at ms 1000 + n
+    // At 2004 ms, events published before 1004 ms are over a second old.
+    let step = log.trim(2_004, 100).unwrap();
+    assert_eq!((step.removed, step.floor), (3, Some(id(3))));
+    drop(log);
+
+    let bytes_each = {
+        let log = SledLog::open(&config(dir.path())).unwrap();
+        log.bounds().bytes / log.bounds().events
+    };
+    let cfg = LogConfig {
+        retention: Retention { max_bytes: bytes_each * 4, ..Retention::default() },
+        ..config(dir.path())
+    };
+    let log = SledLog::open(&cfg).unwrap();
+    let step = log.trim(0, 100).unwrap();
+    assert!(log.bounds().bytes <= bytes_each * 4, "{:?}", log.bounds());
+    assert!(step.removed >= 4, "{step:?}");
+}
+
+#[test]
+fn a_corrupt_record_is_skipped_counted_and_still_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention: Retention { max_events: 10, ..Retention::default() },
+        ..config(dir.path())
+    };
+    let log = SledLog::open(&cfg).unwrap();
+    mixed_log(&log);
+    // Damage event 1 (topic a) and event 7 (topic a): a length prefix claiming 2^40 bytes.
+    let mut garbage = vec![codec::RECORD_VERSION, 0xFD];
+    garbage.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    log.events.insert(id(1).to_bytes(), garbage.clone()).unwrap();
+    log.events.insert(id(7).to_bytes(), &b"\x01\xff"[..]).unwrap();
+
+    let page = log.read(&request(None, subscription(&["a"], None))).unwrap();
+    assert_eq!(ids(&page), vec![4, 6, 10, 12]);
+    assert_eq!(log.corrupt_records(), 2);
+    let page = log.read(&request(None, subscription(&["*"], None))).unwrap();
+    assert_eq!(ids(&page), vec![2, 3, 4, 6, 8, 9, 10, 12]);
+    assert_eq!(log.corrupt_records(), 4);
+
+    let step = log.trim(0, 100).unwrap();
+    assert_eq!((step.removed, step.floor), (2, Some(id(2))));
+    assert_eq!(log.corrupt_records(), 5);
+    assert_eq!(log.bounds().oldest, Some(id(3)));
+    // Event 1's index entry is left behind, but below the floor where replay never looks.
+    let page = log.read(&request(None, subscription(&["a"], None))).unwrap();
+    assert_eq!(ids(&page), vec![4, 6, 10, 12]);
+    assert_eq!(log.corrupt_records(), 6);
+}
+
+#[test]
+fn a_data_dir_in_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _log = SledLog::open(&config(dir.path())).unwrap();
+    let err = SledLog::open(&config(dir.path())).unwrap_err();
+    assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
+    assert!(err.to_string().contains("in use by another herald process"), "{err}");
+}
+
+#[test]
+fn a_data_dir_of_another_format_version_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SledLog::open(&config(dir.path())).unwrap();
+        log.meta.insert("layout_version", &99u32.to_be_bytes()).unwrap();
+        log.meta.flush().unwrap();
+    }
+    let err = SledLog::open(&config(dir.path())).unwrap_err();
+    assert!(matches!(err, OpenError::FormatVersion { found: 99, .. }), "{err:?}");
+    assert!(err.to_string().contains("format version 99"), "{err}");
+}
+
+#[test]
+fn the_group_committer_batches_appends_and_reports_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<SledLog> = Arc::new(SledLog::open(&config(dir.path())).unwrap());
+    let (reports, received) = mpsc::channel();
+    let committer = GroupCommitter::start(log.clone(), move |report| {
+        reports.send(report).unwrap();
+    });
+    for n in 1..=500 {
+        committer.append(event(n, &["a"], &[], false));
+    }
+    let metrics = committer.metrics();
+    committer.shutdown();
+    let mut next = 1;
+    let mut batches = 0;
+    for report in received.try_iter() {
+        let CommitReport::Committed { up_to, count, .. } = report else {
+            panic!("{report:?}");
+        };
+        next += count as u64;
+        assert_eq!(up_to, id(next - 1));
+        batches += 1;
+    }
+    assert_eq!(next, 501);
+    let snapshot = metrics.snapshot();
+    assert_eq!((snapshot.committed_events, snapshot.committed_batches), (500, batches));
+    assert_eq!(snapshot.pending(), 0);
+    assert_eq!(log.bounds().events, 500);
+}
+
+/// A log whose every append fails, fatally or not.
+struct FailingLog {
+    fatal: bool,
+    calls: Mutex<usize>,
+}
+
+impl EventLog for FailingLog {
+    fn append(&self, batch: &[Arc<Event>]) -> Result<(), LogError> {
+        *self.calls.lock().unwrap() += 1;
+        if self.fatal {
+            Err(LogError::Sync {
+                path: "db".into(),
+                source: std::io::Error::other("disk on fire"),
+            })
+        } else {
+            Err(LogError::OutOfOrder { id: batch[0].id, last: EventId::MAX })
+        }
+    }
+    fn read(&self, _: &HistoryRequest) -> Result<HistoryPage, LogError> {
+        Ok(HistoryPage::default())
+    }
+    fn last_id(&self) -> Option<EventId> {
+        None
+    }
+    fn bounds(&self) -> LogBounds {
+        LogBounds::default()
+    }
+    fn trim(&self, _: u64, _: usize) -> Result<TrimReport, LogError> {
+        Ok(TrimReport::default())
+    }
+    fn corrupt_records(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn after_a_storage_failure_nothing_more_is_acknowledged() {
+    for fatal in [true, false] {
+        let log = Arc::new(FailingLog { fatal, calls: Mutex::new(0) });
+        let (reports, received) = mpsc::channel();
+        let committer = GroupCommitter::start(log.clone(), move |report| {
+            reports.send(report).unwrap();
+        });
+        committer.append(event(1, &["a"], &[], false));
+        // Wait for the first report so the second event is a batch of its own.
+        let first = received.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(&first, CommitReport::Failed { ids, .. } if ids == &[id(1)]));
+        committer.append(event(2, &["a"], &[], false));
+        let metrics = committer.metrics();
+        committer.shutdown();
+        let second = received.recv_timeout(Duration::from_secs(10)).unwrap();
+        let CommitReport::Failed { ids, error } = second else { panic!("{second:?}") };
+        assert_eq!(ids, vec![id(2)]);
+        // A fatal failure stops the committer: the second batch is not even tried.
+        assert_eq!(*log.calls.lock().unwrap(), if fatal { 1 } else { 2 });
+        assert_eq!(error.contains("stopped accepting"), fatal, "{error}");
+        assert_eq!(metrics.snapshot().stopped, fatal);
+        assert_eq!(metrics.snapshot().failed_events, 2);
+    }
+}
+
+#[test]
+fn the_trimmer_keeps_the_log_within_its_limits_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        // The test ids are from 1970: only the count limit should apply.
+        retention: Retention { max_events: 3, max_age: Duration::MAX, ..Retention::default() },
+        ..config(dir.path())
+    };
+    let log = Arc::new(SledLog::open(&cfg).unwrap());
+    mixed_log(&log);
+    let trimmed = Arc::new(AtomicBool::new(false));
+    let (floors, received) = mpsc::channel();
+    let flag = trimmed.clone();
+    let trimmer = Trimmer::start(log.clone(), Duration::from_millis(10), move |report| {
+        flag.store(true, Ordering::SeqCst);
+        floors.send(report.floor).unwrap();
+    });
+    let floor = received.recv_timeout(Duration::from_secs(10)).unwrap();
+    trimmer.shutdown();
+    assert!(trimmed.load(Ordering::SeqCst));
+    assert_eq!(floor, Some(id(9)));
+    assert_eq!(log.bounds().events, 3);
+}
+
+#[test]
+fn fsync_policies_parse_from_their_flag_values() {
+    assert_eq!("every-batch".parse(), Ok(FsyncPolicy::EveryBatch));
+    assert_eq!("never".parse(), Ok(FsyncPolicy::Never));
+    assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    assert_eq!(FsyncPolicy::Never.to_string(), "never");
+}
