@@ -192,22 +192,31 @@ struct Replay {
     overflowed: bool,
     /// A `LoadHistory` is out.
     awaiting: bool,
+    /// The client was already told that history was cut.
+    reset_sent: bool,
 }
 
+/// A connection. What fan-out touches stays inline and small (one cache line); the rest
+/// lives behind boxes, so delivering to 100,000 connections streams through little memory.
 #[derive(Debug)]
 struct Conn {
     id: ConnId,
-    sub: Subscription,
-    remote: Option<String>,
-    admin: bool,
-    connected_at: Instant,
-    expires_at: Option<Instant>,
     /// The highest event id sent (or known to the client): nothing at or below it is sent.
     cursor: Option<EventId>,
     events_sent: u64,
     bytes_sent: u64,
     last_write: Instant,
-    replay: Option<Replay>,
+    replay: Option<Box<Replay>>,
+    meta: Box<ConnMeta>,
+}
+
+#[derive(Debug)]
+struct ConnMeta {
+    sub: Subscription,
+    remote: Option<String>,
+    admin: bool,
+    connected_at: Instant,
+    expires_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -372,14 +381,16 @@ impl Engine {
         }
         let conn = Conn {
             id,
-            sub: Subscription {
-                patterns: patterns.into_iter().collect(),
-                user: req.user,
-            },
-            remote: req.remote,
-            admin: req.admin,
-            connected_at: now,
-            expires_at: req.expires_at,
+            meta: Box::new(ConnMeta {
+                sub: Subscription {
+                    patterns: patterns.into_iter().collect(),
+                    user: req.user,
+                },
+                remote: req.remote,
+                admin: req.admin,
+                connected_at: now,
+                expires_at: req.expires_at,
+            }),
             cursor: self.committed,
             events_sent: 0,
             bytes_sent: 0,
@@ -549,7 +560,15 @@ impl Engine {
             return;
         }
         replay.awaiting = false;
+        // Retention may have removed events below the range after the replay started: the
+        // page cannot hold them, so the client must hear that it missed some.
+        let cut = !replay.reset_sent
+            && replay.read_from.is_some_and(|r| self.log.floor.is_some_and(|floor| r < floor));
+        if cut {
+            replay.reset_sent = true;
+        }
         let through = replay.through;
+        let read_from_before = replay.read_from;
         let mut read_to = replay.read_from;
         let mut frames = Vec::with_capacity(page.events.len());
         for event in &page.events {
@@ -558,7 +577,7 @@ impl Engine {
                 continue;
             }
             read_to = Some(event.id);
-            if c.cursor.is_none_or(|cur| event.id > cur) && c.sub.matches(event) {
+            if c.cursor.is_none_or(|cur| event.id > cur) && c.meta.sub.matches(event) {
                 frames.push((event.id, frame::encode_event(event)));
             }
         }
@@ -567,6 +586,11 @@ impl Engine {
         let done = !page.more || read_to.is_none_or(|r| r >= through) || page.events.is_empty();
         if let Some(replay) = c.replay.as_mut() {
             replay.read_from = if done { Some(through) } else { read_to };
+        }
+        if let (true, Some(last)) = (cut, read_from_before) {
+            let data = reset_json("history_truncated", last, self.log.oldest);
+            self.counters.resets += 1;
+            self.send(slot, frame::encode_ephemeral(&reset_type(), &data), now);
         }
         for (id, frame) in frames {
             self.send_event(slot, id, frame, true, now);
@@ -597,7 +621,7 @@ impl Engine {
             let Some(c) = self.slots[slot].as_ref() else {
                 continue;
             };
-            if c.expires_at.is_some_and(|at| at <= now) {
+            if c.meta.expires_at.is_some_and(|at| at <= now) {
                 expired.push(c.id);
             } else if now.saturating_duration_since(c.last_write) >= self.config.keepalive {
                 self.counters.keepalives += 1;
@@ -667,19 +691,19 @@ impl Engine {
         let c = self.slots.get(slot as usize)?.as_ref()?;
         Some(ConnectionInfo {
             id: c.id,
-            user: c.sub.user.as_ref().map(|u| u.to_string()),
-            topics: if c.admin {
+            user: c.meta.sub.user.as_ref().map(|u| u.to_string()),
+            topics: if c.meta.admin {
                 vec![crate::topic::ADMIN_TOPIC.to_owned()]
             } else {
-                c.sub.patterns.iter().map(|p| p.to_string()).collect()
+                c.meta.sub.patterns.iter().map(|p| p.to_string()).collect()
             },
-            remote: c.remote.clone(),
-            connected_ms: millis(now.saturating_duration_since(c.connected_at)),
+            remote: c.meta.remote.clone(),
+            connected_ms: millis(now.saturating_duration_since(c.meta.connected_at)),
             events_sent: c.events_sent,
             bytes_sent: c.bytes_sent,
             last_id: c.cursor.map(|i| i.to_string()),
             replaying: c.replay.is_some(),
-            admin: c.admin,
+            admin: c.meta.admin,
             queued_bytes: 0,
         })
     }
@@ -715,14 +739,15 @@ impl Engine {
         }
         if let Some(c) = self.slots[slot as usize].as_mut() {
             c.cursor = after;
-            c.replay = Some(Replay {
+            c.replay = Some(Box::new(Replay {
                 read_from: after,
                 through,
                 held: Vec::new(),
                 held_bytes: 0,
                 overflowed: false,
                 awaiting: false,
-            });
+                reset_sent: after.is_none(),
+            }));
         }
         self.replay_step(slot, now);
     }
@@ -773,7 +798,7 @@ impl Engine {
                     conn: c.id,
                     after: read_from,
                     through,
-                    subscription: c.sub.clone(),
+                    subscription: c.meta.sub.clone(),
                     max_events: self.config.history_page_events,
                     max_bytes: self.config.history_page_bytes,
                 };
@@ -798,7 +823,7 @@ impl Engine {
                     break;
                 }
                 read_to = Some(entry.event.id);
-                if c.sub.matches(&entry.event) {
+                if c.meta.sub.matches(&entry.event) {
                     budget = budget.saturating_sub(entry.frame.len());
                     frames.push(entry.clone());
                 }
@@ -811,7 +836,7 @@ impl Engine {
                     conn: c.id,
                     after: read_to,
                     through,
-                    subscription: c.sub.clone(),
+                    subscription: c.meta.sub.clone(),
                     max_events: self.config.history_page_events,
                     max_bytes: self.config.history_page_bytes,
                 };
@@ -950,13 +975,13 @@ impl Engine {
         self.free_slots.push(slot);
         self.everyone.remove(&slot);
         self.admins.remove(&slot);
-        for pattern in &c.sub.patterns {
+        for pattern in &c.meta.sub.patterns {
             match pattern {
                 TopicPattern::Exact(t) => remove_from_index(&mut self.topics, t, slot),
                 TopicPattern::Prefix(p) => remove_from_index(&mut self.prefixes, p, slot),
             }
         }
-        if let Some(user) = &c.sub.user
+        if let Some(user) = &c.meta.sub.user
             && let Some(slots) = self.users.get_mut(user)
         {
             slots.remove(&slot);

@@ -451,6 +451,24 @@ fn a_resume_point_older_than_the_log_gets_a_reset_then_what_the_log_holds() {
 }
 
 #[test]
+fn history_trimmed_while_a_replay_waits_for_the_log_still_gets_a_reset() {
+    let mut sim = Sim::new(EngineConfig { recent_events: 1, ..EngineConfig::default() });
+    let published: Vec<EventId> = (0..5).map(|i| sim.publish_topic("t", &i.to_string())).collect();
+    sim.auto_history = false;
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    assert!(sim.received(c).iter().all(|e| e.event_type != "herald.reset"));
+    // Retention removes the first three events before the read happens.
+    sim.log.drain(..3);
+    let bounds = LogBounds { oldest: Some(published[3]), floor: Some(published[2]), events: 2, bytes: 2 };
+    sim.engine.handle_log_bounds(bounds);
+    sim.auto_history = true;
+    sim.drain();
+    let got = sim.received(c);
+    assert_eq!(got[0].event_type, "herald.reset");
+    assert_eq!(sim.received_ids(c), ids(&published[3..]));
+}
+
+#[test]
 fn a_resume_point_from_the_future_gets_a_reset_that_moves_the_cursor() {
     let mut sim = Sim::new(EngineConfig::default());
     let known = sim.publish_topic("t", "x");

@@ -166,11 +166,12 @@ fn time_replay(log: &SledLog, req: &HistoryRequest, runs: usize) -> (Duration, D
 }
 
 fn main() {
+    if std::env::var("PROBE").is_ok() { probe(); return; }
     let secs = std::env::var("HERALD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let run_for = Duration::from_secs(secs);
 
     println!("## group commit, fsync every batch ({secs} s per run, median of 3 runs)");
-    for publishers in [1, 16, 256] {
+    for publishers in [256] {
         let mut runs: Vec<Throughput> = (0..3).map(|_| group_commit(publishers, run_for)).collect();
         runs.sort_by(|a, b| a.events_per_sec.total_cmp(&b.events_per_sec));
         let median = &runs[1];
@@ -230,5 +231,40 @@ fn main() {
         } else {
             println!("{name}: {found} events, median {median:.2?}, p95 {p95:.2?} ({runs} runs)");
         }
+    }
+}
+
+#[allow(dead_code)]
+pub fn probe() {
+    use sled::Transactional;
+    for mode in ["tx", "batch", "tx-events-only"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).cache_capacity(256 << 20).mode(sled::Mode::HighThroughput).open().unwrap();
+        let ev = db.open_tree("events").unwrap();
+        let tp = db.open_tree("by_topic").unwrap();
+        let us = db.open_tree("by_user").unwrap();
+        let t = Instant::now();
+        let mut seq = IdSequencer::new(None);
+        let n_total = 200_000u64;
+        let mut enc = Duration::ZERO;
+        for chunk in 0..(n_total / 1000) {
+            let (mut be, mut bt, mut bu) = (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
+            for i in 0..1000 {
+                let n = chunk * 1000 + i;
+                let e = haystack_event(&mut seq, 1_700_000_000_000, n);
+                let t2 = Instant::now();
+                let v = herald_server::log::codec::encode_event(&e).unwrap();
+                enc += t2.elapsed();
+                be.insert(&e.id.to_bytes()[..], v);
+                for topic in &e.target.topics { let mut k = topic.as_str().as_bytes().to_vec(); k.push(0); k.extend_from_slice(&e.id.to_bytes()); bt.insert(k, &[][..]); }
+                for u in &e.target.users { let mut k = u.as_str().as_bytes().to_vec(); k.push(0); k.extend_from_slice(&e.id.to_bytes()); bu.insert(k, &[][..]); }
+            }
+            match mode {
+                "tx" => (&ev, &tp, &us).transaction(|(a, b, c)| { a.apply_batch(&be)?; b.apply_batch(&bt)?; c.apply_batch(&bu)?; Ok::<(), sled::transaction::ConflictableTransactionError<()>>(()) }).unwrap(),
+                "tx-events-only" => (&ev,).transaction(|(a,)| { a.apply_batch(&be)?; Ok::<(), sled::transaction::ConflictableTransactionError<()>>(()) }).unwrap(),
+                _ => { ev.apply_batch(be).unwrap(); tp.apply_batch(bt).unwrap(); us.apply_batch(bu).unwrap(); }
+            }
+        }
+        println!("{mode}: {n_total} events in {:.2?} (encode {:.2?})", t.elapsed(), enc);
     }
 }

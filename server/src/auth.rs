@@ -256,10 +256,10 @@ fn header_json_input(token: &str) -> &str {
 
 /// Finds the token in `Authorization: Bearer`, then the cookie, then `token` in the query.
 pub fn token_from(headers: &http::HeaderMap, query_token: Option<&str>) -> Option<String> {
-    if let Some(auth) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")) {
-            return Some(t.trim().to_owned());
-        }
+    if let Some(auth) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(t) = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_owned());
     }
     for cookie in headers.get_all(http::header::COOKIE) {
         let Ok(cookie) = cookie.to_str() else { continue };

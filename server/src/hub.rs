@@ -262,6 +262,9 @@ impl Driver {
                     }
                 }
                 _ = sleep_until(deadline) => {
+                    // Cheap (counters and one B-tree descent): keeps stats and reset
+                    // decisions current between retention steps.
+                    self.engine.handle_log_bounds(self.log.bounds());
                     self.engine.handle_timeout(std::time::Instant::now());
                     self.drain();
                 }
@@ -410,10 +413,20 @@ impl Driver {
                             return;
                         }
                         let conn = req.conn;
-                        let page = tokio::task::spawn_blocking(move || log.read(&req))
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| r.map_err(|e| e.to_string()));
+                        let read = tokio::task::spawn_blocking(move || {
+                            let page = log.read(&req);
+                            // Read after the page: a floor that rose before the read shows
+                            // here, so the engine can tell the client what it missed.
+                            (page, log.bounds())
+                        })
+                        .await;
+                        let page = match read {
+                            Ok((page, bounds)) => {
+                                let _ = sender.0.send(Command::Bounds(bounds));
+                                page.map_err(|e| e.to_string())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        };
                         let _ = sender.0.send(Command::History { conn, page });
                     });
                 }

@@ -1,0 +1,1485 @@
+//! The console's state and the one function that changes it: [`App::update`].
+//!
+//! No IO and no clock here: keys and server messages arrive as [`Action`]s, and requests
+//! for the server leave as [`Command`]s that `main` hands to the client. Every time shown on
+//! screen comes from the server (uptime, connection ages, event ids), which keeps drawing
+//! deterministic.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use herald_core::{AdminEvent, ConnId, ConnectionInfo, Snapshot, Stats, TopicInfo};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::event::{Action, ApiError, Edit, LinkState, ServerMsg, View};
+
+/// How many rate samples the sparklines keep: one a second, so a minute.
+pub const RATE_HISTORY: usize = 60;
+/// How many published events the feed keeps.
+pub const FEED_CAPACITY: usize = 1000;
+
+/// Work for the client, returned by [`App::update`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// `POST /publish` with this body.
+    Publish(PublishBody),
+    /// `DELETE /admin/connections/{id}`.
+    Disconnect(ConnId),
+}
+
+/// The JSON body of `POST /publish`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PublishBody {
+    /// Topics to publish to.
+    pub topics: Vec<String>,
+    /// Users to publish to.
+    pub users: Vec<String>,
+    /// True to send to every connection.
+    pub broadcast: bool,
+    /// The `event:` type; omitted for the default `message`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// The data: a JSON value, or a JSON string whose text is sent as is.
+    pub data: Value,
+}
+
+/// What keys mean right now; [`crate::event::key_action`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Browsing one of the views.
+    Normal(View),
+    /// The key list is open.
+    Help,
+    /// A connection's detail is open.
+    Detail,
+    /// A yes/no question is open.
+    Confirm,
+    /// Typing the connections filter.
+    Filter,
+    /// In the compose form, on a choice (target kind or data format).
+    ComposeChoice,
+    /// In the compose form, on a text field.
+    ComposeText,
+}
+
+/// The popup over the views, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Popup {
+    /// None: the view has the keys.
+    #[default]
+    None,
+    /// One connection's detail; `gone` holds why it ended if it did while shown.
+    Detail {
+        /// The connection.
+        id: ConnId,
+        /// The disconnect reason, once it is gone.
+        gone: Option<String>,
+    },
+    /// "Disconnect this connection?"
+    ConfirmDisconnect {
+        /// The connection.
+        id: ConnId,
+        /// Return to its detail on "no".
+        from_detail: bool,
+    },
+    /// The compose form ([`App::compose`]).
+    Compose,
+}
+
+/// A column the connections table can be sorted by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConnSort {
+    /// Connection id (the order they came in).
+    #[default]
+    Id,
+    /// User name.
+    User,
+    /// First topic.
+    Topics,
+    /// Time connected.
+    Age,
+    /// Events sent.
+    Sent,
+    /// Bytes queued.
+    Queue,
+}
+
+impl ConnSort {
+    fn next(self) -> Self {
+        match self {
+            Self::Id => Self::User,
+            Self::User => Self::Topics,
+            Self::Topics => Self::Age,
+            Self::Age => Self::Sent,
+            Self::Sent => Self::Queue,
+            Self::Queue => Self::Id,
+        }
+    }
+}
+
+/// A column the topics table can be sorted by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TopicSort {
+    /// Topic name.
+    #[default]
+    Name,
+    /// Subscriber count.
+    Subscribers,
+    /// Recent event rate.
+    Rate,
+}
+
+impl TopicSort {
+    fn next(self) -> Self {
+        match self {
+            Self::Name => Self::Subscribers,
+            Self::Subscribers => Self::Rate,
+            Self::Rate => Self::Name,
+        }
+    }
+}
+
+/// A selection in a scrolled list: the selected row and the first row shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nav {
+    /// Index of the selected row.
+    pub selected: usize,
+    /// Index of the first visible row.
+    pub offset: usize,
+}
+
+impl Nav {
+    /// Moves by `delta` rows within `len` rows, `rows` of them visible.
+    fn move_by(&mut self, delta: isize, len: usize, rows: usize) {
+        self.selected = self.selected.saturating_add_signed(delta);
+        self.clamp(len, rows);
+    }
+
+    /// Keeps the selection within `len` and visible in a window of `rows`.
+    fn clamp(&mut self, len: usize, rows: usize) {
+        self.selected = self.selected.min(len.saturating_sub(1));
+        let rows = rows.max(1);
+        if self.selected < self.offset {
+            self.offset = self.selected;
+        } else if self.selected >= self.offset + rows {
+            self.offset = self.selected + 1 - rows;
+        }
+        self.offset = self.offset.min(len.saturating_sub(rows));
+    }
+}
+
+/// Events per second of one counter, from the deltas between stats samples.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    /// Uptime (ms) and value of the previous sample.
+    prev: Option<(u64, u64)>,
+    /// The last minute of rates, oldest first.
+    pub history: VecDeque<u64>,
+}
+
+impl Rate {
+    /// Takes a sample; when time moved forward since the previous one, records a rate.
+    fn sample(&mut self, uptime_ms: u64, value: u64) {
+        if let Some((prev_ms, prev_value)) = self.prev
+            && uptime_ms > prev_ms
+            && value >= prev_value
+        {
+            let per_sec = per_second(value - prev_value, uptime_ms - prev_ms);
+            if self.history.len() == RATE_HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(per_sec.round() as u64);
+        }
+        // A server restart (uptime went back) just starts a new baseline.
+        self.prev = Some((uptime_ms, value));
+    }
+
+    /// The latest rate, if there is one.
+    pub fn last(&self) -> Option<u64> {
+        self.history.back().copied()
+    }
+}
+
+fn per_second(delta: u64, elapsed_ms: u64) -> f64 {
+    delta as f64 * 1000.0 / elapsed_ms.max(1) as f64
+}
+
+/// A topic with its rate over the last poll interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopicRow {
+    /// What the server reported.
+    pub info: TopicInfo,
+    /// Events per second since the previous poll, once there are two polls.
+    pub rate: Option<f64>,
+}
+
+/// One published event in the feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// Arrival order, from 1.
+    pub seq: u64,
+    /// The event.
+    pub event: herald_core::admin::Published,
+}
+
+/// A one-line text field with a cursor (counted in characters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TextInput {
+    /// The text.
+    pub value: String,
+    /// The cursor position, in characters from the start.
+    pub cursor: usize,
+}
+
+impl TextInput {
+    /// A field holding `value`, cursor at the end.
+    pub fn new(value: &str) -> Self {
+        Self {
+            value: value.to_owned(),
+            cursor: value.chars().count(),
+        }
+    }
+
+    fn byte_at(&self, cursor: usize) -> usize {
+        self.value
+            .char_indices()
+            .nth(cursor)
+            .map_or(self.value.len(), |(i, _)| i)
+    }
+
+    fn edit(&mut self, edit: Edit) {
+        let len = self.value.chars().count();
+        match edit {
+            Edit::Insert(c) => {
+                let at = self.byte_at(self.cursor);
+                self.value.insert(at, c);
+                self.cursor += 1;
+            }
+            Edit::Backspace if self.cursor > 0 => {
+                self.cursor -= 1;
+                let at = self.byte_at(self.cursor);
+                self.value.remove(at);
+            }
+            Edit::Delete if self.cursor < len => {
+                let at = self.byte_at(self.cursor);
+                self.value.remove(at);
+            }
+            Edit::Left => self.cursor = self.cursor.saturating_sub(1),
+            Edit::Right => self.cursor = (self.cursor + 1).min(len),
+            Edit::Home => self.cursor = 0,
+            Edit::End => self.cursor = len,
+            Edit::Clear => *self = Self::default(),
+            Edit::Backspace | Edit::Delete => {}
+        }
+    }
+}
+
+/// Who a composed event goes to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetKind {
+    /// One or more topics.
+    #[default]
+    Topic,
+    /// One or more users (all their connections).
+    User,
+    /// Every connection.
+    Broadcast,
+}
+
+/// How the compose form reads its data field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataFormat {
+    /// The field must be valid JSON; that value is published.
+    #[default]
+    Json,
+    /// The field is published as a JSON string, that is as plain text.
+    Text,
+}
+
+/// A field of the compose form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Field {
+    /// Target kind (choice).
+    #[default]
+    Kind,
+    /// Topics or users, comma separated.
+    Target,
+    /// The event type.
+    Event,
+    /// Data format (choice).
+    Format,
+    /// The data.
+    Data,
+}
+
+/// What became of the last send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing sent yet.
+    #[default]
+    None,
+    /// The form is not valid; nothing was sent.
+    Invalid(String),
+    /// Waiting for the server.
+    Sending,
+    /// The server accepted it and returned this id.
+    Sent(String),
+    /// The server (or the network) refused it.
+    Failed(String),
+}
+
+/// The compose form: kept when closed, so a second event is a small edit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ComposeForm {
+    /// Topic, user or broadcast.
+    pub kind: TargetKind,
+    /// Topics or users, separated by commas or spaces.
+    pub target: TextInput,
+    /// The event type; empty means the default `message`.
+    pub event_type: TextInput,
+    /// JSON or plain text.
+    pub format: DataFormat,
+    /// The data.
+    pub data: TextInput,
+    /// The focused field.
+    pub focus: Field,
+    /// The result of the last send.
+    pub outcome: Outcome,
+}
+
+impl ComposeForm {
+    /// The fields in tab order; the target is skipped for a broadcast.
+    pub fn fields(&self) -> &'static [Field] {
+        if self.kind == TargetKind::Broadcast {
+            &[Field::Kind, Field::Event, Field::Format, Field::Data]
+        } else {
+            &[
+                Field::Kind,
+                Field::Target,
+                Field::Event,
+                Field::Format,
+                Field::Data,
+            ]
+        }
+    }
+
+    /// The data field as it would be sent, or why it cannot be.
+    pub fn data_value(&self) -> Result<Value, String> {
+        match self.format {
+            DataFormat::Text => Ok(Value::String(self.data.value.clone())),
+            DataFormat::Json if self.data.value.trim().is_empty() => Err(
+                "data is empty: type JSON (e.g. {\"n\": 1}) or set \"Data as\" to text".to_owned(),
+            ),
+            DataFormat::Json => serde_json::from_str(&self.data.value)
+                .map_err(|e| format!("data is not valid JSON: {e}")),
+        }
+    }
+
+    /// The names in the target field.
+    pub fn targets(&self) -> Vec<String> {
+        self.target
+            .value
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The request to send, or the first thing wrong with the form.
+    pub fn body(&self) -> Result<PublishBody, String> {
+        let targets = self.targets();
+        let (topics, users, broadcast) = match self.kind {
+            TargetKind::Topic if targets.is_empty() => {
+                return Err("name at least one topic".to_owned());
+            }
+            TargetKind::User if targets.is_empty() => {
+                return Err("name at least one user".to_owned());
+            }
+            TargetKind::Topic => (targets, Vec::new(), false),
+            TargetKind::User => (Vec::new(), targets, false),
+            TargetKind::Broadcast => (Vec::new(), Vec::new(), true),
+        };
+        let data = self.data_value()?;
+        let event = self.event_type.value.trim();
+        Ok(PublishBody {
+            topics,
+            users,
+            broadcast,
+            event: (!event.is_empty()).then(|| event.to_owned()),
+            data,
+        })
+    }
+
+    fn focused_input(&mut self) -> Option<&mut TextInput> {
+        match self.focus {
+            Field::Target => Some(&mut self.target),
+            Field::Event => Some(&mut self.event_type),
+            Field::Data => Some(&mut self.data),
+            Field::Kind | Field::Format => None,
+        }
+    }
+
+    fn move_focus(&mut self, forward: bool) {
+        let fields = self.fields();
+        let at = fields.iter().position(|f| *f == self.focus).unwrap_or(0);
+        let next = if forward {
+            (at + 1) % fields.len()
+        } else {
+            (at + fields.len() - 1) % fields.len()
+        };
+        self.focus = fields[next];
+    }
+
+    fn choose(&mut self, forward: bool) {
+        match self.focus {
+            Field::Kind => {
+                self.kind = match (self.kind, forward) {
+                    (TargetKind::Topic, true) | (TargetKind::Broadcast, false) => TargetKind::User,
+                    (TargetKind::User, true) | (TargetKind::Topic, false) => TargetKind::Broadcast,
+                    (TargetKind::Broadcast, true) | (TargetKind::User, false) => TargetKind::Topic,
+                };
+            }
+            Field::Format => {
+                self.format = match self.format {
+                    DataFormat::Json => DataFormat::Text,
+                    DataFormat::Text => DataFormat::Json,
+                };
+            }
+            Field::Target | Field::Event | Field::Data => {}
+        }
+    }
+}
+
+/// A line for the status bar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The text.
+    pub text: String,
+    /// Shown in red when true.
+    pub is_error: bool,
+}
+
+/// The whole state of the console.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The server's base URL, as given.
+    pub server: String,
+    /// The admin stream's state.
+    pub link: LinkState,
+    /// The latest stats sample.
+    pub stats: Option<Stats>,
+    /// Published events per second.
+    pub published: Rate,
+    /// Delivered frames per second.
+    pub delivered: Rate,
+    /// Every connection the server reported, by id.
+    pub connections: BTreeMap<ConnId, ConnectionInfo>,
+    /// Ids that disconnected since the last connections poll (a poll answer may predate it).
+    recently_gone: BTreeSet<ConnId>,
+    /// The connections shown, filtered and sorted: rebuilt by [`App::sync`].
+    rows: Vec<ConnId>,
+    rows_dirty: bool,
+    /// The connections table's selection.
+    pub conn_nav: Nav,
+    /// The connections table's sort column.
+    pub conn_sort: ConnSort,
+    /// The sort is descending.
+    pub conn_desc: bool,
+    /// The filter text (user or topic, case-insensitive substring).
+    pub filter: TextInput,
+    /// The filter box has the keys.
+    pub filter_editing: bool,
+    /// Topics, sorted as [`App::topic_sort`] says.
+    pub topics: Vec<TopicRow>,
+    /// Uptime and event counts of the previous topics sample.
+    topic_prev: Option<(u64, BTreeMap<String, u64>)>,
+    /// The topics table's selection.
+    pub topic_nav: Nav,
+    /// The topics table's sort column.
+    pub topic_sort: TopicSort,
+    /// The topics sort is descending.
+    pub topic_desc: bool,
+    /// Recent published events, oldest first.
+    pub feed: VecDeque<FeedEntry>,
+    feed_seq: u64,
+    /// When paused, the newest entry (by `seq`) still shown.
+    pub feed_paused_at: Option<u64>,
+    /// Rows scrolled down from the newest shown entry.
+    pub feed_scroll: usize,
+    /// The view on screen.
+    pub view: View,
+    /// The popup, if any.
+    pub popup: Popup,
+    /// The key list is shown over everything.
+    pub show_help: bool,
+    /// The compose form.
+    pub compose: ComposeForm,
+    /// The status bar's message.
+    pub status: Option<Status>,
+    /// The terminal size (columns, rows).
+    pub size: (u16, u16),
+    /// Set by [`Action::Quit`]: `main` leaves its loop.
+    pub should_quit: bool,
+}
+
+impl App {
+    /// A console for the server at `server`, before anything was heard from it.
+    pub fn new(server: &str) -> Self {
+        Self {
+            server: server.to_owned(),
+            link: LinkState::Connecting { attempt: 1 },
+            stats: None,
+            published: Rate::default(),
+            delivered: Rate::default(),
+            connections: BTreeMap::new(),
+            recently_gone: BTreeSet::new(),
+            rows: Vec::new(),
+            rows_dirty: false,
+            conn_nav: Nav::default(),
+            conn_sort: ConnSort::default(),
+            conn_desc: false,
+            filter: TextInput::default(),
+            filter_editing: false,
+            topics: Vec::new(),
+            topic_prev: None,
+            topic_nav: Nav::default(),
+            topic_sort: TopicSort::default(),
+            topic_desc: false,
+            feed: VecDeque::new(),
+            feed_seq: 0,
+            feed_paused_at: None,
+            feed_scroll: 0,
+            view: View::default(),
+            popup: Popup::None,
+            show_help: false,
+            compose: ComposeForm::default(),
+            status: None,
+            size: (80, 24),
+            should_quit: false,
+        }
+    }
+
+    /// What keys mean now.
+    pub fn mode(&self) -> Mode {
+        if self.show_help {
+            return Mode::Help;
+        }
+        match self.popup {
+            Popup::Detail { .. } => Mode::Detail,
+            Popup::ConfirmDisconnect { .. } => Mode::Confirm,
+            Popup::Compose => match self.compose.focus {
+                Field::Kind | Field::Format => Mode::ComposeChoice,
+                Field::Target | Field::Event | Field::Data => Mode::ComposeText,
+            },
+            Popup::None if self.filter_editing => Mode::Filter,
+            Popup::None => Mode::Normal(self.view),
+        }
+    }
+
+    /// The connections shown, in table order (call [`App::sync`] first after server messages).
+    pub fn conn_rows(&self) -> &[ConnId] {
+        &self.rows
+    }
+
+    /// The selected connection, if the table has any rows.
+    pub fn selected_conn(&self) -> Option<&ConnectionInfo> {
+        let id = self.rows.get(self.conn_nav.selected)?;
+        self.connections.get(id)
+    }
+
+    /// The feed entries shown, newest first (a paused feed hides what came since).
+    pub fn feed_shown(&self) -> impl Iterator<Item = &FeedEntry> {
+        let limit = self.feed_paused_at.unwrap_or(u64::MAX);
+        self.feed.iter().rev().filter(move |e| e.seq <= limit)
+    }
+
+    /// Events that arrived since the feed was paused.
+    pub fn feed_unseen(&self) -> u64 {
+        self.feed_paused_at
+            .map_or(0, |at| self.feed_seq.saturating_sub(at))
+    }
+
+    /// Table rows that fit on screen now.
+    pub fn page_rows(&self) -> usize {
+        crate::ui::table_rows(self.size.1)
+    }
+
+    /// Brings the filtered and sorted connections up to date.
+    ///
+    /// Server messages only mark the table stale, so a burst of connects costs one sort;
+    /// `main` calls this before drawing, and `update` after every key.
+    pub fn sync(&mut self) {
+        if !self.rows_dirty {
+            return;
+        }
+        self.rows_dirty = false;
+        let selected = self.rows.get(self.conn_nav.selected).copied();
+        let needle = self.filter.value.trim().to_lowercase();
+        let mut rows: Vec<&ConnectionInfo> = self
+            .connections
+            .values()
+            .filter(|c| matches_filter(c, &needle))
+            .collect();
+        // The map iterates in id order, so sorting by id is already done.
+        match self.conn_sort {
+            ConnSort::Id => {}
+            ConnSort::User => rows.sort_by(|a, b| a.user.cmp(&b.user)),
+            ConnSort::Topics => rows.sort_by(|a, b| a.topics.first().cmp(&b.topics.first())),
+            ConnSort::Age => rows.sort_by_key(|c| std::cmp::Reverse(c.connected_ms)),
+            ConnSort::Sent => rows.sort_by_key(|c| c.events_sent),
+            ConnSort::Queue => rows.sort_by_key(|c| c.queued_bytes),
+        }
+        if self.conn_desc {
+            rows.reverse();
+        }
+        self.rows = rows.into_iter().map(|c| c.id).collect();
+        // Keep the same connection selected when it is still listed.
+        if let Some(id) = selected
+            && let Some(at) = self.rows.iter().position(|r| *r == id)
+        {
+            self.conn_nav.selected = at;
+        }
+        let page = self.page_rows();
+        self.conn_nav.clamp(self.rows.len(), page);
+    }
+
+    /// Applies one action; returns the request to make of the server, if any.
+    pub fn update(&mut self, action: Action) -> Option<Command> {
+        let command = match action {
+            Action::Server(msg) => {
+                self.handle_server(msg);
+                return None;
+            }
+            Action::Resize { width, height } => {
+                self.size = (width, height);
+                self.rows_dirty = true;
+                None
+            }
+            key => {
+                self.status = None;
+                self.handle_key(key)
+            }
+        };
+        self.sync();
+        command
+    }
+
+    fn handle_key(&mut self, action: Action) -> Option<Command> {
+        match action {
+            Action::Quit => self.should_quit = true,
+            Action::ToggleHelp => self.show_help = !self.show_help,
+            Action::NextView => self.show_view(View::ALL[(self.view.index() + 1) % 3]),
+            Action::PrevView => self.show_view(View::ALL[(self.view.index() + 2) % 3]),
+            Action::ShowView(view) => self.show_view(view),
+            Action::Move(delta) => self.move_by(delta),
+            Action::Page(pages) => {
+                let page = self.page_rows().max(1) as isize;
+                self.move_by(pages * page);
+            }
+            Action::Top => self.move_by(isize::MIN / 2),
+            Action::Bottom => self.move_by(isize::MAX / 2),
+            Action::OpenFilter => self.filter_editing = true,
+            Action::CycleSort => self.cycle_sort(),
+            Action::ReverseSort => self.reverse_sort(),
+            Action::OpenDetail => {
+                if let Some(conn) = self.selected_conn() {
+                    self.popup = Popup::Detail {
+                        id: conn.id,
+                        gone: None,
+                    };
+                }
+            }
+            Action::AskDisconnect => self.ask_disconnect(),
+            Action::Confirm => {
+                if let Popup::ConfirmDisconnect { id, .. } = self.popup {
+                    self.popup = Popup::None;
+                    self.set_status(format!("disconnecting connection {id}…"), false);
+                    return Some(Command::Disconnect(id));
+                }
+            }
+            Action::Cancel => self.cancel(),
+            Action::TogglePause => {
+                self.feed_paused_at = match self.feed_paused_at {
+                    Some(_) => None,
+                    None => Some(self.feed_seq),
+                };
+                self.feed_scroll = 0;
+            }
+            Action::ClearFeed => {
+                self.feed.clear();
+                self.feed_scroll = 0;
+                if self.feed_paused_at.is_some() {
+                    self.feed_paused_at = Some(self.feed_seq);
+                }
+            }
+            Action::OpenCompose => {
+                self.popup = Popup::Compose;
+                self.compose.outcome = Outcome::None;
+            }
+            Action::NextField => self.compose.move_focus(true),
+            Action::PrevField => self.compose.move_focus(false),
+            Action::Choose(forward) => self.compose.choose(forward),
+            Action::Edit(edit) => self.edit(edit),
+            Action::Submit => return self.submit(),
+            Action::Resize { .. } | Action::Server(_) => {}
+        }
+        None
+    }
+
+    fn show_view(&mut self, view: View) {
+        self.view = view;
+        self.filter_editing = false;
+    }
+
+    fn move_by(&mut self, delta: isize) {
+        let page = self.page_rows();
+        match self.view {
+            View::Connections => self.conn_nav.move_by(delta, self.rows.len(), page),
+            View::Topics => self.topic_nav.move_by(delta, self.topics.len(), page),
+            View::Feed => {
+                // Scrolling a live feed pauses it, or the rows would move under the reader.
+                if self.feed_paused_at.is_none() {
+                    self.feed_paused_at = Some(self.feed_seq);
+                }
+                let shown = self.feed_shown().count();
+                let max = shown.saturating_sub(page);
+                self.feed_scroll = self.feed_scroll.saturating_add_signed(delta).min(max);
+            }
+        }
+    }
+
+    fn cycle_sort(&mut self) {
+        match self.view {
+            View::Connections => {
+                self.conn_sort = self.conn_sort.next();
+                self.conn_desc = false;
+                self.rows_dirty = true;
+            }
+            View::Topics => {
+                self.topic_sort = self.topic_sort.next();
+                self.topic_desc = false;
+                self.sort_topics();
+            }
+            View::Feed => {}
+        }
+    }
+
+    fn reverse_sort(&mut self) {
+        match self.view {
+            View::Connections => {
+                self.conn_desc = !self.conn_desc;
+                self.rows_dirty = true;
+            }
+            View::Topics => {
+                self.topic_desc = !self.topic_desc;
+                self.sort_topics();
+            }
+            View::Feed => {}
+        }
+    }
+
+    fn ask_disconnect(&mut self) {
+        let (id, from_detail) = match &self.popup {
+            Popup::Detail { id, gone: None } => (*id, true),
+            Popup::Detail { .. } => return,
+            _ => match self.selected_conn() {
+                Some(conn) => (conn.id, false),
+                None => return,
+            },
+        };
+        self.popup = Popup::ConfirmDisconnect { id, from_detail };
+    }
+
+    fn cancel(&mut self) {
+        match self.popup {
+            Popup::ConfirmDisconnect {
+                id,
+                from_detail: true,
+            } => {
+                let gone = (!self.connections.contains_key(&id)).then(|| "gone".to_owned());
+                self.popup = Popup::Detail { id, gone };
+            }
+            Popup::None if self.filter_editing => {
+                self.filter_editing = false;
+                self.filter = TextInput::default();
+                self.rows_dirty = true;
+            }
+            Popup::None if !self.filter.value.is_empty() => {
+                self.filter = TextInput::default();
+                self.rows_dirty = true;
+            }
+            _ => self.popup = Popup::None,
+        }
+    }
+
+    fn edit(&mut self, edit: Edit) {
+        if self.popup == Popup::Compose {
+            if let Some(input) = self.compose.focused_input() {
+                input.edit(edit);
+            }
+        } else if self.filter_editing {
+            self.filter.edit(edit);
+            self.rows_dirty = true;
+        }
+    }
+
+    fn submit(&mut self) -> Option<Command> {
+        if self.popup != Popup::Compose {
+            // Enter in the filter box keeps the filter and gives the keys back to the table.
+            self.filter_editing = false;
+            return None;
+        }
+        if self.compose.outcome == Outcome::Sending {
+            return None;
+        }
+        match self.compose.body() {
+            Ok(body) => {
+                self.compose.outcome = Outcome::Sending;
+                Some(Command::Publish(body))
+            }
+            Err(why) => {
+                self.compose.outcome = Outcome::Invalid(why);
+                None
+            }
+        }
+    }
+
+    fn set_status(&mut self, text: String, is_error: bool) {
+        self.status = Some(Status { text, is_error });
+    }
+
+    fn handle_server(&mut self, msg: ServerMsg) {
+        match msg {
+            ServerMsg::Link(link) => {
+                if link == LinkState::Live && matches!(self.link, LinkState::Down { .. }) {
+                    self.set_status("reconnected to the server".to_owned(), false);
+                }
+                self.link = link;
+            }
+            ServerMsg::Snapshot(snapshot) => self.handle_snapshot(*snapshot),
+            ServerMsg::Admin(event) => self.handle_admin(*event),
+            ServerMsg::Connections(list) => {
+                self.connections = list
+                    .into_iter()
+                    .filter(|c| !self.recently_gone.contains(&c.id))
+                    .map(|c| (c.id, c))
+                    .collect();
+                self.recently_gone.clear();
+                self.rows_dirty = true;
+            }
+            ServerMsg::StatsPoll { stats, topics } => self.handle_topics(stats.uptime_ms, topics),
+            ServerMsg::PollFailed(err) => {
+                if self.link == LinkState::Live {
+                    self.set_status(format!("refresh failed: {err}"), true);
+                }
+            }
+            ServerMsg::Published(result) => self.handle_published(result),
+            ServerMsg::Kicked(id, Ok(())) => {
+                self.set_status(format!("disconnected connection {id}"), false);
+            }
+            ServerMsg::Kicked(id, Err(err)) => {
+                self.set_status(format!("could not disconnect {id}: {err}"), true);
+            }
+        }
+    }
+
+    fn handle_snapshot(&mut self, snapshot: Snapshot) {
+        self.take_stats(snapshot.stats.clone());
+        self.connections = snapshot
+            .connections
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+        self.recently_gone.clear();
+        self.rows_dirty = true;
+        self.handle_topics(snapshot.stats.uptime_ms, snapshot.topics);
+        if let Popup::Detail { id, gone } = &mut self.popup
+            && gone.is_none()
+            && !self.connections.contains_key(id)
+        {
+            *gone = Some("gone".to_owned());
+        }
+    }
+
+    fn handle_admin(&mut self, event: AdminEvent) {
+        match event {
+            AdminEvent::Connected(conn) => {
+                self.connections.insert(conn.id, conn);
+                self.rows_dirty = true;
+            }
+            AdminEvent::Disconnected(d) => {
+                self.connections.remove(&d.id);
+                self.recently_gone.insert(d.id);
+                self.rows_dirty = true;
+                match &mut self.popup {
+                    Popup::Detail { id, gone } if *id == d.id => *gone = Some(d.reason),
+                    Popup::ConfirmDisconnect { id, .. } if *id == d.id => {
+                        self.popup = Popup::None;
+                        let text = format!("connection {} is already gone ({})", d.id, d.reason);
+                        self.set_status(text, false);
+                    }
+                    _ => {}
+                }
+            }
+            AdminEvent::Published(event) => {
+                self.feed_seq += 1;
+                if self.feed.len() == FEED_CAPACITY {
+                    self.feed.pop_front();
+                }
+                self.feed.push_back(FeedEntry {
+                    seq: self.feed_seq,
+                    event,
+                });
+            }
+            AdminEvent::Stats(stats) => self.take_stats(stats),
+        }
+    }
+
+    fn take_stats(&mut self, stats: Stats) {
+        let c = &stats.counters;
+        self.published.sample(stats.uptime_ms, c.published);
+        self.delivered.sample(stats.uptime_ms, c.delivered);
+        self.stats = Some(stats);
+    }
+
+    fn handle_topics(&mut self, uptime_ms: u64, topics: Vec<TopicInfo>) {
+        let prev = self.topic_prev.take();
+        let rows = topics
+            .into_iter()
+            .map(|info| {
+                let rate = prev.as_ref().and_then(|(prev_ms, counts)| {
+                    let before = *counts.get(&info.topic)?;
+                    (uptime_ms > *prev_ms && info.events >= before)
+                        .then(|| per_second(info.events - before, uptime_ms - prev_ms))
+                });
+                TopicRow { info, rate }
+            })
+            .collect::<Vec<_>>();
+        let counts = rows
+            .iter()
+            .map(|r| (r.info.topic.clone(), r.info.events))
+            .collect();
+        self.topic_prev = Some((uptime_ms, counts));
+        self.topics = rows;
+        self.sort_topics();
+    }
+
+    fn sort_topics(&mut self) {
+        match self.topic_sort {
+            TopicSort::Name => self.topics.sort_by(|a, b| a.info.topic.cmp(&b.info.topic)),
+            TopicSort::Subscribers => self
+                .topics
+                .sort_by(|a, b| b.info.subscribers.cmp(&a.info.subscribers)),
+            TopicSort::Rate => self.topics.sort_by(|a, b| {
+                let (a, b) = (a.rate.unwrap_or(0.0), b.rate.unwrap_or(0.0));
+                b.total_cmp(&a)
+            }),
+        }
+        if self.topic_desc {
+            self.topics.reverse();
+        }
+        let page = self.page_rows();
+        self.topic_nav.clamp(self.topics.len(), page);
+    }
+
+    fn handle_published(&mut self, result: Result<String, ApiError>) {
+        let (outcome, status) = match result {
+            Ok(id) => (
+                Outcome::Sent(id.clone()),
+                Status {
+                    text: format!("published event {id}"),
+                    is_error: false,
+                },
+            ),
+            Err(err) => (
+                Outcome::Failed(err.to_string()),
+                Status {
+                    text: format!("publish failed: {err}"),
+                    is_error: true,
+                },
+            ),
+        };
+        self.compose.outcome = outcome;
+        if self.popup != Popup::Compose {
+            self.status = Some(status);
+        }
+    }
+}
+
+fn matches_filter(conn: &ConnectionInfo, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let user_hit = conn
+        .user
+        .as_deref()
+        .is_some_and(|u| u.to_lowercase().contains(needle));
+    user_hit
+        || conn
+            .topics
+            .iter()
+            .any(|t| t.to_lowercase().contains(needle))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use herald_core::admin::{Disconnected, Published};
+    use herald_core::{Counters, EventId, LogBounds};
+
+    use super::*;
+
+    /// A connection as the server would describe it.
+    pub fn conn(id: u64, user: Option<&str>, topics: &[&str]) -> ConnectionInfo {
+        ConnectionInfo {
+            id: ConnId(id),
+            user: user.map(str::to_owned),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            remote: Some(format!("10.0.0.{}:{}", id % 250 + 1, 40000 + id)),
+            connected_ms: 1000 * (600 - id.min(600)),
+            events_sent: id * 7,
+            bytes_sent: id * 700,
+            last_id: (id > 1).then(|| format!("1700000000000-{}", id % 100)),
+            replaying: false,
+            admin: false,
+            queued_bytes: if id % 10 == 0 { 4096 } else { 0 },
+        }
+    }
+
+    /// Stats at `uptime_s` with the given totals.
+    pub fn stats(uptime_s: u64, published: u64, delivered: u64) -> Stats {
+        Stats {
+            uptime_ms: uptime_s * 1000,
+            counters: Counters {
+                connections: 3,
+                connections_total: 10,
+                published,
+                committed: published,
+                delivered,
+                slow_consumer_closes: 2,
+                ..Counters::default()
+            },
+            last_id: Some("1700000000000-41".to_owned()),
+            committed_id: Some("1700000000000-41".to_owned()),
+            pending: 0,
+            topics: 2,
+            log: LogBounds {
+                oldest: Some(EventId::new(1_699_999_000_000, 0)),
+                floor: None,
+                events: 1234,
+                bytes: 5 << 20,
+            },
+        }
+    }
+
+    pub fn published(id: &str, topics: &[&str], preview: &str) -> Published {
+        Published {
+            id: id.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            users: Vec::new(),
+            broadcast: false,
+            event_type: Some("order.created".to_owned()),
+            preview: preview.to_owned(),
+            recipients: 3,
+        }
+    }
+
+    fn server(app: &mut App, msg: ServerMsg) {
+        assert_eq!(app.update(Action::Server(msg)), None);
+        app.sync();
+    }
+
+    fn admin(app: &mut App, event: AdminEvent) {
+        server(app, ServerMsg::Admin(Box::new(event)));
+    }
+
+    fn type_text(app: &mut App, text: &str) {
+        for c in text.chars() {
+            app.update(Action::Edit(Edit::Insert(c)));
+        }
+    }
+
+    fn with_connections(n: u64) -> App {
+        let mut app = App::new("http://127.0.0.1:7070");
+        let snapshot = Snapshot {
+            stats: stats(60, 0, 0),
+            connections: (1..=n).map(|i| conn(i, Some("alice"), &["orders"])).collect(),
+            topics: Vec::new(),
+        };
+        server(&mut app, ServerMsg::Snapshot(Box::new(snapshot)));
+        app
+    }
+
+    #[test]
+    fn rates_come_from_counter_deltas_between_samples() {
+        let mut app = App::new("x");
+        admin(&mut app, AdminEvent::Stats(stats(10, 100, 1000)));
+        assert_eq!(app.published.last(), None, "one sample has no rate yet");
+        admin(&mut app, AdminEvent::Stats(stats(12, 140, 1400)));
+        assert_eq!(app.published.last(), Some(20));
+        assert_eq!(app.delivered.last(), Some(200));
+    }
+
+    #[test]
+    fn a_server_restart_starts_a_new_baseline_instead_of_a_bogus_rate() {
+        let mut app = App::new("x");
+        admin(&mut app, AdminEvent::Stats(stats(100, 5000, 5000)));
+        admin(&mut app, AdminEvent::Stats(stats(101, 5010, 5010)));
+        admin(&mut app, AdminEvent::Stats(stats(1, 0, 0)));
+        admin(&mut app, AdminEvent::Stats(stats(2, 3, 3)));
+        assert_eq!(
+            app.published.history.iter().copied().collect::<Vec<_>>(),
+            [10, 3]
+        );
+    }
+
+    #[test]
+    fn sparkline_history_keeps_one_minute() {
+        let mut app = App::new("x");
+        for s in 0..100 {
+            admin(&mut app, AdminEvent::Stats(stats(s, s * 2, s * 4)));
+        }
+        assert_eq!(app.published.history.len(), RATE_HISTORY);
+    }
+
+    #[test]
+    fn connected_and_disconnected_events_update_the_table() {
+        let mut app = with_connections(2);
+        admin(
+            &mut app,
+            AdminEvent::Connected(conn(3, Some("bob"), &["news"])),
+        );
+        assert_eq!(app.conn_rows(), [ConnId(1), ConnId(2), ConnId(3)]);
+        admin(
+            &mut app,
+            AdminEvent::Disconnected(Disconnected {
+                id: ConnId(1),
+                reason: "client_gone".to_owned(),
+                events_sent: 0,
+            }),
+        );
+        assert_eq!(app.conn_rows(), [ConnId(2), ConnId(3)]);
+    }
+
+    #[test]
+    fn a_poll_answer_does_not_bring_back_a_connection_that_just_left() {
+        let mut app = with_connections(2);
+        admin(
+            &mut app,
+            AdminEvent::Disconnected(Disconnected {
+                id: ConnId(2),
+                reason: "kicked".to_owned(),
+                events_sent: 0,
+            }),
+        );
+        let stale = vec![conn(1, None, &[]), conn(2, None, &[])];
+        server(&mut app, ServerMsg::Connections(stale));
+        assert_eq!(app.conn_rows(), [ConnId(1)]);
+    }
+
+    #[test]
+    fn filter_matches_user_or_topic_and_escape_clears_it() {
+        let mut app = App::new("x");
+        let snapshot = Snapshot {
+            connections: vec![
+                conn(1, Some("alice"), &["orders"]),
+                conn(2, Some("bob"), &["news/eu"]),
+                conn(3, None, &["Orders/returns"]),
+            ],
+            ..Snapshot::default()
+        };
+        server(&mut app, ServerMsg::Snapshot(Box::new(snapshot)));
+        app.update(Action::OpenFilter);
+        type_text(&mut app, "order");
+        assert_eq!(app.conn_rows(), [ConnId(1), ConnId(3)]);
+        app.update(Action::Submit);
+        assert_eq!(app.mode(), Mode::Normal(View::Connections));
+        assert_eq!(app.conn_rows(), [ConnId(1), ConnId(3)], "Enter keeps it");
+        app.update(Action::OpenFilter);
+        app.update(Action::Edit(Edit::Clear));
+        type_text(&mut app, "BOB");
+        assert_eq!(app.conn_rows(), [ConnId(2)]);
+        app.update(Action::Cancel);
+        assert_eq!(app.conn_rows().len(), 3);
+    }
+
+    #[test]
+    fn sorting_keeps_the_selected_connection_selected() {
+        let mut app = App::new("x");
+        let snapshot = Snapshot {
+            connections: vec![
+                conn(1, Some("carol"), &[]),
+                conn(2, Some("alice"), &[]),
+                conn(3, Some("bob"), &[]),
+            ],
+            ..Snapshot::default()
+        };
+        server(&mut app, ServerMsg::Snapshot(Box::new(snapshot)));
+        app.update(Action::Move(2));
+        assert_eq!(app.selected_conn().map(|c| c.id), Some(ConnId(3)));
+        app.update(Action::CycleSort);
+        assert_eq!(app.conn_sort, ConnSort::User);
+        assert_eq!(app.conn_rows(), [ConnId(2), ConnId(3), ConnId(1)]);
+        assert_eq!(app.selected_conn().map(|c| c.id), Some(ConnId(3)));
+        app.update(Action::ReverseSort);
+        assert_eq!(app.conn_rows(), [ConnId(1), ConnId(3), ConnId(2)]);
+    }
+
+    #[test]
+    fn scrolling_keeps_the_selection_on_screen() {
+        let mut app = with_connections(1000);
+        app.update(Action::Resize {
+            width: 80,
+            height: 24,
+        });
+        let page = app.page_rows();
+        app.update(Action::Page(1));
+        assert_eq!(app.conn_nav.selected, page);
+        assert_eq!(app.conn_nav.offset, 1);
+        app.update(Action::Bottom);
+        assert_eq!(app.conn_nav.selected, 999);
+        assert_eq!(app.conn_nav.offset, 1000 - page);
+        app.update(Action::Top);
+        assert_eq!(app.conn_nav, Nav::default());
+    }
+
+    #[test]
+    fn disconnect_asks_first_and_sends_only_on_yes() {
+        let mut app = with_connections(3);
+        app.update(Action::Move(1));
+        assert_eq!(app.update(Action::AskDisconnect), None);
+        assert_eq!(app.mode(), Mode::Confirm);
+        assert_eq!(app.update(Action::Cancel), None);
+        assert_eq!(app.popup, Popup::None);
+        app.update(Action::AskDisconnect);
+        assert_eq!(
+            app.update(Action::Confirm),
+            Some(Command::Disconnect(ConnId(2)))
+        );
+        server(&mut app, ServerMsg::Kicked(ConnId(2), Ok(())));
+        assert_eq!(
+            app.status.as_ref().map(|s| s.text.as_str()),
+            Some("disconnected connection 2")
+        );
+    }
+
+    #[test]
+    fn detail_notes_when_its_connection_goes_away() {
+        let mut app = with_connections(2);
+        app.update(Action::OpenDetail);
+        admin(
+            &mut app,
+            AdminEvent::Disconnected(Disconnected {
+                id: ConnId(1),
+                reason: "slow_consumer".to_owned(),
+                events_sent: 9,
+            }),
+        );
+        assert_eq!(
+            app.popup,
+            Popup::Detail {
+                id: ConnId(1),
+                gone: Some("slow_consumer".to_owned())
+            }
+        );
+        assert_eq!(app.update(Action::AskDisconnect), None);
+        assert_eq!(app.mode(), Mode::Detail);
+    }
+
+    #[test]
+    fn compose_refuses_invalid_json_and_says_why() {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        app.update(Action::NextField);
+        type_text(&mut app, "orders");
+        app.update(Action::NextField);
+        app.update(Action::NextField);
+        app.update(Action::NextField);
+        assert_eq!(app.compose.focus, Field::Data);
+        type_text(&mut app, "{\"id\": 42,");
+        assert_eq!(app.update(Action::Submit), None);
+        let Outcome::Invalid(why) = &app.compose.outcome else {
+            panic!("{:?}", app.compose.outcome)
+        };
+        assert!(why.starts_with("data is not valid JSON"), "{why}");
+    }
+
+    #[test]
+    fn compose_sends_json_values_and_text_as_a_string() {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        app.update(Action::NextField);
+        type_text(&mut app, "orders, news/eu");
+        app.update(Action::NextField);
+        type_text(&mut app, "order.created");
+        app.update(Action::NextField);
+        app.update(Action::NextField);
+        type_text(&mut app, "{\"id\": 42}");
+        let expected = PublishBody {
+            topics: vec!["orders".to_owned(), "news/eu".to_owned()],
+            users: Vec::new(),
+            broadcast: false,
+            event: Some("order.created".to_owned()),
+            data: serde_json::json!({"id": 42}),
+        };
+        assert_eq!(
+            app.update(Action::Submit),
+            Some(Command::Publish(expected))
+        );
+        assert_eq!(app.update(Action::Submit), None, "no double send");
+        server(
+            &mut app,
+            ServerMsg::Published(Ok("1700000000000-7".to_owned())),
+        );
+        assert_eq!(
+            app.compose.outcome,
+            Outcome::Sent("1700000000000-7".to_owned())
+        );
+
+        app.update(Action::PrevField);
+        app.update(Action::Choose(true));
+        assert_eq!(app.compose.format, DataFormat::Text);
+        let Some(Command::Publish(body)) = app.update(Action::Submit) else {
+            panic!("not sent")
+        };
+        assert_eq!(body.data, Value::String("{\"id\": 42}".to_owned()));
+    }
+
+    #[test]
+    fn broadcast_skips_the_target_field_and_needs_no_names() {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        app.update(Action::Choose(false));
+        assert_eq!(app.compose.kind, TargetKind::Broadcast);
+        app.update(Action::NextField);
+        assert_eq!(app.compose.focus, Field::Event);
+        app.update(Action::NextField);
+        app.update(Action::Choose(true));
+        app.update(Action::NextField);
+        type_text(&mut app, "hello everyone");
+        let Some(Command::Publish(body)) = app.update(Action::Submit) else {
+            panic!("not sent: {:?}", app.compose.outcome)
+        };
+        assert!(body.broadcast);
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"topics": [], "users": [], "broadcast": true, "data": "hello everyone"})
+        );
+    }
+
+    #[test]
+    fn a_topic_target_needs_a_name() {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        app.update(Action::Submit);
+        assert_eq!(
+            app.compose.outcome,
+            Outcome::Invalid("name at least one topic".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_server_error_shows_in_the_form() {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        server(
+            &mut app,
+            ServerMsg::Published(Err(ApiError {
+                status: Some(403),
+                message: "this token may not publish".to_owned(),
+            })),
+        );
+        assert_eq!(
+            app.compose.outcome,
+            Outcome::Failed("403: this token may not publish".to_owned())
+        );
+    }
+
+    #[test]
+    fn text_input_edits_at_the_cursor_by_character() {
+        let mut input = TextInput::new("héllo");
+        input.edit(Edit::Left);
+        input.edit(Edit::Left);
+        input.edit(Edit::Backspace);
+        input.edit(Edit::Insert('L'));
+        assert_eq!(input.value, "héLlo");
+        input.edit(Edit::Home);
+        input.edit(Edit::Delete);
+        assert_eq!(input.value, "éLlo");
+        input.edit(Edit::Backspace);
+        assert_eq!(input.value, "éLlo");
+    }
+
+    #[test]
+    fn a_paused_feed_holds_still_and_counts_what_it_missed() {
+        let mut app = App::new("x");
+        app.update(Action::ShowView(View::Feed));
+        admin(
+            &mut app,
+            AdminEvent::Published(published("1-0", &["a"], "one")),
+        );
+        app.update(Action::TogglePause);
+        admin(
+            &mut app,
+            AdminEvent::Published(published("1-1", &["a"], "two")),
+        );
+        let shown: Vec<_> = app.feed_shown().map(|e| e.event.id.as_str()).collect();
+        assert_eq!(shown, ["1-0"]);
+        assert_eq!(app.feed_unseen(), 1);
+        app.update(Action::TogglePause);
+        let shown: Vec<_> = app.feed_shown().map(|e| e.event.id.as_str()).collect();
+        assert_eq!(shown, ["1-1", "1-0"]);
+    }
+
+    #[test]
+    fn the_feed_keeps_a_bounded_number_of_events() {
+        let mut app = App::new("x");
+        for i in 0..(FEED_CAPACITY + 10) {
+            admin(
+                &mut app,
+                AdminEvent::Published(published(&format!("1-{i}"), &["a"], "x")),
+            );
+        }
+        assert_eq!(app.feed.len(), FEED_CAPACITY);
+    }
+
+    #[test]
+    fn topic_rates_come_from_event_deltas_between_polls() {
+        let mut app = App::new("x");
+        let topic = |events| TopicInfo {
+            topic: "orders".to_owned(),
+            subscribers: 2,
+            events,
+        };
+        let poll = |s, events| ServerMsg::StatsPoll {
+            stats: Box::new(stats(s, 0, 0)),
+            topics: vec![topic(events)],
+        };
+        server(&mut app, poll(10, 100));
+        assert_eq!(app.topics[0].rate, None);
+        server(&mut app, poll(12, 150));
+        assert_eq!(app.topics[0].rate, Some(25.0));
+    }
+
+    #[test]
+    fn link_changes_show_in_the_state_and_reconnects_are_announced() {
+        let mut app = App::new("x");
+        let down = LinkState::Down {
+            error: "connection refused".to_owned(),
+            retry_ms: 2000,
+        };
+        server(&mut app, ServerMsg::Link(down.clone()));
+        assert_eq!(app.link, down);
+        server(&mut app, ServerMsg::Link(LinkState::Live));
+        assert_eq!(
+            app.status.as_ref().map(|s| s.text.as_str()),
+            Some("reconnected to the server")
+        );
+    }
+
+    #[test]
+    fn q_sets_should_quit() {
+        let mut app = App::new("x");
+        app.update(Action::Quit);
+        assert!(app.should_quit);
+    }
+}

@@ -1,0 +1,665 @@
+//! All server IO: the admin event stream, the periodic polls, and the operator's requests.
+//!
+//! Three tasks report to the app through one channel of [`ServerMsg`]s:
+//! - the stream task reads `GET /admin/events` with the core's [`Parser`], and on any
+//!   failure reports [`LinkState::Down`] and reconnects with exponential backoff;
+//! - the poll task fetches `/admin/connections` and `/admin/stats` every two seconds while
+//!   the stream is up (counters in the table change continuously, events only say who came
+//!   and went);
+//! - the command task runs each [`Command`] (publish, disconnect) in its own task.
+//!
+//! Every network wait is bounded: connecting, the response head, reading a body, and the
+//! silence allowed on the stream (the server sends stats every second).
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::{ConnId, ConnectionInfo, Parser, Stats, TopicInfo};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, sleep, timeout};
+
+use crate::app::{Command, PublishBody};
+use crate::event::{ApiError, LinkState, ServerMsg, admin_message};
+
+/// How long to wait for a TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait for a response's status and headers.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a whole JSON body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the admin stream may stay silent before it is taken for dead.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the connections and topics are refreshed.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// The first reconnect delay; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// The longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The largest JSON answer read (thousands of connections fit easily).
+const MAX_BODY: usize = 64 << 20;
+/// The largest error body read.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Where the server is and how to authenticate; checked before the terminal is touched.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The base URL without a trailing slash, e.g. `http://127.0.0.1:7070`.
+    base: String,
+    /// The `Authorization` header value, if a token was given.
+    auth: Option<HeaderValue>,
+}
+
+/// Why a [`ClientConfig`] could not be built.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ClientConfig {
+    /// Checks the URL (plain `http://host:port`, optionally with a path prefix) and the token.
+    pub fn new(url: &str, token: Option<&str>) -> Result<Self, ConfigError> {
+        let base = url.trim().trim_end_matches('/');
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| ConfigError(format!("--url {url:?} is not a URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(ConfigError(
+                    "https is not supported yet: use http:// (or a local TLS-terminating proxy)"
+                        .to_owned(),
+                ));
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "--url {url:?} must start with http://"
+                )));
+            }
+        }
+        if uri.authority().is_none() {
+            return Err(ConfigError(format!("--url {url:?} has no host")));
+        }
+        if uri.query().is_some() {
+            return Err(ConfigError(format!("--url {url:?} must not have a query")));
+        }
+        let auth = match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(token) => Some(HeaderValue::try_from(format!("Bearer {token}")).map_err(
+                |_| ConfigError("the token holds characters a header cannot carry".to_owned()),
+            )?),
+        };
+        Ok(Self {
+            base: base.to_owned(),
+            auth,
+        })
+    }
+
+    /// The base URL, as shown in the header.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+/// The HTTP side: one pooled hyper client plus the base URL and credentials.
+#[derive(Clone, Debug)]
+struct Http {
+    client: HyperClient<HttpConnector, Full<Bytes>>,
+    config: ClientConfig,
+}
+
+#[derive(Deserialize)]
+struct ConnectionsAnswer {
+    connections: Vec<ConnectionInfo>,
+}
+
+#[derive(Deserialize)]
+struct StatsAnswer {
+    stats: Stats,
+    topics: Vec<TopicInfo>,
+}
+
+#[derive(Deserialize)]
+struct PublishAnswer {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    error: String,
+}
+
+impl Http {
+    fn new(config: ClientConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self { client, config }
+    }
+
+    fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.config.base));
+        if let Some(auth) = &self.config.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        let body = match body {
+            Some(body) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(body))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        // The base URL was checked and paths are constants or numbers: this cannot fail, but
+        // an empty request would only cost one failed call, never a panic.
+        builder
+            .body(body)
+            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+    }
+
+    /// Sends a request and waits, bounded, for the response head.
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, ApiError> {
+        match timeout(RESPONSE_TIMEOUT, self.client.request(request)).await {
+            Err(_) => Err(no_response(format!(
+                "no answer within {}s",
+                RESPONSE_TIMEOUT.as_secs()
+            ))),
+            Ok(Err(e)) => Err(no_response(describe_request_error(&e))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Sends a request and reads its JSON answer, or the server's `{"error": ...}`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ApiError> {
+        let response = self.send(self.request(method, path, body)).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(error_from(response).await);
+        }
+        let bytes = read_body(response.into_body(), MAX_BODY).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError {
+            status: Some(status.as_u16()),
+            message: format!("unexpected answer from {path}: {e}"),
+        })
+    }
+
+    async fn publish(&self, body: &PublishBody) -> Result<String, ApiError> {
+        let json = serde_json::to_vec(body).map_err(|e| no_response(e.to_string()))?;
+        let answer: PublishAnswer = self.call(Method::POST, "/publish", Some(json)).await?;
+        Ok(answer.id)
+    }
+
+    async fn kick(&self, id: ConnId) -> Result<(), ApiError> {
+        let path = format!("/admin/connections/{id}");
+        self.call::<serde_json::Value>(Method::DELETE, &path, None)
+            .await
+            .map(drop)
+    }
+}
+
+fn no_response(message: String) -> ApiError {
+    ApiError {
+        status: None,
+        message,
+    }
+}
+
+/// Reads a body whole, bounded in time and size.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(no_response(format!(
+            "the answer did not arrive within {}s",
+            BODY_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(no_response(format!("reading the answer failed: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// The server's message for a failed request: its `{"error": ...}` when it sent one.
+async fn error_from(response: Response<Incoming>) -> ApiError {
+    let status = response.status();
+    let body = read_body(response.into_body(), MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    ApiError {
+        status: Some(status.as_u16()),
+        message: error_message(status, &body),
+    }
+}
+
+/// The text to show for an error response with this status and body.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    if let Ok(answer) = serde_json::from_slice::<ErrorAnswer>(body) {
+        return answer.error;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.chars().take(200).collect()
+    }
+}
+
+/// A request error in words: "cannot reach the server: Connection refused (os error 111)".
+fn describe_request_error(error: &hyper_util::client::legacy::Error) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    if error.is_connect() {
+        format!("cannot reach the server: {innermost}")
+    } else {
+        format!("request failed: {innermost}")
+    }
+}
+
+/// The delay before reconnect attempt `failures + 1` (`failures` counts from 1).
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    BACKOFF_MIN
+        .saturating_mul(1 << doublings)
+        .min(BACKOFF_MAX)
+}
+
+/// Starts the client's tasks on the current tokio runtime.
+///
+/// Server messages go to `to_app`; the returned sender takes the app's [`Command`]s. The
+/// tasks end when `to_app` is closed (the app is gone).
+pub fn start(config: ClientConfig, to_app: mpsc::Sender<ServerMsg>) -> mpsc::UnboundedSender<Command> {
+    let http = Http::new(config);
+    let live = Arc::new(AtomicBool::new(false));
+    tokio::spawn(run_stream(http.clone(), to_app.clone(), live.clone()));
+    tokio::spawn(run_polls(http.clone(), to_app.clone(), live));
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(command) = command_rx.recv().await {
+            tokio::spawn(run_command(http.clone(), to_app.clone(), command));
+        }
+    });
+    commands
+}
+
+async fn run_command(http: Http, to_app: mpsc::Sender<ServerMsg>, command: Command) {
+    let msg = match command {
+        Command::Publish(body) => ServerMsg::Published(http.publish(&body).await),
+        Command::Disconnect(id) => ServerMsg::Kicked(id, http.kick(id).await),
+    };
+    // The app may be gone already; then nobody needs the answer.
+    let _ = to_app.send(msg).await;
+}
+
+/// Keeps the admin stream open: reconnects after every failure, with backoff.
+async fn run_stream(http: Http, to_app: mpsc::Sender<ServerMsg>, live: Arc<AtomicBool>) {
+    let mut parser = Parser::new();
+    let mut failures = 0u32;
+    loop {
+        let attempt = failures + 1;
+        if to_app
+            .send(ServerMsg::Link(LinkState::Connecting { attempt }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let ended = read_stream(&http, &to_app, &mut parser, &live).await;
+        live.store(false, Ordering::Relaxed);
+        parser.finish();
+        let Some(ended) = ended else { return };
+        if ended.got_events {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        // A `retry:` from the server (it sends one when it is full) is a floor for the delay.
+        let server_retry = parser
+            .retry()
+            .map_or(Duration::ZERO, Duration::from_millis)
+            .min(Duration::from_secs(60));
+        let delay = backoff(failures).max(server_retry);
+        let down = LinkState::Down {
+            error: ended.error,
+            retry_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        };
+        if to_app.send(ServerMsg::Link(down)).await.is_err() {
+            return;
+        }
+        sleep(delay).await;
+    }
+}
+
+/// How one admin stream ended.
+struct StreamEnd {
+    /// At least one event arrived (the connection was really up).
+    got_events: bool,
+    /// Why it ended, for the header.
+    error: String,
+}
+
+/// Reads one admin stream until it fails; `None` when the app is gone.
+async fn read_stream(
+    http: &Http,
+    to_app: &mpsc::Sender<ServerMsg>,
+    parser: &mut Parser,
+    live: &AtomicBool,
+) -> Option<StreamEnd> {
+    let fail = |error: String| {
+        Some(StreamEnd {
+            got_events: false,
+            error,
+        })
+    };
+    let mut request = http.request(Method::GET, "/admin/events", None);
+    let headers = request.headers_mut();
+    headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let response = match http.send(request).await {
+        Ok(response) => response,
+        Err(e) => return fail(e.to_string()),
+    };
+    if !response.status().is_success() {
+        return fail(error_from(response).await.to_string());
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("text/event-stream") {
+        return fail(format!(
+            "/admin/events answered {content_type:?}, not an event stream: is this a Herald server?"
+        ));
+    }
+
+    let mut body = response.into_body();
+    let mut got_events = false;
+    let end = |error: String, got_events: bool| Some(StreamEnd { got_events, error });
+    loop {
+        let frame = match timeout(STREAM_IDLE_TIMEOUT, body.frame()).await {
+            Err(_) => {
+                let secs = STREAM_IDLE_TIMEOUT.as_secs();
+                return end(format!("the server went silent for {secs}s"), got_events);
+            }
+            Ok(None) => return end("the server closed the admin stream".to_owned(), got_events),
+            Ok(Some(Err(e))) => {
+                let why = describe_body_error(&e);
+                return end(format!("the admin stream broke: {why}"), got_events);
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        for event in parser.feed(&data) {
+            let Some(msg) = admin_message(&event) else {
+                continue;
+            };
+            if !got_events {
+                got_events = true;
+                live.store(true, Ordering::Relaxed);
+                to_app.send(ServerMsg::Link(LinkState::Live)).await.ok()?;
+            }
+            to_app.send(msg).await.ok()?;
+        }
+    }
+}
+
+fn describe_body_error(error: &hyper::Error) -> String {
+    match error.source() {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
+}
+
+/// Refreshes connections and topics every [`POLL_INTERVAL`] while the stream is up.
+async fn run_polls(http: Http, to_app: mpsc::Sender<ServerMsg>, live: Arc<AtomicBool>) {
+    let mut ticks = tokio::time::interval(POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if to_app.is_closed() {
+            return;
+        }
+        if !live.load(Ordering::Relaxed) {
+            continue;
+        }
+        let (connections, stats) = tokio::join!(
+            http.call::<ConnectionsAnswer>(Method::GET, "/admin/connections", None),
+            http.call::<StatsAnswer>(Method::GET, "/admin/stats", None),
+        );
+        let mut msgs = Vec::with_capacity(2);
+        match connections {
+            Ok(answer) => msgs.push(ServerMsg::Connections(answer.connections)),
+            Err(e) => msgs.push(ServerMsg::PollFailed(e)),
+        }
+        match stats {
+            Ok(answer) => msgs.push(ServerMsg::StatsPoll {
+                stats: Box::new(answer.stats),
+                topics: answer.topics,
+            }),
+            Err(e) => msgs.push(ServerMsg::PollFailed(e)),
+        }
+        for msg in msgs {
+            if to_app.send(msg).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::{AdminEvent, Snapshot};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_before_anything_starts() {
+        let ok = ClientConfig::new("http://127.0.0.1:7070/", None).unwrap();
+        assert_eq!(ok.base(), "http://127.0.0.1:7070");
+        assert!(ok.auth.is_none());
+        assert!(ClientConfig::new("127.0.0.1:7070", None).is_err());
+        assert!(ClientConfig::new("https://h:1", None).is_err());
+        assert!(ClientConfig::new("http://h:1?x=1", None).is_err());
+        assert!(ClientConfig::new("http://h:1", Some("a\nb")).is_err());
+        let with_token = ClientConfig::new("http://h:1/prefix", Some(" t0k ")).unwrap();
+        assert_eq!(with_token.auth.unwrap(), "Bearer t0k");
+        assert!(
+            ClientConfig::new("http://h:1", Some(""))
+                .unwrap()
+                .auth
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_ceiling() {
+        assert_eq!(backoff(1), BACKOFF_MIN);
+        assert_eq!(backoff(2), BACKOFF_MIN * 2);
+        assert_eq!(backoff(5), BACKOFF_MIN * 16);
+        assert_eq!(backoff(6), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn error_bodies_show_the_servers_message() {
+        assert_eq!(
+            error_message(StatusCode::UNAUTHORIZED, br#"{"error": "token expired"}"#),
+            "token expired"
+        );
+        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
+        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b"upstream down\n"), "upstream down");
+    }
+
+    /// Accepts one connection, reads its request head, writes `response`, and hands back the
+    /// request head; the connection then stays open until `hold` ends.
+    async fn serve_once(listener: &TcpListener, response: Vec<u8>, hold: Duration) -> String {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "client hung up");
+            head.extend_from_slice(&buf[..n]);
+        }
+        socket.write_all(&response).await.unwrap();
+        sleep(hold).await;
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<ServerMsg>) -> ServerMsg {
+        timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a message within 10s")
+            .expect("the client is running")
+    }
+
+    #[tokio::test]
+    async fn the_stream_delivers_the_snapshot_then_events_and_reports_a_lost_server() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config = ClientConfig::new(&url, Some("secret")).unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let _commands = start(config, tx);
+
+        let snapshot = serde_json::to_string(&Snapshot::default()).unwrap();
+        let stats = AdminEvent::Stats(Stats::default());
+        let body = format!(
+            ": keep-alive\n\nevent: snapshot\ndata: {snapshot}\n\nevent: stats\ndata: {}\n\n",
+            stats.data_json()
+        );
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n{body}"
+        );
+        let server = tokio::spawn(async move {
+            serve_once(&listener, response.into_bytes(), Duration::from_millis(200)).await
+        });
+
+        assert_eq!(next(&mut rx).await, ServerMsg::Link(LinkState::Connecting { attempt: 1 }));
+        assert_eq!(next(&mut rx).await, ServerMsg::Link(LinkState::Live));
+        assert_eq!(next(&mut rx).await, ServerMsg::Snapshot(Box::default()));
+        assert_eq!(next(&mut rx).await, ServerMsg::Admin(Box::new(stats)));
+        let head = server.await.unwrap();
+        assert!(head.starts_with("GET /admin/events HTTP/1.1"), "{head}");
+        assert!(head.to_lowercase().contains("authorization: bearer secret"), "{head}");
+
+        // The listener is gone with the task: the stream ends, the next try is refused.
+        let ServerMsg::Link(LinkState::Down { retry_ms, .. }) = next(&mut rx).await else {
+            panic!("expected the link to go down")
+        };
+        assert_eq!(retry_ms, 500, "a stream that worked retries soon");
+        assert_eq!(next(&mut rx).await, ServerMsg::Link(LinkState::Connecting { attempt: 2 }));
+        let ServerMsg::Link(LinkState::Down { error, retry_ms }) = next(&mut rx).await else {
+            panic!("expected a refused connection")
+        };
+        assert!(error.starts_with("cannot reach the server"), "{error}");
+        assert_eq!(retry_ms, 1000, "failures back off");
+    }
+
+    #[tokio::test]
+    async fn a_401_shows_the_servers_message() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, mut rx) = mpsc::channel(64);
+        let _commands = start(ClientConfig::new(&url, Some("bad")).unwrap(), tx);
+        let body = r#"{"error":"invalid token signature"}"#;
+        let response = format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let server = tokio::spawn(async move {
+            serve_once(&listener, response.into_bytes(), Duration::ZERO).await
+        });
+        assert_eq!(next(&mut rx).await, ServerMsg::Link(LinkState::Connecting { attempt: 1 }));
+        assert_eq!(
+            next(&mut rx).await,
+            ServerMsg::Link(LinkState::Down {
+                error: "401: invalid token signature".to_owned(),
+                retry_ms: 500,
+            })
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn publish_returns_the_id_or_the_servers_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let http = Http::new(ClientConfig::new(&url, None).unwrap());
+        let body = PublishBody {
+            topics: vec!["orders".to_owned()],
+            users: Vec::new(),
+            broadcast: false,
+            event: None,
+            data: serde_json::json!({"n": 1}),
+        };
+        let ok = r#"{"id":"1700000000000-3"}"#;
+        let bad = r#"{"error":"invalid topic \"a b\""}"#;
+        let responses = [
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{ok}", ok.len()),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\n\r\n{bad}", bad.len()),
+        ];
+        let server = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for response in responses {
+                heads.push(serve_once(&listener, response.into_bytes(), Duration::ZERO).await);
+            }
+            heads
+        });
+        assert_eq!(http.publish(&body).await, Ok("1700000000000-3".to_owned()));
+        assert_eq!(
+            http.publish(&body).await,
+            Err(ApiError {
+                status: Some(400),
+                message: "invalid topic \"a b\"".to_owned()
+            })
+        );
+        let heads = server.await.unwrap();
+        assert!(heads[0].starts_with("POST /publish HTTP/1.1"), "{}", heads[0]);
+        assert!(!heads[0].to_lowercase().contains("authorization"), "no token, no header");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let http = Http::new(ClientConfig::new(&url, None).unwrap());
+        let server = tokio::spawn(async move {
+            // Accept and read, never answer.
+            serve_once(&listener, Vec::new(), RESPONSE_TIMEOUT + Duration::from_secs(1)).await
+        });
+        tokio::time::pause();
+        let result = http.kick(ConnId(7)).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.status, None);
+        assert!(err.message.starts_with("no answer within"), "{}", err.message);
+        server.abort();
+    }
+}

@@ -1,0 +1,1118 @@
+//! Drawing: a pure function of [`App`]. Nothing here changes state or reads a clock.
+//!
+//! The screen is a header (server, link, uptime, rates with sparklines, log), a tab row, the
+//! current view, and a status bar; popups (detail, confirm, compose, help) draw on top.
+//! Tables build rows only for what is visible, so thousands of connections cost a screenful.
+
+use herald_core::ConnectionInfo;
+use herald_core::admin::Published;
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Position, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span, Text};
+use ratatui::widgets::{
+    Block, Cell, Clear, HighlightSpacing, Paragraph, Row, Sparkline, Table, TableState, Tabs, Wrap,
+};
+
+use crate::app::{
+    App, ConnSort, DataFormat, Field, Nav, Outcome, Popup, TargetKind, TextInput, TopicSort,
+};
+use crate::event::{LinkState, View};
+
+const HEADER_HEIGHT: u16 = 5;
+const TABS_HEIGHT: u16 = 1;
+const STATUS_HEIGHT: u16 = 1;
+/// Body borders (2) and the table's column header (1).
+const BODY_CHROME: u16 = 3;
+/// Below this the layout cannot hold together; a notice is drawn instead.
+const MIN_SIZE: (u16, u16) = (60, 16);
+/// At this width the connections table also shows the remote address.
+const WIDE: u16 = 100;
+
+const SELECTED: &str = "▶ ";
+
+/// How many table rows fit on a terminal `height` rows tall.
+pub fn table_rows(height: u16) -> usize {
+    usize::from(height.saturating_sub(HEADER_HEIGHT + TABS_HEIGHT + STATUS_HEIGHT + BODY_CHROME))
+}
+
+/// Draws the whole console.
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+        let text = format!(
+            "herald-tui needs at least {}x{} (now {}x{})",
+            MIN_SIZE.0, MIN_SIZE.1, area.width, area.height
+        );
+        frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
+        return;
+    }
+    let [header, tabs, body, status] = Layout::vertical([
+        Constraint::Length(HEADER_HEIGHT),
+        Constraint::Length(TABS_HEIGHT),
+        Constraint::Fill(1),
+        Constraint::Length(STATUS_HEIGHT),
+    ])
+    .areas(area);
+    draw_header(frame, app, header);
+    draw_tabs(frame, app, tabs);
+    match app.view {
+        View::Connections => draw_connections(frame, app, body),
+        View::Topics => draw_topics(frame, app, body),
+        View::Feed => draw_feed(frame, app, body),
+    }
+    draw_status(frame, app, status);
+    match &app.popup {
+        Popup::None => {}
+        Popup::Detail { id, gone } => draw_detail(frame, app, *id, gone.as_deref(), area),
+        Popup::ConfirmDisconnect { id, .. } => draw_confirm(frame, app, *id, area),
+        Popup::Compose => draw_compose(frame, app, area),
+    }
+    if app.show_help {
+        draw_help(frame, area);
+    }
+}
+
+fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
+    let (link_text, link_style) = match &app.link {
+        LinkState::Live => (" ● live ".to_owned(), Style::new().green().bold()),
+        LinkState::Connecting { attempt: 1 } => {
+            (" ◌ connecting… ".to_owned(), Style::new().yellow().bold())
+        }
+        LinkState::Connecting { attempt } => (
+            format!(" ◌ connecting (try {attempt}) "),
+            Style::new().yellow().bold(),
+        ),
+        LinkState::Down { .. } => (" ✗ disconnected ".to_owned(), Style::new().red().bold()),
+    };
+    let block = Block::bordered()
+        .title(Line::from(vec![
+            Span::raw(" "),
+            Span::styled("Herald", Style::new().bold()),
+            Span::raw(format!(" {} ", app.server)),
+        ]))
+        .title(
+            Line::styled(link_text, link_style).alignment(Alignment::Right),
+        );
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [first, rates, log] = Layout::vertical([Constraint::Length(1); 3]).areas(inner);
+
+    let stats = app.stats.as_ref();
+    let first_line = match (&app.link, stats) {
+        (LinkState::Down { error, retry_ms }, _) => Line::from(vec![
+            Span::styled(error.clone(), Style::new().red()),
+            Span::styled(
+                format!("  (retrying in {})", fmt_duration(*retry_ms)),
+                Style::new().dim(),
+            ),
+        ]),
+        (_, None) => Line::styled("waiting for the first stats sample…", Style::new().dim()),
+        (_, Some(s)) => {
+            let c = &s.counters;
+            let slow_style = if c.slow_consumer_closes > 0 {
+                Style::new().yellow()
+            } else {
+                Style::new()
+            };
+            Line::from(vec![
+                label("up "),
+                Span::raw(fmt_duration(s.uptime_ms)),
+                label("   connections "),
+                Span::styled(c.connections.to_string(), Style::new().bold()),
+                Span::styled(format!(" ({} total)", c.connections_total), Style::new().dim()),
+                label("   topics "),
+                Span::raw(s.topics.to_string()),
+                label("   slow closes "),
+                Span::styled(c.slow_consumer_closes.to_string(), slow_style),
+            ])
+        }
+    };
+    frame.render_widget(Paragraph::new(first_line), first);
+
+    let [left, right] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]).spacing(2).areas(rates);
+    draw_rate(frame, "published/s", &app.published, Color::Cyan, left);
+    draw_rate(frame, "delivered/s", &app.delivered, Color::Magenta, right);
+
+    let log_line = match stats {
+        None => Line::styled("log —", Style::new().dim()),
+        Some(s) => Line::from(vec![
+            label("log "),
+            Span::raw(format!("{} events", s.log.events)),
+            label(" · "),
+            Span::raw(fmt_bytes(s.log.bytes)),
+            label("   oldest "),
+            Span::raw(s.log.oldest.map_or_else(|| "—".to_owned(), |id| id.to_string())),
+            label("   last "),
+            Span::raw(s.last_id.clone().unwrap_or_else(|| "—".to_owned())),
+        ]),
+    };
+    frame.render_widget(Paragraph::new(log_line), log);
+}
+
+fn draw_rate(frame: &mut Frame, name: &str, rate: &crate::app::Rate, color: Color, area: Rect) {
+    let value = rate.last().map_or_else(|| "—".to_owned(), fmt_count);
+    let text = format!("{name} {value:>6} ");
+    let width = u16::try_from(text.chars().count()).unwrap_or(u16::MAX);
+    let [label_area, spark_area] =
+        Layout::horizontal([Constraint::Length(width), Constraint::Fill(1)]).areas(area);
+    frame.render_widget(
+        Paragraph::new(Line::from(vec![
+            label(name),
+            Span::styled(format!(" {value:>6} "), Style::new().bold()),
+        ])),
+        label_area,
+    );
+    // Newest on the right: show the last samples that fit.
+    let history: Vec<u64> = rate.history.iter().copied().collect();
+    let shown = &history[history.len().saturating_sub(usize::from(spark_area.width))..];
+    frame.render_widget(Sparkline::default().data(shown).style(Style::new().fg(color)), spark_area);
+}
+
+fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
+    let titles = View::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{} {}", i + 1, v.title()));
+    let tabs = Tabs::new(titles)
+        .select(app.view.index())
+        .highlight_style(Style::new().bold().reversed())
+        .divider("│");
+    frame.render_widget(tabs, area);
+}
+
+fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
+    let sort_name = match app.conn_sort {
+        ConnSort::Id => "id",
+        ConnSort::User => "user",
+        ConnSort::Topics => "topics",
+        ConnSort::Age => "age",
+        ConnSort::Sent => "sent",
+        ConnSort::Queue => "queue",
+    };
+    let rows = app.conn_rows();
+    let mut head = format!(" Connections {}", rows.len());
+    if rows.len() != app.connections.len() {
+        head.push_str(&format!(" of {}", app.connections.len()));
+    }
+    let arrow = if app.conn_desc { "▼" } else { "▲" };
+    let sort = format!(" · sort {sort_name} {arrow} ");
+    let mut title = vec![Span::styled(head.clone(), Style::new().bold()), Span::raw(sort.clone())];
+    if app.filter_editing || !app.filter.value.is_empty() {
+        title.push(Span::styled(format!("/{} ", app.filter.value), Style::new().yellow()));
+    }
+    let block = Block::bordered().title(Line::from(title));
+    let inner = block.inner(area);
+
+    if app.filter_editing {
+        // The filter is typed in the title: after the corner, the head, the sort and the '/'.
+        let before = 1 + head.chars().count() + sort.chars().count() + 1 + app.filter.cursor;
+        let x = area.x.saturating_add(u16::try_from(before).unwrap_or(u16::MAX));
+        frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), area.y));
+    }
+
+    let wide = area.width >= WIDE;
+    let mut header = vec!["ID", "User", "Topics"];
+    let mut widths = vec![
+        Constraint::Length(6),
+        Constraint::Length(10),
+        Constraint::Fill(1),
+    ];
+    if wide {
+        header.push("Remote");
+        widths.push(Constraint::Length(21));
+    }
+    header.extend(["Age", "Sent", "Last id", "Queue"]);
+    widths.extend([
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(16),
+        Constraint::Length(7),
+    ]);
+
+    let visible = usize::from(inner.height.saturating_sub(1));
+    let (start, end, selected) = window(app.conn_nav, rows.len(), visible);
+    let table_rows = rows[start..end]
+        .iter()
+        .filter_map(|id| app.connections.get(id))
+        .map(|c| conn_row(c, wide));
+
+    let empty = rows.is_empty();
+    let table = Table::new(table_rows, widths)
+        .header(Row::new(header).style(Style::new().bold().underlined()))
+        .block(block)
+        .row_highlight_style(Style::new().reversed())
+        .highlight_symbol(SELECTED)
+        .highlight_spacing(HighlightSpacing::Always);
+    let mut state = TableState::default().with_selected((!empty).then_some(selected));
+    frame.render_stateful_widget(table, area, &mut state);
+
+    if empty {
+        let text = if app.connections.is_empty() {
+            "no connections yet: subscribers show up here as they connect"
+        } else {
+            "no connection matches the filter (Esc clears it)"
+        };
+        let hint_area = Rect {
+            y: inner.y + 2,
+            height: 1,
+            ..inner
+        };
+        frame.render_widget(
+            Paragraph::new(text).alignment(Alignment::Center).dim(),
+            hint_area,
+        );
+    }
+}
+
+fn conn_row(c: &ConnectionInfo, wide: bool) -> Row<'static> {
+    let user = match (&c.user, c.admin) {
+        (Some(user), _) => Cell::from(user.clone()),
+        (None, true) => Cell::from("(admin)").dim(),
+        (None, false) => Cell::from("—").dim(),
+    };
+    let topics = if c.admin && c.topics.is_empty() {
+        Cell::from("admin stream").dim()
+    } else {
+        Cell::from(c.topics.join(","))
+    };
+    let queue = if c.replaying {
+        Cell::from("replay").yellow()
+    } else if c.queued_bytes > 0 {
+        Cell::from(fmt_bytes(c.queued_bytes)).yellow()
+    } else {
+        Cell::from("0").dim()
+    };
+    let mut cells = vec![Cell::from(c.id.to_string()), user, topics];
+    if wide {
+        cells.push(Cell::from(c.remote.clone().unwrap_or_default()));
+    }
+    cells.extend([
+        Cell::from(fmt_duration(c.connected_ms)),
+        Cell::from(fmt_count(c.events_sent)),
+        Cell::from(c.last_id.clone().unwrap_or_else(|| "—".to_owned())),
+        queue,
+    ]);
+    Row::new(cells)
+}
+
+/// The rows to draw for a selection in a list of `len` rows with `visible` rows of room:
+/// `start..end` and the selection's index within them. Corrects a stale offset.
+fn window(nav: Nav, len: usize, visible: usize) -> (usize, usize, usize) {
+    let visible = visible.max(1);
+    let selected = nav.selected.min(len.saturating_sub(1));
+    let mut start = nav.offset.min(len.saturating_sub(visible));
+    if selected < start {
+        start = selected;
+    } else if selected >= start + visible {
+        start = selected + 1 - visible;
+    }
+    let end = (start + visible).min(len);
+    (start, end, selected - start)
+}
+
+fn draw_topics(frame: &mut Frame, app: &App, area: Rect) {
+    let sort_name = match app.topic_sort {
+        TopicSort::Name => "name",
+        TopicSort::Subscribers => "subscribers",
+        TopicSort::Rate => "rate",
+    };
+    let title = Line::from(vec![
+        Span::styled(format!(" Topics {}", app.topics.len()), Style::new().bold()),
+        Span::raw(format!(
+            " · sort {sort_name} {} ",
+            if app.topic_desc { "▼" } else { "▲" }
+        )),
+    ]);
+    let block = Block::bordered().title(title);
+    let inner = block.inner(area);
+    let visible = usize::from(inner.height.saturating_sub(1));
+    let (start, end, selected) = window(app.topic_nav, app.topics.len(), visible);
+    let rows = app.topics[start..end].iter().map(|t| {
+        let rate = t.rate.map_or_else(|| "—".to_owned(), fmt_rate);
+        Row::new(vec![
+            Cell::from(t.info.topic.clone()),
+            Cell::from(Line::from(t.info.subscribers.to_string()).alignment(Alignment::Right)),
+            Cell::from(Line::from(fmt_count(t.info.events)).alignment(Alignment::Right)),
+            Cell::from(Line::from(rate).alignment(Alignment::Right)),
+        ])
+    });
+    let header = Row::new(vec![
+        Cell::from("Topic"),
+        Cell::from(Line::from("Subscribers").alignment(Alignment::Right)),
+        Cell::from(Line::from("Events").alignment(Alignment::Right)),
+        Cell::from(Line::from("Events/s").alignment(Alignment::Right)),
+    ])
+    .style(Style::new().bold().underlined());
+    let empty = app.topics.is_empty();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Fill(1),
+            Constraint::Length(11),
+            Constraint::Length(8),
+            Constraint::Length(9),
+        ],
+    )
+    .header(header)
+    .block(block)
+    .row_highlight_style(Style::new().reversed())
+    .highlight_symbol(SELECTED)
+    .highlight_spacing(HighlightSpacing::Always);
+    let mut state = TableState::default().with_selected((!empty).then_some(selected));
+    frame.render_stateful_widget(table, area, &mut state);
+    if empty {
+        let hint_area = Rect {
+            y: inner.y + 2,
+            height: 1,
+            ..inner
+        };
+        frame.render_widget(
+            Paragraph::new("no topic has subscribers")
+                .alignment(Alignment::Center)
+                .dim(),
+            hint_area,
+        );
+    }
+}
+
+fn draw_feed(frame: &mut Frame, app: &App, area: Rect) {
+    let mut title = vec![Span::styled(
+        format!(" Feed {} ", app.feed.len()),
+        Style::new().bold(),
+    )];
+    match app.feed_paused_at {
+        None => title.push(Span::styled("· following live ", Style::new().green())),
+        Some(_) => title.push(Span::styled(
+            format!("· PAUSED, {} new (space resumes) ", app.feed_unseen()),
+            Style::new().yellow().bold(),
+        )),
+    }
+    let block = Block::bordered().title(Line::from(title));
+    let inner = block.inner(area);
+    let visible = usize::from(inner.height.saturating_sub(1));
+    let rows = app
+        .feed_shown()
+        .skip(app.feed_scroll)
+        .take(visible)
+        .map(|entry| feed_row(&entry.event));
+    let header = Row::new(vec!["Id", "Target", "Event", "Rcpt", "Data"])
+        .style(Style::new().bold().underlined());
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(16),
+            Constraint::Length(16),
+            Constraint::Length(14),
+            Constraint::Length(5),
+            Constraint::Fill(1),
+        ],
+    )
+    .header(header)
+    .block(block);
+    frame.render_widget(table, area);
+    if app.feed.is_empty() {
+        let hint_area = Rect {
+            y: inner.y + 2,
+            height: 1,
+            ..inner
+        };
+        frame.render_widget(
+            Paragraph::new("no events yet: published events appear here as they are delivered")
+                .alignment(Alignment::Center)
+                .dim(),
+            hint_area,
+        );
+    }
+}
+
+fn feed_row(event: &Published) -> Row<'static> {
+    let mut targets: Vec<String> = event.topics.clone();
+    targets.extend(event.users.iter().map(|u| format!("@{u}")));
+    if event.broadcast {
+        targets.insert(0, "everyone".to_owned());
+    }
+    let event_type = match &event.event_type {
+        Some(t) => Cell::from(t.clone()),
+        None => Cell::from("message").dim(),
+    };
+    // A preview is one line: a newline in the data would break the row.
+    let preview = event.preview.replace(['\r', '\n'], "⏎");
+    Row::new(vec![
+        Cell::from(event.id.clone()),
+        Cell::from(targets.join(",")),
+        event_type,
+        Cell::from(Line::from(fmt_count(event.recipients)).alignment(Alignment::Right)),
+        Cell::from(preview),
+    ])
+}
+
+fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
+    let line = match &app.status {
+        Some(status) => {
+            let style = if status.is_error {
+                Style::new().red().bold()
+            } else {
+                Style::new().green()
+            };
+            Line::styled(format!(" {}", status.text), style)
+        }
+        None => keys_line(hints(app)),
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn hints(app: &App) -> &'static [(&'static str, &'static str)] {
+    if app.filter_editing {
+        return &[
+            ("type", "filter by user or topic"),
+            ("Enter", "keep"),
+            ("Esc", "clear"),
+        ];
+    }
+    match app.view {
+        View::Connections => &[
+            ("↑↓", "move"),
+            ("Enter", "detail"),
+            ("/", "filter"),
+            ("s", "sort"),
+            ("d", "disconnect"),
+            ("p", "compose"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
+        View::Topics => &[
+            ("↑↓", "move"),
+            ("s", "sort"),
+            ("r", "reverse"),
+            ("p", "compose"),
+            ("Tab", "view"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
+        View::Feed => &[
+            ("space", "pause/follow"),
+            ("↑↓", "scroll"),
+            ("c", "clear"),
+            ("p", "compose"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
+    }
+}
+
+fn keys_line(keys: &[(&str, &str)]) -> Line<'static> {
+    let mut spans = Vec::new();
+    for (key, what) in keys {
+        spans.push(Span::styled(format!(" {key}"), Style::new().bold().cyan()));
+        spans.push(Span::raw(format!(" {what} ")));
+    }
+    Line::from(spans)
+}
+
+fn popup_area(area: Rect, width: u16, height: u16) -> Rect {
+    area.centered(
+        Constraint::Length(width.min(area.width)),
+        Constraint::Length(height.min(area.height)),
+    )
+}
+
+fn draw_detail(frame: &mut Frame, app: &App, id: herald_core::ConnId, gone: Option<&str>, area: Rect) {
+    let area = popup_area(area, 70, 16);
+    frame.render_widget(Clear, area);
+    let block = Block::bordered()
+        .title(Line::from(format!(" Connection {id} ")).bold())
+        .border_style(Style::new().cyan());
+    let mut lines = Vec::new();
+    if let Some(reason) = gone {
+        lines.push(Line::styled(
+            format!("This connection is gone ({reason})."),
+            Style::new().yellow().bold(),
+        ));
+    }
+    match app.connections.get(&id) {
+        None => lines.push(Line::raw("No longer listed by the server.")),
+        Some(c) => {
+            let state = if c.admin {
+                "admin stream"
+            } else if c.replaying {
+                "replaying history"
+            } else {
+                "live"
+            };
+            let fields = [
+                ("User", c.user.clone().unwrap_or_else(|| "—".to_owned())),
+                ("Remote", c.remote.clone().unwrap_or_else(|| "—".to_owned())),
+                ("Connected", fmt_duration(c.connected_ms)),
+                ("State", state.to_owned()),
+                (
+                    "Sent",
+                    format!("{} events, {}", c.events_sent, fmt_bytes(c.bytes_sent)),
+                ),
+                ("Last id", c.last_id.clone().unwrap_or_else(|| "—".to_owned())),
+                ("Queued", fmt_bytes(c.queued_bytes)),
+                ("Topics", c.topics.join(", ")),
+            ];
+            lines.extend(fields.into_iter().map(|(name, value)| {
+                Line::from(vec![label(&format!("{name:<10} ")), Span::raw(value)])
+            }));
+        }
+    }
+    lines.push(Line::raw(""));
+    lines.push(keys_line(&[("d", "disconnect"), ("Esc", "close")]));
+    frame.render_widget(
+        Paragraph::new(lines).block(block).wrap(Wrap { trim: false }),
+        area,
+    );
+}
+
+fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rect) {
+    let area = popup_area(area, 56, 7);
+    frame.render_widget(Clear, area);
+    let who = app.connections.get(&id).map_or_else(String::new, |c| {
+        let user = c.user.as_deref().unwrap_or("anonymous");
+        let remote = c.remote.as_deref().unwrap_or("?");
+        format!(" ({user}, {remote})")
+    });
+    let block = Block::bordered()
+        .title(" Disconnect? ".bold())
+        .border_style(Style::new().red());
+    let text = vec![
+        Line::raw(format!("Close connection {id}{who}?")),
+        Line::styled(
+            "Its client may reconnect and resume from its last id.",
+            Style::new().dim(),
+        ),
+        Line::raw(""),
+        keys_line(&[("y", "disconnect"), ("n/Esc", "keep it")]),
+    ];
+    frame.render_widget(
+        Paragraph::new(text).block(block).wrap(Wrap { trim: false }),
+        area,
+    );
+}
+
+fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
+    let form = &app.compose;
+    let area = popup_area(area, 76, 15);
+    frame.render_widget(Clear, area);
+    let block = Block::bordered()
+        .title(" Compose an event ".bold())
+        .border_style(Style::new().cyan());
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [kind, target, event, format, data, _, check, result, _, keys] =
+        Layout::vertical([Constraint::Length(1); 10]).areas(inner.inner(ratatui::layout::Margin::new(1, 0)));
+
+    let choice = |options: &[&str], chosen: usize| {
+        let mut spans = Vec::new();
+        for (i, option) in options.iter().enumerate() {
+            if i == chosen {
+                spans.push(Span::styled(format!("‹{option}›"), Style::new().bold().reversed()));
+            } else {
+                spans.push(Span::styled(format!(" {option} "), Style::new().dim()));
+            }
+            spans.push(Span::raw(" "));
+        }
+        spans
+    };
+    let kind_index = match form.kind {
+        TargetKind::Topic => 0,
+        TargetKind::User => 1,
+        TargetKind::Broadcast => 2,
+    };
+    draw_form_row(frame, form.focus == Field::Kind, "Send to", choice(&["topic", "user", "broadcast"], kind_index), kind);
+
+    let target_label = match form.kind {
+        TargetKind::Topic => "Topics",
+        TargetKind::User => "Users",
+        TargetKind::Broadcast => "Target",
+    };
+    if form.kind == TargetKind::Broadcast {
+        draw_form_row(frame, false, target_label, vec![Span::styled("every connection", Style::new().dim())], target);
+    } else {
+        draw_text_row(frame, form.focus == Field::Target, target_label, &form.target, "names, separated by commas", target);
+    }
+    draw_text_row(frame, form.focus == Field::Event, "Event", &form.event_type, "type (empty: message)", event);
+    let format_index = match form.format {
+        DataFormat::Json => 0,
+        DataFormat::Text => 1,
+    };
+    draw_form_row(frame, form.focus == Field::Format, "Data as", choice(&["JSON", "text"], format_index), format);
+    draw_text_row(frame, form.focus == Field::Data, "Data", &form.data, "{\"hello\": \"world\"}", data);
+
+    let data_check = form.data_value();
+    let check_line = match (&data_check, form.format) {
+        (Ok(_), DataFormat::Text) => Line::styled("✓ sent as a JSON string: the text as typed", Style::new().green()),
+        (Ok(value), DataFormat::Json) => Line::styled(format!("✓ valid JSON ({})", json_kind(value)), Style::new().green()),
+        (Err(_), _) if form.data.value.is_empty() => Line::styled("data: type JSON, or choose “Data as: text”", Style::new().dim()),
+        (Err(why), _) => Line::styled(format!("✗ {why}"), Style::new().red()),
+    };
+    frame.render_widget(Paragraph::new(check_line), check);
+
+    let result_line = match &form.outcome {
+        Outcome::None => Line::raw(""),
+        Outcome::Invalid(why) if data_check.as_ref().err() == Some(why) => Line::styled(
+            "✗ not sent: fix the JSON, or choose “Data as: text” to send it as a string",
+            Style::new().red().bold(),
+        ),
+        Outcome::Invalid(why) => Line::styled(format!("✗ not sent: {why}"), Style::new().red().bold()),
+        Outcome::Sending => Line::styled("… sending", Style::new().yellow()),
+        Outcome::Sent(id) => Line::styled(format!("✓ published, id {id}"), Style::new().green().bold()),
+        Outcome::Failed(why) => Line::styled(format!("✗ server said {why}"), Style::new().red().bold()),
+    };
+    frame.render_widget(Paragraph::new(result_line), result);
+    frame.render_widget(
+        Paragraph::new(keys_line(&[("Tab/↑↓", "field"), ("←→", "choose"), ("Enter", "send"), ("Esc", "close")])),
+        keys,
+    );
+}
+
+const LABEL_WIDTH: u16 = 10;
+
+fn draw_form_row(frame: &mut Frame, focused: bool, name: &str, value: Vec<Span<'static>>, area: Rect) {
+    let marker = if focused { "▶ " } else { "  " };
+    let style = if focused { Style::new().cyan().bold() } else { Style::new().dim() };
+    let [label_area, value_area] =
+        Layout::horizontal([Constraint::Length(LABEL_WIDTH), Constraint::Fill(1)]).areas(area);
+    frame.render_widget(Paragraph::new(Span::styled(format!("{marker}{name}"), style)), label_area);
+    frame.render_widget(Paragraph::new(Line::from(value)), value_area);
+}
+
+fn draw_text_row(frame: &mut Frame, focused: bool, name: &str, input: &TextInput, placeholder: &str, area: Rect) {
+    let [_, value_area] =
+        Layout::horizontal([Constraint::Length(LABEL_WIDTH), Constraint::Fill(1)]).areas(area);
+    let width = usize::from(value_area.width.saturating_sub(1)).max(1);
+    // Scroll horizontally so the cursor stays in view.
+    let start = input.cursor.saturating_sub(width - 1).min(input.cursor);
+    let shown: String = input.value.chars().skip(start).take(width).collect();
+    let value = if input.value.is_empty() {
+        Span::styled(placeholder.to_owned(), Style::new().dim().italic())
+    } else {
+        Span::raw(shown)
+    };
+    let value = if focused { value.underlined() } else { value };
+    draw_form_row(frame, focused, name, vec![value], area);
+    if focused {
+        let x = value_area.x + u16::try_from(input.cursor - start).unwrap_or(0);
+        frame.set_cursor_position(Position::new(x.min(value_area.right()), value_area.y));
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// Every key, by where it works.
+const HELP: &[(&str, &[(&str, &str)])] = &[
+    (
+        "Everywhere",
+        &[
+            ("1 2 3  Tab ←→", "Connections, Topics, Feed"),
+            ("↑↓ j k  PgUp PgDn", "move;  Home End (g G): first, last"),
+            ("p", "compose an event (topic, user or broadcast)"),
+            ("?  /  q  Ctrl-C", "this help  /  quit"),
+        ],
+    ),
+    (
+        "Connections",
+        &[
+            ("/", "filter by user or topic (Enter keeps, Esc clears)"),
+            ("s  r", "sort by the next column  /  reverse the order"),
+            ("Enter", "detail of the selected connection"),
+            ("d", "disconnect it (asks y / n)"),
+        ],
+    ),
+    ("Topics", &[("s  r", "sort by name, subscribers, rate  /  reverse")]),
+    (
+        "Feed",
+        &[
+            ("space", "pause  /  follow live (scrolling also pauses)"),
+            ("c", "clear the feed"),
+        ],
+    ),
+    (
+        "Compose",
+        &[
+            ("Tab ↑↓", "next  /  previous field"),
+            ("←→ space", "choose the target kind and data format"),
+            ("Enter  Esc", "send  /  close (the form keeps its text)"),
+            ("Ctrl-U", "clear the field"),
+        ],
+    ),
+];
+
+fn draw_help(frame: &mut Frame, area: Rect) {
+    let rows: usize = HELP.iter().map(|(_, keys)| keys.len() + 1).sum();
+    let height = u16::try_from(rows + 2).unwrap_or(u16::MAX);
+    let area = popup_area(area, 72, height);
+    frame.render_widget(Clear, area);
+    let block = Block::bordered()
+        .title(" Keys ".bold())
+        .title(Line::from(" Esc closes ").alignment(Alignment::Right))
+        .border_style(Style::new().cyan());
+    let mut lines = Vec::new();
+    for (section, keys) in HELP {
+        lines.push(Line::styled(*section, Style::new().bold().underlined()));
+        for (key, what) in *keys {
+            lines.push(Line::from(vec![
+                Span::styled(format!("  {key:<19}"), Style::new().cyan().bold()),
+                Span::raw(*what),
+            ]));
+        }
+    }
+    frame.render_widget(Paragraph::new(Text::from(lines)).block(block), area);
+}
+
+fn label(text: &str) -> Span<'static> {
+    Span::styled(text.to_owned(), Style::new().add_modifier(Modifier::DIM))
+}
+
+/// `950`, `12.3k`, `4.5M`: counts in a few columns.
+pub fn fmt_count(n: u64) -> String {
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
+    }
+}
+
+fn fmt_rate(rate: f64) -> String {
+    if rate < 10.0 {
+        format!("{rate:.1}")
+    } else {
+        fmt_count(rate.round() as u64)
+    }
+}
+
+/// `512 B`, `4.0 KiB`, `5.0 MiB`.
+pub fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `12s`, `4m05s`, `2h03m`, `3d04h`.
+pub fn fmt_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::{AdminEvent, Snapshot, TopicInfo};
+    use insta::assert_snapshot;
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    use super::*;
+    use crate::app::tests::{conn, published, stats};
+    use crate::event::{Action, ApiError, Edit, ServerMsg};
+
+    fn render(app: &mut App, width: u16, height: u16) -> String {
+        app.update(Action::Resize { width, height });
+        app.sync();
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|frame| draw(frame, app)).unwrap();
+        terminal.backend().to_string()
+    }
+
+    fn server(app: &mut App, msg: ServerMsg) {
+        app.update(Action::Server(msg));
+    }
+
+    fn live_app() -> App {
+        let mut app = App::new("http://127.0.0.1:7070");
+        server(&mut app, ServerMsg::Link(LinkState::Live));
+        app
+    }
+
+    /// A server up for an hour with traffic that rose over the last minute.
+    fn busy_app(connections: u64) -> App {
+        let mut app = live_app();
+        let snapshot = Snapshot {
+            stats: stats(3600, 0, 0),
+            connections: (1..=connections)
+                .map(|i| {
+                    let user = ["alice", "bob", "carol", "dave"][(i % 4) as usize];
+                    let topics: &[&str] = match i % 3 {
+                        0 => &["orders"],
+                        1 => &["news/eu", "news/us"],
+                        _ => &["prices/*"],
+                    };
+                    conn(i, Some(user), topics)
+                })
+                .collect(),
+            topics: vec![],
+        };
+        server(&mut app, ServerMsg::Snapshot(Box::new(snapshot)));
+        let (mut published_total, mut delivered_total) = (0, 0);
+        for s in 1..=60 {
+            published_total += 10 + (s * 7) % 40;
+            delivered_total += 100 + (s * 53) % 400;
+            let sample = stats(3600 + s, published_total, delivered_total);
+            server(&mut app, ServerMsg::Admin(Box::new(AdminEvent::Stats(sample))));
+        }
+        app
+    }
+
+    fn type_text(app: &mut App, text: &str) {
+        for c in text.chars() {
+            app.update(Action::Edit(Edit::Insert(c)));
+        }
+    }
+
+    #[test]
+    fn empty_server() {
+        let mut app = live_app();
+        server(
+            &mut app,
+            ServerMsg::Snapshot(Box::new(Snapshot {
+                stats: stats(5, 0, 0),
+                ..Snapshot::default()
+            })),
+        );
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn many_connections() {
+        let mut app = busy_app(5000);
+        app.update(Action::Move(3));
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn many_connections_wide_scrolled_to_the_end() {
+        let mut app = busy_app(5000);
+        app.update(Action::Resize { width: 120, height: 30 });
+        app.update(Action::Bottom);
+        assert_snapshot!(render(&mut app, 120, 30));
+    }
+
+    #[test]
+    fn filtered_connections() {
+        let mut app = busy_app(40);
+        app.update(Action::OpenFilter);
+        type_text(&mut app, "car");
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn connection_detail() {
+        let mut app = busy_app(40);
+        app.update(Action::Move(9));
+        app.update(Action::OpenDetail);
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn disconnect_confirmation() {
+        let mut app = busy_app(40);
+        app.update(Action::Move(1));
+        app.update(Action::AskDisconnect);
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn compose_with_a_json_error() {
+        let mut app = busy_app(3);
+        app.update(Action::OpenCompose);
+        app.update(Action::NextField);
+        type_text(&mut app, "orders, news/eu");
+        app.update(Action::NextField);
+        type_text(&mut app, "order.created");
+        app.update(Action::NextField);
+        app.update(Action::NextField);
+        type_text(&mut app, "{\"id\": 42, \"total\": }");
+        app.update(Action::Submit);
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn compose_sent() {
+        let mut app = busy_app(3);
+        app.update(Action::OpenCompose);
+        app.update(Action::Choose(false));
+        app.update(Action::NextField);
+        app.update(Action::NextField);
+        app.update(Action::Choose(true));
+        app.update(Action::NextField);
+        type_text(&mut app, "maintenance at 22:00");
+        app.update(Action::Submit);
+        server(
+            &mut app,
+            ServerMsg::Published(Ok("1700000000000-42".to_owned())),
+        );
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn disconnected() {
+        let mut app = busy_app(12);
+        server(
+            &mut app,
+            ServerMsg::Link(LinkState::Down {
+                error: "cannot reach the server: connection refused".to_owned(),
+                retry_ms: 4000,
+            }),
+        );
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn unauthorized() {
+        let mut app = App::new("http://127.0.0.1:7070");
+        server(
+            &mut app,
+            ServerMsg::Link(LinkState::Down {
+                error: ApiError {
+                    status: Some(401),
+                    message: "token expired".to_owned(),
+                }
+                .to_string(),
+                retry_ms: 10_000,
+            }),
+        );
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn topics_view() {
+        let mut app = busy_app(10);
+        let topic = |name: &str, subscribers, events| TopicInfo {
+            topic: name.to_owned(),
+            subscribers,
+            events,
+        };
+        let poll = |s, k| ServerMsg::StatsPoll {
+            stats: Box::new(stats(s, 0, 0)),
+            topics: vec![
+                topic("orders", 1200, 50_000 + 40 * k),
+                topic("news/eu", 310, 9_000 + 3 * k),
+                topic("news/*", 42, 9_500 + 3 * k),
+                topic("prices/btc", 7, 1_000_000 + 900 * k),
+                topic("quiet", 1, 12),
+            ],
+        };
+        server(&mut app, poll(3660, 0));
+        server(&mut app, poll(3662, 2));
+        app.update(Action::ShowView(View::Topics));
+        app.update(Action::CycleSort);
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn feed_view() {
+        let mut app = busy_app(10);
+        for i in 0..30u64 {
+            let mut event = published(
+                &format!("1700000000{:03}-{}", i * 7, i % 3),
+                &["orders"],
+                &format!("{{\"order\":{i},\"total\":{}.50}}", i * 3),
+            );
+            match i % 5 {
+                0 => {
+                    event.topics.clear();
+                    event.broadcast = true;
+                    event.event_type = None;
+                    event.preview = "maintenance\nat 22:00".to_owned();
+                }
+                1 => {
+                    event.topics.clear();
+                    event.users = vec!["alice".to_owned()];
+                    event.event_type = Some("notice".to_owned());
+                }
+                _ => {}
+            }
+            server(&mut app, ServerMsg::Admin(Box::new(AdminEvent::Published(event))));
+        }
+        app.update(Action::ShowView(View::Feed));
+        assert_snapshot!("feed_view_live", render(&mut app, 80, 24));
+        app.update(Action::TogglePause);
+        for i in 0..4 {
+            let event = published(&format!("1700000001000-{i}"), &["late"], "{}");
+            server(&mut app, ServerMsg::Admin(Box::new(AdminEvent::Published(event))));
+        }
+        assert_snapshot!("feed_view_paused", render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn help() {
+        let mut app = busy_app(3);
+        app.update(Action::ToggleHelp);
+        assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn too_small_a_terminal_gets_a_notice_not_a_panic() {
+        let mut app = busy_app(3);
+        for (w, h) in [(0, 0), (1, 1), (20, 5), (59, 30), (80, 15)] {
+            let screen = render(&mut app, w, h);
+            if w > 40 {
+                assert!(screen.contains("needs at least"), "{screen}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_view_and_popup_draws_at_many_sizes() {
+        let mut app = busy_app(200);
+        for (w, h) in [(60, 16), (80, 24), (120, 40), (250, 80)] {
+            for view in View::ALL {
+                app.update(Action::ShowView(view));
+                render(&mut app, w, h);
+            }
+            app.update(Action::ShowView(View::Connections));
+            app.update(Action::OpenDetail);
+            render(&mut app, w, h);
+            app.update(Action::AskDisconnect);
+            render(&mut app, w, h);
+            app.update(Action::Cancel);
+            app.update(Action::Cancel);
+            app.update(Action::OpenCompose);
+            app.update(Action::NextField);
+            type_text(&mut app, &"x".repeat(300));
+            render(&mut app, w, h);
+            app.update(Action::Cancel);
+            app.update(Action::ToggleHelp);
+            render(&mut app, w, h);
+            app.update(Action::ToggleHelp);
+        }
+    }
+
+    #[test]
+    fn formats_are_short() {
+        assert_eq!(fmt_count(9_999), "9999");
+        assert_eq!(fmt_count(12_345), "12.3k");
+        assert_eq!(fmt_count(4_500_000), "4.5M");
+        assert_eq!(fmt_bytes(512), "512 B");
+        assert_eq!(fmt_bytes(5 << 20), "5.0 MiB");
+        assert_eq!(fmt_duration(12_000), "12s");
+        assert_eq!(fmt_duration(245_000), "4m05s");
+        assert_eq!(fmt_duration(7_380_000), "2h03m");
+        assert_eq!(fmt_duration(273_600_000), "3d04h");
+    }
+}
