@@ -233,6 +233,7 @@ pub struct TextInput {
 
 impl TextInput {
     /// A field holding `value`, cursor at the end.
+    #[cfg(test)]
     pub fn new(value: &str) -> Self {
         Self {
             value: value.to_owned(),
@@ -625,7 +626,7 @@ impl App {
             ConnSort::Id => {}
             ConnSort::User => rows.sort_by(|a, b| a.user.cmp(&b.user)),
             ConnSort::Topics => rows.sort_by(|a, b| a.topics.first().cmp(&b.topics.first())),
-            ConnSort::Age => rows.sort_by_key(|c| std::cmp::Reverse(c.connected_ms)),
+            ConnSort::Age => rows.sort_by_key(|c| c.connected_ms),
             ConnSort::Sent => rows.sort_by_key(|c| c.events_sent),
             ConnSort::Queue => rows.sort_by_key(|c| c.queued_bytes),
         }
@@ -657,6 +658,8 @@ impl App {
             }
             key => {
                 self.status = None;
+                // Keys act on the rows as shown, so bring them up to date first.
+                self.sync();
                 self.handle_key(key)
             }
         };
@@ -737,8 +740,12 @@ impl App {
             View::Connections => self.conn_nav.move_by(delta, self.rows.len(), page),
             View::Topics => self.topic_nav.move_by(delta, self.topics.len(), page),
             View::Feed => {
-                // Scrolling a live feed pauses it, or the rows would move under the reader.
+                // Scrolling down a live feed pauses it, or the rows would move under the
+                // reader; a live feed is already at its top.
                 if self.feed_paused_at.is_none() {
+                    if delta <= 0 {
+                        return;
+                    }
                     self.feed_paused_at = Some(self.feed_seq);
                 }
                 let shown = self.feed_shown().count();
@@ -752,12 +759,13 @@ impl App {
         match self.view {
             View::Connections => {
                 self.conn_sort = self.conn_sort.next();
-                self.conn_desc = false;
+                // Counts read best biggest first; names and ages smallest first.
+                self.conn_desc = matches!(self.conn_sort, ConnSort::Sent | ConnSort::Queue);
                 self.rows_dirty = true;
             }
             View::Topics => {
                 self.topic_sort = self.topic_sort.next();
-                self.topic_desc = false;
+                self.topic_desc = self.topic_sort != TopicSort::Name;
                 self.sort_topics();
             }
             View::Feed => {}
@@ -967,12 +975,10 @@ impl App {
     fn sort_topics(&mut self) {
         match self.topic_sort {
             TopicSort::Name => self.topics.sort_by(|a, b| a.info.topic.cmp(&b.info.topic)),
-            TopicSort::Subscribers => self
-                .topics
-                .sort_by(|a, b| b.info.subscribers.cmp(&a.info.subscribers)),
+            TopicSort::Subscribers => self.topics.sort_by_key(|t| t.info.subscribers),
             TopicSort::Rate => self.topics.sort_by(|a, b| {
                 let (a, b) = (a.rate.unwrap_or(0.0), b.rate.unwrap_or(0.0));
-                b.total_cmp(&a)
+                a.total_cmp(&b)
             }),
         }
         if self.topic_desc {
@@ -1041,7 +1047,7 @@ pub(crate) mod tests {
             last_id: (id > 1).then(|| format!("1700000000000-{}", id % 100)),
             replaying: false,
             admin: false,
-            queued_bytes: if id % 10 == 0 { 4096 } else { 0 },
+            queued_bytes: if id.is_multiple_of(10) { 4096 } else { 0 },
         }
     }
 
@@ -1102,7 +1108,9 @@ pub(crate) mod tests {
         let mut app = App::new("http://127.0.0.1:7070");
         let snapshot = Snapshot {
             stats: stats(60, 0, 0),
-            connections: (1..=n).map(|i| conn(i, Some("alice"), &["orders"])).collect(),
+            connections: (1..=n)
+                .map(|i| conn(i, Some("alice"), &["orders"]))
+                .collect(),
             topics: Vec::new(),
         };
         server(&mut app, ServerMsg::Snapshot(Box::new(snapshot)));
@@ -1321,10 +1329,7 @@ pub(crate) mod tests {
             event: Some("order.created".to_owned()),
             data: serde_json::json!({"id": 42}),
         };
-        assert_eq!(
-            app.update(Action::Submit),
-            Some(Command::Publish(expected))
-        );
+        assert_eq!(app.update(Action::Submit), Some(Command::Publish(expected)));
         assert_eq!(app.update(Action::Submit), None, "no double send");
         server(
             &mut app,

@@ -9,9 +9,11 @@ use herald_core::admin::Published;
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Position, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::symbols;
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{
-    Block, Cell, Clear, HighlightSpacing, Paragraph, Row, Sparkline, Table, TableState, Tabs, Wrap,
+    Block, Cell, Clear, HighlightSpacing, Padding, Paragraph, Row, Sparkline, Table, TableState,
+    Tabs, Wrap,
 };
 
 use crate::app::{
@@ -86,14 +88,13 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
         LinkState::Down { .. } => (" ✗ disconnected ".to_owned(), Style::new().red().bold()),
     };
     let block = Block::bordered()
+        .padding(Padding::horizontal(1))
         .title(Line::from(vec![
             Span::raw(" "),
             Span::styled("Herald", Style::new().bold()),
             Span::raw(format!(" {} ", app.server)),
         ]))
-        .title(
-            Line::styled(link_text, link_style).alignment(Alignment::Right),
-        );
+        .title(Line::styled(link_text, link_style).alignment(Alignment::Right));
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let [first, rates, log] = Layout::vertical([Constraint::Length(1); 3]).areas(inner);
@@ -120,7 +121,10 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
                 Span::raw(fmt_duration(s.uptime_ms)),
                 label("   connections "),
                 Span::styled(c.connections.to_string(), Style::new().bold()),
-                Span::styled(format!(" ({} total)", c.connections_total), Style::new().dim()),
+                Span::styled(
+                    format!(" ({} total)", c.connections_total),
+                    Style::new().dim(),
+                ),
                 label("   topics "),
                 Span::raw(s.topics.to_string()),
                 label("   slow closes "),
@@ -130,8 +134,9 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
     };
     frame.render_widget(Paragraph::new(first_line), first);
 
-    let [left, right] =
-        Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]).spacing(2).areas(rates);
+    let [left, right] = Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)])
+        .spacing(2)
+        .areas(rates);
     draw_rate(frame, "published/s", &app.published, Color::Cyan, left);
     draw_rate(frame, "delivered/s", &app.delivered, Color::Magenta, right);
 
@@ -139,11 +144,15 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
         None => Line::styled("log —", Style::new().dim()),
         Some(s) => Line::from(vec![
             label("log "),
-            Span::raw(format!("{} events", s.log.events)),
+            Span::raw(plural(s.log.events, "event")),
             label(" · "),
             Span::raw(fmt_bytes(s.log.bytes)),
             label("   oldest "),
-            Span::raw(s.log.oldest.map_or_else(|| "—".to_owned(), |id| id.to_string())),
+            Span::raw(
+                s.log
+                    .oldest
+                    .map_or_else(|| "—".to_owned(), |id| id.to_string()),
+            ),
             label("   last "),
             Span::raw(s.last_id.clone().unwrap_or_else(|| "—".to_owned())),
         ]),
@@ -164,11 +173,30 @@ fn draw_rate(frame: &mut Frame, name: &str, rate: &crate::app::Rate, color: Colo
         ])),
         label_area,
     );
-    // Newest on the right: show the last samples that fit.
-    let history: Vec<u64> = rate.history.iter().copied().collect();
-    let shown = &history[history.len().saturating_sub(usize::from(spark_area.width))..];
-    frame.render_widget(Sparkline::default().data(shown).style(Style::new().fg(color)), spark_area);
+    // Newest at the right edge; columns before the first sample stay blank (not zero).
+    let width = usize::from(spark_area.width);
+    let history = rate
+        .history
+        .iter()
+        .skip(rate.history.len().saturating_sub(width));
+    let padding = width.saturating_sub(rate.history.len());
+    let bars: Vec<Option<u64>> = std::iter::repeat_n(None, padding)
+        .chain(history.map(|v| Some(*v)))
+        .collect();
+    frame.render_widget(
+        Sparkline::default()
+            .data(bars)
+            .bar_set(SPARK_BARS)
+            .style(Style::new().fg(color)),
+        spark_area,
+    );
 }
+
+/// Ratatui's nine levels, with a baseline for zero so a quiet minute still shows as a line.
+const SPARK_BARS: symbols::bar::Set<'static> = symbols::bar::Set {
+    empty: "▁",
+    ..symbols::bar::NINE_LEVELS
+};
 
 fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
     let titles = View::ALL
@@ -198,9 +226,17 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     }
     let arrow = if app.conn_desc { "▼" } else { "▲" };
     let sort = format!(" · sort {sort_name} {arrow} ");
-    let mut title = vec![Span::styled(head.clone(), Style::new().bold()), Span::raw(sort.clone())];
+    let mut title = vec![
+        Span::styled(head.clone(), Style::new().bold()),
+        Span::raw(sort.clone()),
+    ];
     if app.filter_editing || !app.filter.value.is_empty() {
-        title.push(Span::styled(format!("/{} ", app.filter.value), Style::new().yellow()));
+        title.push(Span::styled(
+            format!("/{} ", app.filter.value),
+            Style::new().yellow(),
+        ));
+    } else if app.link != LinkState::Live && !app.connections.is_empty() {
+        title.push(Span::styled("· as last seen ", Style::new().yellow()));
     }
     let block = Block::bordered().title(Line::from(title));
     let inner = block.inner(area);
@@ -208,7 +244,9 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     if app.filter_editing {
         // The filter is typed in the title: after the corner, the head, the sort and the '/'.
         let before = 1 + head.chars().count() + sort.chars().count() + 1 + app.filter.cursor;
-        let x = area.x.saturating_add(u16::try_from(before).unwrap_or(u16::MAX));
+        let x = area
+            .x
+            .saturating_add(u16::try_from(before).unwrap_or(u16::MAX));
         frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), area.y));
     }
 
@@ -272,7 +310,7 @@ fn conn_row(c: &ConnectionInfo, wide: bool) -> Row<'static> {
         (None, true) => Cell::from("(admin)").dim(),
         (None, false) => Cell::from("—").dim(),
     };
-    let topics = if c.admin && c.topics.is_empty() {
+    let topics = if c.admin {
         Cell::from("admin stream").dim()
     } else {
         Cell::from(c.topics.join(","))
@@ -473,7 +511,6 @@ fn hints(app: &App) -> &'static [(&'static str, &'static str)] {
     }
     match app.view {
         View::Connections => &[
-            ("↑↓", "move"),
             ("Enter", "detail"),
             ("/", "filter"),
             ("s", "sort"),
@@ -518,13 +555,21 @@ fn popup_area(area: Rect, width: u16, height: u16) -> Rect {
     )
 }
 
-fn draw_detail(frame: &mut Frame, app: &App, id: herald_core::ConnId, gone: Option<&str>, area: Rect) {
-    let area = popup_area(area, 70, 16);
-    frame.render_widget(Clear, area);
+const DETAIL_WIDTH: u16 = 70;
+
+fn draw_detail(
+    frame: &mut Frame,
+    app: &App,
+    id: herald_core::ConnId,
+    gone: Option<&str>,
+    area: Rect,
+) {
     let block = Block::bordered()
         .title(Line::from(format!(" Connection {id} ")).bold())
-        .border_style(Style::new().cyan());
+        .border_style(Style::new().cyan())
+        .padding(Padding::horizontal(1));
     let mut lines = Vec::new();
+    let mut wrapped_rows = 0;
     if let Some(reason) = gone {
         lines.push(Line::styled(
             format!("This connection is gone ({reason})."),
@@ -550,10 +595,16 @@ fn draw_detail(frame: &mut Frame, app: &App, id: herald_core::ConnId, gone: Opti
                     "Sent",
                     format!("{} events, {}", c.events_sent, fmt_bytes(c.bytes_sent)),
                 ),
-                ("Last id", c.last_id.clone().unwrap_or_else(|| "—".to_owned())),
+                (
+                    "Last id",
+                    c.last_id.clone().unwrap_or_else(|| "—".to_owned()),
+                ),
                 ("Queued", fmt_bytes(c.queued_bytes)),
                 ("Topics", c.topics.join(", ")),
             ];
+            // The topics line is last and may wrap onto more rows.
+            let topics_width = 11 + fields[7].1.chars().count();
+            wrapped_rows = topics_width.saturating_sub(1) / usize::from(DETAIL_WIDTH - 4);
             lines.extend(fields.into_iter().map(|(name, value)| {
                 Line::from(vec![label(&format!("{name:<10} ")), Span::raw(value)])
             }));
@@ -561,14 +612,19 @@ fn draw_detail(frame: &mut Frame, app: &App, id: herald_core::ConnId, gone: Opti
     }
     lines.push(Line::raw(""));
     lines.push(keys_line(&[("d", "disconnect"), ("Esc", "close")]));
+    let height = u16::try_from(lines.len() + 2 + wrapped_rows).unwrap_or(u16::MAX);
+    let area = popup_area(area, DETAIL_WIDTH, height);
+    frame.render_widget(Clear, area);
     frame.render_widget(
-        Paragraph::new(lines).block(block).wrap(Wrap { trim: false }),
+        Paragraph::new(lines)
+            .block(block)
+            .wrap(Wrap { trim: false }),
         area,
     );
 }
 
 fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rect) {
-    let area = popup_area(area, 56, 7);
+    let area = popup_area(area, 58, 7);
     frame.render_widget(Clear, area);
     let who = app.connections.get(&id).map_or_else(String::new, |c| {
         let user = c.user.as_deref().unwrap_or("anonymous");
@@ -577,7 +633,8 @@ fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rec
     });
     let block = Block::bordered()
         .title(" Disconnect? ".bold())
-        .border_style(Style::new().red());
+        .border_style(Style::new().red())
+        .padding(Padding::horizontal(1));
     let text = vec![
         Line::raw(format!("Close connection {id}{who}?")),
         Line::styled(
@@ -595,21 +652,25 @@ fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rec
 
 fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
     let form = &app.compose;
-    let area = popup_area(area, 76, 15);
+    let area = popup_area(area, 76, 12);
     frame.render_widget(Clear, area);
     let block = Block::bordered()
         .title(" Compose an event ".bold())
-        .border_style(Style::new().cyan());
+        .border_style(Style::new().cyan())
+        .padding(Padding::horizontal(1));
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let [kind, target, event, format, data, _, check, result, _, keys] =
-        Layout::vertical([Constraint::Length(1); 10]).areas(inner.inner(ratatui::layout::Margin::new(1, 0)));
+        Layout::vertical([Constraint::Length(1); 10]).areas(inner);
 
     let choice = |options: &[&str], chosen: usize| {
         let mut spans = Vec::new();
         for (i, option) in options.iter().enumerate() {
             if i == chosen {
-                spans.push(Span::styled(format!("‹{option}›"), Style::new().bold().reversed()));
+                spans.push(Span::styled(
+                    format!("‹{option}›"),
+                    Style::new().bold().reversed(),
+                ));
             } else {
                 spans.push(Span::styled(format!(" {option} "), Style::new().dim()));
             }
@@ -622,7 +683,13 @@ fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
         TargetKind::User => 1,
         TargetKind::Broadcast => 2,
     };
-    draw_form_row(frame, form.focus == Field::Kind, "Send to", choice(&["topic", "user", "broadcast"], kind_index), kind);
+    draw_form_row(
+        frame,
+        form.focus == Field::Kind,
+        "Send to",
+        choice(&["topic", "user", "broadcast"], kind_index),
+        kind,
+    );
 
     let target_label = match form.kind {
         TargetKind::Topic => "Topics",
@@ -630,23 +697,65 @@ fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
         TargetKind::Broadcast => "Target",
     };
     if form.kind == TargetKind::Broadcast {
-        draw_form_row(frame, false, target_label, vec![Span::styled("every connection", Style::new().dim())], target);
+        draw_form_row(
+            frame,
+            false,
+            target_label,
+            vec![Span::styled("every connection", Style::new().dim())],
+            target,
+        );
     } else {
-        draw_text_row(frame, form.focus == Field::Target, target_label, &form.target, "names, separated by commas", target);
+        draw_text_row(
+            frame,
+            form.focus == Field::Target,
+            target_label,
+            &form.target,
+            "names, separated by commas",
+            target,
+        );
     }
-    draw_text_row(frame, form.focus == Field::Event, "Event", &form.event_type, "type (empty: message)", event);
+    draw_text_row(
+        frame,
+        form.focus == Field::Event,
+        "Event",
+        &form.event_type,
+        "type (empty: message)",
+        event,
+    );
     let format_index = match form.format {
         DataFormat::Json => 0,
         DataFormat::Text => 1,
     };
-    draw_form_row(frame, form.focus == Field::Format, "Data as", choice(&["JSON", "text"], format_index), format);
-    draw_text_row(frame, form.focus == Field::Data, "Data", &form.data, "{\"hello\": \"world\"}", data);
+    draw_form_row(
+        frame,
+        form.focus == Field::Format,
+        "Data as",
+        choice(&["JSON", "text"], format_index),
+        format,
+    );
+    draw_text_row(
+        frame,
+        form.focus == Field::Data,
+        "Data",
+        &form.data,
+        "{\"hello\": \"world\"}",
+        data,
+    );
 
     let data_check = form.data_value();
     let check_line = match (&data_check, form.format) {
-        (Ok(_), DataFormat::Text) => Line::styled("✓ sent as a JSON string: the text as typed", Style::new().green()),
-        (Ok(value), DataFormat::Json) => Line::styled(format!("✓ valid JSON ({})", json_kind(value)), Style::new().green()),
-        (Err(_), _) if form.data.value.is_empty() => Line::styled("data: type JSON, or choose “Data as: text”", Style::new().dim()),
+        (Ok(_), DataFormat::Text) => Line::styled(
+            "✓ sent as a JSON string: the text as typed",
+            Style::new().green(),
+        ),
+        (Ok(value), DataFormat::Json) => Line::styled(
+            format!("✓ valid JSON ({})", json_kind(value)),
+            Style::new().green(),
+        ),
+        (Err(_), _) if form.data.value.is_empty() => Line::styled(
+            "data: type JSON, or choose “Data as: text”",
+            Style::new().dim(),
+        ),
         (Err(why), _) => Line::styled(format!("✗ {why}"), Style::new().red()),
     };
     frame.render_widget(Paragraph::new(check_line), check);
@@ -654,33 +763,64 @@ fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
     let result_line = match &form.outcome {
         Outcome::None => Line::raw(""),
         Outcome::Invalid(why) if data_check.as_ref().err() == Some(why) => Line::styled(
-            "✗ not sent: fix the JSON, or choose “Data as: text” to send it as a string",
+            "✗ not sent: fix the JSON, or switch “Data as” to text",
             Style::new().red().bold(),
         ),
-        Outcome::Invalid(why) => Line::styled(format!("✗ not sent: {why}"), Style::new().red().bold()),
+        Outcome::Invalid(why) => {
+            Line::styled(format!("✗ not sent: {why}"), Style::new().red().bold())
+        }
         Outcome::Sending => Line::styled("… sending", Style::new().yellow()),
-        Outcome::Sent(id) => Line::styled(format!("✓ published, id {id}"), Style::new().green().bold()),
-        Outcome::Failed(why) => Line::styled(format!("✗ server said {why}"), Style::new().red().bold()),
+        Outcome::Sent(id) => {
+            Line::styled(format!("✓ published, id {id}"), Style::new().green().bold())
+        }
+        Outcome::Failed(why) => {
+            Line::styled(format!("✗ not published: {why}"), Style::new().red().bold())
+        }
     };
     frame.render_widget(Paragraph::new(result_line), result);
     frame.render_widget(
-        Paragraph::new(keys_line(&[("Tab/↑↓", "field"), ("←→", "choose"), ("Enter", "send"), ("Esc", "close")])),
+        Paragraph::new(keys_line(&[
+            ("Tab/↑↓", "field"),
+            ("←→", "choose"),
+            ("Enter", "send"),
+            ("Esc", "close"),
+        ])),
         keys,
     );
 }
 
 const LABEL_WIDTH: u16 = 10;
 
-fn draw_form_row(frame: &mut Frame, focused: bool, name: &str, value: Vec<Span<'static>>, area: Rect) {
+fn draw_form_row(
+    frame: &mut Frame,
+    focused: bool,
+    name: &str,
+    value: Vec<Span<'static>>,
+    area: Rect,
+) {
     let marker = if focused { "▶ " } else { "  " };
-    let style = if focused { Style::new().cyan().bold() } else { Style::new().dim() };
+    let style = if focused {
+        Style::new().cyan().bold()
+    } else {
+        Style::new().dim()
+    };
     let [label_area, value_area] =
         Layout::horizontal([Constraint::Length(LABEL_WIDTH), Constraint::Fill(1)]).areas(area);
-    frame.render_widget(Paragraph::new(Span::styled(format!("{marker}{name}"), style)), label_area);
+    frame.render_widget(
+        Paragraph::new(Span::styled(format!("{marker}{name}"), style)),
+        label_area,
+    );
     frame.render_widget(Paragraph::new(Line::from(value)), value_area);
 }
 
-fn draw_text_row(frame: &mut Frame, focused: bool, name: &str, input: &TextInput, placeholder: &str, area: Rect) {
+fn draw_text_row(
+    frame: &mut Frame,
+    focused: bool,
+    name: &str,
+    input: &TextInput,
+    placeholder: &str,
+    area: Rect,
+) {
     let [_, value_area] =
         Layout::horizontal([Constraint::Length(LABEL_WIDTH), Constraint::Fill(1)]).areas(area);
     let width = usize::from(value_area.width.saturating_sub(1)).max(1);
@@ -731,7 +871,10 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
             ("d", "disconnect it (asks y / n)"),
         ],
     ),
-    ("Topics", &[("s  r", "sort by name, subscribers, rate  /  reverse")]),
+    (
+        "Topics",
+        &[("s  r", "sort by name, subscribers, rate  /  reverse")],
+    ),
     (
         "Feed",
         &[
@@ -753,12 +896,13 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
 fn draw_help(frame: &mut Frame, area: Rect) {
     let rows: usize = HELP.iter().map(|(_, keys)| keys.len() + 1).sum();
     let height = u16::try_from(rows + 2).unwrap_or(u16::MAX);
-    let area = popup_area(area, 72, height);
+    let area = popup_area(area, 76, height);
     frame.render_widget(Clear, area);
     let block = Block::bordered()
         .title(" Keys ".bold())
         .title(Line::from(" Esc closes ").alignment(Alignment::Right))
-        .border_style(Style::new().cyan());
+        .border_style(Style::new().cyan())
+        .padding(Padding::horizontal(1));
     let mut lines = Vec::new();
     for (section, keys) in HELP {
         lines.push(Line::styled(*section, Style::new().bold().underlined()));
@@ -770,6 +914,14 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         }
     }
     frame.render_widget(Paragraph::new(Text::from(lines)).block(block), area);
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn label(text: &str) -> Span<'static> {
@@ -872,8 +1024,13 @@ mod tests {
         for s in 1..=60 {
             published_total += 10 + (s * 7) % 40;
             delivered_total += 100 + (s * 53) % 400;
-            let sample = stats(3600 + s, published_total, delivered_total);
-            server(&mut app, ServerMsg::Admin(Box::new(AdminEvent::Stats(sample))));
+            let mut sample = stats(3600 + s, published_total, delivered_total);
+            sample.counters.connections = connections;
+            sample.counters.connections_total = connections + 17;
+            server(
+                &mut app,
+                ServerMsg::Admin(Box::new(AdminEvent::Stats(sample))),
+            );
         }
         app
     }
@@ -907,7 +1064,10 @@ mod tests {
     #[test]
     fn many_connections_wide_scrolled_to_the_end() {
         let mut app = busy_app(5000);
-        app.update(Action::Resize { width: 120, height: 30 });
+        app.update(Action::Resize {
+            width: 120,
+            height: 30,
+        });
         app.update(Action::Bottom);
         assert_snapshot!(render(&mut app, 120, 30));
     }
@@ -1002,12 +1162,12 @@ mod tests {
     #[test]
     fn topics_view() {
         let mut app = busy_app(10);
-        let topic = |name: &str, subscribers, events| TopicInfo {
+        let topic = |name: &str, subscribers: u64, events: u64| TopicInfo {
             topic: name.to_owned(),
             subscribers,
             events,
         };
-        let poll = |s, k| ServerMsg::StatsPoll {
+        let poll = |s: u64, k: u64| ServerMsg::StatsPoll {
             stats: Box::new(stats(s, 0, 0)),
             topics: vec![
                 topic("orders", 1200, 50_000 + 40 * k),
@@ -1047,14 +1207,20 @@ mod tests {
                 }
                 _ => {}
             }
-            server(&mut app, ServerMsg::Admin(Box::new(AdminEvent::Published(event))));
+            server(
+                &mut app,
+                ServerMsg::Admin(Box::new(AdminEvent::Published(event))),
+            );
         }
         app.update(Action::ShowView(View::Feed));
         assert_snapshot!("feed_view_live", render(&mut app, 80, 24));
         app.update(Action::TogglePause);
         for i in 0..4 {
             let event = published(&format!("1700000001000-{i}"), &["late"], "{}");
-            server(&mut app, ServerMsg::Admin(Box::new(AdminEvent::Published(event))));
+            server(
+                &mut app,
+                ServerMsg::Admin(Box::new(AdminEvent::Published(event))),
+            );
         }
         assert_snapshot!("feed_view_paused", render(&mut app, 80, 24));
     }
@@ -1069,7 +1235,9 @@ mod tests {
     #[test]
     fn too_small_a_terminal_gets_a_notice_not_a_panic() {
         let mut app = busy_app(3);
-        for (w, h) in [(0, 0), (1, 1), (20, 5), (59, 30), (80, 15)] {
+        let mut terminal = Terminal::new(TestBackend::new(0, 0)).unwrap();
+        terminal.draw(|frame| draw(frame, &app)).unwrap();
+        for (w, h) in [(1, 1), (20, 5), (59, 30), (80, 15)] {
             let screen = render(&mut app, w, h);
             if w > 40 {
                 assert!(screen.contains("needs at least"), "{screen}");
