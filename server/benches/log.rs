@@ -8,7 +8,8 @@
 //! hundreds of threads, and the replay setup (a million events) is built once. Set
 //! `HERALD_BENCH_SECS` to change the length of each throughput run (default 3).
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald_core::{
@@ -18,21 +19,31 @@ use herald_core::{
 use herald_server::log::{
     CommitReport, EventLog, FsyncPolicy, GroupCommitter, LogConfig, Retention, SledLog,
 };
+use tokio::sync::oneshot;
 
 fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn payload(n: u64) -> String {
     // About the size of a small JSON notification.
-    format!("{{\"n\":{n},\"kind\":\"order.updated\",\"status\":\"shipped\",\"note\":\"{}\"}}", "x".repeat(40))
+    format!(
+        "{{\"n\":{n},\"kind\":\"order.updated\",\"status\":\"shipped\",\"note\":\"{}\"}}",
+        "x".repeat(40)
+    )
 }
 
 fn config(dir: &std::path::Path, fsync: FsyncPolicy) -> LogConfig {
     LogConfig {
         data_dir: dir.to_path_buf(),
         fsync,
-        retention: Retention { max_events: u64::MAX, max_age: Duration::MAX, max_bytes: u64::MAX },
+        retention: Retention {
+            max_events: u64::MAX,
+            max_age: Duration::MAX,
+            max_bytes: u64::MAX,
+        },
     }
 }
 
@@ -43,50 +54,67 @@ struct Throughput {
     flush_p99: Duration,
 }
 
+/// Publishers waiting for their acknowledgement, in id order (ids are minted in order).
+type Waiters = VecDeque<(EventId, oneshot::Sender<()>)>;
+
+/// `publishers` tokio tasks on a 2-thread runtime (as in the server), each publishing one event
+/// and awaiting its acknowledgement before the next, through one minting point and the
+/// `GroupCommitter`, whose callback wakes the acknowledged publishers.
 fn group_commit(publishers: usize, run_for: Duration) -> Throughput {
     let dir = tempfile::tempdir().expect("temp dir");
     let log: Arc<dyn EventLog> =
         Arc::new(SledLog::open(&config(dir.path(), FsyncPolicy::EveryBatch)).expect("open log"));
-    let acked: Arc<(Mutex<Option<EventId>>, Condvar)> = Arc::default();
+    let waiters: Arc<Mutex<Waiters>> = Arc::default();
     let flushes: Arc<Mutex<Vec<(Duration, usize)>>> = Arc::default();
-    let (report_acked, report_flushes) = (acked.clone(), flushes.clone());
+    let (report_waiters, report_flushes) = (waiters.clone(), flushes.clone());
     let committer = Arc::new(GroupCommitter::start(log, move |report| match report {
-        CommitReport::Committed { up_to, count, flush_latency } => {
+        CommitReport::Committed {
+            up_to,
+            count,
+            flush_latency,
+        } => {
             report_flushes.lock().unwrap().push((flush_latency, count));
-            *report_acked.0.lock().unwrap() = Some(up_to);
-            report_acked.1.notify_all();
+            let mut waiters = report_waiters.lock().unwrap();
+            while waiters.front().is_some_and(|(id, _)| *id <= up_to) {
+                if let Some((_, ack)) = waiters.pop_front() {
+                    let _ = ack.send(());
+                }
+            }
         }
         CommitReport::Failed { error, .. } => panic!("append failed: {error}"),
     }));
     // One minting point, as in the engine: ids reach the committer in order.
     let minter = Arc::new(Mutex::new((IdSequencer::new(None), 0u64)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
     let warmup = Duration::from_millis(500);
-    let start = Instant::now();
-    let stop_at = start + warmup + run_for;
-    let threads: Vec<_> = (0..publishers)
+    let stop_at = Instant::now() + warmup + run_for;
+    let tasks: Vec<_> = (0..publishers)
         .map(|p| {
-            let (minter, committer, acked) = (minter.clone(), committer.clone(), acked.clone());
-            std::thread::spawn(move || {
+            let (minter, committer, waiters) = (minter.clone(), committer.clone(), waiters.clone());
+            runtime.spawn(async move {
                 let topic = Topic::new(&format!("bench/{}", p % 10)).unwrap();
                 while Instant::now() < stop_at {
-                    let id = {
+                    let (ack, acked) = oneshot::channel();
+                    {
                         let mut m = minter.lock().unwrap();
                         let id = m.0.next(wall_ms());
                         m.1 += 1;
                         let event = Event {
                             id,
-                            target: Target { topics: vec![topic.clone()], ..Target::default() },
+                            target: Target {
+                                topics: vec![topic.clone()],
+                                ..Target::default()
+                            },
                             event_type: None,
                             data: payload(m.1),
                         };
+                        waiters.lock().unwrap().push_back((id, ack));
                         committer.append(Arc::new(event));
-                        id
-                    };
-                    let (last, wake) = &*acked;
-                    let mut last = last.lock().unwrap();
-                    while last.is_none_or(|last| last < id) {
-                        last = wake.wait(last).unwrap();
                     }
+                    acked.await.expect("acknowledged");
                 }
             })
         })
@@ -94,9 +122,11 @@ fn group_commit(publishers: usize, run_for: Duration) -> Throughput {
     std::thread::sleep(warmup);
     let measured_from = flushes.lock().unwrap().len();
     let t0 = Instant::now();
-    for t in threads {
-        t.join().unwrap();
-    }
+    runtime.block_on(async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
     let elapsed = t0.elapsed();
     let flushes = flushes.lock().unwrap();
     let measured = &flushes[measured_from..];
@@ -119,7 +149,7 @@ const NEEDLES: u64 = 1_000;
 /// `deep/{n % 10}`) and to user `needle-user`; the rest to 100 busy topics and 1,000 users.
 fn haystack_event(sequencer: &mut IdSequencer, base_ms: u64, n: u64) -> Arc<Event> {
     let id = sequencer.next(base_ms + n / 50);
-    let target = if n % (LOG_EVENTS / NEEDLES) == 0 {
+    let target = if n.is_multiple_of(LOG_EVENTS / NEEDLES) {
         Target {
             topics: vec![
                 Topic::new("needle").unwrap(),
@@ -135,7 +165,12 @@ fn haystack_event(sequencer: &mut IdSequencer, base_ms: u64, n: u64) -> Arc<Even
             broadcast: false,
         }
     };
-    Arc::new(Event { id, target, event_type: None, data: payload(n) })
+    Arc::new(Event {
+        id,
+        target,
+        event_type: None,
+        data: payload(n),
+    })
 }
 
 fn replay_request(patterns: &[&str], user: Option<&str>) -> HistoryRequest {
@@ -144,7 +179,10 @@ fn replay_request(patterns: &[&str], user: Option<&str>) -> HistoryRequest {
         after: None,
         through: EventId::MAX,
         subscription: Subscription {
-            patterns: patterns.iter().map(|p| TopicPattern::parse(p).unwrap()).collect(),
+            patterns: patterns
+                .iter()
+                .map(|p| TopicPattern::parse(p).unwrap())
+                .collect(),
             user: user.map(|u| UserId::new(u).unwrap()),
         },
         max_events: 10_000,
@@ -166,12 +204,20 @@ fn time_replay(log: &SledLog, req: &HistoryRequest, runs: usize) -> (Duration, D
 }
 
 fn main() {
-    if std::env::var("PROBE").is_ok() { probe(); return; }
-    let secs = std::env::var("HERALD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let secs = std::env::var("HERALD_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let run_for = Duration::from_secs(secs);
 
     println!("## group commit, fsync every batch ({secs} s per run, median of 3 runs)");
-    for publishers in [256] {
+    let only: Option<usize> = std::env::var("HERALD_BENCH_PUBLISHERS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    for publishers in [1, 16, 256]
+        .into_iter()
+        .filter(|p| only.is_none_or(|o| o == *p))
+    {
         let mut runs: Vec<Throughput> = (0..3).map(|_| group_commit(publishers, run_for)).collect();
         runs.sort_by(|a, b| a.events_per_sec.total_cmp(&b.events_per_sec));
         let median = &runs[1];
@@ -214,10 +260,26 @@ fn main() {
     // Reopen: the first read comes from a cold sled cache (the OS page cache stays warm).
     let log = SledLog::open(&config(dir.path(), FsyncPolicy::Never)).expect("reopen log");
     let cases = [
-        ("exact topic `needle` (first read after open)", replay_request(&["needle"], None), 1),
-        ("exact topic `needle`", replay_request(&["needle"], None), 30),
-        ("prefix `deep/*` (10 topics)", replay_request(&["deep/*"], None), 30),
-        ("user `needle-user`", replay_request(&[], Some("needle-user")), 30),
+        (
+            "exact topic `needle` (first read after open)",
+            replay_request(&["needle"], None),
+            1,
+        ),
+        (
+            "exact topic `needle`",
+            replay_request(&["needle"], None),
+            30,
+        ),
+        (
+            "prefix `deep/*` (10 topics)",
+            replay_request(&["deep/*"], None),
+            30,
+        ),
+        (
+            "user `needle-user`",
+            replay_request(&[], Some("needle-user")),
+            30,
+        ),
         (
             "`needle` + `deep/*` + user (same 1,000 via 12 ranges)",
             replay_request(&["needle", "deep/*"], Some("needle-user")),
@@ -231,40 +293,5 @@ fn main() {
         } else {
             println!("{name}: {found} events, median {median:.2?}, p95 {p95:.2?} ({runs} runs)");
         }
-    }
-}
-
-#[allow(dead_code)]
-pub fn probe() {
-    use sled::Transactional;
-    for mode in ["tx", "batch", "tx-events-only"] {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).cache_capacity(256 << 20).mode(sled::Mode::HighThroughput).open().unwrap();
-        let ev = db.open_tree("events").unwrap();
-        let tp = db.open_tree("by_topic").unwrap();
-        let us = db.open_tree("by_user").unwrap();
-        let t = Instant::now();
-        let mut seq = IdSequencer::new(None);
-        let n_total = 200_000u64;
-        let mut enc = Duration::ZERO;
-        for chunk in 0..(n_total / 1000) {
-            let (mut be, mut bt, mut bu) = (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
-            for i in 0..1000 {
-                let n = chunk * 1000 + i;
-                let e = haystack_event(&mut seq, 1_700_000_000_000, n);
-                let t2 = Instant::now();
-                let v = herald_server::log::codec::encode_event(&e).unwrap();
-                enc += t2.elapsed();
-                be.insert(&e.id.to_bytes()[..], v);
-                for topic in &e.target.topics { let mut k = topic.as_str().as_bytes().to_vec(); k.push(0); k.extend_from_slice(&e.id.to_bytes()); bt.insert(k, &[][..]); }
-                for u in &e.target.users { let mut k = u.as_str().as_bytes().to_vec(); k.push(0); k.extend_from_slice(&e.id.to_bytes()); bu.insert(k, &[][..]); }
-            }
-            match mode {
-                "tx" => (&ev, &tp, &us).transaction(|(a, b, c)| { a.apply_batch(&be)?; b.apply_batch(&bt)?; c.apply_batch(&bu)?; Ok::<(), sled::transaction::ConflictableTransactionError<()>>(()) }).unwrap(),
-                "tx-events-only" => (&ev,).transaction(|(a,)| { a.apply_batch(&be)?; Ok::<(), sled::transaction::ConflictableTransactionError<()>>(()) }).unwrap(),
-                _ => { ev.apply_batch(be).unwrap(); tp.apply_batch(bt).unwrap(); us.apply_batch(bu).unwrap(); }
-            }
-        }
-        println!("{mode}: {n_total} events in {:.2?} (encode {:.2?})", t.elapsed(), enc);
     }
 }

@@ -30,11 +30,18 @@ fn expected_event(cycle: u64, n: u64, id: EventId) -> Event {
         id,
         target: Target {
             topics: vec![Topic::new(&format!("crash/{}", n % 3)).unwrap()],
-            users: if n % 5 == 0 { vec![UserId::new("u1").unwrap()] } else { vec![] },
-            broadcast: n % 7 == 0,
+            users: if n.is_multiple_of(5) {
+                vec![UserId::new("u1").unwrap()]
+            } else {
+                vec![]
+            },
+            broadcast: n.is_multiple_of(7),
         },
         event_type: None,
-        data: format!("cycle={cycle} n={n} id={id} {}", "x".repeat((n % 50) as usize)),
+        data: format!(
+            "cycle={cycle} n={n} id={id} {}",
+            "x".repeat((n % 50) as usize)
+        ),
     }
 }
 
@@ -47,23 +54,33 @@ fn parse_data(data: &str) -> Option<(u64, u64)> {
 }
 
 fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn log_config(dir: &Path) -> LogConfig {
-    LogConfig { data_dir: dir.to_path_buf(), ..LogConfig::default() }
+    LogConfig {
+        data_dir: dir.to_path_buf(),
+        ..LogConfig::default()
+    }
 }
 
 /// Run only as the parent's child: publishes until killed (or for a minute, if orphaned).
 #[test]
 #[ignore = "the child half of log_survives_sigkill_without_losing_acknowledged_events"]
 fn child_publishes_until_killed() {
-    let Ok(dir) = std::env::var(DIR_VAR) else { return };
+    let Ok(dir) = std::env::var(DIR_VAR) else {
+        return;
+    };
     let cycle: u64 = std::env::var(CYCLE_VAR).unwrap().parse().unwrap();
     let log = Arc::new(SledLog::open(&log_config(Path::new(&dir))).unwrap());
     let last = log.last_id();
     // A leading newline: libtest has just printed "test <name> ... " without one.
-    println!("\nready {}", last.map_or("none".to_owned(), |id| id.to_string()));
+    println!(
+        "\nready {}",
+        last.map_or("none".to_owned(), |id| id.to_string())
+    );
 
     // One minting point: an id is minted, recorded and queued under one lock, so the
     // committer receives ids in order and the minted ids of a cycle are dense.
@@ -71,7 +88,10 @@ fn child_publishes_until_killed() {
         sequencer: IdSequencer,
         next_n: u64,
     }
-    let minter = Arc::new(Mutex::new(Minter { sequencer: IdSequencer::new(last), next_n: 0 }));
+    let minter = Arc::new(Mutex::new(Minter {
+        sequencer: IdSequencer::new(last),
+        next_n: 0,
+    }));
     let minted: Arc<Mutex<VecDeque<(EventId, u64)>>> = Arc::default();
     let acked: Arc<(Mutex<Option<EventId>>, Condvar)> = Arc::default();
 
@@ -95,8 +115,12 @@ fn child_publishes_until_killed() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|_| {
-            let (minter, minted, acked, committer) =
-                (minter.clone(), minted.clone(), acked.clone(), committer.clone());
+            let (minter, minted, acked, committer) = (
+                minter.clone(),
+                minted.clone(),
+                acked.clone(),
+                committer.clone(),
+            );
             std::thread::spawn(move || {
                 while Instant::now() < deadline {
                     let id = {
@@ -138,7 +162,10 @@ struct Random(u64);
 
 impl Random {
     fn from_clock() -> Self {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         Self(nanos | 1)
     }
 
@@ -163,7 +190,10 @@ fn parse_line(line: &str) -> Option<Line> {
             "none" => Some(Line::Ready(None)),
             id => Some(Line::Ready(Some(id.parse().ok()?))),
         },
-        "ack" => Some(Line::Ack(words.next()?.parse().ok()?, words.next()?.parse().ok()?)),
+        "ack" => Some(Line::Ack(
+            words.next()?.parse().ok()?,
+            words.next()?.parse().ok()?,
+        )),
         "failed" => Some(Line::Failed(line.to_owned())),
         _ => None,
     }
@@ -206,7 +236,10 @@ struct Figures {
 
 #[test]
 fn log_survives_sigkill_without_losing_acknowledged_events() {
-    let cycles: u64 = std::env::var("HERALD_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let cycles: u64 = std::env::var("HERALD_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut random = Random::from_clock();
@@ -220,7 +253,14 @@ fn log_survives_sigkill_without_losing_acknowledged_events() {
     for cycle in 0..cycles {
         let mut child = ChildGuard(
             Command::new(&exe)
-                .args(["--exact", CHILD_TEST, "--ignored", "--nocapture", "--test-threads", "1"])
+                .args([
+                    "--exact",
+                    CHILD_TEST,
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
                 .env(DIR_VAR, dir.path())
                 .env(CYCLE_VAR, cycle.to_string())
                 .stdout(Stdio::piped())
@@ -235,10 +275,8 @@ fn log_survives_sigkill_without_losing_acknowledged_events() {
             let mut line = String::new();
             // Only whole lines count: a line cut by the kill was never fully acknowledged.
             while stdout.read_line(&mut line).is_ok_and(|n| n > 0) {
-                if let Some(whole) = line.strip_suffix('\n') {
-                    if let Some(parsed) = parse_line(whole) {
-                        let _ = lines_tx.send(parsed);
-                    }
+                if let Some(parsed) = line.strip_suffix('\n').and_then(parse_line) {
+                    let _ = lines_tx.send(parsed);
                 }
                 line.clear();
             }
@@ -249,7 +287,10 @@ fn log_survives_sigkill_without_losing_acknowledged_events() {
         if cycle % 4 == 3 {
             std::thread::sleep(Duration::from_millis(random.below(150)));
         } else {
-            match lines.recv_timeout(Duration::from_secs(30)).expect("child never became ready") {
+            match lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("child never became ready")
+            {
                 ready @ Line::Ready(_) => received.push(ready),
                 _ => panic!("child spoke before it was ready"),
             }
@@ -270,7 +311,9 @@ fn log_survives_sigkill_without_losing_acknowledged_events() {
         let mut acked = Vec::new();
         for line in received {
             match line {
-                Line::Ready(seen) => assert_eq!(seen, previous_last, "the child saw another last id"),
+                Line::Ready(seen) => {
+                    assert_eq!(seen, previous_last, "the child saw another last id")
+                }
                 Line::Ack(id, n) => acked.push((id, n)),
                 Line::Failed(line) => {
                     eprintln!("cycle {cycle}: {line}");
@@ -319,8 +362,10 @@ fn log_survives_sigkill_without_losing_acknowledged_events() {
 
     // Later cycles must not have lost or overwritten what earlier ones acknowledged.
     let log = SledLog::open(&log_config(dir.path())).unwrap();
-    let everything: BTreeMap<EventId, Event> =
-        read_all(&log, None).into_iter().map(|event| (event.id, event)).collect();
+    let everything: BTreeMap<EventId, Event> = read_all(&log, None)
+        .into_iter()
+        .map(|event| (event.id, event))
+        .collect();
     for (id, (cycle, n)) in &all_acked {
         if everything.get(id) != Some(&expected_event(*cycle, *n, *id)) {
             figures.missing += 1;
@@ -339,6 +384,18 @@ fn log_survives_sigkill_without_losing_acknowledged_events() {
         everything.len(),
         started.elapsed()
     );
-    assert_eq!((figures.missing, figures.holes, figures.reused, figures.failed), (0, 0, 0, 0), "{figures:?}");
-    assert!(figures.acknowledged > 0, "no event was acknowledged in {cycles} cycles");
+    assert_eq!(
+        (
+            figures.missing,
+            figures.holes,
+            figures.reused,
+            figures.failed
+        ),
+        (0, 0, 0, 0),
+        "{figures:?}"
+    );
+    assert!(
+        figures.acknowledged > 0,
+        "no event was acknowledged in {cycles} cycles"
+    );
 }

@@ -101,11 +101,17 @@ pub fn decode_event(id: EventId, bytes: &[u8]) -> Result<Event, CodecError> {
     }
     let (record, used): (EventRecord, usize) = bincode::serde::decode_from_slice(body, config())?;
     if used != body.len() {
-        return Err(CodecError::TrailingBytes { extra: body.len() - used });
+        return Err(CodecError::TrailingBytes {
+            extra: body.len() - used,
+        });
     }
     Ok(Event {
         id,
-        target: Target { topics: record.topics, users: record.users, broadcast: record.broadcast },
+        target: Target {
+            topics: record.topics,
+            users: record.users,
+            broadcast: record.broadcast,
+        },
         event_type: record.event_type,
         data: record.data,
     })
@@ -119,7 +125,10 @@ mod tests {
         Event {
             id: EventId::new(1_700_000_000_000, 3),
             target: Target {
-                topics: vec![Topic::new("news/eu").unwrap(), Topic::new("orders").unwrap()],
+                topics: vec![
+                    Topic::new("news/eu").unwrap(),
+                    Topic::new("orders").unwrap(),
+                ],
                 users: vec![UserId::new("alice").unwrap()],
                 broadcast: false,
             },
@@ -148,16 +157,25 @@ mod tests {
             Err(CodecError::UnknownVersion { found: 99 })
         ));
         for cut in 1..bytes.len() {
-            assert!(decode_event(id, &bytes[..cut]).is_err(), "cut at {cut} decoded");
+            assert!(
+                decode_event(id, &bytes[..cut]).is_err(),
+                "cut at {cut} decoded"
+            );
         }
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(decode_event(id, &trailing), Err(CodecError::TrailingBytes { extra: 1 })));
+        assert!(matches!(
+            decode_event(id, &trailing),
+            Err(CodecError::TrailingBytes { extra: 1 })
+        ));
         // A topic name with a control character is refused by Topic's own validation.
         let mut bad_name = bytes.clone();
         let at = bad_name.windows(6).position(|w| w == b"orders").unwrap();
         bad_name[at] = b'\n';
-        assert!(matches!(decode_event(id, &bad_name), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode_event(id, &bad_name),
+            Err(CodecError::Decode(_))
+        ));
     }
 
     #[test]
@@ -165,11 +183,17 @@ mod tests {
         // Version, then a varint length of u64::MAX for the topics list.
         let mut bytes = vec![RECORD_VERSION, 0xFF];
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(decode_event(EventId::MIN, &bytes), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode_event(EventId::MIN, &bytes),
+            Err(CodecError::Decode(_))
+        ));
         // The same for the data string, after an otherwise valid prefix.
         let mut bytes = vec![RECORD_VERSION, 0, 0, 0, 0, 0xFD];
         bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(matches!(decode_event(EventId::MIN, &bytes), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode_event(EventId::MIN, &bytes),
+            Err(CodecError::Decode(_))
+        ));
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct LogMetricsSnapshot {
 impl LogMetricsSnapshot {
     /// Events queued but not yet committed or failed.
     pub fn pending(&self) -> u64 {
-        self.enqueued.saturating_sub(self.committed_events + self.failed_events)
+        self.enqueued
+            .saturating_sub(self.committed_events + self.failed_events)
     }
 }
 
@@ -88,7 +89,9 @@ impl LogMetrics {
             committed_batches: self.committed_batches.load(Ordering::Relaxed),
             failed_events: self.failed_events.load(Ordering::Relaxed),
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
-            last_flush_latency: Duration::from_micros(self.last_flush_micros.load(Ordering::Relaxed)),
+            last_flush_latency: Duration::from_micros(
+                self.last_flush_micros.load(Ordering::Relaxed),
+            ),
             stopped: self.stopped.load(Ordering::Relaxed),
         }
     }
@@ -121,14 +124,21 @@ impl GroupCommitter {
             .name("herald-log-commit".into())
             .spawn(move || run(&*log, &incoming, on_commit, &thread_metrics))
             .expect("the OS refused to start the log commit thread");
-        Self { queue: Some(queue), thread: Some(thread), metrics }
+        Self {
+            queue: Some(queue),
+            thread: Some(thread),
+            metrics,
+        }
     }
 
     /// Queues `event` for the next batch; never blocks. Call in id order.
     pub fn append(&self, event: Arc<Event>) {
         self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
         let id = event.id;
-        let sent = self.queue.as_ref().is_some_and(|queue| queue.send(event).is_ok());
+        let sent = self
+            .queue
+            .as_ref()
+            .is_some_and(|queue| queue.send(event).is_ok());
         if !sent {
             tracing::error!(%id, "the log commit thread is gone; event not stored");
         }
@@ -139,7 +149,7 @@ impl GroupCommitter {
         Arc::clone(&self.metrics)
     }
 
-    /// Commits everything queued, reports it, and stops the thread.
+    /// Commits everything queued, reports it, flushes the log, and stops the thread.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
@@ -147,10 +157,10 @@ impl GroupCommitter {
     fn stop_and_join(&mut self) {
         // Closing the channel lets the thread drain what is queued, then end.
         drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the log commit thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the log commit thread panicked");
         }
     }
 }
@@ -203,20 +213,38 @@ fn run(
         let count_u64 = count as u64;
         let report = match report {
             Ok(flush_latency) => {
-                metrics.committed_events.fetch_add(count_u64, Ordering::Relaxed);
+                metrics
+                    .committed_events
+                    .fetch_add(count_u64, Ordering::Relaxed);
                 metrics.committed_batches.fetch_add(1, Ordering::Relaxed);
                 let micros = u64::try_from(flush_latency.as_micros()).unwrap_or(u64::MAX);
                 metrics.last_flush_micros.store(micros, Ordering::Relaxed);
                 let up_to = batch.last().map_or(EventId::MIN, |event| event.id);
-                CommitReport::Committed { up_to, count, flush_latency }
+                CommitReport::Committed {
+                    up_to,
+                    count,
+                    flush_latency,
+                }
             }
             Err(error) => {
-                metrics.failed_events.fetch_add(count_u64, Ordering::Relaxed);
+                metrics
+                    .failed_events
+                    .fetch_add(count_u64, Ordering::Relaxed);
                 metrics.failed_batches.fetch_add(1, Ordering::Relaxed);
-                CommitReport::Failed { ids: batch.iter().map(|event| event.id).collect(), error }
+                CommitReport::Failed {
+                    ids: batch.iter().map(|event| event.id).collect(),
+                    error,
+                }
             }
         };
         batch.clear();
         on_commit(report);
+    }
+    // The queue is closed and drained. Under `FsyncPolicy::Never` the last batches may still
+    // sit in sled's buffers: make them durable before the process goes.
+    if stopped.is_none()
+        && let Err(error) = log.flush()
+    {
+        tracing::error!(%error, "flushing the event log at shutdown failed");
     }
 }

@@ -129,6 +129,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// How many stored records were skipped (in replay or trimming) because they failed to
     /// decode.
     fn corrupt_records(&self) -> u64;
+
+    /// Makes everything appended so far durable, whatever the [`FsyncPolicy`]; the
+    /// [`GroupCommitter`] calls it when it shuts down.
+    fn flush(&self) -> Result<(), LogError> {
+        Ok(())
+    }
 }
 
 /// Why an append, read or trim failed.

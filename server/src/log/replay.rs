@@ -1,10 +1,10 @@
 //! Reading a page of history for one subscription through the index trees.
 //!
-//! Each part of the subscription is a key range of ids in ascending order: one per exact topic,
-//! one per topic found under a prefix pattern, one for the user, one for broadcasts. A k-way
-//! merge of those ranges yields the matching ids in id order without touching events that do
-//! not match, so 1,000 matching events out of 1,000,000 cost about 1,000 index steps and 1,000
-//! event lookups.
+//! Each part of the subscription is a stream of ids in ascending order, read from one name's
+//! index entries: one per exact topic, one per topic found under a prefix pattern, one for the
+//! user, one for broadcasts. A k-way merge of those streams yields the matching ids in id order
+//! without touching events that do not match, so 1,000 matching events out of 1,000,000 cost
+//! about 1,000 index steps and 1,000 event lookups.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -15,7 +15,7 @@ use super::LogError;
 use super::codec::{self, CodecError};
 use super::sled_log::{id_of_key, index_key};
 
-/// Above this many ranges to merge (a prefix pattern over very many topics), reading the
+/// Above this many streams to merge (a prefix pattern over very many topics), reading the
 /// events tree in id order and filtering is cheaper, and its memory stays bounded: every open
 /// sled iterator holds on to a tree node.
 const MAX_MERGE_SOURCES: usize = 256;
@@ -50,24 +50,78 @@ pub(super) fn read_page(
         page: HistoryPage::default(),
         on_corrupt,
     };
-    match index_ranges(trees, &req.subscription, lo, hi)? {
-        Some(ranges) => merge(trees.events, ranges, &mut page)?,
+    match index_sources(trees, &req.subscription, lo, hi)? {
+        Some(sources) => merge(trees.events, sources, &mut page)?,
         None => scan(trees.events, lo, hi, &mut page)?,
     }
     Ok(page.page)
 }
 
-fn name_range(tree: &sled::Tree, name: &[u8], lo: EventId, hi: EventId) -> sled::Iter {
-    tree.range(index_key(name, lo)..=index_key(name, hi))
+/// One name's index entries (or the broadcasts') from `lo` on, read as a stream of ids.
+struct Source {
+    entries: sled::Iter,
+    ids: sled::IVec,
+    at: usize,
+    lo: EventId,
+    hi: EventId,
+    /// The current entry reaches past `hi`: no later entry is needed.
+    last_entry: bool,
 }
 
-/// The ranges to merge, or `None` when there are too many and a filtered scan is better.
-fn index_ranges(
+impl Source {
+    /// Entries whose last id is at least `lo`: those holding ids in `lo..=hi`, plus at most
+    /// one past `hi`, where the stream stops.
+    fn new(tree: &sled::Tree, name: Option<&[u8]>, lo: EventId, hi: EventId) -> Self {
+        let entries = match name {
+            Some(name) => tree.range(index_key(name, lo)..=index_key(name, EventId::MAX)),
+            None => tree.range(lo.to_bytes()..),
+        };
+        Self {
+            entries,
+            ids: sled::IVec::default(),
+            at: 0,
+            lo,
+            hi,
+            last_entry: false,
+        }
+    }
+
+    fn next_id(&mut self) -> Result<Option<EventId>, LogError> {
+        loop {
+            while let Some(bytes) = self.ids.get(self.at..self.at + 16) {
+                self.at += 16;
+                match EventId::from_bytes(bytes) {
+                    Some(id) if id < self.lo => continue,
+                    Some(id) if id <= self.hi => return Ok(Some(id)),
+                    _ => return Ok(None),
+                }
+            }
+            if self.last_entry {
+                return Ok(None);
+            }
+            let Some(item) = self.entries.next() else {
+                return Ok(None);
+            };
+            let (key, ids) = item?;
+            if ids.len() % 16 != 0 {
+                // Not a list this log writes: its ids cannot be trusted, so skip the entry.
+                tracing::warn!(key = ?key, "skipping a malformed index entry");
+                continue;
+            }
+            self.last_entry = id_of_key(&key).is_none_or(|last| last >= self.hi);
+            self.ids = ids;
+            self.at = 0;
+        }
+    }
+}
+
+/// The sources to merge, or `None` when there are too many and a filtered scan is better.
+fn index_sources(
     trees: &Trees<'_>,
     subscription: &Subscription,
     lo: EventId,
     hi: EventId,
-) -> Result<Option<Vec<sled::Iter>>, LogError> {
+) -> Result<Option<Vec<Source>>, LogError> {
     // A set, because `news/*` and `news/eu` name the same topic twice.
     let mut topics: BTreeSet<Vec<u8>> = BTreeSet::new();
     for pattern in &subscription.patterns {
@@ -85,13 +139,20 @@ fn index_ranges(
             return Ok(None);
         }
     }
-    let mut ranges: Vec<sled::Iter> =
-        topics.iter().map(|topic| name_range(trees.by_topic, topic, lo, hi)).collect();
+    let mut sources: Vec<Source> = topics
+        .iter()
+        .map(|topic| Source::new(trees.by_topic, Some(topic), lo, hi))
+        .collect();
     if let Some(user) = &subscription.user {
-        ranges.push(name_range(trees.by_user, user.as_str().as_bytes(), lo, hi));
+        sources.push(Source::new(
+            trees.by_user,
+            Some(user.as_str().as_bytes()),
+            lo,
+            hi,
+        ));
     }
-    ranges.push(trees.broadcast.range(lo.to_bytes()..=hi.to_bytes()));
-    Ok(Some(ranges))
+    sources.push(Source::new(trees.broadcast, None, lo, hi));
+    Ok(Some(sources))
 }
 
 /// Adds every topic under `prefix` to `topics`, one seek per distinct topic (each seek jumps
@@ -131,31 +192,21 @@ fn topics_under(
     }
 }
 
-fn next_id(range: &mut sled::Iter) -> Result<Option<EventId>, LogError> {
-    for item in range {
-        let (key, _) = item?;
-        if let Some(id) = id_of_key(&key) {
-            return Ok(Some(id));
-        }
-    }
-    Ok(None)
-}
-
-/// Merges the ranges in id order, reading each distinct id once.
+/// Merges the sources in id order, reading each distinct id once.
 fn merge(
     events: &sled::Tree,
-    mut ranges: Vec<sled::Iter>,
+    mut sources: Vec<Source>,
     page: &mut Collector<'_, '_>,
 ) -> Result<(), LogError> {
-    let mut heap = BinaryHeap::with_capacity(ranges.len());
-    for (source, range) in ranges.iter_mut().enumerate() {
-        if let Some(id) = next_id(range)? {
-            heap.push(Reverse((id, source)));
+    let mut heap = BinaryHeap::with_capacity(sources.len());
+    for (index, source) in sources.iter_mut().enumerate() {
+        if let Some(id) = source.next_id()? {
+            heap.push(Reverse((id, index)));
         }
     }
     let mut previous = None;
     while let Some(Reverse((id, source))) = heap.pop() {
-        if let Some(next) = next_id(&mut ranges[source])? {
+        if let Some(next) = sources[source].next_id()? {
             heap.push(Reverse((next, source)));
         }
         if previous == Some(id) {
@@ -163,7 +214,9 @@ fn merge(
         }
         previous = Some(id);
         // Missing: trimmed since the index was read. Skip it.
-        let Some(value) = events.get(id.to_bytes())? else { continue };
+        let Some(value) = events.get(id.to_bytes())? else {
+            continue;
+        };
         if page.offer(id, &value) == Offer::Full {
             break;
         }
@@ -180,7 +233,9 @@ fn scan(
 ) -> Result<(), LogError> {
     for item in events.range(lo.to_bytes()..=hi.to_bytes()) {
         let (key, value) = item?;
-        let Some(id) = EventId::from_bytes(&key) else { continue };
+        let Some(id) = EventId::from_bytes(&key) else {
+            continue;
+        };
         if page.offer(id, &value) == Offer::Full {
             break;
         }

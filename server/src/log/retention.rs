@@ -97,7 +97,10 @@ impl Trimmer {
                 }
             })
             .expect("the OS refused to start the log trimming thread");
-        Self { stop, thread: Some(thread) }
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Stops the thread after its current step and waits for it.
@@ -109,10 +112,10 @@ impl Trimmer {
         let (flag, wake) = &*self.stop;
         *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
         wake.notify_all();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the log trimming thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the log trimming thread panicked");
         }
     }
 }

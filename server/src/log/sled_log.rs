@@ -2,15 +2,22 @@
 //!
 //! Layout (format version [`LAYOUT_VERSION`], stored in the meta tree):
 //! - `events`: `EventId::to_bytes()` → [`codec`] record. Key order is id order.
-//! - `by_topic`: topic, `0x00`, id → empty. Topic names never hold NUL, so one topic's keys
-//!   are contiguous and sorted by id, and a prefix pattern is a contiguous key range.
-//! - `by_user`: user, `0x00`, id → empty (same shape).
-//! - `broadcast`: id → empty.
+//! - `by_topic`: topic, `0x00`, id → ids. One entry per topic per appended batch: the value
+//!   packs the batch's ids for that topic (16 bytes each, ascending), the key ends with the
+//!   last of them. Topic names never hold NUL, so one topic's entries are contiguous and in id
+//!   order, and a prefix pattern is a contiguous key range.
+//! - `by_user`: user, `0x00`, id → ids (same shape).
+//! - `broadcast`: id → ids (the batch's broadcasts).
 //! - `meta`: layout version, retention floor, event and byte totals.
+//!
+//! Packing a batch's index entries into one value per name halves the sled inserts of an
+//! append (sled's per-key cost dominates a group commit), while a replay still reads only the
+//! entries of the names it asks for.
 //!
 //! Every append and trim is one sled transaction over all five trees, so a crash leaves either
 //! all of a batch (event, its index entries, the totals) or none of it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,7 +144,9 @@ pub struct SledLog {
 
 impl std::fmt::Debug for SledLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledLog").field("db_path", &self.db_path).finish_non_exhaustive()
+        f.debug_struct("SledLog")
+            .field("db_path", &self.db_path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -156,7 +165,7 @@ pub(super) fn index_key(name: &[u8], id: EventId) -> Vec<u8> {
     key
 }
 
-/// The id at the end of an index key (or an events key).
+/// The id at the end of an index key, an events key, or a packed list of ids.
 pub(super) fn id_of_key(key: &[u8]) -> Option<EventId> {
     let start = key.len().checked_sub(16)?;
     EventId::from_bytes(&key[start..])
@@ -172,13 +181,18 @@ impl SledLog {
     /// Opens (or creates) the log in `config.data_dir`, recovering after a crash.
     pub fn open(config: &LogConfig) -> Result<Self, OpenError> {
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| OpenError::CreateDir { dir: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::CreateDir {
+            dir: dir.clone(),
+            source,
+        })?;
         let storage = |source: sled::Error| {
             if is_locked(&source) {
                 OpenError::Locked { dir: dir.clone() }
             } else {
-                OpenError::Storage { dir: dir.clone(), source }
+                OpenError::Storage {
+                    dir: dir.clone(),
+                    source,
+                }
             }
         };
         let db = sled::Config::new()
@@ -193,7 +207,10 @@ impl SledLog {
         let broadcast = db.open_tree("broadcast").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
 
-        let corrupt_meta = |what| OpenError::CorruptMeta { dir: dir.clone(), what };
+        let corrupt_meta = |what| OpenError::CorruptMeta {
+            dir: dir.clone(),
+            what,
+        };
         match meta.get(META_LAYOUT).map_err(storage)? {
             Some(v) => {
                 let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| corrupt_meta("layout"))?;
@@ -203,7 +220,8 @@ impl SledLog {
                 }
             }
             None => {
-                meta.insert(META_LAYOUT, &LAYOUT_VERSION.to_be_bytes()).map_err(storage)?;
+                meta.insert(META_LAYOUT, &LAYOUT_VERSION.to_be_bytes())
+                    .map_err(storage)?;
                 db.flush().map_err(storage)?;
             }
         }
@@ -216,7 +234,9 @@ impl SledLog {
             None => (0, 0),
         };
         let newest = match events.last().map_err(storage)? {
-            Some((key, _)) => Some(EventId::from_bytes(&key).ok_or_else(|| corrupt_meta("events key"))?),
+            Some((key, _)) => {
+                Some(EventId::from_bytes(&key).ok_or_else(|| corrupt_meta("events key"))?)
+            }
             None => None,
         };
         let totals = Totals {
@@ -255,16 +275,23 @@ impl SledLog {
 
     fn sync(&self) -> Result<(), LogError> {
         self.db.flush()?;
-        self.db_file
-            .sync_data()
-            .map_err(|source| LogError::Sync { path: self.db_path.clone(), source })
+        self.db_file.sync_data().map_err(|source| LogError::Sync {
+            path: self.db_path.clone(),
+            source,
+        })
     }
 
     /// Applies one write as a single sled transaction over every tree.
     fn commit(&self, writes: &Writes, totals: &Totals) -> Result<(), LogError> {
         let counts = totals.encode_counts();
         let floor = totals.floor.map(EventId::to_bytes);
-        let trees = (&self.events, &self.by_topic, &self.by_user, &self.broadcast, &self.meta);
+        let trees = (
+            &self.events,
+            &self.by_topic,
+            &self.by_user,
+            &self.broadcast,
+            &self.meta,
+        );
         trees
             .transaction(|(events, by_topic, by_user, broadcast, meta)| {
                 events.apply_batch(&writes.events)?;
@@ -291,6 +318,39 @@ impl SledLog {
         tracing::warn!(key = %id, %error, "skipping a log record that fails to decode during {during}");
     }
 
+    /// Removes the index entries that hold only ids at or below `floor`. Trimming goes oldest
+    /// first, so those are exactly the entries all of whose events are gone; an entry that
+    /// straddles the floor stays until a later step passes its last id (reads never look at or
+    /// below the floor).
+    fn remove_index_entries(
+        &self,
+        names: &TrimmedNames,
+        floor: EventId,
+        writes: &mut Writes,
+    ) -> Result<(), LogError> {
+        for (tree, batch, names) in [
+            (&self.by_topic, &mut writes.by_topic, &names.topics),
+            (&self.by_user, &mut writes.by_user, &names.users),
+        ] {
+            for name in names {
+                for item in tree.range(index_key(name, EventId::MIN)..=index_key(name, floor)) {
+                    let (key, _) = item?;
+                    batch.remove(key);
+                }
+            }
+        }
+        if names.broadcast {
+            for item in self
+                .broadcast
+                .range(EventId::MIN.to_bytes()..=floor.to_bytes())
+            {
+                let (key, _) = item?;
+                writes.broadcast.remove(key);
+            }
+        }
+        Ok(())
+    }
+
     /// How long ago (in ms of id time) events expire, saturating for absurd durations.
     fn max_age_ms(&self) -> u64 {
         u64::try_from(self.retention.max_age.as_millis()).unwrap_or(u64::MAX)
@@ -307,24 +367,88 @@ struct Writes {
 }
 
 impl Writes {
-    fn index(&mut self, event: &Event, insert: bool) {
-        let id = event.id;
-        let put = |batch: &mut sled::Batch, key: Vec<u8>| {
-            if insert {
-                batch.insert(key, &[][..]);
-            } else {
-                batch.remove(key);
+    fn apply_index(&mut self, index: &BatchIndex) {
+        for (batch, entries) in [
+            (&mut self.by_topic, &index.by_topic),
+            (&mut self.by_user, &index.by_user),
+        ] {
+            for (name, ids) in entries {
+                if let Some(last) = id_of_key(ids) {
+                    batch.insert(index_key(name, last), &ids[..]);
+                }
             }
-        };
+        }
+        if let Some(last) = id_of_key(&index.broadcast) {
+            self.broadcast
+                .insert(&last.to_bytes()[..], &index.broadcast[..]);
+        }
+    }
+}
+
+/// The index entries of one appended batch: per name, its ids packed in ascending order.
+#[derive(Default)]
+struct BatchIndex {
+    by_topic: BTreeMap<Vec<u8>, Vec<u8>>,
+    by_user: BTreeMap<Vec<u8>, Vec<u8>>,
+    broadcast: Vec<u8>,
+}
+
+fn push_id(ids: &mut Vec<u8>, id: EventId) {
+    // A target naming the same topic twice is indexed once.
+    if id_of_key(ids) != Some(id) {
+        ids.extend_from_slice(&id.to_bytes());
+    }
+}
+
+impl BatchIndex {
+    fn add(&mut self, event: &Event) {
         for topic in &event.target.topics {
-            put(&mut self.by_topic, index_key(topic.as_str().as_bytes(), id));
+            push_id(
+                self.by_topic
+                    .entry(topic.as_str().as_bytes().to_vec())
+                    .or_default(),
+                event.id,
+            );
         }
         for user in &event.target.users {
-            put(&mut self.by_user, index_key(user.as_str().as_bytes(), id));
+            push_id(
+                self.by_user
+                    .entry(user.as_str().as_bytes().to_vec())
+                    .or_default(),
+                event.id,
+            );
         }
         if event.target.broadcast {
-            put(&mut self.broadcast, id.to_bytes().to_vec());
+            push_id(&mut self.broadcast, event.id);
         }
+    }
+}
+
+/// The names whose index entries a trim step must visit.
+#[derive(Default)]
+struct TrimmedNames {
+    topics: BTreeSet<Vec<u8>>,
+    users: BTreeSet<Vec<u8>>,
+    broadcast: bool,
+}
+
+impl TrimmedNames {
+    fn add(&mut self, event: &Event) {
+        self.topics.extend(
+            event
+                .target
+                .topics
+                .iter()
+                .map(|t| t.as_str().as_bytes().to_vec()),
+        );
+        self.users.extend(
+            event
+                .target
+                .users
+                .iter()
+                .map(|u| u.as_str().as_bytes().to_vec()),
+        );
+        self.broadcast |= event.target.broadcast;
     }
 }
 
@@ -340,27 +464,26 @@ impl EventLog for SledLog {
         let _writer = lock(&self.writer);
         let mut totals = *lock(&self.totals);
         let mut writes = Writes::default();
+        let mut index = BatchIndex::default();
         for event in batch {
             if let Some(last) = totals.last.filter(|last| event.id <= *last) {
                 return Err(LogError::OutOfOrder { id: event.id, last });
             }
-            let value = codec::encode_event(event)
-                .map_err(|source| LogError::Encode { id: event.id, source })?;
+            let value = codec::encode_event(event).map_err(|source| LogError::Encode {
+                id: event.id,
+                source,
+            })?;
             let key = event.id.to_bytes();
             totals.bytes += stored_size(&key, &value);
             totals.events += 1;
             totals.last = Some(event.id);
             writes.events.insert(&key[..], value);
-            writes.index(event, true);
+            index.add(event);
         }
-        let t1 = std::time::Instant::now();
+        writes.apply_index(&index);
         self.commit(&writes, &totals)?;
-        let t2 = std::time::Instant::now();
         if self.fsync == FsyncPolicy::EveryBatch {
-            self.db.flush()?;
-            let t3 = std::time::Instant::now();
-            self.db_file.sync_data().map_err(|source| LogError::Sync { path: self.db_path.clone(), source })?;
-            if batch.len() > 100 { eprintln!("n={} commit={:?} flush={:?} fsync={:?}", batch.len(), t2 - t1, t3 - t2, t3.elapsed()); }
+            self.sync()?;
         }
         *lock(&self.totals) = totals;
         Ok(())
@@ -393,7 +516,12 @@ impl EventLog for SledLog {
                 None
             }
         };
-        LogBounds { oldest, floor: totals.floor, events: totals.events, bytes: totals.bytes }
+        LogBounds {
+            oldest,
+            floor: totals.floor,
+            events: totals.events,
+            bytes: totals.bytes,
+        }
     }
 
     fn trim(&self, now_wall_ms: u64, max_step: usize) -> Result<TrimReport, LogError> {
@@ -402,6 +530,7 @@ impl EventLog for SledLog {
         let expired_below = now_wall_ms.saturating_sub(self.max_age_ms());
         let limits = self.retention;
         let mut writes = Writes::default();
+        let mut names = TrimmedNames::default();
         let mut report = TrimReport::default();
         for item in self.events.iter() {
             let (key, value) = item?;
@@ -421,9 +550,9 @@ impl EventLog for SledLog {
             }
             writes.events.remove(&key[..]);
             match codec::decode_event(id, &value) {
-                Ok(event) => writes.index(&event, false),
-                // Its index entries cannot be found without its targets; they stay behind,
-                // below the floor where replay never looks.
+                Ok(event) => names.add(&event),
+                // Without its targets its index entries cannot be found; those it alone holds
+                // stay behind, below the floor where replay never looks.
                 Err(error) => self.record_corrupt(id, &error, "trimming"),
             }
             let size = stored_size(&key, &value);
@@ -433,7 +562,8 @@ impl EventLog for SledLog {
             report.removed += 1;
             report.bytes += size;
         }
-        if report.removed > 0 {
+        if let (true, Some(floor)) = (report.removed > 0, totals.floor) {
+            self.remove_index_entries(&names, floor, &mut writes)?;
             self.commit(&writes, &totals)?;
             *lock(&self.totals) = totals;
         }
@@ -443,5 +573,9 @@ impl EventLog for SledLog {
 
     fn corrupt_records(&self) -> u64 {
         self.corrupt.load(Ordering::Relaxed)
+    }
+
+    fn flush(&self) -> Result<(), LogError> {
+        self.sync()
     }
 }

@@ -27,12 +27,18 @@ fn id(n: u64) -> EventId {
 }
 
 fn config(dir: &std::path::Path) -> LogConfig {
-    LogConfig { data_dir: dir.to_path_buf(), ..LogConfig::default() }
+    LogConfig {
+        data_dir: dir.to_path_buf(),
+        ..LogConfig::default()
+    }
 }
 
 fn subscription(patterns: &[&str], user: Option<&str>) -> Subscription {
     Subscription {
-        patterns: patterns.iter().map(|p| TopicPattern::parse(p).unwrap()).collect(),
+        patterns: patterns
+            .iter()
+            .map(|p| TopicPattern::parse(p).unwrap())
+            .collect(),
         user: user.map(|u| UserId::new(u).unwrap()),
     }
 }
@@ -53,8 +59,8 @@ fn ids(page: &HistoryPage) -> Vec<u64> {
 }
 
 /// Events 1..=12: topics a, b, news/eu, news/us, user alice or bob, every 6th broadcast.
-fn mixed_log(log: &SledLog) {
-    let batch: Vec<Arc<Event>> = (1..=12)
+fn mixed_events() -> Vec<Arc<Event>> {
+    (1..=12)
         .map(|n| match n % 6 {
             0 => event(n, &[], &[], true),
             1 => event(n, &["a"], &[], false),
@@ -63,8 +69,11 @@ fn mixed_log(log: &SledLog) {
             4 => event(n, &["news/us", "a"], &["alice"], false),
             _ => event(n, &[], &["bob"], false),
         })
-        .collect();
-    log.append(&batch).unwrap();
+        .collect()
+}
+
+fn mixed_log(log: &SledLog) {
+    log.append(&mixed_events()).unwrap();
 }
 
 #[test]
@@ -73,13 +82,21 @@ fn appended_events_read_back_in_order_with_their_data() {
     let log = SledLog::open(&config(dir.path())).unwrap();
     assert_eq!(log.last_id(), None);
     mixed_log(&log);
-    let page = log.read(&request(None, subscription(&["*"], Some("alice")))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["*"], Some("alice"))))
+        .unwrap();
     assert_eq!(ids(&page), vec![1, 2, 3, 4, 6, 7, 8, 9, 10, 12]);
-    assert_eq!(page.events[3], *event(4, &["news/us", "a"], &["alice"], false));
+    assert_eq!(
+        page.events[3],
+        *event(4, &["news/us", "a"], &["alice"], false)
+    );
     assert!(!page.more);
     assert_eq!(log.last_id(), Some(id(12)));
     let bounds = log.bounds();
-    assert_eq!((bounds.oldest, bounds.floor, bounds.events), (Some(id(1)), None, 12));
+    assert_eq!(
+        (bounds.oldest, bounds.floor, bounds.events),
+        (Some(id(1)), None, 12)
+    );
     assert!(bounds.bytes > 12 * 16);
 }
 
@@ -88,11 +105,17 @@ fn exact_topics_replay_only_their_events_and_broadcasts() {
     let dir = tempfile::tempdir().unwrap();
     let log = SledLog::open(&config(dir.path())).unwrap();
     mixed_log(&log);
-    let page = log.read(&request(None, subscription(&["a"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["a"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![1, 4, 6, 7, 10, 12]);
-    let page = log.read(&request(Some(id(4)), subscription(&["a", "b"], None))).unwrap();
+    let page = log
+        .read(&request(Some(id(4)), subscription(&["a", "b"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![6, 7, 8, 10, 12]);
-    let page = log.read(&request(None, subscription(&["nothing"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["nothing"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![6, 12]);
 }
 
@@ -101,14 +124,25 @@ fn prefix_patterns_replay_every_topic_under_the_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let log = SledLog::open(&config(dir.path())).unwrap();
     mixed_log(&log);
-    let page = log.read(&request(None, subscription(&["news/*"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["news/*"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![3, 4, 6, 9, 10, 12]);
     // Overlapping patterns name each event once.
-    let page = log.read(&request(None, subscription(&["news/*", "news/eu", "a"], None))).unwrap();
+    let page = log
+        .read(&request(
+            None,
+            subscription(&["news/*", "news/eu", "a"], None),
+        ))
+        .unwrap();
     assert_eq!(ids(&page), vec![1, 3, 4, 6, 7, 9, 10, 12]);
-    let page = log.read(&request(None, subscription(&["*"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["*"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![1, 2, 3, 4, 6, 7, 8, 9, 10, 12]);
-    let page = log.read(&request(None, subscription(&["new/*"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["new/*"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![6, 12]);
 }
 
@@ -117,12 +151,18 @@ fn user_replay_reads_the_users_own_events_and_broadcasts() {
     let dir = tempfile::tempdir().unwrap();
     let log = SledLog::open(&config(dir.path())).unwrap();
     mixed_log(&log);
-    let page = log.read(&request(None, subscription(&[], Some("bob")))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&[], Some("bob"))))
+        .unwrap();
     assert_eq!(ids(&page), vec![5, 6, 11, 12]);
-    let page = log.read(&request(None, subscription(&[], Some("carol")))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&[], Some("carol"))))
+        .unwrap();
     assert_eq!(ids(&page), vec![6, 12]);
     // `alice` is a prefix of no other user here, but `bo` must not match `bob`'s entries.
-    let page = log.read(&request(None, subscription(&[], Some("bo")))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&[], Some("bo"))))
+        .unwrap();
     assert_eq!(ids(&page), vec![6, 12]);
 }
 
@@ -185,15 +225,23 @@ fn very_many_topics_under_a_prefix_give_the_same_answer_by_scanning() {
     let names: Vec<String> = (0..300).map(|n| format!("t/{n}")).collect();
     let batch: Vec<Arc<Event>> = (1..=600)
         .map(|n| {
-            let topic = if n % 3 == 0 { "other".to_owned() } else { names[n as usize % 300].clone() };
+            let topic = if n % 3 == 0 {
+                "other".to_owned()
+            } else {
+                names[n as usize % 300].clone()
+            };
             event(n, &[&topic], &[], false)
         })
         .collect();
     log.append(&batch).unwrap();
-    let page = log.read(&request(None, subscription(&["t/*"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["t/*"], None)))
+        .unwrap();
     let expected: Vec<u64> = (1..=600).filter(|n| n % 3 != 0).collect();
     assert_eq!(ids(&page), expected);
-    let page = log.read(&request(Some(id(590)), subscription(&["t/*"], None))).unwrap();
+    let page = log
+        .read(&request(Some(id(590)), subscription(&["t/*"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![592, 593, 595, 596, 598, 599]);
 }
 
@@ -208,7 +256,12 @@ fn appends_must_ascend_and_a_refused_batch_writes_nothing() {
     let err = log.append(&[event(5, &["a"], &[], false)]);
     assert!(matches!(err, Err(LogError::OutOfOrder { .. })));
     assert_eq!(log.last_id(), Some(id(5)));
-    assert_eq!(ids(&log.read(&request(None, subscription(&["a"], None))).unwrap()), vec![5]);
+    assert_eq!(
+        ids(&log
+            .read(&request(None, subscription(&["a"], None)))
+            .unwrap()),
+        vec![5]
+    );
     assert_eq!(log.bounds().events, 1);
 }
 
@@ -216,35 +269,55 @@ fn appends_must_ascend_and_a_refused_batch_writes_nothing() {
 fn reopening_keeps_the_events_last_id_totals_and_floor() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig {
-        retention: Retention { max_events: 4, ..Retention::default() },
+        retention: Retention {
+            max_events: 4,
+            ..Retention::default()
+        },
         ..config(dir.path())
     };
     let before = {
         let log = SledLog::open(&cfg).unwrap();
         mixed_log(&log);
         let report = log.trim(0, 100).unwrap();
-        assert_eq!((report.removed, report.floor, report.more), (8, Some(id(8)), false));
+        assert_eq!(
+            (report.removed, report.floor, report.more),
+            (8, Some(id(8)), false)
+        );
         log.bounds()
     };
     assert_eq!(before.events, 4);
     let log = SledLog::open(&cfg).unwrap();
     assert_eq!(log.bounds(), before);
     assert_eq!(log.last_id(), Some(id(12)));
-    assert_eq!(ids(&log.read(&request(None, subscription(&["*"], None))).unwrap()), vec![9, 10, 12]);
+    assert_eq!(
+        ids(&log
+            .read(&request(None, subscription(&["*"], None)))
+            .unwrap()),
+        vec![9, 10, 12]
+    );
 }
 
 #[test]
 fn the_last_id_survives_trimming_everything() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig {
-        retention: Retention { max_events: 0, ..Retention::default() },
+        retention: Retention {
+            max_events: 0,
+            ..Retention::default()
+        },
         ..config(dir.path())
     };
     {
         let log = SledLog::open(&cfg).unwrap();
         mixed_log(&log);
         log.trim(0, 100).unwrap();
-        assert_eq!(log.bounds(), LogBounds { floor: Some(id(12)), ..LogBounds::default() });
+        assert_eq!(
+            log.bounds(),
+            LogBounds {
+                floor: Some(id(12)),
+                ..LogBounds::default()
+            }
+        );
     }
     let log = SledLog::open(&cfg).unwrap();
     assert_eq!(log.last_id(), Some(id(12)));
@@ -256,26 +329,106 @@ fn the_last_id_survives_trimming_everything() {
 fn trimming_by_count_goes_in_bounded_steps_and_takes_index_entries_along() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig {
-        retention: Retention { max_events: 5, ..Retention::default() },
+        retention: Retention {
+            max_events: 5,
+            ..Retention::default()
+        },
         ..config(dir.path())
     };
     let log = SledLog::open(&cfg).unwrap();
     mixed_log(&log);
     let step = log.trim(0, 3).unwrap();
-    assert_eq!((step.removed, step.floor, step.more), (3, Some(id(3)), true));
+    assert_eq!(
+        (step.removed, step.floor, step.more),
+        (3, Some(id(3)), true)
+    );
     let step = log.trim(0, 3).unwrap();
-    assert_eq!((step.removed, step.floor, step.more), (3, Some(id(6)), true));
+    assert_eq!(
+        (step.removed, step.floor, step.more),
+        (3, Some(id(6)), true)
+    );
     let step = log.trim(0, 3).unwrap();
-    assert_eq!((step.removed, step.floor, step.more), (1, Some(id(7)), false));
+    assert_eq!(
+        (step.removed, step.floor, step.more),
+        (1, Some(id(7)), false)
+    );
     let step = log.trim(0, 3).unwrap();
-    assert_eq!((step.removed, step.floor, step.more), (0, Some(id(7)), false));
+    assert_eq!(
+        (step.removed, step.floor, step.more),
+        (0, Some(id(7)), false)
+    );
     assert_eq!(log.bounds().oldest, Some(id(8)));
     assert_eq!(log.bounds().events, 5);
-    // Index entries went with their events: only those of 8..=12 remain (10 has three).
-    assert_eq!(log.by_topic.len() + log.by_user.len() + log.broadcast.len(), 7);
-    assert_eq!(ids(&log.read(&request(None, subscription(&["*"], Some("bob")))).unwrap()), vec![
-        8, 9, 10, 11, 12
-    ]);
+    assert_eq!(
+        ids(&log
+            .read(&request(None, subscription(&["*"], Some("bob"))))
+            .unwrap()),
+        vec![8, 9, 10, 11, 12]
+    );
+}
+
+fn index_entries(log: &SledLog) -> usize {
+    log.by_topic.len() + log.by_user.len() + log.broadcast.len()
+}
+
+#[test]
+fn index_entries_go_with_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let retain = |max_events| LogConfig {
+        retention: Retention {
+            max_events,
+            ..Retention::default()
+        },
+        ..config(dir.path())
+    };
+    {
+        let log = SledLog::open(&retain(5)).unwrap();
+        // One batch per event: one index entry per name per event.
+        for event in mixed_events() {
+            log.append(&[event]).unwrap();
+        }
+        assert_eq!(index_entries(&log), 16);
+        log.trim(0, 100).unwrap();
+        // Only the entries of events 8..=12 remain (event 10 has three).
+        assert_eq!(index_entries(&log), 7);
+    }
+    {
+        let log = SledLog::open(&retain(0)).unwrap();
+        log.trim(0, 100).unwrap();
+        assert_eq!(index_entries(&log), 0);
+        assert_eq!(log.bounds().events, 0);
+    }
+}
+
+#[test]
+fn one_batch_shares_index_entries_that_stay_until_their_last_event_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention: Retention {
+            max_events: 3,
+            ..Retention::default()
+        },
+        ..config(dir.path())
+    };
+    let log = SledLog::open(&cfg).unwrap();
+    mixed_log(&log);
+    // a, b, news/eu, news/us, alice, bob, broadcast: one entry each for the whole batch.
+    assert_eq!(index_entries(&log), 7);
+    log.trim(0, 100).unwrap();
+    // 10..=12 remain: the entries of a, news/us, alice (10), bob (11), broadcast (12).
+    assert_eq!(index_entries(&log), 5);
+    assert_eq!(
+        ids(&log
+            .read(&request(None, subscription(&["*"], Some("bob"))))
+            .unwrap()),
+        vec![10, 11, 12]
+    );
+    assert_eq!(
+        ids(&log
+            .read(&request(None, subscription(&["b"], None)))
+            .unwrap()),
+        vec![12]
+    );
 }
 
 #[test]
@@ -301,7 +454,10 @@ fn trimming_by_age_and_bytes() {
         log.bounds().bytes / log.bounds().events
     };
     let cfg = LogConfig {
-        retention: Retention { max_bytes: bytes_each * 4, ..Retention::default() },
+        retention: Retention {
+            max_bytes: bytes_each * 4,
+            ..Retention::default()
+        },
         ..config(dir.path())
     };
     let log = SledLog::open(&cfg).unwrap();
@@ -314,7 +470,10 @@ fn trimming_by_age_and_bytes() {
 fn a_corrupt_record_is_skipped_counted_and_still_trimmed() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig {
-        retention: Retention { max_events: 10, ..Retention::default() },
+        retention: Retention {
+            max_events: 10,
+            ..Retention::default()
+        },
         ..config(dir.path())
     };
     let log = SledLog::open(&cfg).unwrap();
@@ -322,13 +481,21 @@ fn a_corrupt_record_is_skipped_counted_and_still_trimmed() {
     // Damage event 1 (topic a) and event 7 (topic a): a length prefix claiming 2^40 bytes.
     let mut garbage = vec![codec::RECORD_VERSION, 0xFD];
     garbage.extend_from_slice(&(1u64 << 40).to_le_bytes());
-    log.events.insert(id(1).to_bytes(), garbage.clone()).unwrap();
-    log.events.insert(id(7).to_bytes(), &b"\x01\xff"[..]).unwrap();
+    log.events
+        .insert(id(1).to_bytes(), garbage.clone())
+        .unwrap();
+    log.events
+        .insert(id(7).to_bytes(), &b"\x01\xff"[..])
+        .unwrap();
 
-    let page = log.read(&request(None, subscription(&["a"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["a"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![4, 6, 10, 12]);
     assert_eq!(log.corrupt_records(), 2);
-    let page = log.read(&request(None, subscription(&["*"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["*"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![2, 3, 4, 6, 8, 9, 10, 12]);
     assert_eq!(log.corrupt_records(), 4);
 
@@ -337,7 +504,9 @@ fn a_corrupt_record_is_skipped_counted_and_still_trimmed() {
     assert_eq!(log.corrupt_records(), 5);
     assert_eq!(log.bounds().oldest, Some(id(3)));
     // Event 1's index entry is left behind, but below the floor where replay never looks.
-    let page = log.read(&request(None, subscription(&["a"], None))).unwrap();
+    let page = log
+        .read(&request(None, subscription(&["a"], None)))
+        .unwrap();
     assert_eq!(ids(&page), vec![4, 6, 10, 12]);
     assert_eq!(log.corrupt_records(), 6);
 }
@@ -348,7 +517,10 @@ fn a_data_dir_in_use_is_a_clear_error() {
     let _log = SledLog::open(&config(dir.path())).unwrap();
     let err = SledLog::open(&config(dir.path())).unwrap_err();
     assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
-    assert!(err.to_string().contains("in use by another herald process"), "{err}");
+    assert!(
+        err.to_string().contains("in use by another herald process"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -356,11 +528,16 @@ fn a_data_dir_of_another_format_version_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = SledLog::open(&config(dir.path())).unwrap();
-        log.meta.insert("layout_version", &99u32.to_be_bytes()).unwrap();
+        log.meta
+            .insert("layout_version", &99u32.to_be_bytes())
+            .unwrap();
         log.meta.flush().unwrap();
     }
     let err = SledLog::open(&config(dir.path())).unwrap_err();
-    assert!(matches!(err, OpenError::FormatVersion { found: 99, .. }), "{err:?}");
+    assert!(
+        matches!(err, OpenError::FormatVersion { found: 99, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("format version 99"), "{err}");
 }
 
@@ -389,7 +566,10 @@ fn the_group_committer_batches_appends_and_reports_them_in_order() {
     }
     assert_eq!(next, 501);
     let snapshot = metrics.snapshot();
-    assert_eq!((snapshot.committed_events, snapshot.committed_batches), (500, batches));
+    assert_eq!(
+        (snapshot.committed_events, snapshot.committed_batches),
+        (500, batches)
+    );
     assert_eq!(snapshot.pending(), 0);
     assert_eq!(log.bounds().events, 500);
 }
@@ -409,7 +589,10 @@ impl EventLog for FailingLog {
                 source: std::io::Error::other("disk on fire"),
             })
         } else {
-            Err(LogError::OutOfOrder { id: batch[0].id, last: EventId::MAX })
+            Err(LogError::OutOfOrder {
+                id: batch[0].id,
+                last: EventId::MAX,
+            })
         }
     }
     fn read(&self, _: &HistoryRequest) -> Result<HistoryPage, LogError> {
@@ -432,7 +615,10 @@ impl EventLog for FailingLog {
 #[test]
 fn after_a_storage_failure_nothing_more_is_acknowledged() {
     for fatal in [true, false] {
-        let log = Arc::new(FailingLog { fatal, calls: Mutex::new(0) });
+        let log = Arc::new(FailingLog {
+            fatal,
+            calls: Mutex::new(0),
+        });
         let (reports, received) = mpsc::channel();
         let committer = GroupCommitter::start(log.clone(), move |report| {
             reports.send(report).unwrap();
@@ -445,7 +631,9 @@ fn after_a_storage_failure_nothing_more_is_acknowledged() {
         let metrics = committer.metrics();
         committer.shutdown();
         let second = received.recv_timeout(Duration::from_secs(10)).unwrap();
-        let CommitReport::Failed { ids, error } = second else { panic!("{second:?}") };
+        let CommitReport::Failed { ids, error } = second else {
+            panic!("{second:?}")
+        };
         assert_eq!(ids, vec![id(2)]);
         // A fatal failure stops the committer: the second batch is not even tried.
         assert_eq!(*log.calls.lock().unwrap(), if fatal { 1 } else { 2 });
@@ -460,7 +648,11 @@ fn the_trimmer_keeps_the_log_within_its_limits_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig {
         // The test ids are from 1970: only the count limit should apply.
-        retention: Retention { max_events: 3, max_age: Duration::MAX, ..Retention::default() },
+        retention: Retention {
+            max_events: 3,
+            max_age: Duration::MAX,
+            ..Retention::default()
+        },
         ..config(dir.path())
     };
     let log = Arc::new(SledLog::open(&cfg).unwrap());
