@@ -563,7 +563,9 @@ impl Engine {
         // Retention may have removed events below the range after the replay started: the
         // page cannot hold them, so the client must hear that it missed some.
         let cut = !replay.reset_sent
-            && replay.read_from.is_some_and(|r| self.log.floor.is_some_and(|floor| r < floor));
+            && replay
+                .read_from
+                .is_some_and(|r| self.log.floor.is_some_and(|floor| r < floor));
         if cut {
             replay.reset_sent = true;
         }
@@ -725,11 +727,15 @@ impl Engine {
             return;
         }
         let mut after = Some(last);
-        if self.log.floor.is_some_and(|floor| last < floor) {
+        let mut truncated = false;
+        if let Some(floor) = self.log.floor.filter(|&floor| last < floor) {
             let data = reset_json("history_truncated", last, self.log.oldest);
             self.counters.resets += 1;
             self.send(slot, frame::encode_ephemeral(&reset_type(), &data), now);
-            after = None;
+            // Replay what the log still holds: everything above the floor. Not "from the
+            // start": the recent window can still hold trimmed events, even `last` itself.
+            after = Some(floor);
+            truncated = true;
         }
         let Some(through) = self.committed else {
             return;
@@ -746,7 +752,7 @@ impl Engine {
                 held_bytes: 0,
                 overflowed: false,
                 awaiting: false,
-                reset_sent: after.is_none(),
+                reset_sent: truncated,
             }));
         }
         self.replay_step(slot, now);

@@ -451,15 +451,50 @@ fn a_resume_point_older_than_the_log_gets_a_reset_then_what_the_log_holds() {
 }
 
 #[test]
+fn a_reset_replays_only_what_the_log_holds_even_if_the_window_remembers_more() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let published: Vec<EventId> = (0..6)
+        .map(|i| sim.publish_topic("t", &i.to_string()))
+        .collect();
+    // Retention trims the first three; the in-memory window still holds them.
+    sim.log.drain(..3);
+    let bounds = LogBounds {
+        oldest: Some(published[3]),
+        floor: Some(published[2]),
+        events: 3,
+        bytes: 3,
+    };
+    sim.engine.handle_log_bounds(bounds);
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    let got = sim.received(c);
+    assert_eq!(got[0].event_type, "herald.reset");
+    assert_eq!(sim.received_ids(c), ids(&published[3..]));
+}
+
+#[test]
 fn history_trimmed_while_a_replay_waits_for_the_log_still_gets_a_reset() {
-    let mut sim = Sim::new(EngineConfig { recent_events: 1, ..EngineConfig::default() });
-    let published: Vec<EventId> = (0..5).map(|i| sim.publish_topic("t", &i.to_string())).collect();
+    let mut sim = Sim::new(EngineConfig {
+        recent_events: 1,
+        ..EngineConfig::default()
+    });
+    let published: Vec<EventId> = (0..5)
+        .map(|i| sim.publish_topic("t", &i.to_string()))
+        .collect();
     sim.auto_history = false;
     let c = sim.connect(&["t"], None, Some(published[0]));
-    assert!(sim.received(c).iter().all(|e| e.event_type != "herald.reset"));
+    assert!(
+        sim.received(c)
+            .iter()
+            .all(|e| e.event_type != "herald.reset")
+    );
     // Retention removes the first three events before the read happens.
     sim.log.drain(..3);
-    let bounds = LogBounds { oldest: Some(published[3]), floor: Some(published[2]), events: 2, bytes: 2 };
+    let bounds = LogBounds {
+        oldest: Some(published[3]),
+        floor: Some(published[2]),
+        events: 2,
+        bytes: 2,
+    };
     sim.engine.handle_log_bounds(bounds);
     sim.auto_history = true;
     sim.drain();

@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Keep at most this many bytes of events [default: 1073741824].
     #[arg(long, env = "HERALD_RETAIN_BYTES")]
     pub retain_bytes: Option<u64>,
+    /// How often retention trims the log [default: 10s].
+    #[arg(long, env = "HERALD_TRIM_INTERVAL", value_parser = parse_duration)]
+    pub trim_interval: Option<Duration>,
     /// Most subscriber connections at once; beyond it new subscribers are told to retry
     /// later [default: 50000].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
@@ -73,7 +76,11 @@ pub struct ServeArgs {
     pub shutdown_timeout: Option<Duration>,
     /// Origins allowed to subscribe from a browser on another origin (with credentials);
     /// repeat the flag or separate with commas.
-    #[arg(long = "cors-origin", env = "HERALD_CORS_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "HERALD_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
     /// TLS certificate chain (PEM); with --tls-key serves HTTPS with HTTP/2.
     #[arg(long, env = "HERALD_TLS_CERT")]
@@ -98,6 +105,7 @@ struct FileConfig {
     retain_events: Option<u64>,
     retain_age: Option<String>,
     retain_bytes: Option<u64>,
+    trim_interval: Option<String>,
     max_connections: Option<usize>,
     max_topics: Option<usize>,
     max_body: Option<usize>,
@@ -123,6 +131,8 @@ pub struct ServeConfig {
     pub dev: bool,
     /// The HS256 secret.
     pub jwt_secret: Option<String>,
+    /// How often retention runs.
+    pub trim_interval: Duration,
     /// Connection cap.
     pub max_connections: usize,
     /// Topics per subscription.
@@ -176,7 +186,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 10m, 12h or 7d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 10m, 12h or 7d"))?;
     let ms = match unit {
         "ms" => n,
         "" | "s" => n.saturating_mul(1_000),
@@ -195,7 +207,10 @@ impl ServeArgs {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let dur = |flag: Option<Duration>, file: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        let dur = |flag: Option<Duration>,
+                   file: &Option<String>,
+                   default: Duration|
+         -> Result<Duration, ConfigError> {
             match (flag, file) {
                 (Some(d), _) => Ok(d),
                 (None, Some(s)) => parse_duration(s).map_err(ConfigError::Invalid),
@@ -204,22 +219,40 @@ impl ServeArgs {
         };
         let fsync = match (self.fsync, &file.fsync) {
             (Some(f), _) => f,
-            (None, Some(s)) => s.parse().map_err(|e| ConfigError::Invalid(format!("{e}")))?,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("{e}")))?,
             (None, None) => FsyncPolicy::default(),
         };
         let defaults = Retention::default();
         let retention = Retention {
-            max_events: self.retain_events.or(file.retain_events).unwrap_or(defaults.max_events),
+            max_events: self
+                .retain_events
+                .or(file.retain_events)
+                .unwrap_or(defaults.max_events),
             max_age: dur(self.retain_age, &file.retain_age, defaults.max_age)?,
-            max_bytes: self.retain_bytes.or(file.retain_bytes).unwrap_or(defaults.max_bytes),
+            max_bytes: self
+                .retain_bytes
+                .or(file.retain_bytes)
+                .unwrap_or(defaults.max_bytes),
         };
-        let tls = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
+        let tls = match (
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+        ) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => return Err(ConfigError::Invalid("--tls-cert and --tls-key go together".into())),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--tls-cert and --tls-key go together".into(),
+                ));
+            }
         };
         let config = ServeConfig {
-            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
             log: LogConfig {
                 data_dir: self
                     .data_dir
@@ -230,15 +263,35 @@ impl ServeArgs {
                 retention,
             },
             dev: self.dev || file.dev.unwrap_or(false),
-            jwt_secret: self.jwt_secret.clone().or(file.jwt_secret).filter(|s| !s.is_empty()),
-            max_connections: self.max_connections.or(file.max_connections).unwrap_or(50_000),
+            jwt_secret: self
+                .jwt_secret
+                .clone()
+                .or(file.jwt_secret)
+                .filter(|s| !s.is_empty()),
+            trim_interval: dur(
+                self.trim_interval,
+                &file.trim_interval,
+                Duration::from_secs(10),
+            )?,
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(50_000),
             max_topics: self.max_topics.or(file.max_topics).unwrap_or(64),
             max_body: self.max_body.or(file.max_body).unwrap_or(1 << 20),
             queue_bytes: self.queue_bytes.or(file.queue_bytes).unwrap_or(4 << 20),
             keepalive: dur(self.keepalive, &file.keepalive, Duration::from_secs(15))?,
             retry_ms: self.retry_ms.or(file.retry_ms).unwrap_or(3_000),
-            header_timeout: dur(self.header_timeout, &file.header_timeout, Duration::from_secs(10))?,
-            shutdown_timeout: dur(self.shutdown_timeout, &file.shutdown_timeout, Duration::from_secs(10))?,
+            header_timeout: dur(
+                self.header_timeout,
+                &file.header_timeout,
+                Duration::from_secs(10),
+            )?,
+            shutdown_timeout: dur(
+                self.shutdown_timeout,
+                &file.shutdown_timeout,
+                Duration::from_secs(10),
+            )?,
             cors_origins: if self.cors_origins.is_empty() {
                 file.cors_origins.unwrap_or_default()
             } else {
@@ -249,19 +302,31 @@ impl ServeArgs {
         };
         if config.max_connections == 0 || config.max_topics == 0 || config.queue_bytes < 1024 {
             return Err(ConfigError::Invalid(
-                "max-connections and max-topics must be at least 1, queue-bytes at least 1024".into(),
+                "max-connections and max-topics must be at least 1, queue-bytes at least 1024"
+                    .into(),
             ));
         }
-        if config.keepalive.is_zero() {
-            return Err(ConfigError::Invalid("keepalive must be longer than zero".into()));
+        if config.keepalive.is_zero()
+            || config.trim_interval.is_zero()
+            || config.header_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "keepalive, trim-interval and header-timeout must be longer than zero".into(),
+            ));
         }
         Ok(config)
     }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -281,8 +346,16 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.toml");
-        std::fs::write(&path, "max_connections = 7\nmax_topics = 3\nkeepalive = \"5s\"\nfsync = \"never\"\n").unwrap();
-        let args = ServeArgs { config: Some(path), max_topics: Some(9), ..ServeArgs::default() };
+        std::fs::write(
+            &path,
+            "max_connections = 7\nmax_topics = 3\nkeepalive = \"5s\"\nfsync = \"never\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            max_topics: Some(9),
+            ..ServeArgs::default()
+        };
         let c = args.resolve().unwrap();
         assert_eq!(c.max_connections, 7);
         assert_eq!(c.max_topics, 9);
@@ -296,7 +369,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.toml");
         std::fs::write(&path, "max_conections = 7\n").unwrap();
-        let err = ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().unwrap_err();
+        let err = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(err.to_string().contains("herald.toml"), "{err}");
     }
 }

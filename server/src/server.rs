@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -11,15 +12,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpSocket;
+use tokio_util::either::Either;
 
 use crate::api::{self, AppState};
 use crate::auth::JwtKey;
 use crate::config::ServeConfig;
 use crate::hub::{Hub, HubConfig};
 use crate::log::{EventLog, SledLog, Trimmer};
-
-/// How often retention runs.
-const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -34,8 +33,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ),
     };
     if config.dev {
-        tracing::warn!("DEVELOPMENT MODE: no authentication; anyone who can reach {} may subscribe, publish and administer", config.listen);
-        eprintln!("\n  *** herald is running in --dev mode: NO AUTHENTICATION. Do not expose it. ***\n");
+        tracing::warn!(
+            "DEVELOPMENT MODE: no authentication; anyone who can reach {} may subscribe, publish and administer",
+            config.listen
+        );
+        eprintln!(
+            "\n  *** herald is running in --dev mode: NO AUTHENTICATION. Do not expose it. ***\n"
+        );
     }
     raise_open_file_limit();
 
@@ -43,7 +47,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let log: Arc<dyn EventLog> = Arc::new(
         tokio::task::spawn_blocking(move || SledLog::open(&log_config))
             .await?
-            .with_context(|| format!("cannot open the event log in {}", config.log.data_dir.display()))?,
+            .with_context(|| {
+                format!(
+                    "cannot open the event log in {}",
+                    config.log.data_dir.display()
+                )
+            })?,
     );
     let engine_config = EngineConfig {
         retry_ms: config.retry_ms,
@@ -53,19 +62,31 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let engine = Engine::new(engine_config, log.last_id(), log.bounds(), Instant::now());
-    let hub_config = HubConfig { queue_bytes: config.queue_bytes, retry_ms: config.retry_ms, ..HubConfig::default() };
+    let hub_config = HubConfig {
+        queue_bytes: config.queue_bytes,
+        retry_ms: config.retry_ms,
+        ..HubConfig::default()
+    };
     let (hub, hub_task) = Hub::start(engine, log.clone(), hub_config);
     let sender = hub.sender();
     let trim_log = log.clone();
-    let trimmer = Trimmer::start(log.clone(), TRIM_INTERVAL, move |_| sender.log_bounds(trim_log.bounds()));
+    let trimmer = Trimmer::start(log.clone(), config.trim_interval, move |_| {
+        sender.log_bounds(trim_log.bounds())
+    });
 
     let tls = match &config.tls {
         Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
         None => None,
     };
-    let socket = if config.listen.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if config.listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
-    socket.bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+    socket
+        .bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let listener = socket.listen(config.backlog)?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -89,7 +110,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1000);
     let graceful = GracefulShutdown::new();
     let mut shutdown = Box::pin(shutdown_signal());
 
@@ -106,7 +130,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                serve_connection(stream, remote, &builder, &graceful, state.clone(), tls.clone());
+                let conn = Accepted { stream, remote, header_timeout: config.header_timeout };
+                serve_connection(conn, &builder, &graceful, state.clone(), tls.clone());
             }
             _ = &mut shutdown => break,
         }
@@ -126,57 +151,92 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     drop(state);
     drop(hub);
     let _ = tokio::time::timeout(Duration::from_secs(2), hub_task).await;
-    tokio::task::spawn_blocking(move || trimmer.shutdown()).await.ok();
+    tokio::task::spawn_blocking(move || trimmer.shutdown())
+        .await
+        .ok();
     tracing::info!("stopped");
     Ok(())
 }
 
-fn serve_connection(
+/// A freshly accepted TCP connection.
+struct Accepted {
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
+    /// How long it may take to complete its first request's headers (TLS handshake and
+    /// protocol detection included).
+    header_timeout: Duration,
+}
+
+fn serve_connection(
+    accepted: Accepted,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     state: Arc<AppState>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let service = service_fn(move |req| api::handle(req, state.clone(), remote));
-    match tls {
-        None => {
-            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%remote, "connection ended: {e}");
-                }
-            });
-        }
-        Some(acceptor) => {
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-                let stream = match handshake {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::debug!(%remote, "TLS handshake failed: {e}"),
-                    Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+    let Accepted {
+        stream,
+        remote,
+        header_timeout,
+    } = accepted;
+    // hyper's header timeout starts only once a request is being read; a client that sends
+    // nothing (or half an HTTP/2 preface) would hold its socket forever. Until the first
+    // request arrives, this deadline applies.
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
+    let service = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
+        api::handle(req, state.clone(), remote)
+    });
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(header_timeout);
+        tokio::pin!(deadline);
+        let io = match tls {
+            None => Either::Left(stream),
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    done = acceptor.accept(stream) => done,
+                    _ = &mut deadline => return tracing::debug!(%remote, "TLS handshake timed out"),
                 };
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%remote, "connection ended: {e}");
+                match handshake {
+                    Ok(s) => Either::Right(s),
+                    Err(e) => return tracing::debug!(%remote, "TLS handshake failed: {e}"),
                 }
-            });
+            }
+        };
+        let conn = watcher.watch(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned(),
+        );
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = &mut conn => result,
+            _ = &mut deadline, if !started.load(Ordering::Relaxed) => {
+                if started.load(Ordering::Relaxed) {
+                    conn.await
+                } else {
+                    return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%remote, "connection ended: {e}");
         }
-    }
+    });
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -193,7 +253,10 @@ fn raise_open_file_limit() {
     #[cfg(unix)]
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Herald and nginx + nchan side by side: the same load from `herald bench`, on the same machine,
+# in the same run. Each server runs pinned to core 0, the load generator to core 1; servers
+# alternate within each repetition; every run gets a freshly started server (Herald with its
+# default durable settings and a fresh data dir). Prints medians and the Herald/nchan ratio per
+# figure as a markdown table. See BENCHMARKS.md, "Server end to end".
+#
+# Usage: tests/bench/compare.sh
+# Environment (defaults in brackets):
+#   SIZES   subscriber counts                          ["1000 10000"]
+#   RATES   events/s, 0 = unpaced                      ["10 1000 0"]
+#   REPS    repetitions per server and configuration  [3]
+#   EVENTS  events per run                             [100]
+#   OUT     where the per-run JSON reports and the table go [target/bench-compare]
+#   HERALD_PORT, NCHAN_PORT                            [7391, 7392]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SIZES=${SIZES:-"1000 10000"}
+RATES=${RATES:-"10 1000 0"}
+REPS=${REPS:-3}
+EVENTS=${EVENTS:-100}
+OUT=${OUT:-$ROOT/target/bench-compare}
+HERALD_PORT=${HERALD_PORT:-7391}
+NCHAN_PORT=${NCHAN_PORT:-7392}
+HERALD=$ROOT/target/release/herald
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+
+log() { echo "compare: $*" >&2; }
+
+if ! command -v nginx >/dev/null || [ ! -e "$NCHAN_MODULE" ]; then
+    log "installing nginx and libnginx-mod-nchan from Debian"
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx libnginx-mod-nchan >&2
+fi
+command -v python3 >/dev/null || { log "python3 is needed for the summary"; exit 1; }
+
+log "building herald (release)"
+(cd "$ROOT" && cargo build --release -q -p herald-server)
+
+WORK=$(mktemp -d /tmp/herald-compare.XXXXXX)
+chmod 755 "$WORK" # nginx's worker runs as www-data
+rm -rf "$OUT"
+mkdir -p "$OUT"
+SERVER_PID=""
+
+# Stops the server started last (by pid), politely and then not.
+stop_server() {
+    local pid=$SERVER_PID
+    SERVER_PID=""
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_for_port() {
+    for _ in $(seq 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        kill -0 "$SERVER_PID" 2>/dev/null || { log "the server exited"; return 1; }
+        sleep 0.1
+    done
+    log "nothing listens on port $1 after 30 s"
+    return 1
+}
+
+# Starts Herald; sets SERVER_PID (the process to measure as well as to stop).
+start_herald() {
+    local run=$WORK/$1
+    mkdir -p "$run"
+    taskset -c 0 "$HERALD" serve --dev --data-dir "$run/data" --listen "127.0.0.1:$HERALD_PORT" \
+        >"$run/out" 2>"$run/err" &
+    SERVER_PID=$!
+    wait_for_port "$HERALD_PORT"
+    MEASURED_PID=$SERVER_PID
+}
+
+# Starts nginx + nchan; SERVER_PID is the master, MEASURED_PID its one worker.
+start_nchan() {
+    local run=$WORK/$1 nofile
+    mkdir -p "$run"
+    chmod 755 "$run"
+    nofile=$(ulimit -Hn)
+    [ "$nofile" = unlimited ] && nofile=65536
+    sed -e "s#@PORT@#$NCHAN_PORT#g" -e "s#@RUN@#$run#g" \
+        -e "s#worker_rlimit_nofile .*;#worker_rlimit_nofile $nofile;#" \
+        -e "s#worker_connections .*;#worker_connections $nofile;#" \
+        "$ROOT/tests/bench/nchan.conf" >"$run/nginx.conf"
+    taskset -c 0 nginx -p "$run" -c "$run/nginx.conf" -e "$run/error.log" >"$run/out" 2>&1 &
+    SERVER_PID=$!
+    wait_for_port "$NCHAN_PORT"
+    MEASURED_PID=""
+    for _ in $(seq 50); do
+        MEASURED_PID=$(pgrep -P "$SERVER_PID" | head -n1 || true)
+        [ -n "$MEASURED_PID" ] && break
+        sleep 0.1
+    done
+    [ -n "$MEASURED_PID" ] || { log "no nginx worker under pid $SERVER_PID"; return 1; }
+}
+
+# run_one SERVER N RATE REP: one fresh server, one `herald bench`, the JSON report kept.
+run_one() {
+    local server=$1 n=$2 rate=$3 rep=$4
+    local name=$server-n$n-r$rate-$rep
+    local topic=bench-$n-$rate-$rep
+    local args=(--subscribers "$n" --events "$EVENTS" --rate "$rate" --topic "$topic" --json)
+    if [ "$server" = herald ]; then
+        start_herald "$name"
+        args+=(--url "http://127.0.0.1:$HERALD_PORT")
+    else
+        start_nchan "$name"
+        args+=(--url "http://127.0.0.1:$NCHAN_PORT" --subscribe-url '{url}/sub?id={topic}'
+            --publish-url '{url}/pub?id={topic}' --body-template '{data}')
+    fi
+    args+=(--server-pid "$MEASURED_PID")
+    log "$name"
+    if ! taskset -c 1 "$HERALD" bench "${args[@]}" >"$OUT/$name.json" 2>"$OUT/$name.err"; then
+        log "$name failed: $(tail -n3 "$OUT/$name.err")"
+        rm -f "$OUT/$name.json"
+    fi
+    stop_server
+}
+
+started=$(date +%s)
+for n in $SIZES; do
+    for rate in $RATES; do
+        for rep in $(seq "$REPS"); do
+            # Alternate which server goes first, so drift on a shared machine hits both.
+            if [ $((rep % 2)) = 1 ]; then order="herald nchan"; else order="nchan herald"; fi
+            for server in $order; do
+                run_one "$server" "$n" "$rate" "$rep"
+            done
+        done
+    done
+done
+log "all runs took $(($(date +%s) - started)) s; reports in $OUT"
+
+python3 - "$OUT" "$EVENTS" <<'PY' | tee "$OUT/table.md"
+import json, pathlib, statistics, sys
+out, events = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+runs = {}
+for f in sorted(out.glob("*.json")):
+    server, n, rate, _ = f.stem.split("-")
+    try:
+        runs.setdefault((int(n[1:]), float(rate[1:]), server), []).append(json.loads(f.read_text()))
+    except ValueError:
+        pass
+
+def get(r, path):
+    if path == "client_busy":
+        cpu, phase = r.get("client_cpu_s"), r.get("phase_s")
+        return cpu / phase if cpu is not None and phase else None
+    for key in path.split("."):
+        r = r.get(key) if isinstance(r, dict) else None
+    return r
+
+# (label, path, format, how to combine the repetitions)
+FIGURES = [
+    ("connect all (s)", "connect_s", "{:.3f}", "median"),
+    ("deliveries/s", "deliveries_per_s", "{:,.0f}", "median"),
+    ("latency p50 (ms)", "latency_ms.p50", "{:.2f}", "median"),
+    ("latency p90 (ms)", "latency_ms.p90", "{:.2f}", "median"),
+    ("latency p99 (ms)", "latency_ms.p99", "{:.2f}", "median"),
+    ("latency max (ms)", "latency_ms.max", "{:.2f}", "median"),
+    ("fan-out p50 (ms)", "fanout_ms.p50", "{:.2f}", "median"),
+    ("fan-out p99 (ms)", "fanout_ms.p99", "{:.2f}", "median"),
+    ("publish RTT p50 (ms)", "publish_rtt_ms.p50", "{:.2f}", "median"),
+    ("publish RTT p99 (ms)", "publish_rtt_ms.p99", "{:.2f}", "median"),
+    ("publishes/s achieved", "publish_rate", "{:,.0f}", "median"),
+    ("RSS per idle conn (KB)", "server.rss_per_connection_bytes", "{:.1f}", "median_kb"),
+    ("server CPU per delivery (µs)", "server.cpu_per_delivery_us", "{:.3f}", "median"),
+    ("server busy (cores)", "server.busy_cores", "{:.2f}", "median"),
+    ("load generator busy (cores)", "client_busy", "{:.2f}", "median"),
+    ("whole machine busy (cores)", "machine_busy_cores", "{:.2f}", "median"),
+    ("complete clients (worst)", "complete_clients", "{:.0f}", "min"),
+    ("duplicates (worst)", "duplicates", "{:.0f}", "max"),
+    ("out of order (worst)", "out_of_order", "{:.0f}", "max"),
+]
+
+def combine(values, how):
+    values = [v for v in values if isinstance(v, (int, float))]
+    if not values:
+        return None
+    if how == "min":
+        return min(values)
+    if how == "max":
+        return max(values)
+    m = statistics.median(values)
+    return m / 1000 if how == "median_kb" else m
+
+print(f"| N | rate/s | figure | Herald | nchan | Herald/nchan |")
+print(f"|---|---|---|---|---|---|")
+for n, rate in sorted({(n, r) for n, r, _ in runs}):
+    pace = "unpaced" if rate == 0 else f"{rate:g}"
+    for label, path, fmt, how in FIGURES:
+        cells, values = [], []
+        for server in ("herald", "nchan"):
+            reps = runs.get((n, rate, server), [])
+            v = combine([get(r, path) for r in reps], how)
+            values.append(v)
+            cells.append("-" if v is None else fmt.format(v))
+        h, c = values
+        ratio = f"{h / c:.2f}" if h is not None and c not in (None, 0) else "-"
+        print(f"| {n:,} | {pace} | {label} | {cells[0]} | {cells[1]} | {ratio} |")
+counts = {k: len(v) for k, v in runs.items()}
+print()
+print("Runs per cell (server, N, rate): " + ", ".join(f"{s} {n} {r:g}: {c}" for (n, r, s), c in sorted(counts.items())))
+PY

@@ -1,0 +1,230 @@
+//! The operator's view: the connections list, disconnecting one, the admin event stream,
+//! health and metrics.
+
+use herald_tests::{End, Herald, WAIT, eventually, mint_token};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const SECRET: &str = "admin-secret";
+
+fn row_topics(row: &Value) -> Vec<String> {
+    let mut topics: Vec<String> = row["topics"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no topics in {row}"))
+        .iter()
+        .map(|t| t.as_str().expect("a topic").to_owned())
+        .collect();
+    topics.sort();
+    topics
+}
+
+#[tokio::test]
+async fn the_connections_list_shows_a_subscriber_with_its_user_and_topics() {
+    let herald = Herald::start(&["--jwt-secret", SECRET]);
+    let admin = mint_token(SECRET, &["--sub", "ops", "--admin"]);
+    let alice = mint_token(
+        SECRET,
+        &[
+            "--sub",
+            "alice",
+            "--subscribe",
+            "orders",
+            "--subscribe",
+            "news/*",
+        ],
+    );
+    let _sub = herald
+        .events()
+        .token(&alice)
+        .topic("orders")
+        .topic("news/*")
+        .open()
+        .await;
+
+    let rows = herald.client().connections_as(Some(&admin)).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["user"], "alice", "{row}");
+    assert_eq!(row_topics(row), ["news/*", "orders"], "{row}");
+    assert_eq!(row["admin"], false, "{row}");
+
+    let id = row["id"].as_u64().expect("a numeric id");
+    let one = herald
+        .call(Method::GET, &format!("/admin/connections/{id}"))
+        .bearer(&admin)
+        .send()
+        .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.text());
+    assert_eq!(one.json()["user"], "alice");
+
+    let stats = herald
+        .call(Method::GET, "/admin/stats")
+        .bearer(&admin)
+        .send()
+        .await;
+    assert_eq!(stats.status, StatusCode::OK, "{}", stats.text());
+    assert_eq!(
+        stats.json()["stats"]["counters"]["connections"],
+        1,
+        "{}",
+        stats.text()
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_connection_ends_its_stream_and_only_that_one() {
+    let herald = Herald::start(&["--dev"]);
+    let mut kicked = herald
+        .events()
+        .query("user", "kicked")
+        .topic("t")
+        .open()
+        .await;
+    let mut kept = herald
+        .events()
+        .query("user", "kept")
+        .topic("t")
+        .open()
+        .await;
+    let rows = herald.connections().await;
+    let id = rows
+        .iter()
+        .find(|r| r["user"] == "kicked")
+        .and_then(|r| r["id"].as_u64())
+        .unwrap_or_else(|| panic!("no row for the subscriber: {rows:?}"));
+
+    let reply = herald
+        .call(Method::DELETE, &format!("/admin/connections/{id}"))
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        kicked.wait_end(WAIT).await,
+        Some(End::Clean),
+        "{}",
+        kicked.raw_text()
+    );
+    assert!(kicked.raw_text().contains("retry: "));
+
+    let again = herald
+        .call(Method::DELETE, &format!("/admin/connections/{id}"))
+        .send()
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text());
+    let bad = herald
+        .call(Method::DELETE, "/admin/connections/abc")
+        .send()
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
+
+    let id = herald
+        .publish_ok(json!({"topics": ["t"], "data": "x"}))
+        .await;
+    assert_eq!(
+        kept.next_event(WAIT).await.expect("an event").last_event_id,
+        id
+    );
+    let gone = eventually(WAIT, || async { herald.connections().await.len() == 1 }).await;
+    assert!(gone, "the kicked connection is still listed");
+}
+
+#[tokio::test]
+async fn the_admin_stream_starts_with_a_snapshot_and_shows_connects_publishes_and_leaves() {
+    let herald = Herald::start(&["--dev"]);
+    let mut admin = herald.admin_events().open().await;
+    let snapshot = admin.next_event(WAIT).await.expect("a first event");
+    assert_eq!(snapshot.event_type, "snapshot", "{}", admin.raw_text());
+    let snap: Value = serde_json::from_str(&snapshot.data).expect("snapshot JSON");
+    assert!(
+        snap["connections"].is_array() && snap["stats"].is_object(),
+        "{snap}"
+    );
+
+    let sub = herald
+        .events()
+        .query("user", "alice")
+        .topic("orders")
+        .open()
+        .await;
+    // Skip the `connected` of the admin stream itself.
+    let info = loop {
+        let connected = admin
+            .next_event_of_type("connected", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no connected event for alice: {}", admin.raw_text()));
+        let info: Value = serde_json::from_str(&connected.data).expect("JSON");
+        if info["admin"] == false {
+            break info;
+        }
+    };
+    assert_eq!(info["user"], "alice", "{info}");
+    assert_eq!(row_topics(&info), ["orders"]);
+
+    let id = herald
+        .publish_ok(json!({"topics": ["orders"], "event": "order.created", "data": {"n": 1}}))
+        .await;
+    let published = admin
+        .next_event_of_type("published", WAIT)
+        .await
+        .expect("a published event");
+    let info: Value = serde_json::from_str(&published.data).expect("JSON");
+    assert_eq!(info["id"], id.as_str(), "{info}");
+    assert_eq!(info["topics"], json!(["orders"]), "{info}");
+    assert_eq!(info["event_type"], "order.created", "{info}");
+    assert_eq!(info["recipients"], 1, "{info}");
+
+    drop(sub);
+    let left = admin
+        .next_event_of_type("disconnected", WAIT)
+        .await
+        .expect("a disconnected event");
+    let info: Value = serde_json::from_str(&left.data).expect("JSON");
+    assert_eq!(info["reason"], "client_gone", "{info}");
+
+    // A stats sample every second.
+    let stats = admin
+        .next_event_of_type("stats", WAIT)
+        .await
+        .expect("a stats sample");
+    let stats: Value = serde_json::from_str(&stats.data).expect("JSON");
+    assert_eq!(stats["counters"]["published"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn health_and_prometheus_metrics_are_served() {
+    let herald = Herald::start(&["--dev"]);
+    let health = herald.call(Method::GET, "/healthz").send().await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.json(), json!({"status": "ok"}));
+
+    let _sub = herald.events().topic("t").open().await;
+    herald
+        .publish_ok(json!({"topics": ["t"], "data": "x"}))
+        .await;
+    let metrics = herald.call(Method::GET, "/metrics").send().await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        metrics.headers
+    );
+    let text = metrics.text();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(value("herald_connections"), "1");
+    assert_eq!(value("herald_published_total"), "1");
+    assert!(text.contains("# TYPE herald_connections gauge"), "{text}");
+
+    let index = herald.call(Method::GET, "/").send().await;
+    assert_eq!(index.status, StatusCode::OK);
+    assert!(
+        index.text().contains("EventSource"),
+        "the page subscribes with EventSource"
+    );
+}

@@ -1,0 +1,316 @@
+//! Auth: HS256 tokens from a header, the query or a cookie; 401 and 403 with reasons; a
+//! stream ends when its token expires.
+
+use std::time::Duration;
+
+use herald_tests::{Herald, Subscriber, WAIT, mint_token, sign_jwt, unix_now};
+use http::{Method, StatusCode};
+use serde_json::json;
+
+const SECRET: &str = "e2e-secret";
+
+fn server() -> Herald {
+    Herald::start(&["--jwt-secret", SECRET])
+}
+
+fn alice() -> String {
+    mint_token(
+        SECRET,
+        &[
+            "--sub",
+            "alice",
+            "--subscribe",
+            "orders",
+            "--subscribe",
+            "news/*",
+        ],
+    )
+}
+
+fn publisher() -> String {
+    mint_token(SECRET, &["--sub", "backend", "--publish"])
+}
+
+fn error_of(sub: &Subscriber) -> String {
+    sub.json()["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a JSON error: {:?}", sub.raw_text()))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_subscriber_without_a_token_is_refused_with_401_json() {
+    let herald = server();
+    let sub = herald.events().topic("orders").connect().await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(sub.header("content-type"), Some("application/json"));
+    assert!(
+        error_of(&sub).contains("missing credentials"),
+        "{}",
+        error_of(&sub)
+    );
+
+    // Naming oneself in the query is a --dev convenience only.
+    let sub = herald.events().query("user", "alice").connect().await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = herald
+        .publish(json!({"topics": ["orders"], "data": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_forged_token_is_refused_with_401() {
+    let herald = server();
+    let forged = mint_token(
+        "not-the-server-secret",
+        &["--sub", "mallory", "--subscribe", "orders", "--admin"],
+    );
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token(&forged)
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_of(&sub).contains("signature"), "{}", error_of(&sub));
+
+    let unsigned = format!("{}.", forged.rsplit_once('.').expect("three parts").0);
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token(&unsigned)
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED, "{}", sub.raw_text());
+
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token("not a token")
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_of(&sub).contains("malformed"), "{}", error_of(&sub));
+
+    let reply = herald
+        .call(Method::GET, "/admin/connections")
+        .bearer(&forged)
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_with_401_saying_it_expired() {
+    let herald = server();
+    let expired = sign_jwt(
+        SECRET,
+        &json!({"sub": "alice", "exp": unix_now() - 60, "herald": {"subscribe": ["orders"], "publish": true}}),
+    );
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token(&expired)
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_of(&sub).contains("expired"), "{}", error_of(&sub));
+    let (status, answer) = herald
+        .publish_as(&expired, json!({"topics": ["orders"], "data": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn subscribing_to_a_topic_outside_the_grant_is_403_naming_the_topic() {
+    let herald = server();
+    let token = alice();
+    let sub = herald
+        .events()
+        .token(&token)
+        .topic("orders")
+        .topic("payroll")
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::FORBIDDEN);
+    assert_eq!(sub.header("content-type"), Some("application/json"));
+    assert!(error_of(&sub).contains("payroll"), "{}", error_of(&sub));
+
+    // A pattern wider than the grant is outside it too.
+    let sub = herald.events().token(&token).topic("*").connect().await;
+    assert_eq!(sub.status(), StatusCode::FORBIDDEN, "{}", sub.raw_text());
+    // Narrower than the grant is fine.
+    herald
+        .events()
+        .token(&token)
+        .topic("news/eu/*")
+        .open()
+        .await;
+
+    // No admin rights: no admin stream, no admin API.
+    let sub = herald.admin_events().token(&token).connect().await;
+    assert_eq!(sub.status(), StatusCode::FORBIDDEN);
+    let reply = herald
+        .call(Method::GET, "/admin/connections")
+        .bearer(&token)
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn publishing_without_the_right_to_is_403() {
+    let herald = server();
+    let (status, answer) = herald
+        .publish_as(&alice(), json!({"topics": ["orders"], "data": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+
+    let orders_only = mint_token(SECRET, &["--sub", "shop", "--publish-topic", "orders"]);
+    let (status, answer) = herald
+        .publish_as(&orders_only, json!({"topics": ["orders"], "data": "ok"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = herald
+        .publish_as(
+            &orders_only,
+            json!({"topics": ["orders", "payroll"], "data": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("payroll"),
+        "{answer}"
+    );
+    let (status, _) = herald
+        .publish_as(&orders_only, json!({"broadcast": true, "data": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = herald
+        .publish_as(&orders_only, json!({"users": ["alice"], "data": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_token_in_the_query_or_the_herald_token_cookie_works_like_a_bearer_token() {
+    let herald = server();
+    let token = alice();
+    let mut by_query = herald
+        .events()
+        .topic("orders")
+        .query("token", &token)
+        .open()
+        .await;
+    let mut by_cookie = herald
+        .events()
+        .topic("orders")
+        .header("cookie", &format!("theme=dark; herald_token={token}"))
+        .open()
+        .await;
+    // Identity comes from the token: the user's own events arrive on both.
+    let (status, answer) = herald
+        .publish_as(&publisher(), json!({"users": ["alice"], "data": "hello"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    for sub in [&mut by_query, &mut by_cookie] {
+        let event = sub.next_event(WAIT).await.expect("alice's event");
+        assert_eq!(event.data, "hello");
+    }
+}
+
+#[tokio::test]
+async fn a_user_named_in_the_query_is_ignored_when_a_token_says_who_you_are() {
+    let herald = server();
+    let mut sub = herald
+        .events()
+        .token(&alice())
+        .query("user", "bob")
+        .open()
+        .await;
+    let p = publisher();
+    let (status, _) = herald
+        .publish_as(&p, json!({"users": ["bob"], "data": "bob's secret"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = herald
+        .publish_as(&p, json!({"users": ["alice"], "data": "alice's"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let event = sub.next_event(WAIT).await.expect("an event");
+    assert_eq!(event.data, "alice's");
+}
+
+#[tokio::test]
+async fn a_stream_is_closed_when_its_token_expires() {
+    let herald = server();
+    let long = alice();
+    let publisher = publisher();
+    let short = mint_token(
+        SECRET,
+        &["--sub", "alice", "--subscribe", "orders", "--ttl", "3s"],
+    );
+    let mut expiring = herald.events().token(&short).topic("orders").open().await;
+    let mut lasting = herald.events().token(&long).topic("orders").open().await;
+
+    let (status, _) = herald
+        .publish_as(&publisher, json!({"topics": ["orders"], "data": "before"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let event = expiring
+        .next_event(WAIT)
+        .await
+        .expect("an event before expiry");
+    assert_eq!(event.data, "before");
+
+    let end = expiring.wait_end(Duration::from_secs(8)).await;
+    assert_eq!(
+        end,
+        Some(herald_tests::End::Clean),
+        "{}",
+        expiring.raw_text()
+    );
+    // It is told to come back (with a fresh token) rather than left to time out.
+    assert!(
+        expiring.raw_text().ends_with("\n\n") && expiring.raw_text().contains("data: before"),
+        "{:?}",
+        expiring.raw_text()
+    );
+    let tail = expiring
+        .raw_text()
+        .rsplit_once("data: before\n\n")
+        .map(|(_, t)| t.to_owned())
+        .unwrap_or_default();
+    assert!(
+        tail.starts_with("retry: "),
+        "the stream ends with a retry frame: {tail:?}"
+    );
+
+    // The token is now refused outright, and the long-lived stream is still open.
+    let again = herald
+        .events()
+        .token(&short)
+        .topic("orders")
+        .connect()
+        .await;
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = herald
+        .publish_as(&publisher, json!({"topics": ["orders"], "data": "after"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let events = lasting.events_until(2, WAIT).await;
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, ["before", "after"]);
+}

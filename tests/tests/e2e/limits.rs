@@ -1,0 +1,216 @@
+//! Limits: body size, bad requests, the connection cap (answered in-band so EventSource comes
+//! back), topics per subscription, and slow senders cut off by the header timeout.
+
+use std::time::{Duration, Instant};
+
+use herald_tests::{End, Herald, WAIT, eventually};
+use http::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn a_publish_body_over_the_limit_is_refused_with_413_json() {
+    let herald = Herald::start(&["--dev", "--max-body", "1024"]);
+    let mut sub = herald.events().topic("t").open().await;
+
+    let big = json!({"topics": ["t"], "data": "x".repeat(2000)});
+    let reply = herald
+        .call(Method::POST, "/publish")
+        .json(&big)
+        .send()
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1024"),
+        "{}",
+        reply.text()
+    );
+
+    // Just under the limit is fine, and the refused one was never delivered.
+    let small = json!({"topics": ["t"], "data": "x".repeat(900)});
+    let id = herald.publish_ok(small).await;
+    let event = sub.next_event(WAIT).await.expect("the small event");
+    assert_eq!(event.last_event_id, id);
+}
+
+#[tokio::test]
+async fn a_publish_with_bad_json_or_no_target_is_400_json() {
+    let herald = Herald::start(&["--dev"]);
+    let cases = [
+        b"{not json".to_vec(),
+        br#"{"data": "no target"}"#.to_vec(),
+        br#"{"topics": [], "users": [], "data": 1}"#.to_vec(),
+        br#"{"topics": ["t"]}"#.to_vec(),
+        br#"{"topics": ["$herald/admin"], "data": 1}"#.to_vec(),
+        br#"{"topics": ["t"], "data": 1, "surprise": true}"#.to_vec(),
+    ];
+    for body in cases {
+        let reply = herald
+            .call(Method::POST, "/publish")
+            .raw_body("application/json", body.clone())
+            .send()
+            .await;
+        let shown = String::from_utf8_lossy(&body);
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{shown}: {}",
+            reply.text()
+        );
+        assert!(
+            reply.json()["error"].is_string(),
+            "{shown}: {}",
+            reply.text()
+        );
+    }
+    let reply = herald.call(Method::GET, "/publish").send().await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    let reply = herald.call(Method::GET, "/nowhere").send().await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.json()["error"].is_string());
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_a_subscriber_gets_200_with_retry_and_the_stream_ends() {
+    let herald = Herald::start(&["--dev", "--max-connections", "2"]);
+    let first = herald.events().topic("t").open().await;
+    let mut second = herald.events().topic("t").open().await;
+
+    let mut third = herald.events().topic("t").connect().await;
+    // Not 503: EventSource would give up for good. 200, a retry hint, and the end.
+    assert_eq!(third.status(), StatusCode::OK);
+    assert_eq!(third.header("content-type"), Some("text/event-stream"));
+    assert_eq!(
+        third.wait_end(WAIT).await,
+        Some(End::Clean),
+        "{}",
+        third.raw_text()
+    );
+    let retry = third.retry().expect("a retry: frame");
+    assert!(
+        (3000..6000).contains(&retry),
+        "retry {retry} is the 3 s base plus jitter"
+    );
+    assert!(third.next_event(WAIT).await.is_none());
+
+    // A slot frees up when a subscriber leaves.
+    drop(first);
+    let freed = eventually(WAIT, || async { herald.connections().await.len() == 1 }).await;
+    assert!(freed, "the server never noticed the first subscriber leave");
+    let mut fourth = herald.events().topic("t").open().await;
+    let id = herald
+        .publish_ok(json!({"topics": ["t"], "data": "room again"}))
+        .await;
+    for sub in [&mut second, &mut fourth] {
+        let event = sub.next_event(WAIT).await.expect("the event");
+        assert_eq!(event.last_event_id, id);
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_with_too_many_topics_is_400() {
+    let herald = Herald::start(&["--dev", "--max-topics", "2"]);
+    let sub = herald
+        .events()
+        .topic("a")
+        .topic("b")
+        .topic("c")
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::BAD_REQUEST, "{}", sub.raw_text());
+    assert!(sub.json()["error"].is_string(), "{}", sub.raw_text());
+    herald.events().topic("a").topic("b").open().await;
+}
+
+/// Reads until the server closes the connection; what it sent, or `None` if it is still open
+/// after `timeout`.
+async fn read_until_closed(tcp: &mut TcpStream, timeout: Duration) -> Option<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Opens a TCP connection and sends `bytes` (maybe none), never finishing the request.
+async fn half_open(herald: &Herald, bytes: &[u8]) -> TcpStream {
+    let mut tcp = TcpStream::connect(herald.addr()).await.expect("connect");
+    tcp.write_all(bytes).await.expect("write");
+    tcp
+}
+
+/// Checks that each connection is closed by the server within [`WAIT`], having sent nothing
+/// that starts an event stream, and that a subscriber with a complete request is unaffected.
+async fn assert_cut_off(herald: &Herald, cases: Vec<(&str, TcpStream)>) {
+    let mut patient = herald.events().topic("t").open().await;
+    let started = Instant::now();
+    for (name, mut tcp) in cases {
+        let sent = read_until_closed(&mut tcp, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{name}: still open after {:?}", started.elapsed()));
+        let text = String::from_utf8_lossy(&sent);
+        assert!(!text.contains("text/event-stream"), "{name}: {text}");
+    }
+    // The timeout applies to the request head only: the stream opened before outlived it.
+    assert_eq!(
+        herald.connections().await.len(),
+        1,
+        "only the patient subscriber is connected"
+    );
+    let id = herald
+        .publish_ok(json!({"topics": ["t"], "data": "still here"}))
+        .await;
+    let event = patient.next_event(WAIT).await.expect("the event");
+    assert_eq!(event.last_event_id, id);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_cut_off_by_the_header_timeout() {
+    let herald = Herald::start(&["--dev", "--header-timeout", "1s"]);
+    let started = Instant::now();
+    let cases =
+        vec![
+        ("partial request line", half_open(&herald, b"GET /events?topic=t HT").await),
+        (
+            "partial headers",
+            half_open(
+                &herald,
+                b"GET /events?topic=t HTTP/1.1\r\nHost: herald\r\nAccept: text/event-stream\r\n",
+            )
+            .await,
+        ),
+    ];
+    assert_cut_off(&herald, cases).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_or_part_of_the_http2_preface_is_cut_off_too() {
+    let herald = Herald::start(&["--dev", "--header-timeout", "1s"]);
+    let cases = vec![
+        ("nothing at all", half_open(&herald, b"").await),
+        (
+            "part of the HTTP/2 preface",
+            half_open(&herald, b"PRI * HTTP/2.0\r\n").await,
+        ),
+    ];
+    assert_cut_off(&herald, cases).await;
+}

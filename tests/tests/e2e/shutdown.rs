@@ -1,0 +1,89 @@
+//! Graceful shutdown: SIGTERM ends every stream with a `retry:` so clients come back, flushes
+//! the log, and exits within the configured bound.
+
+use std::time::{Duration, Instant};
+
+use herald_core::EventId;
+use herald_tests::{End, Herald, Subscriber, WAIT};
+use serde_json::json;
+
+/// The `retry:` value of the stream's last frame, if its last frame is a `retry:` frame.
+fn final_retry(sub: &Subscriber) -> Option<u64> {
+    let raw = sub.raw_text();
+    let body = raw.strip_suffix("\n\n")?;
+    let last_frame = body.rsplit("\n\n").next()?;
+    last_frame.strip_prefix("retry: ")?.parse().ok()
+}
+
+#[tokio::test]
+async fn on_sigterm_every_open_stream_gets_a_retry_and_ends_and_the_process_exits_in_time() {
+    let mut herald = Herald::start(&["--dev", "--shutdown-timeout", "5s"]);
+    let mut subs = vec![
+        ("topic", herald.events().topic("t").open().await),
+        ("user", herald.events().query("user", "alice").open().await),
+        ("http2", herald.events().http2().topic("t").open().await),
+        ("admin", herald.admin_events().open().await),
+    ];
+    let first = herald
+        .publish_ok(json!({"topics": ["t"], "users": ["alice"], "data": "first"}))
+        .await;
+    let second = herald
+        .publish_ok(json!({"topics": ["t"], "users": ["alice"], "data": "second"}))
+        .await;
+    for (name, sub) in subs.iter_mut().filter(|(name, _)| *name != "admin") {
+        let events = sub.events_until(2, WAIT).await;
+        assert_eq!(events.len(), 2, "{name}: {}", sub.raw_text());
+        assert_eq!(events[1].last_event_id, second, "{name}");
+    }
+
+    herald.terminate();
+    let bound = Duration::from_secs(5);
+    let started = Instant::now();
+    for (name, sub) in &mut subs {
+        let end = sub.wait_end(bound + Duration::from_secs(2)).await;
+        assert_eq!(end, Some(End::Clean), "{name} stream: {}", sub.raw_text());
+        let retry = final_retry(sub).unwrap_or_else(|| {
+            panic!(
+                "{name} stream does not end with retry: {:?}",
+                sub.raw_text()
+            )
+        });
+        assert!(
+            (3000..6000).contains(&retry),
+            "{name}: retry {retry} is the base plus jitter"
+        );
+    }
+    let status = herald
+        .wait_exit(bound + Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("still running {:?} after SIGTERM", started.elapsed()));
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        herald.stderr()
+    );
+    assert!(
+        started.elapsed() < bound + Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // The log was flushed: after a restart on the same data the events are there to replay,
+    // and new ids continue after them.
+    herald.restart();
+    let mut resumed = herald
+        .events()
+        .topic("t")
+        .last_event_id(&first)
+        .open()
+        .await;
+    let event = resumed.next_event(WAIT).await.expect("the replayed event");
+    assert_eq!(
+        (event.last_event_id.as_str(), event.data.as_str()),
+        (second.as_str(), "second")
+    );
+    let third = herald
+        .publish_ok(json!({"topics": ["t"], "data": "third"}))
+        .await;
+    let parse = |s: &str| s.parse::<EventId>().expect("an event id");
+    assert!(parse(&third) > parse(&second));
+}

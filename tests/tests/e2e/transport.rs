@@ -1,0 +1,157 @@
+//! Transports: HTTP/2 with prior knowledge next to HTTP/1.1 on one port, and HTTPS with ALPN
+//! (h2 and http/1.1) checked with curl.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use herald_tests::{H2Connection, Herald, WAIT, run_bounded, self_signed_cert};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_and_http1_share_a_port_and_both_receive() {
+    let herald = Herald::start(&["--dev"]);
+    let mut h1 = herald.events().topic("t").open().await;
+    assert_eq!(h1.version(), http::Version::HTTP_11);
+
+    // Two streams (two tabs) multiplexed on one HTTP/2 connection.
+    let conn = H2Connection::open(herald.client()).await;
+    let mut tab1 = herald.events().over(&conn).topic("t").open().await;
+    let mut tab2 = herald
+        .events()
+        .over(&conn)
+        .query("user", "alice")
+        .open()
+        .await;
+    assert_eq!(tab1.version(), http::Version::HTTP_2);
+
+    let for_topic = herald
+        .publish_ok(json!({"topics": ["t"], "data": "topic"}))
+        .await;
+    let for_alice = herald
+        .publish_ok(json!({"users": ["alice"], "data": "user"}))
+        .await;
+    for (name, sub, want) in [
+        ("h1", &mut h1, &for_topic),
+        ("h2 tab 1", &mut tab1, &for_topic),
+        ("h2 tab 2", &mut tab2, &for_alice),
+    ] {
+        let event = sub
+            .next_event(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{name}: {}", sub.raw_text()));
+        assert_eq!(&event.last_event_id, want, "{name}");
+    }
+
+    // Closing one stream leaves the other on the same connection working.
+    drop(tab1);
+    let again = herald
+        .publish_ok(json!({"users": ["alice"], "data": "again"}))
+        .await;
+    let event = tab2.next_event(WAIT).await.expect("the second event");
+    assert_eq!(event.last_event_id, again);
+}
+
+/// `curl` following an event stream; its output read line by line with bounded waits.
+struct Curl {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Curl {
+    fn subscribe(protocol: &str, url: &str) -> Self {
+        let mut child = Command::new("curl")
+            .args([protocol, "-sk", "-N", "-i", "--max-time", "30", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("curl is installed");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Self {
+            _child: child,
+            lines: BufReader::new(stdout).lines(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one starts with `prefix`; returns it.
+    async fn line_starting(&mut self, prefix: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no line {prefix:?} in time; got {:?}", self.seen))
+                .expect("read curl's output")
+                .unwrap_or_else(|| panic!("curl ended before {prefix:?}; got {:?}", self.seen));
+            let line = line.trim_end().to_owned();
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+}
+
+fn curl_publish(url: &str, body: &Value) -> String {
+    let out = run_bounded(
+        std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "10",
+                "-H",
+                "content-type: application/json",
+            ])
+            .arg("--data")
+            .arg(body.to_string())
+            .arg(url),
+        Duration::from_secs(15),
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("curl publish: {}", String::from_utf8_lossy(&out.stdout)));
+    answer["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("publish answered {answer}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1() {
+    let certs = tempfile::tempdir().expect("a temp dir");
+    let (cert, key) = self_signed_cert(certs.path());
+    let herald = Herald::start(&[
+        "--dev",
+        "--tls-cert",
+        cert.to_str().expect("utf-8 path"),
+        "--tls-key",
+        key.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        herald.url("/").starts_with("https://"),
+        "{}",
+        herald.url("/")
+    );
+
+    let events = herald.url("/events?topic=t");
+    let mut h2 = Curl::subscribe("--http2", &events);
+    let mut h1 = Curl::subscribe("--http1.1", &events);
+    // The status line shows what ALPN chose; the retry: frame that the subscription is live.
+    assert_eq!(h2.line_starting("HTTP/").await, "HTTP/2 200");
+    assert_eq!(h1.line_starting("HTTP/").await, "HTTP/1.1 200 OK");
+    for curl in [&mut h2, &mut h1] {
+        curl.line_starting("retry: ").await;
+    }
+
+    let id = curl_publish(
+        &herald.url("/publish"),
+        &json!({"topics": ["t"], "data": "over tls"}),
+    );
+    for curl in [&mut h2, &mut h1] {
+        assert_eq!(curl.line_starting("id: ").await, format!("id: {id}"));
+        assert_eq!(curl.line_starting("data: ").await, "data: over tls");
+    }
+}
