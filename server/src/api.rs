@@ -51,9 +51,15 @@ pub struct AppState {
 }
 
 /// Routes one request. Never fails: errors are JSON responses.
-pub async fn handle(req: Request<Incoming>, state: Arc<AppState>, remote: SocketAddr) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    state: Arc<AppState>,
+    remote: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut response = route(req, &state, remote).await.unwrap_or_else(|e| e.into_response());
+    let mut response = route(req, &state, remote)
+        .await
+        .unwrap_or_else(|e| e.into_response());
     apply_cors(&state, origin, &mut response);
     Ok(response)
 }
@@ -67,7 +73,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -88,15 +97,25 @@ impl From<AuthError> for ApiError {
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(value.to_string()))));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn unavailable() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down")
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is shutting down",
+    )
 }
 
-async fn route(req: Request<Incoming>, state: &AppState, remote: SocketAddr) -> Result<Response<Body>, ApiError> {
+async fn route(
+    req: Request<Incoming>,
+    state: &AppState,
+    remote: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     if method == Method::OPTIONS {
@@ -105,7 +124,9 @@ async fn route(req: Request<Incoming>, state: &AppState, remote: SocketAddr) -> 
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => Ok(index()),
-        (&Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
+        (&Method::GET, ["healthz"]) => {
+            Ok(json_response(StatusCode::OK, &json!({ "status": "ok" })))
+        }
         (&Method::GET, ["metrics"]) => metrics_response(state).await,
         (&Method::GET, ["events"]) => subscribe(req, state, remote, false).await,
         (&Method::POST, ["publish"]) => publish(req, state).await,
@@ -113,7 +134,10 @@ async fn route(req: Request<Incoming>, state: &AppState, remote: SocketAddr) -> 
         (&Method::GET, ["admin", "connections"]) => {
             require_admin(&req, state)?;
             let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
-            Ok(json_response(StatusCode::OK, &json!({ "connections": snap.connections })))
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({ "connections": snap.connections }),
+            ))
         }
         (&Method::GET, ["admin", "connections", id]) => {
             require_admin(&req, state)?;
@@ -121,37 +145,61 @@ async fn route(req: Request<Incoming>, state: &AppState, remote: SocketAddr) -> 
             let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
             match snap.connections.into_iter().find(|c| c.id == id) {
                 Some(c) => Ok(json_response(StatusCode::OK, &json!(c))),
-                None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no connection {id}"))),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no connection {id}"),
+                )),
             }
         }
         (&Method::DELETE, ["admin", "connections", id]) => {
             require_admin(&req, state)?;
             let id = parse_conn_id(id)?;
             if state.hub.kick(id).await.map_err(|_| unavailable())? {
-                Ok(json_response(StatusCode::OK, &json!({ "disconnected": id })))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "disconnected": id }),
+                ))
             } else {
-                Err(ApiError::new(StatusCode::NOT_FOUND, format!("no connection {id}")))
+                Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no connection {id}"),
+                ))
             }
         }
         (&Method::GET, ["admin", "stats"]) => {
             require_admin(&req, state)?;
             let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
-            Ok(json_response(StatusCode::OK, &json!({ "stats": snap.stats, "topics": snap.topics })))
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({ "stats": snap.stats, "topics": snap.topics }),
+            ))
         }
         (_, [""] | ["healthz"] | ["metrics"] | ["events"] | ["publish"] | ["admin", ..]) => {
-            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")))
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            ))
         }
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        )),
     }
 }
 
 fn parse_conn_id(s: &str) -> Result<ConnId, ApiError> {
-    s.parse().map_err(|_| ApiError::bad_request(format!("{s:?} is not a connection id")))
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("{s:?} is not a connection id")))
 }
 
 fn index() -> Response<Body> {
-    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(INDEX_HTML.as_bytes()))));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(
+        INDEX_HTML.as_bytes(),
+    ))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     r
 }
 
@@ -159,30 +207,43 @@ fn preflight() -> Response<Body> {
     let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, DELETE, OPTIONS"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Authorization, Content-Type, Last-Event-ID"),
     );
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
     r
 }
 
 fn apply_cors(state: &AppState, origin: Option<HeaderValue>, response: &mut Response<Body>) {
     let Some(origin) = origin else { return };
-    let allowed = origin.to_str().is_ok_and(|o| state.cors_origins.iter().any(|a| a == o));
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| state.cors_origins.iter().any(|a| a == o));
     if !allowed {
         return;
     }
     let h = response.headers_mut();
     // With credentials the exact origin must be echoed, never `*`.
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
     h.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
-    let Some(q) = req.uri().query() else { return Vec::new() };
+    let Some(q) = req.uri().query() else {
+        return Vec::new();
+    };
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
@@ -218,17 +279,29 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The caller's identity: dev mode trusts everyone; otherwise a valid token is required.
-fn identify(req: &Request<Incoming>, state: &AppState, query: &[(String, String)]) -> Result<Identity, ApiError> {
-    let query_token = query.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str());
+fn identify(
+    req: &Request<Incoming>,
+    state: &AppState,
+    query: &[(String, String)],
+) -> Result<Identity, ApiError> {
+    let query_token = query
+        .iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.as_str());
     let token = token_from(req.headers(), query_token);
     match (&state.jwt, token) {
         (Some(key), Some(token)) => Ok(key.identify(&token, unix_now())?),
         (_, None) if state.dev => {
-            let user = query.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str());
+            let user = query
+                .iter()
+                .find(|(k, _)| k == "user")
+                .map(|(_, v)| v.as_str());
             let user = user
                 .map(UserId::new)
                 .transpose()
@@ -243,7 +316,10 @@ fn identify(req: &Request<Incoming>, state: &AppState, query: &[(String, String)
 fn require_admin(req: &Request<Incoming>, state: &AppState) -> Result<Identity, ApiError> {
     let id = identify(req, state, &query_pairs(req))?;
     if !id.admin {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "this token has no admin rights"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this token has no admin rights",
+        ));
     }
     Ok(id)
 }
@@ -257,21 +333,35 @@ async fn subscribe(
     let query = query_pairs(&req);
     let identity = identify(&req, state, &query)?;
     if admin && !identity.admin {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "this token has no admin rights"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this token has no admin rights",
+        ));
     }
     let mut patterns = Vec::new();
     if !admin {
         for (k, v) in &query {
             if k == "topic" {
-                patterns.push(TopicPattern::parse(v).map_err(|e| ApiError::bad_request(e.to_string()))?);
+                patterns.push(
+                    TopicPattern::parse(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
+                );
             }
         }
         if let Some(p) = identity.forbidden_topic(&patterns) {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("this token may not subscribe to topic {:?}", p.to_string())));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("this token may not subscribe to topic {:?}", p.to_string()),
+            ));
         }
     }
-    let header_id = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
-    let query_id = query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone());
+    let header_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
+    let query_id = query
+        .iter()
+        .find(|(k, _)| k == "lastEventId")
+        .map(|(_, v)| v.clone());
     let last_id = match header_id.or(query_id) {
         None => None,
         // An empty header is what a client sends after an `id:` reset: start live.
@@ -293,14 +383,21 @@ async fn subscribe(
         expires_at,
         admin,
     };
-    match state.hub.connect(connect, admin).await.map_err(|_| unavailable())? {
+    match state
+        .hub
+        .connect(connect, admin)
+        .await
+        .map_err(|_| unavailable())?
+    {
         Ok(sub) => Ok(stream_response(Either::Right(sub.body))),
         Err(e @ ConnectError::TooManyTopics { .. }) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ ConnectError::TooManyConnections { .. }) => {
             // EventSource gives up for good on any non-200: say "come back later" in-band.
             tracing::warn!(%remote, "{e}");
             let retry = jittered_retry(state.retry_ms, remote.port().into());
-            Ok(stream_response(Either::Left(Full::new(frame::encode_retry(retry)))))
+            Ok(stream_response(Either::Left(Full::new(
+                frame::encode_retry(retry),
+            ))))
         }
     }
 }
@@ -308,7 +405,10 @@ async fn subscribe(
 fn stream_response(body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
@@ -334,19 +434,37 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
     let query = query_pairs(&req);
     let identity = identify(&req, state, &query)?;
     let limit = state.max_body;
-    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes"))
-        } else {
-            ApiError::bad_request(format!("could not read the body: {e}"))
-        }
-    })?;
-    let body: PublishBody =
-        serde_json::from_slice(&body.to_bytes()).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {limit} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("could not read the body: {e}"))
+            }
+        })?;
+    let body: PublishBody = serde_json::from_slice(&body.to_bytes())
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let bad = |e: herald_core::NameError| ApiError::bad_request(e.to_string());
     let target = Target {
-        topics: body.topics.iter().map(|t| Topic::new(t)).collect::<Result<_, _>>().map_err(bad)?,
-        users: body.users.iter().map(|u| UserId::new(u)).collect::<Result<_, _>>().map_err(bad)?,
+        topics: body
+            .topics
+            .iter()
+            .map(|t| Topic::new(t))
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
+        users: body
+            .users
+            .iter()
+            .map(|u| UserId::new(u))
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
         broadcast: body.broadcast,
     };
     if target.is_empty() {
@@ -363,21 +481,38 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
         serde_json::Value::String(s) => s,
         other => other.to_string(),
     };
-    let request = PublishRequest { target, event_type, data, idempotency_key: body.idempotency_key };
+    let request = PublishRequest {
+        target,
+        event_type,
+        data,
+        idempotency_key: body.idempotency_key,
+    };
     match state.hub.publish(request).await {
-        Ok(id) => Ok(json_response(StatusCode::OK, &json!({ "id": id.to_string() }))),
+        Ok(id) => Ok(json_response(
+            StatusCode::OK,
+            &json!({ "id": id.to_string() }),
+        )),
         Err(PublishFailure::Rejected(e)) => Err(ApiError::bad_request(e.to_string())),
-        Err(e @ PublishFailure::Log(_)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e @ PublishFailure::Log(_)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
         Err(PublishFailure::ShuttingDown) => Err(unavailable()),
     }
 }
 
 async fn metrics_response(state: &AppState) -> Result<Response<Body>, ApiError> {
     let stats = state.hub.stats().await.map_err(|_| unavailable())?;
-    let text = metrics::render(&stats, &state.log_metrics.snapshot(), state.log.corrupt_records());
+    let text = metrics::render(
+        &stats,
+        &state.log_metrics.snapshot(),
+        state.log.corrupt_records(),
+    );
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(text))));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     Ok(r)
 }
 

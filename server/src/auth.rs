@@ -2,8 +2,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
 use herald_core::{Target, TopicPattern, UserId};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -59,7 +59,9 @@ impl Default for PublishGrant {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No credentials were presented.
-    #[error("missing credentials: send a token as 'Authorization: Bearer <token>', the '{TOKEN_COOKIE}' cookie or '?token='")]
+    #[error(
+        "missing credentials: send a token as 'Authorization: Bearer <token>', the '{TOKEN_COOKIE}' cookie or '?token='"
+    )]
     Missing,
     /// The token is not three base64url parts of JSON.
     #[error("malformed token: {0}")]
@@ -135,8 +137,15 @@ impl Identity {
                 if let Some(user) = target.users.first() {
                     return Err(format!("this token may not publish to user {user:?}"));
                 }
-                match target.topics.iter().find(|t| !grants.iter().any(|g| g.matches(t))) {
-                    Some(t) => Err(format!("this token may not publish to topic {:?}", t.as_str())),
+                match target
+                    .topics
+                    .iter()
+                    .find(|t| !grants.iter().any(|g| g.matches(t)))
+                {
+                    Some(t) => Err(format!(
+                        "this token may not publish to topic {:?}",
+                        t.as_str()
+                    )),
                     None => Ok(()),
                 }
             }
@@ -166,7 +175,9 @@ struct Header {
 impl JwtKey {
     /// A key from the shared secret.
     pub fn new(secret: &[u8]) -> Self {
-        Self { secret: secret.to_vec() }
+        Self {
+            secret: secret.to_vec(),
+        }
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -176,7 +187,10 @@ impl JwtKey {
 
     /// Signs `claims` as an HS256 JWT.
     pub fn mint(&self, claims: &Claims) -> String {
-        let header = Header { alg: "HS256".into(), typ: Some("JWT".into()) };
+        let header = Header {
+            alg: "HS256".into(),
+            typ: Some("JWT".into()),
+        };
         let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
         let signing_input = format!("{header}.{body}");
@@ -192,15 +206,16 @@ impl JwtKey {
             return Err(AuthError::Malformed("too long"));
         }
         let mut parts = token.split('.');
-        let (Some(header), Some(body), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(body), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed("expected three dot-separated parts"));
         };
         let header_json = URL_SAFE_NO_PAD
             .decode(header)
             .map_err(|_| AuthError::Malformed("header is not base64url"))?;
-        let header: Header =
-            serde_json::from_slice(&header_json).map_err(|_| AuthError::Malformed("header is not JSON"))?;
+        let header: Header = serde_json::from_slice(&header_json)
+            .map_err(|_| AuthError::Malformed("header is not JSON"))?;
         if header.alg != "HS256" {
             return Err(AuthError::Algorithm);
         }
@@ -213,8 +228,8 @@ impl JwtKey {
         let body = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| AuthError::Malformed("claims are not base64url"))?;
-        let claims: Claims =
-            serde_json::from_slice(&body).map_err(|_| AuthError::Malformed("claims are not the expected JSON"))?;
+        let claims: Claims = serde_json::from_slice(&body)
+            .map_err(|_| AuthError::Malformed("claims are not the expected JSON"))?;
         if claims.exp <= now_unix {
             return Err(AuthError::Expired);
         }
@@ -258,13 +273,19 @@ fn header_json_input(token: &str) -> &str {
 
 /// Finds the token in `Authorization: Bearer`, then the cookie, then `token` in the query.
 pub fn token_from(headers: &http::HeaderMap, query_token: Option<&str>) -> Option<String> {
-    if let Some(auth) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some(t) = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer "))
+    if let Some(auth) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = auth
+            .strip_prefix("Bearer ")
+            .or_else(|| auth.strip_prefix("bearer "))
     {
         return Some(t.trim().to_owned());
     }
     for cookie in headers.get_all(http::header::COOKIE) {
-        let Ok(cookie) = cookie.to_str() else { continue };
+        let Ok(cookie) = cookie.to_str() else {
+            continue;
+        };
         for pair in cookie.split(';') {
             if let Some((name, value)) = pair.trim().split_once('=')
                 && name == TOKEN_COOKIE
@@ -301,10 +322,19 @@ mod tests {
         assert_eq!(id.user, Some(UserId::new("alice").unwrap()));
         let p = |s| TopicPattern::parse(s).unwrap();
         assert_eq!(id.forbidden_topic(&[p("orders"), p("news/eu")]), None);
-        assert_eq!(id.forbidden_topic(&[p("orders"), p("secret")]), Some(&p("secret")));
-        let orders = Target { topics: vec![Topic::new("orders").unwrap()], ..Target::default() };
+        assert_eq!(
+            id.forbidden_topic(&[p("orders"), p("secret")]),
+            Some(&p("secret"))
+        );
+        let orders = Target {
+            topics: vec![Topic::new("orders").unwrap()],
+            ..Target::default()
+        };
         assert!(id.check_publish(&orders).is_ok());
-        let bcast = Target { broadcast: true, ..Target::default() };
+        let bcast = Target {
+            broadcast: true,
+            ..Target::default()
+        };
         assert!(id.check_publish(&bcast).is_err());
     }
 
@@ -312,17 +342,28 @@ mod tests {
     fn forged_expired_and_malformed_tokens_are_refused_with_a_reason() {
         let key = JwtKey::new(b"secret");
         let token = key.mint(&claims(2_000));
-        assert_eq!(JwtKey::new(b"other").verify(&token, 1_000), Err(AuthError::Signature));
+        assert_eq!(
+            JwtKey::new(b"other").verify(&token, 1_000),
+            Err(AuthError::Signature)
+        );
         assert_eq!(key.verify(&token, 2_000), Err(AuthError::Expired));
         assert!(matches!(key.verify("abc", 0), Err(AuthError::Malformed(_))));
-        assert!(matches!(key.verify("a.b.c", 0), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            key.verify("a.b.c", 0),
+            Err(AuthError::Malformed(_))
+        ));
         // Tampering with the claims breaks the signature.
         let mut parts: Vec<&str> = token.split('.').collect();
-        let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory","exp":9999999999,"herald":{"admin":true}}"#);
+        let forged = URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"mallory","exp":9999999999,"herald":{"admin":true}}"#);
         parts[1] = &forged;
         assert_eq!(key.verify(&parts.join("."), 0), Err(AuthError::Signature));
         // "alg": "none" is never accepted.
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), parts[1]);
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            parts[1]
+        );
         assert_eq!(key.verify(&none, 0), Err(AuthError::Algorithm));
     }
 

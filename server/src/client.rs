@@ -27,7 +27,9 @@ pub async fn request_json(
         }
         None => Bytes::new(),
     };
-    let req = req.body(Full::new(payload)).with_context(|| format!("invalid URL {url:?}"))?;
+    let req = req
+        .body(Full::new(payload))
+        .with_context(|| format!("invalid URL {url:?}"))?;
     let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .with_context(|| format!("no answer from {url} within 30 s"))?

@@ -31,7 +31,11 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self { queue_bytes: 4 << 20, retry_ms: 3_000, history_drain_wait: Duration::from_secs(30) }
+        Self {
+            queue_bytes: 4 << 20,
+            retry_ms: 3_000,
+            history_drain_wait: Duration::from_secs(30),
+        }
     }
 }
 
@@ -59,16 +63,35 @@ pub struct Subscriber {
 }
 
 enum Command {
-    Connect { req: ConnectRequest, snapshot: bool, reply: oneshot::Sender<Result<Subscriber, ConnectError>> },
+    Connect {
+        req: ConnectRequest,
+        snapshot: bool,
+        reply: oneshot::Sender<Result<Subscriber, ConnectError>>,
+    },
     Disconnect(ConnId),
-    Publish { req: PublishRequest, reply: oneshot::Sender<Result<EventId, PublishFailure>> },
+    Publish {
+        req: PublishRequest,
+        reply: oneshot::Sender<Result<EventId, PublishFailure>>,
+    },
     Commit(CommitReport),
-    History { conn: ConnId, page: Result<HistoryPage, String> },
-    Snapshot { reply: oneshot::Sender<Snapshot> },
-    Stats { reply: oneshot::Sender<Stats> },
-    Kick { conn: ConnId, reply: oneshot::Sender<bool> },
+    History {
+        conn: ConnId,
+        page: Result<HistoryPage, String>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+    Kick {
+        conn: ConnId,
+        reply: oneshot::Sender<bool>,
+    },
     Bounds(LogBounds),
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The cheap, cloneable way to reach the hub from anywhere (bodies use it on drop).
@@ -107,7 +130,11 @@ pub struct HubGone;
 
 impl Hub {
     /// Starts the hub task: `engine` seeded from `log`, appends through a group committer.
-    pub fn start(engine: Engine, log: Arc<dyn EventLog>, config: HubConfig) -> (Hub, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        engine: Engine,
+        log: Arc<dyn EventLog>,
+        config: HubConfig,
+    ) -> (Hub, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = HubSender(tx);
         let commit_tx = sender.clone();
@@ -127,7 +154,13 @@ impl Hub {
             shutdown_reply: None,
         };
         let task = tokio::spawn(driver.run(rx));
-        (Hub { tx: sender, log_metrics }, task)
+        (
+            Hub {
+                tx: sender,
+                log_metrics,
+            },
+            task,
+        )
     }
 
     /// The group committer's figures, for `/metrics`.
@@ -147,13 +180,24 @@ impl Hub {
     }
 
     /// Opens a subscription; with `snapshot`, the stream starts with a `snapshot` admin event.
-    pub async fn connect(&self, req: ConnectRequest, snapshot: bool) -> Result<Result<Subscriber, ConnectError>, HubGone> {
-        self.ask(|reply| Command::Connect { req, snapshot, reply }).await
+    pub async fn connect(
+        &self,
+        req: ConnectRequest,
+        snapshot: bool,
+    ) -> Result<Result<Subscriber, ConnectError>, HubGone> {
+        self.ask(|reply| Command::Connect {
+            req,
+            snapshot,
+            reply,
+        })
+        .await
     }
 
     /// Publishes and waits until the event is durable.
     pub async fn publish(&self, req: PublishRequest) -> Result<EventId, PublishFailure> {
-        self.ask(|reply| Command::Publish { req, reply }).await.map_err(|_| PublishFailure::ShuttingDown)?
+        self.ask(|reply| Command::Publish { req, reply })
+            .await
+            .map_err(|_| PublishFailure::ShuttingDown)?
     }
 
     /// Everything an operator sees.
@@ -276,23 +320,34 @@ impl Driver {
     fn handle(&mut self, cmd: Command) -> bool {
         let now = std::time::Instant::now();
         match cmd {
-            Command::Connect { req, snapshot, reply } => {
+            Command::Connect {
+                req,
+                snapshot,
+                reply,
+            } => {
                 let result = self.engine.handle_connect(req, now).map(|conn| {
                     let queue = Arc::new(Queue::new(self.config.queue_bytes));
                     self.queues.insert(conn, queue.clone());
                     tracing::debug!(%conn, "connected");
-                    Subscriber { conn, body: SseBody::new(conn, queue, self.sender.clone()) }
+                    Subscriber {
+                        conn,
+                        body: SseBody::new(conn, queue, self.sender.clone()),
+                    }
                 });
-                self.drain();
+                // The snapshot goes in before the connect's own outputs are drained, so it is
+                // the stream's first event (ahead of the `connected` event for this very stream).
                 if snapshot && let Ok(sub) = &result {
                     let snap = self.snapshot(now);
-                    if let (Some(q), Ok(json)) = (self.queues.get(&sub.conn), serde_json::to_string(&snap)) {
+                    if let (Some(q), Ok(json)) =
+                        (self.queues.get(&sub.conn), serde_json::to_string(&snap))
+                    {
                         let kind = herald_core::EventType::new("snapshot").ok();
                         if let Some(kind) = kind {
                             q.push(frame::encode_ephemeral(&kind, &json));
                         }
                     }
                 }
+                self.drain();
                 let _ = reply.send(result);
             }
             Command::Disconnect(conn) => {
@@ -334,8 +389,14 @@ impl Driver {
                     }
                 }
             }
-            Command::History { conn, page: Ok(page) } => self.engine.handle_history(conn, page, now),
-            Command::History { conn, page: Err(error) } => {
+            Command::History {
+                conn,
+                page: Ok(page),
+            } => self.engine.handle_history(conn, page, now),
+            Command::History {
+                conn,
+                page: Err(error),
+            } => {
                 tracing::warn!(%conn, %error, "history read failed; closing the connection so it retries");
                 self.engine.handle_history_failed(conn, now);
             }
@@ -375,14 +436,19 @@ impl Driver {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { conn, frame } => {
-                    let Some(queue) = self.queues.get(&conn) else { continue };
+                    let Some(queue) = self.queues.get(&conn) else {
+                        continue;
+                    };
                     if queue.push(frame) == Push::Overflow {
                         tracing::debug!(%conn, "slow consumer");
-                        self.engine.handle_queue_overflow(conn, std::time::Instant::now());
+                        self.engine
+                            .handle_queue_overflow(conn, std::time::Instant::now());
                     }
                 }
                 Output::Close { conn, reason } => {
-                    let Some(queue) = self.queues.remove(&conn) else { continue };
+                    let Some(queue) = self.queues.remove(&conn) else {
+                        continue;
+                    };
                     tracing::debug!(%conn, reason = reason.as_str(), "closing");
                     match reason {
                         CloseReason::SlowConsumer => queue.abort(),
@@ -397,7 +463,9 @@ impl Driver {
                     None => self.engine.handle_append_failed(&[event.id]),
                 },
                 Output::LoadHistory(req) => {
-                    let Some(queue) = self.queues.get(&req.conn).cloned() else { continue };
+                    let Some(queue) = self.queues.get(&req.conn).cloned() else {
+                        continue;
+                    };
                     let log = self.log.clone();
                     let sender = self.sender.clone();
                     let limit = self.config.queue_bytes / 2;
@@ -406,7 +474,10 @@ impl Driver {
                         // Pace the replay against the client: read the next page only once
                         // the previous one has mostly been written.
                         let started = Instant::now();
-                        while queue.queued_bytes() > limit && !queue.is_closed() && started.elapsed() < wait {
+                        while queue.queued_bytes() > limit
+                            && !queue.is_closed()
+                            && started.elapsed() < wait
+                        {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         if queue.is_closed() {

@@ -44,7 +44,10 @@ pub enum Push {
 impl Queue {
     /// An empty queue that refuses frames beyond `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Self { limit, inner: Mutex::new(Inner::default()) }
+        Self {
+            limit,
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -117,7 +120,11 @@ impl Queue {
         match inner.frames.len() {
             0 if inner.closed => Poll::Ready(None),
             0 => {
-                if !inner.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                if !inner
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
                     inner.waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
@@ -158,8 +165,13 @@ impl Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.queue.poll_take(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.queue
+            .poll_take(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -194,7 +206,10 @@ mod tests {
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
         // Everything queued comes out as one chunk, then the end.
-        assert_eq!(q.poll_take(&mut cx), Poll::Ready(Some(Bytes::from_static(b"12345678bye"))));
+        assert_eq!(
+            q.poll_take(&mut cx),
+            Poll::Ready(Some(Bytes::from_static(b"12345678bye")))
+        );
         assert_eq!(q.poll_take(&mut cx), Poll::Ready(None));
     }
 
