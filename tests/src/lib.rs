@@ -58,20 +58,26 @@ const READY_PREFIX: &str = "herald listening on ";
 /// build another package's binaries for this crate's tests).
 pub fn herald_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(locate_or_build)
+    BIN.get_or_init(|| match std::env::var_os("HERALD_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => locate_or_build("herald-server", "herald"),
+    })
 }
 
-fn locate_or_build() -> PathBuf {
-    if let Some(bin) = std::env::var_os("HERALD_BIN") {
-        return PathBuf::from(bin);
-    }
+/// The `herald-tui` binary, found and brought up to date like [`herald_bin`].
+pub fn tui_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| locate_or_build("herald-tui", "herald-tui"))
+}
+
+fn locate_or_build(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
     // target/<profile>/deps/<test>-<hash> -> target/<profile>/herald
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join(format!("herald{}", std::env::consts::EXE_SUFFIX));
+    let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the tests crate lives in the workspace");
@@ -79,7 +85,7 @@ fn locate_or_build() -> PathBuf {
     let mut build = Command::new(cargo);
     build
         .current_dir(workspace)
-        .args(["build", "-p", "herald-server", "--bin", "herald"]);
+        .args(["build", "-p", package, "--bin", name]);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }
@@ -89,16 +95,16 @@ fn locate_or_build() -> PathBuf {
         if bin.exists() {
             // Someone's edit in progress does not compile: test the last good binary.
             eprintln!(
-                "warning: `cargo build -p herald-server` failed; testing the existing {}\n{stderr}",
+                "warning: `cargo build -p {package}` failed; testing the existing {}\n{stderr}",
                 bin.display()
             );
         } else {
-            panic!("cannot build the herald binary:\n{stderr}");
+            panic!("cannot build {name}:\n{stderr}");
         }
     }
     assert!(
         bin.exists(),
-        "cargo built herald but {} does not exist",
+        "cargo built {name} but {} does not exist",
         bin.display()
     );
     bin

@@ -5,6 +5,7 @@
 
 mod admin;
 mod auth;
+mod console;
 mod cors;
 mod delivery;
 mod limits;

@@ -1,0 +1,152 @@
+//! The operator console, for real: `herald-tui` runs in tmux against a running server, sees a
+//! subscriber in its table, composes a broadcast, and the subscriber receives it.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use herald_tests::{Herald, WAIT, run_bounded, tui_bin};
+
+/// A tmux session killed on drop.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Self {
+        let name = format!("herald-e2e-{}-{}", std::process::id(), unique());
+        let out = run_bounded(
+            Command::new("tmux").args([
+                "new-session",
+                "-d",
+                "-x",
+                "120",
+                "-y",
+                "40",
+                "-s",
+                &name,
+                command,
+            ]),
+            Duration::from_secs(10),
+        );
+        assert!(
+            out.status.success(),
+            "tmux new-session failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name }
+    }
+
+    fn screen(&self) -> String {
+        let out = run_bounded(
+            Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]),
+            Duration::from_secs(5),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for key in keys {
+            let out = run_bounded(
+                Command::new("tmux").args(["send-keys", "-t", &self.name, key]),
+                Duration::from_secs(5),
+            );
+            assert!(out.status.success(), "send-keys {key} failed");
+            // One key at a time, as a person types: the console redraws between keys.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn type_text(&self, text: &str) {
+        let out = run_bounded(
+            Command::new("tmux").args(["send-keys", "-t", &self.name, "-l", text]),
+            Duration::from_secs(5),
+        );
+        assert!(out.status.success(), "send-keys -l failed");
+    }
+
+    /// Polls the screen until `pred` holds or the bound passes; returns the last screen.
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "the console never showed {what}; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = run_bounded(
+            Command::new("tmux").args(["kill-session", "-t", &self.name]),
+            Duration::from_secs(5),
+        );
+    }
+}
+
+fn unique() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos().into())
+}
+
+fn tmux_available() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_subscriber_and_its_broadcast_reaches_it() {
+    if !tmux_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is missing: `apt-get install tmux` (bash .ci/run does)"
+        );
+        eprintln!("SKIPPED: tmux is not installed (run bash .ci/run to install)");
+        return;
+    }
+    let herald = Herald::start(&["--dev"]);
+    let mut subscriber = herald
+        .events()
+        .topic("console-demo")
+        .query("user", "alice")
+        .open()
+        .await;
+    let tui = tui_bin().display().to_string();
+    let console = Tmux::start(&format!("{tui} --url {}", herald.url("")));
+
+    // The live table lists the subscriber: its user and its topic.
+    console.wait_for("the subscriber in the connections table", |s| {
+        s.contains("● live")
+            && s.lines()
+                .any(|l| l.contains("alice") && l.contains("console-demo"))
+    });
+
+    // Compose: p, choose "broadcast" (two to the right), then down to Data (the broadcast
+    // form has no target field: Send to, Event, Data as, Data).
+    console.keys(&["p"]);
+    console.wait_for("the compose form", |s| s.contains("Compose an event"));
+    console.keys(&["Right", "Right", "Tab", "Tab", "Tab"]);
+    console.type_text(r#"{"from":"the console"}"#);
+    console.keys(&["Enter"]);
+    let screen = console.wait_for("the id the server returned", |s| s.contains("published"));
+
+    let event = subscriber
+        .next_event(WAIT)
+        .await
+        .expect("the broadcast reaches the subscriber");
+    assert_eq!(event.data, r#"{"from":"the console"}"#);
+    assert!(
+        screen.contains(&event.last_event_id),
+        "the console shows the id {} it got back; screen:\n{screen}",
+        event.last_event_id
+    );
+}
