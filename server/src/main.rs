@@ -11,7 +11,7 @@ use serde_json::json;
 /// Herald: publish events over HTTP, deliver them to browsers over Server-Sent Events, and
 /// replay what a reconnecting client missed from a durable log.
 #[derive(Parser, Debug)]
-#[command(name = "herald", version, about, long_about = None)]
+#[command(name = "herald", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +26,8 @@ enum Command {
     Token(TokenArgs),
     /// Publish one event through a running server's HTTP API.
     Publish(PublishArgs),
+    /// Measure a running SSE server: N subscribers, M events, latency and throughput.
+    Bench(herald_server::bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -88,21 +90,27 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
         Command::Serve(args) => {
             let config = args.resolve()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(herald_server::server::serve(config))
         }
         Command::Token(args) => token(args),
         Command::Publish(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(publish(args))
         }
+        Command::Bench(args) => herald_server::bench::run(args),
     }
 }
 
@@ -110,14 +118,18 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let secret = match args.jwt_secret {
         Some(s) => s,
         None => {
-            let from_file = ServeArgs { config: args.config.clone(), ..ServeArgs::default() };
+            let from_file = ServeArgs {
+                config: args.config.clone(),
+                ..ServeArgs::default()
+            };
             from_file.resolve()?.jwt_secret.context(
                 "no JWT secret: pass --jwt-secret (or set HERALD_JWT_SECRET, or jwt_secret in --config)",
             )?
         }
     };
     for p in args.subscribe.iter().chain(&args.publish_topics) {
-        herald_core::TopicPattern::parse(p).with_context(|| format!("invalid topic pattern {p:?}"))?;
+        herald_core::TopicPattern::parse(p)
+            .with_context(|| format!("invalid topic pattern {p:?}"))?;
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let publish = if args.publish {
@@ -130,15 +142,19 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let claims = Claims {
         sub: args.sub,
         exp: now + args.ttl.as_secs().max(1),
-        herald: Grants { subscribe: args.subscribe, publish, admin: args.admin },
+        herald: Grants {
+            subscribe: args.subscribe,
+            publish,
+            admin: args.admin,
+        },
     };
     println!("{}", JwtKey::new(secret.as_bytes()).mint(&claims));
     Ok(())
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let data: serde_json::Value =
-        serde_json::from_str(&args.data).unwrap_or_else(|_| serde_json::Value::String(args.data.clone()));
+    let data: serde_json::Value = serde_json::from_str(&args.data)
+        .unwrap_or_else(|_| serde_json::Value::String(args.data.clone()));
     let mut body = json!({
         "topics": args.topics,
         "users": args.users,
@@ -152,12 +168,26 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         body["idempotency_key"] = json!(k);
     }
     let url = format!("{}/publish", args.url.trim_end_matches('/'));
-    let (status, answer) =
-        herald_server::client::request_json(http::Method::POST, &url, args.token.as_deref(), Some(body)).await?;
+    let (status, answer) = herald_server::client::request_json(
+        http::Method::POST,
+        &url,
+        args.token.as_deref(),
+        Some(body),
+    )
+    .await?;
     if !status.is_success() {
-        let message = answer.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error");
+        let message = answer
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("unknown error");
         bail!("{status}: {message}");
     }
-    println!("{}", answer.get("id").and_then(|i| i.as_str()).unwrap_or_default());
+    println!(
+        "{}",
+        answer
+            .get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default()
+    );
     Ok(())
 }

@@ -167,6 +167,7 @@ def get(r, path):
 # (label, path, format, how to combine the repetitions)
 FIGURES = [
     ("connect all (s)", "connect_s", "{:.3f}", "median"),
+    ("load generator CPU while connecting (s)", "connect_client_cpu_s", "{:.3f}", "median"),
     ("deliveries/s", "deliveries_per_s", "{:,.0f}", "median"),
     ("latency p50 (ms)", "latency_ms.p50", "{:.2f}", "median"),
     ("latency p90 (ms)", "latency_ms.p90", "{:.2f}", "median"),

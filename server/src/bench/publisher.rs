@@ -1,0 +1,277 @@
+//! Publishing the events: unpaced (one connection, each publish as soon as the previous one is
+//! answered) or paced (sent on schedule, over as many connections as are busy, up to a cap).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::Shared;
+use super::template::{Template, Values, write_event_data};
+
+/// How long one publish may take before it counts as failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every publish sends and where.
+#[derive(Debug)]
+pub struct PublishPlan {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The `Host` header.
+    pub authority: String,
+    /// The request target.
+    pub path: String,
+    /// The body, with `{data}` for the event's data.
+    pub body: Template,
+    /// `{url}` in the body.
+    pub url: String,
+    /// `{topic}` in the body.
+    pub topic: String,
+    /// Content-Type, Authorization and `--header`s.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Bytes of data per event.
+    pub payload: usize,
+    /// How many events.
+    pub events: u32,
+    /// Events per second; 0 = unpaced.
+    pub rate: f64,
+    /// The most publishes in flight when paced.
+    pub max_connections: usize,
+}
+
+/// One answered (or failed) publish.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The event's sequence number.
+    pub seq: u32,
+    /// When it was sent (the `t` inside its data), microseconds into the run.
+    pub sent_us: u64,
+    /// When the answer (or the failure) came, microseconds into the run.
+    pub answered_us: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The publishes answered so far, in the order they were answered; shared so that a run that
+/// gives up waiting still reports what was published.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    records: Mutex<Vec<Published>>,
+    /// `done[k]`: event k's publish has been answered.
+    done: Mutex<Vec<bool>>,
+    /// Events `0..contiguous` have all been answered.
+    contiguous: AtomicU32,
+}
+
+impl Ledger {
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything answered so far.
+    pub fn records(&self) -> Vec<Published> {
+        Self::lock(&self.records).clone()
+    }
+
+    fn answered(&self, record: Published, shared: &Shared) {
+        let mut done = Self::lock(&self.done);
+        let seq = record.seq as usize;
+        if done.len() <= seq {
+            done.resize(seq + 1, false);
+        }
+        done[seq] = true;
+        let mut contiguous = self.contiguous.load(Ordering::Relaxed) as usize;
+        while done.get(contiguous) == Some(&true) {
+            contiguous += 1;
+        }
+        self.contiguous.store(contiguous as u32, Ordering::Release);
+        Self::lock(&self.records).push(record);
+        shared.published.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Publishes every event of `plan`, recording each answer in `ledger`.
+pub async fn run(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>) {
+    if plan.rate > 0.0 {
+        paced(plan, shared, ledger).await;
+    } else {
+        unpaced(&plan, &shared, &ledger).await;
+    }
+}
+
+async fn unpaced(plan: &PublishPlan, shared: &Shared, ledger: &Ledger) {
+    let mut conn = None;
+    for seq in 0..plan.events {
+        let mut sender = match conn.take() {
+            Some(s) => s,
+            None => match connect(plan.addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let now = shared.now_us();
+                    ledger.answered(
+                        Published {
+                            seq,
+                            sent_us: now,
+                            answered_us: now,
+                            error: Some(e),
+                        },
+                        shared,
+                    );
+                    continue;
+                }
+            },
+        };
+        if publish_one(plan, &mut sender, seq, shared, ledger).await {
+            conn = Some(sender);
+        }
+    }
+}
+
+async fn paced(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>) {
+    let idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>> = Arc::default();
+    let open = Arc::new(AtomicUsize::new(0));
+    // One connection ready before the clock starts, so the first event does not pay for it.
+    if let Ok(sender) = connect(plan.addr).await {
+        Ledger::lock(&idle).push(sender);
+        open.store(1, Ordering::Relaxed);
+    }
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for seq in 0..plan.events {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(f64::from(seq) / plan.rate)).await;
+        let sender = loop {
+            if let Some(s) = Ledger::lock(&idle).pop() {
+                break Some(s);
+            }
+            if open.load(Ordering::Relaxed) < plan.max_connections.max(1) {
+                open.fetch_add(1, Ordering::Relaxed);
+                break None;
+            }
+            // Every connection is busy: the schedule slips (the report shows the rate achieved).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let (plan, shared, ledger, idle, open) = (
+            plan.clone(),
+            shared.clone(),
+            ledger.clone(),
+            idle.clone(),
+            open.clone(),
+        );
+        tasks.spawn(async move {
+            let mut sender = match sender {
+                Some(s) => s,
+                None => match connect(plan.addr).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        let now = shared.now_us();
+                        ledger.answered(
+                            Published {
+                                seq,
+                                sent_us: now,
+                                answered_us: now,
+                                error: Some(e),
+                            },
+                            &shared,
+                        );
+                        return;
+                    }
+                },
+            };
+            if publish_one(&plan, &mut sender, seq, &shared, &ledger).await {
+                Ledger::lock(&idle).push(sender);
+            } else {
+                open.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Opens a publishing connection.
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::time::timeout(PUBLISH_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("cannot connect to {addr} within {PUBLISH_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Publishes event `seq` over `sender`; returns whether the connection can be used again.
+async fn publish_one(
+    plan: &PublishPlan,
+    sender: &mut SendRequest<Full<Bytes>>,
+    seq: u32,
+    shared: &Shared,
+    ledger: &Ledger,
+) -> bool {
+    let mut data = String::with_capacity(plan.payload + 40);
+    let sent_us = shared.now_us();
+    write_event_data(seq, sent_us, plan.payload, &mut data);
+    let body = plan.body.expand(Values {
+        url: &plan.url,
+        topic: &plan.topic,
+        data: &data,
+    });
+    let mut request =
+        http::Request::post(plan.path.as_str()).header(header::HOST, plan.authority.as_str());
+    for (name, value) in &plan.headers {
+        request = request.header(name, value);
+    }
+    let request = match request.body(Full::new(Bytes::from(body))) {
+        Ok(r) => r,
+        Err(e) => {
+            let record = Published {
+                seq,
+                sent_us,
+                answered_us: shared.now_us(),
+                error: Some(format!("invalid request: {e}")),
+            };
+            ledger.answered(record, shared);
+            return true;
+        }
+    };
+    if let Some(slot) = shared.answered_before.get(seq as usize) {
+        slot.store(ledger.contiguous.load(Ordering::Acquire), Ordering::Relaxed);
+    }
+    let exchange = async {
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    };
+    let (error, reusable) = match tokio::time::timeout(PUBLISH_TIMEOUT, exchange).await {
+        Ok(Ok((status, _))) if status.is_success() => (None, true),
+        Ok(Ok((status, body))) => {
+            let text = String::from_utf8_lossy(&body);
+            (Some(format!("status {status}: {}", text.trim())), true)
+        }
+        Ok(Err(e)) => (Some(format!("publish failed: {e}")), false),
+        Err(_) => (Some(format!("no answer within {PUBLISH_TIMEOUT:?}")), false),
+    };
+    ledger.answered(
+        Published {
+            seq,
+            sent_us,
+            answered_us: shared.now_us(),
+            error,
+        },
+        shared,
+    );
+    reusable
+}

@@ -1,0 +1,325 @@
+//! One subscriber: connect, read the event stream until told to stop, and tally what arrived.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use herald_core::Parser;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::Shared;
+use super::sys::{self, bind_address_no_port};
+use super::template::read_event_data;
+use super::wire::{BodyDecoder, head_len, parse_head};
+
+/// How long one connection may take to get its response head.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The read buffer: a burst of queued events arrives in one read.
+const READ_BUFFER: usize = 16 * 1024;
+/// A latency slot never written: the event has not arrived.
+pub const MISSING: u32 = u32::MAX;
+
+/// What every subscriber sends and where.
+#[derive(Debug)]
+pub struct SubscribePlan {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The whole request, head and blank line.
+    pub request: Vec<u8>,
+    /// Events that will be published.
+    pub events: u32,
+}
+
+/// What one subscriber received.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    /// Per sequence number: microseconds from publish to receipt, or [`MISSING`].
+    pub latency_us: Vec<u32>,
+    /// Distinct events received.
+    pub unique: u64,
+    /// Events received again.
+    pub duplicates: u64,
+    /// See [`Tally::record`].
+    pub out_of_order: u64,
+    /// Events whose data this run did not write.
+    pub foreign: u64,
+    /// When the last event arrived, microseconds into the run.
+    pub last_receive_us: u64,
+    highest_seq: Option<u32>,
+}
+
+impl Tally {
+    /// Nothing received yet of `events` events.
+    pub fn new(events: u32) -> Self {
+        Self {
+            latency_us: vec![MISSING; events as usize],
+            unique: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            foreign: 0,
+            last_receive_us: 0,
+            highest_seq: None,
+        }
+    }
+
+    /// Counts an event's `data`, received `now_us` into the run.
+    ///
+    /// An event is out of order when it arrives after a higher-numbered one whose publish
+    /// started only after this one's publish was answered: `answered_before[k]` is how many
+    /// of the events `0..k` had all been answered when event `k` was sent. (Publishes that
+    /// overlap in time have no order to keep.)
+    pub fn record(&mut self, data: &str, now_us: u64, answered_before: &[AtomicU32]) {
+        let Some((seq, t_us)) =
+            read_event_data(data).filter(|&(seq, _)| seq < self.latency_us.len() as u32)
+        else {
+            self.foreign += 1;
+            return;
+        };
+        let slot = &mut self.latency_us[seq as usize];
+        if *slot != MISSING {
+            self.duplicates += 1;
+            return;
+        }
+        *slot = u32::try_from(now_us.saturating_sub(t_us)).unwrap_or(MISSING - 1);
+        self.unique += 1;
+        self.last_receive_us = self.last_receive_us.max(now_us);
+        match self.highest_seq {
+            Some(high) if seq < high => {
+                let settled = answered_before
+                    .get(high as usize)
+                    .map_or(0, |a| a.load(Ordering::Relaxed));
+                if seq < settled {
+                    self.out_of_order += 1;
+                }
+            }
+            _ => self.highest_seq = Some(seq),
+        }
+    }
+}
+
+/// How a subscriber ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What it received; `None` when it never connected.
+    pub tally: Option<Tally>,
+    /// Why it stopped before being told to (or why it could not connect).
+    pub error: Option<String>,
+}
+
+/// Runs one subscriber from connecting until `stop` changes.
+pub async fn run(
+    plan: Arc<SubscribePlan>,
+    source: Option<IpAddr>,
+    gate: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Outcome {
+    let opened = {
+        // The semaphore is never closed; without a permit we would just connect unthrottled.
+        let _permit = gate.acquire().await;
+        tokio::time::timeout(CONNECT_TIMEOUT, open(&plan, source)).await
+    };
+    let (mut stream, mut buf, filled, head, decoder) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => return shared.connect_failed(e),
+        Err(_) => {
+            return shared.connect_failed(format!("no response head within {CONNECT_TIMEOUT:?}"));
+        }
+    };
+    shared.connect_succeeded();
+
+    let mut reader = Reader {
+        decoder,
+        parser: Parser::new(),
+        tally: Tally::new(plan.events),
+    };
+    let mut error =
+        match reader.receive(&buf[head..filled], shared.now_us(), &shared.answered_before) {
+            Ok(true) => Some("the stream ended".to_owned()),
+            Ok(false) => None,
+            Err(e) => Some(e),
+        };
+    // Registered once: re-creating the wait on every read costs more than the read's parsing.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    while error.is_none() {
+        buf.clear();
+        let read = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            read = stream.read_buf(&mut buf) => read,
+        };
+        let n = match read {
+            Ok(0) => {
+                error = Some("the server closed the stream".to_owned());
+                break;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                error = Some(format!("read failed: {e}"));
+                break;
+            }
+        };
+        let before = reader.tally.unique;
+        match reader.receive(&buf[..n], shared.now_us(), &shared.answered_before) {
+            Ok(false) => {}
+            Ok(true) => error = Some("the stream ended".to_owned()),
+            Err(e) => error = Some(e),
+        }
+        let new = reader.tally.unique - before;
+        if new > 0 {
+            shared.deliveries.fetch_add(new, Ordering::Relaxed);
+        }
+    }
+    // Hold the connection until the run is over, like a browser would, so that an early end
+    // does not change the server's load.
+    if error.is_some() {
+        let _ = stopped.await;
+    }
+    sys::reset_on_close(&stream);
+    drop(stream);
+    Outcome {
+        tally: Some(reader.tally),
+        error,
+    }
+}
+
+struct Reader {
+    decoder: BodyDecoder,
+    parser: Parser,
+    tally: Tally,
+}
+
+impl Reader {
+    /// Feeds bytes from the socket; returns whether the body has ended.
+    fn receive(
+        &mut self,
+        bytes: &[u8],
+        now_us: u64,
+        answered_before: &[AtomicU32],
+    ) -> Result<bool, String> {
+        let Self {
+            decoder,
+            parser,
+            tally,
+        } = self;
+        let ended = decoder
+            .feed(bytes, |body| {
+                parser.feed_each(body, |event| {
+                    tally.record(&event.data, now_us, answered_before)
+                })
+            })
+            .map_err(|e| format!("invalid chunked body: {e}"))?;
+        Ok(ended)
+    }
+}
+
+type Opened = (TcpStream, Vec<u8>, usize, usize, BodyDecoder);
+
+/// Connects, sends the request and reads the response head; returns the stream, the read
+/// buffer with the bytes read so far, their length, the head's length, and the body decoder.
+async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<Opened, String> {
+    let socket = if plan.addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("cannot create a socket: {e}"))?;
+    if let Some(ip) = source {
+        bind_address_no_port(&socket);
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("cannot bind source address {ip}: {e}"))?;
+    }
+    let mut stream = socket
+        .connect(plan.addr)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", plan.addr))?;
+    stream
+        .write_all(&plan.request)
+        .await
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    // Not zeroed: `read_buf` fills spare capacity, so only the pages a read reaches are touched
+    // (zeroing 10,000 buffers up front was a fifth of the connect phase's CPU).
+    let mut buf = Vec::with_capacity(READ_BUFFER);
+    loop {
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("read failed: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the connection before answering".to_owned());
+        }
+        let filled = buf.len();
+        if let Some(len) = head_len(&buf[..filled]) {
+            let head = parse_head(&buf[..len]).map_err(|e| e.to_string())?;
+            if head.status != 200 {
+                let body = String::from_utf8_lossy(&buf[len..filled]);
+                return Err(format!("status {}: {}", head.status, body.trim()));
+            }
+            return Ok((stream, buf, filled, len, BodyDecoder::new(head.framing)));
+        }
+        if filled >= READ_BUFFER {
+            return Err(format!(
+                "no end of the response head in {READ_BUFFER} bytes"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::template::write_event_data;
+
+    fn data(seq: u32, t_us: u64) -> String {
+        let mut s = String::new();
+        write_event_data(seq, t_us, 64, &mut s);
+        s
+    }
+
+    fn answered(counts: &[u32]) -> Vec<AtomicU32> {
+        counts.iter().map(|&c| AtomicU32::new(c)).collect()
+    }
+
+    #[test]
+    fn a_tally_records_latency_duplicates_and_foreign_events() {
+        let mut tally = Tally::new(3);
+        let order = answered(&[0, 1, 2]);
+        tally.record(&data(0, 100), 350, &order);
+        tally.record(&data(0, 100), 400, &order);
+        tally.record("hello", 400, &order);
+        tally.record(&data(9, 100), 400, &order);
+        tally.record(&data(1, 200), 900, &order);
+        assert_eq!(tally.latency_us, [250, 700, MISSING]);
+        assert_eq!(
+            (
+                tally.unique,
+                tally.duplicates,
+                tally.foreign,
+                tally.out_of_order
+            ),
+            (2, 1, 2, 0)
+        );
+        assert_eq!(tally.last_receive_us, 900);
+    }
+
+    #[test]
+    fn an_event_after_a_later_one_is_out_of_order_only_if_its_publish_was_answered_first() {
+        // Event 2 was sent after 0 and 1 were answered; event 1 overlapped event 0.
+        let order = answered(&[0, 0, 2]);
+        let mut tally = Tally::new(3);
+        tally.record(&data(1, 0), 10, &order);
+        tally.record(&data(0, 0), 10, &order);
+        assert_eq!(tally.out_of_order, 0);
+        tally.record(&data(2, 0), 10, &order);
+        let mut late = Tally::new(3);
+        late.record(&data(2, 0), 10, &order);
+        late.record(&data(1, 0), 10, &order);
+        late.record(&data(0, 0), 10, &order);
+        assert_eq!(late.out_of_order, 2);
+    }
+}

@@ -1,0 +1,230 @@
+//! The operating system's side: the open-file limit, local ports and source addresses, and a
+//! server process's memory and CPU time from /proc.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Raises the soft open-file limit to the hard limit; returns the limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        Some(lim.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// How many ephemeral ports one source address has (Linux's `ip_local_port_range`).
+pub fn ephemeral_ports() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<usize>().ok());
+            let (lo, hi) = (it.next()??, it.next()??);
+            (hi >= lo).then(|| hi - lo + 1)
+        })
+        .unwrap_or(28_232)
+}
+
+/// The source addresses to spread `n` connections to `target` over: empty when one address
+/// has ports enough (or the target is not IPv4 loopback, where other sources do not exist).
+///
+/// Uses at most three quarters of each address's `ports`, leaving room for other programs and
+/// for connections still in TIME_WAIT.
+pub fn source_addresses(target: IpAddr, n: usize, ports: usize) -> Vec<IpAddr> {
+    let IpAddr::V4(v4) = target else {
+        return Vec::new();
+    };
+    if !v4.is_loopback() {
+        return Vec::new();
+    }
+    let per_address = (ports * 3 / 4).max(1);
+    let needed = n.div_ceil(per_address);
+    if needed <= 1 {
+        return Vec::new();
+    }
+    // 127.0.0.1, 127.0.0.2, ..., 127.0.0.254, 127.0.1.1, ...: all of 127/8 is loopback.
+    (0..needed.min(254 * 256))
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, (i / 254) as u8, (i % 254 + 1) as u8)))
+        .collect()
+}
+
+/// Lets a socket bound to a source address pick its port at connect time, from the whole
+/// 4-tuple, instead of at bind time from the ports free on that address alone.
+pub fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and a c_int option value of the size we pass.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
+/// Makes closing `stream` send a reset instead of a FIN, so the closed connection does not sit
+/// in TIME_WAIT holding its port: the next run's 10,000 connects then find free ports at once
+/// (with them held, connecting took twice the CPU).
+pub fn reset_on_close(stream: &tokio::net::TcpStream) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd as _;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket descriptor and a `linger` value of the size we pass.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = stream;
+}
+
+/// A process's resident memory and CPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSample {
+    /// VmRSS, KiB.
+    pub rss_kib: u64,
+    /// utime + stime, clock ticks.
+    pub cpu_ticks: u64,
+}
+
+/// Reads `pid`'s memory and CPU time from /proc.
+pub fn sample_process(pid: u32) -> std::io::Result<ProcessSample> {
+    let invalid = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("cannot read {what} of process {pid}"),
+        )
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    Ok(ProcessSample {
+        rss_kib: vm_rss_kib(&status).ok_or_else(|| invalid("VmRSS"))?,
+        cpu_ticks: cpu_ticks(&stat).ok_or_else(|| invalid("the CPU time"))?,
+    })
+}
+
+/// Clock ticks per second, for [`ProcessSample::cpu_ticks`].
+pub fn ticks_per_second() -> f64 {
+    #[cfg(unix)]
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[cfg(not(unix))]
+    let ticks = 100;
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// CPU time the whole machine spent busy (all cores, anything but idle and I/O wait), in
+/// clock ticks.
+pub fn machine_busy_ticks() -> Option<u64> {
+    busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The busy ticks of /proc/stat's aggregate `cpu` line.
+pub fn busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find_map(|l| l.strip_prefix("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    let total: u64 = ticks.iter().take(8).sum();
+    Some(total - ticks.get(3)? - ticks.get(4).copied().unwrap_or(0))
+}
+
+/// The `VmRSS:` line of /proc/PID/status, in KiB.
+pub fn vm_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// utime + stime (fields 14 and 15) of /proc/PID/stat, in clock ticks.
+pub fn cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces and parentheses.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_comes_from_the_status_file() {
+        let status = "Name:\therald\nVmPeak:\t  99999 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
+        assert_eq!(vm_rss_kib(status), Some(12345));
+        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_add_utime_and_stime_even_with_an_odd_command_name() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1 2 3";
+        assert_eq!(cpu_ticks(stat), Some(325));
+        assert_eq!(cpu_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_io_wait() {
+        let stat = "cpu  100 5 50 1000 20 3 7 2 0 0\ncpu0 50 2 25 500 10 1 3 1 0 0\n";
+        assert_eq!(busy_ticks(stat), Some(167));
+        assert_eq!(busy_ticks("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let sample = sample_process(std::process::id()).unwrap();
+        assert!(sample.rss_kib > 0);
+    }
+
+    #[test]
+    fn source_addresses_are_spread_only_on_loopback_and_only_when_needed() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(source_addresses(lo, 10_000, 28_232).is_empty());
+        let spread = source_addresses(lo, 50_000, 28_232);
+        assert_eq!(spread.len(), 3);
+        assert_eq!(spread[0], "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(spread[2], "127.0.0.3".parse::<IpAddr>().unwrap());
+        assert!(source_addresses("10.0.0.1".parse().unwrap(), 50_000, 28_232).is_empty());
+        assert!(source_addresses("::1".parse().unwrap(), 50_000, 28_232).is_empty());
+        let many = source_addresses(lo, 300 * 3, 4);
+        assert_eq!(many.len(), 300);
+        assert_eq!(many[254], "127.0.1.1".parse::<IpAddr>().unwrap());
+    }
+}
