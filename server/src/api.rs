@@ -79,6 +79,16 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON body: `{"error": "..."}`.
+    pub fn body(&self) -> String {
+        json!({ "error": self.message }).to_string()
+    }
+
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
@@ -222,12 +232,14 @@ fn preflight() -> Response<Body> {
     r
 }
 
+/// True when `origin` is on the CORS allow-list.
+pub fn cors_allows(state: &AppState, origin: &str) -> bool {
+    state.cors_origins.iter().any(|a| a == origin)
+}
+
 fn apply_cors(state: &AppState, origin: Option<HeaderValue>, response: &mut Response<Body>) {
     let Some(origin) = origin else { return };
-    let allowed = origin
-        .to_str()
-        .is_ok_and(|o| state.cors_origins.iter().any(|a| a == o));
-    if !allowed {
+    if !origin.to_str().is_ok_and(|o| cors_allows(state, o)) {
         return;
     }
     let h = response.headers_mut();
@@ -240,8 +252,8 @@ fn apply_cors(state: &AppState, origin: Option<HeaderValue>, response: &mut Resp
     h.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
-fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
-    let Some(q) = req.uri().query() else {
+fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
+    let Some(q) = uri.query() else {
         return Vec::new();
     };
     q.split('&')
@@ -286,7 +298,7 @@ fn unix_now() -> u64 {
 
 /// The caller's identity: dev mode trusts everyone; otherwise a valid token is required.
 fn identify(
-    req: &Request<Incoming>,
+    headers: &http::HeaderMap,
     state: &AppState,
     query: &[(String, String)],
 ) -> Result<Identity, ApiError> {
@@ -294,7 +306,7 @@ fn identify(
         .iter()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.as_str());
-    let token = token_from(req.headers(), query_token);
+    let token = token_from(headers, query_token);
     match (&state.jwt, token) {
         (Some(key), Some(token)) => Ok(key.identify(&token, unix_now())?),
         (_, None) if state.dev => {
@@ -314,7 +326,7 @@ fn identify(
 }
 
 fn require_admin(req: &Request<Incoming>, state: &AppState) -> Result<Identity, ApiError> {
-    let id = identify(req, state, &query_pairs(req))?;
+    let id = identify(req.headers(), state, &query_pairs(req.uri()))?;
     if !id.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -330,8 +342,35 @@ async fn subscribe(
     remote: SocketAddr,
     admin: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let query = query_pairs(&req);
-    let identity = identify(&req, state, &query)?;
+    Ok(
+        match open_stream(req.uri(), req.headers(), state, remote, admin).await? {
+            Opened::Stream(body) => stream_response(Either::Right(body)),
+            Opened::RetryLater(frame) => stream_response(Either::Left(Full::new(frame))),
+        },
+    )
+}
+
+/// What a subscribe request gets: a live stream, or a `retry:` hint and an ended stream.
+#[derive(Debug)]
+pub enum Opened {
+    /// The stream; its body never ends by itself.
+    Stream(SseBody),
+    /// The server cannot take the connection now: send this frame and end (a non-200 would
+    /// make a browser give up for good).
+    RetryLater(Bytes),
+}
+
+/// Checks a subscribe request (`GET /events`, or the admin stream) and opens the stream.
+/// Shared by the hyper path and the direct HTTP/1.1 path ([`crate::stream_h1`]).
+pub async fn open_stream(
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    state: &AppState,
+    remote: SocketAddr,
+    admin: bool,
+) -> Result<Opened, ApiError> {
+    let query = query_pairs(uri);
+    let identity = identify(headers, state, &query)?;
     if admin && !identity.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -354,8 +393,7 @@ async fn subscribe(
             ));
         }
     }
-    let header_id = req
-        .headers()
+    let header_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
     let query_id = query
@@ -389,15 +427,13 @@ async fn subscribe(
         .await
         .map_err(|_| unavailable())?
     {
-        Ok(sub) => Ok(stream_response(Either::Right(sub.body))),
+        Ok(sub) => Ok(Opened::Stream(sub.body)),
         Err(e @ ConnectError::TooManyTopics { .. }) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ ConnectError::TooManyConnections { .. }) => {
             // EventSource gives up for good on any non-200: say "come back later" in-band.
             tracing::warn!(%remote, "{e}");
             let retry = jittered_retry(state.retry_ms, remote.port().into());
-            Ok(stream_response(Either::Left(Full::new(
-                frame::encode_retry(retry),
-            ))))
+            Ok(Opened::RetryLater(frame::encode_retry(retry)))
         }
     }
 }
@@ -431,8 +467,8 @@ struct PublishBody {
 }
 
 async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Body>, ApiError> {
-    let query = query_pairs(&req);
-    let identity = identify(&req, state, &query)?;
+    let query = query_pairs(req.uri());
+    let identity = identify(req.headers(), state, &query)?;
     let limit = state.max_body;
     let body = Limited::new(req.into_body(), limit)
         .collect()

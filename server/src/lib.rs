@@ -11,4 +11,5 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod sse;
+pub mod stream_h1;
 pub mod tls;

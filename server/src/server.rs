@@ -10,15 +10,17 @@ use herald_core::{Engine, EngineConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpSocket;
 use tokio_util::either::Either;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::auth::JwtKey;
 use crate::config::ServeConfig;
 use crate::hub::{Hub, HubConfig};
 use crate::log::{EventLog, SledLog, Trimmer};
+use crate::stream_h1;
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -115,6 +117,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(1000);
     let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
     let mut shutdown = Box::pin(shutdown_signal());
 
     loop {
@@ -131,7 +134,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 };
                 let _ = stream.set_nodelay(true);
                 let conn = Accepted { stream, remote, header_timeout: config.header_timeout };
-                serve_connection(conn, &builder, &graceful, state.clone(), tls.clone());
+                tracker.spawn(serve_connection(conn, builder.clone(), graceful.watcher(), state.clone(), tls.clone()));
             }
             _ = &mut shutdown => break,
         }
@@ -143,6 +146,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let ended = tokio::time::timeout(bound, async {
         let _ = hub.shutdown().await;
         graceful.shutdown().await;
+        tracker.close();
+        tracker.wait().await;
     })
     .await;
     if ended.is_err() {
@@ -167,10 +172,10 @@ struct Accepted {
     header_timeout: Duration,
 }
 
-fn serve_connection(
+async fn serve_connection(
     accepted: Accepted,
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
     state: Arc<AppState>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
@@ -182,50 +187,56 @@ fn serve_connection(
     // hyper's header timeout starts only once a request is being read; a client that sends
     // nothing (or half an HTTP/2 preface) would hold its socket forever. Until the first
     // request arrives, this deadline applies.
+    let deadline = tokio::time::sleep(header_timeout);
+    tokio::pin!(deadline);
+    let io = match tls {
+        None => {
+            let mut first = [0u8; 12];
+            let peeked = tokio::select! {
+                peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
+                _ = &mut deadline => return tracing::debug!(%remote, "no request within {header_timeout:?}; closing"),
+            };
+            if stream_h1::is_subscribe(&first[..peeked]) {
+                return stream_h1::serve(stream, remote, state, header_timeout).await;
+            }
+            Either::Left(stream)
+        }
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                done = acceptor.accept(stream) => done,
+                _ = &mut deadline => return tracing::debug!(%remote, "TLS handshake timed out"),
+            };
+            match handshake {
+                Ok(s) => Either::Right(s),
+                Err(e) => return tracing::debug!(%remote, "TLS handshake failed: {e}"),
+            }
+        }
+    };
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
     let service = service_fn(move |req| {
         seen.store(true, Ordering::Relaxed);
         api::handle(req, state.clone(), remote)
     });
-    let builder = builder.clone();
-    let watcher = graceful.watcher();
-    tokio::spawn(async move {
-        let deadline = tokio::time::sleep(header_timeout);
-        tokio::pin!(deadline);
-        let io = match tls {
-            None => Either::Left(stream),
-            Some(acceptor) => {
-                let handshake = tokio::select! {
-                    done = acceptor.accept(stream) => done,
-                    _ = &mut deadline => return tracing::debug!(%remote, "TLS handshake timed out"),
-                };
-                match handshake {
-                    Ok(s) => Either::Right(s),
-                    Err(e) => return tracing::debug!(%remote, "TLS handshake failed: {e}"),
-                }
+    let conn = watcher.watch(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned(),
+    );
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = &mut conn => result,
+        _ = &mut deadline, if !started.load(Ordering::Relaxed) => {
+            if started.load(Ordering::Relaxed) {
+                conn.await
+            } else {
+                return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
             }
-        };
-        let conn = watcher.watch(
-            builder
-                .serve_connection(TokioIo::new(io), service)
-                .into_owned(),
-        );
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            result = &mut conn => result,
-            _ = &mut deadline, if !started.load(Ordering::Relaxed) => {
-                if started.load(Ordering::Relaxed) {
-                    conn.await
-                } else {
-                    return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%remote, "connection ended: {e}");
         }
-    });
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, "connection ended: {e}");
+    }
 }
 
 async fn shutdown_signal() {

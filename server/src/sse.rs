@@ -161,6 +161,14 @@ impl SseBody {
     }
 }
 
+impl SseBody {
+    /// Waits for what is queued and takes it as one chunk; `None` once the server ended the
+    /// stream (for drivers that write the socket themselves).
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| self.queue.poll_take(cx)).await
+    }
+}
+
 impl Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;

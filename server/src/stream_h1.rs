@@ -1,0 +1,218 @@
+//! The direct HTTP/1.1 path for `GET /events`: a subscriber's connection served without
+//! hyper.
+//!
+//! An idle SSE subscriber is the common case, and what it costs is part of the product.
+//! Through hyper each one keeps two 8 KiB buffers (request reading, response heads) for the
+//! life of the stream and pays chunked encoding and the dispatcher on every write. Here the
+//! request head is read into a buffer that is freed before streaming, the stream is
+//! delimited by closing the connection (`Connection: close`; no chunk framing), and each
+//! wake-up writes everything queued with one `write`. Anything that is not a plain
+//! `GET /events` goes to hyper as before.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::api::{self, AppState, Opened};
+
+/// The longest request head accepted on this path.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// A write that cannot make progress for this long means the client is gone.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// The bytes a request must start with to take this path.
+const PREFIX: &[u8] = b"GET /events";
+
+/// True when `peeked` (the connection's first bytes) is a request this path serves.
+pub fn is_subscribe(peeked: &[u8]) -> bool {
+    peeked.len() > PREFIX.len()
+        && peeked.starts_with(PREFIX)
+        && matches!(peeked[PREFIX.len()], b' ' | b'?')
+}
+
+/// Serves one subscriber connection to its end. `deadline` bounds reading the head.
+pub async fn serve(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    state: Arc<AppState>,
+    header_timeout: Duration,
+) {
+    let head = match tokio::time::timeout(header_timeout, read_head(&mut stream)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(HeadError::Io)) => return,
+        Ok(Err(HeadError::TooLarge)) => {
+            let e = (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the request head is too large",
+            );
+            return write_error(&mut stream, e.0, &error_json(e.1), None).await;
+        }
+        Ok(Err(HeadError::Malformed)) => {
+            return write_error(
+                &mut stream,
+                StatusCode::BAD_REQUEST,
+                &error_json("malformed request"),
+                None,
+            )
+            .await;
+        }
+        Err(_) => {
+            return tracing::debug!(%remote, "request head not complete within {header_timeout:?}; closing");
+        }
+    };
+    let cors = head
+        .headers
+        .get(http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| api::cors_allows(&state, o))
+        .map(str::to_owned);
+    let opened = api::open_stream(&head.uri, &head.headers, &state, remote, false).await;
+    drop(head);
+    match opened {
+        Ok(Opened::Stream(body)) => stream_events(stream, body, cors.as_deref()).await,
+        Ok(Opened::RetryLater(frame)) => {
+            let mut out = stream_head(cors.as_deref());
+            out.extend_from_slice(&frame);
+            let _ = stream.write_all(&out).await;
+            let _ = stream.shutdown().await;
+        }
+        Err(e) => write_error(&mut stream, e.status(), &e.body(), cors.as_deref()).await,
+    }
+}
+
+struct Head {
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
+enum HeadError {
+    Io,
+    TooLarge,
+    Malformed,
+}
+
+async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
+        if n == 0 {
+            return Err(HeadError::Io);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut slots);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let uri: http::Uri = req
+                    .path
+                    .unwrap_or("/")
+                    .parse()
+                    .map_err(|_| HeadError::Malformed)?;
+                let mut headers = HeaderMap::with_capacity(req.headers.len());
+                for h in req.headers.iter() {
+                    let name = HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|_| HeadError::Malformed)?;
+                    let value =
+                        HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Malformed)?;
+                    headers.append(name, value);
+                }
+                return Ok(Head { uri, headers });
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return Err(HeadError::TooLarge);
+            }
+            Err(_) => return Err(HeadError::Malformed),
+        }
+    }
+}
+
+fn stream_head(cors: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+          x-accel-buffering: no\r\nconnection: close\r\n",
+    );
+    push_cors(&mut out, cors);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn push_cors(out: &mut Vec<u8>, cors: Option<&str>) {
+    if let Some(origin) = cors {
+        out.extend_from_slice(b"access-control-allow-origin: ");
+        out.extend_from_slice(origin.as_bytes());
+        out.extend_from_slice(b"\r\naccess-control-allow-credentials: true\r\nvary: Origin\r\n");
+    }
+}
+
+fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+async fn write_error(stream: &mut TcpStream, status: StatusCode, body: &str, cors: Option<&str>) {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    push_cors(&mut out, cors);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Writes the response head, then whatever the hub queues, until the hub ends the stream or
+/// the client goes away (seen as end-of-file on the read side, or a failed write).
+async fn stream_events(mut stream: TcpStream, mut body: crate::sse::SseBody, cors: Option<&str>) {
+    let head = Bytes::from(stream_head(cors));
+    if stream.write_all(&head).await.is_err() {
+        return;
+    }
+    drop(head);
+    let (mut rd, mut wr) = stream.split();
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            chunk = body.next_chunk() => {
+                let Some(chunk) = chunk else { break };
+                match tokio::time::timeout(WRITE_STALL, wr.write_all(&chunk)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+            read = rd.read(&mut probe) => match read {
+                // A client sends nothing after its request; end-of-file means it left.
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_subscribe;
+
+    #[test]
+    fn only_plain_subscribe_requests_take_the_direct_path() {
+        assert!(is_subscribe(b"GET /events?topic=a HTTP/1.1\r\n"));
+        assert!(is_subscribe(b"GET /events HTTP/1.1\r\n"));
+        assert!(!is_subscribe(b"GET /eventsource HTTP/1.1"));
+        assert!(!is_subscribe(b"GET /events"));
+        assert!(!is_subscribe(b"POST /events HTTP/1.1"));
+        assert!(!is_subscribe(b"PRI * HTTP/2.0\r\n"));
+        assert!(!is_subscribe(b"GET /admin/events HTTP/1.1"));
+    }
+}
