@@ -69,7 +69,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         retry_ms: config.retry_ms,
         ..HubConfig::default()
     };
-    let (hub, hub_task) = Hub::start(engine, log.clone(), hub_config);
+    let control = Control::start()?;
+    let (hub, hub_task) = {
+        let _inside = control.handle.enter();
+        Hub::start(engine, log.clone(), hub_config)
+    };
     let sender = hub.sender();
     let trim_log = log.clone();
     let trimmer = Trimmer::start(log.clone(), config.trim_interval, move |_| {
@@ -134,7 +138,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 };
                 let _ = stream.set_nodelay(true);
                 let conn = Accepted { stream, remote, header_timeout: config.header_timeout };
-                tracker.spawn(serve_connection(conn, builder.clone(), graceful.watcher(), state.clone(), tls.clone()));
+                let ctx = ConnContext {
+                    builder: builder.clone(),
+                    watcher: graceful.watcher(),
+                    state: state.clone(),
+                    tls: tls.clone(),
+                    control: control.handle.clone(),
+                    tracker: tracker.clone(),
+                };
+                tracker.spawn(serve_connection(conn, ctx));
             }
             _ = &mut shutdown => break,
         }
@@ -156,9 +168,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     drop(state);
     drop(hub);
     let _ = tokio::time::timeout(Duration::from_secs(2), hub_task).await;
-    tokio::task::spawn_blocking(move || trimmer.shutdown())
-        .await
-        .ok();
+    tokio::task::spawn_blocking(move || {
+        trimmer.shutdown();
+        control.stop();
+    })
+    .await
+    .ok();
     tracing::info!("stopped");
     Ok(())
 }
@@ -172,35 +187,90 @@ struct Accepted {
     header_timeout: Duration,
 }
 
-async fn serve_connection(
-    accepted: Accepted,
+/// Everything a connection task needs besides its socket.
+struct ConnContext {
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     state: Arc<AppState>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) {
-    let Accepted {
-        stream,
-        remote,
-        header_timeout,
-    } = accepted;
+    control: tokio::runtime::Handle,
+    tracker: TaskTracker,
+}
+
+/// The control runtime: one thread running the hub and every hyper connection (publishers,
+/// the admin API, TLS and HTTP/2). Subscriber streams on the direct path run on the main
+/// runtime. Kept apart, a publish is answered as soon as the log has it, even while the
+/// main runtime is busy writing a fan-out to thousands of sockets; the next events then
+/// queue up behind that fan-out and leave in the same writes.
+struct Control {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Control {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("herald-control".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Connections still open after the shutdown bound are dropped here.
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })?;
+        Ok(Self { handle, stop: Some(stop), thread: Some(thread) })
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve_connection(accepted: Accepted, ctx: ConnContext) {
+    let Accepted { stream, remote, header_timeout } = accepted;
+    if ctx.tls.is_none() {
+        // Subscribers on plain HTTP/1.1 stay here, on the direct path; everything else goes
+        // to hyper on the control runtime.
+        let mut first = [0u8; 12];
+        let peeked = tokio::select! {
+            peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
+            _ = tokio::time::sleep(header_timeout) => {
+                return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
+            }
+        };
+        if stream_h1::is_subscribe(&first[..peeked]) {
+            return stream_h1::serve(stream, remote, ctx.state, header_timeout).await;
+        }
+    }
+    let Ok(stream) = stream.into_std() else { return };
+    let tracker = ctx.tracker.clone();
+    let control = ctx.control.clone();
+    control.spawn(tracker.track_future(async move {
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => serve_hyper(stream, remote, header_timeout, ctx).await,
+            Err(e) => tracing::debug!(%remote, "cannot move the connection: {e}"),
+        }
+    }));
+}
+
+async fn serve_hyper(stream: tokio::net::TcpStream, remote: SocketAddr, header_timeout: Duration, ctx: ConnContext) {
+    let ConnContext { builder, watcher, state, tls, .. } = ctx;
     // hyper's header timeout starts only once a request is being read; a client that sends
     // nothing (or half an HTTP/2 preface) would hold its socket forever. Until the first
     // request arrives, this deadline applies.
     let deadline = tokio::time::sleep(header_timeout);
     tokio::pin!(deadline);
     let io = match tls {
-        None => {
-            let mut first = [0u8; 12];
-            let peeked = tokio::select! {
-                peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
-                _ = &mut deadline => return tracing::debug!(%remote, "no request within {header_timeout:?}; closing"),
-            };
-            if stream_h1::is_subscribe(&first[..peeked]) {
-                return stream_h1::serve(stream, remote, state, header_timeout).await;
-            }
-            Either::Left(stream)
-        }
+        None => Either::Left(stream),
         Some(acceptor) => {
             let handshake = tokio::select! {
                 done = acceptor.accept(stream) => done,
