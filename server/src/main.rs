@@ -100,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             let config = args.resolve()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .on_thread_start(herald_server::server::yield_to_control)
                 .build()?;
             runtime.block_on(herald_server::server::serve(config))
         }
