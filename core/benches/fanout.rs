@@ -30,64 +30,43 @@ fn engine_with(subscribers: usize) -> (Engine, Instant) {
     (engine, now)
 }
 
+/// Publishes one event to `target`, commits it and drains every output: one fan-out.
+fn publish_and_drain(engine: &mut Engine, target: &Target, wall: u64, now: Instant) -> u64 {
+    let out = engine
+        .handle_publish(PublishRequest::new(target.clone(), "{\"n\":1}"), wall, now)
+        .unwrap();
+    engine.handle_committed(out.id, now);
+    let mut sent = 0u64;
+    while let Some(o) = engine.poll_output() {
+        if let Output::Send { frame, .. } = o {
+            sent += frame.len() as u64;
+        }
+    }
+    sent
+}
+
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
     for subscribers in [10_000usize, 100_000] {
         let (mut engine, now) = engine_with(subscribers);
-        let target = Target {
+        let topic = Target {
             topics: vec![Topic::new("bench").unwrap()],
             ..Target::default()
         };
-        let mut wall = 1_700_000_000_000u64;
-        group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_with_input(
-            BenchmarkId::new("topic", subscribers),
-            &subscribers,
-            |b, _| {
-                b.iter(|| {
-                    wall += 1;
-                    let out = engine
-                        .handle_publish(PublishRequest::new(target.clone(), "{\"n\":1}"), wall, now)
-                        .unwrap();
-                    engine.handle_committed(out.id, now);
-                    let mut sends = 0u64;
-                    while let Some(o) = engine.poll_output() {
-                        if let Output::Send { frame, .. } = o {
-                            sends += frame.len() as u64;
-                        }
-                    }
-                    black_box(sends)
-                })
-            },
-        );
         let broadcast = Target {
             broadcast: true,
             ..Target::default()
         };
-        group.bench_with_input(
-            BenchmarkId::new("broadcast", subscribers),
-            &subscribers,
-            |b, _| {
+        let mut wall = 1_700_000_000_000u64;
+        group.throughput(Throughput::Elements(subscribers as u64));
+        for (name, target) in [("topic", &topic), ("broadcast", &broadcast)] {
+            group.bench_with_input(BenchmarkId::new(name, subscribers), &subscribers, |b, _| {
                 b.iter(|| {
                     wall += 1;
-                    let out = engine
-                        .handle_publish(
-                            PublishRequest::new(broadcast.clone(), "{\"n\":1}"),
-                            wall,
-                            now,
-                        )
-                        .unwrap();
-                    engine.handle_committed(out.id, now);
-                    let mut sends = 0u64;
-                    while let Some(o) = engine.poll_output() {
-                        if let Output::Send { frame, .. } = o {
-                            sends += frame.len() as u64;
-                        }
-                    }
-                    black_box(sends)
+                    black_box(publish_and_drain(&mut engine, target, wall, now))
                 })
-            },
-        );
+            });
+        }
     }
     group.finish();
 }

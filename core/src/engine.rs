@@ -861,38 +861,25 @@ impl Engine {
     /// Hands a committed event to every connection it is for; returns how many got it live.
     fn deliver(&mut self, entry: &Arc<Entry>, now: Instant) -> u64 {
         let event = &entry.event;
-        let held_limit = self.config.held_bytes;
-        let mut recipients = 0;
         // Each connection's cursor only rises, so a connection reached twice (two matching
         // topics, a topic and its user) takes the event once.
+        let mut fanout = Fanout {
+            slots: &mut self.slots,
+            counters: &mut self.counters,
+            outputs: &mut self.outputs,
+            held_limit: self.config.held_bytes,
+            entry,
+            now,
+            recipients: 0,
+        };
         if event.target.broadcast {
-            for &slot in &self.everyone {
-                recipients += offer(
-                    &mut self.slots,
-                    &mut self.counters,
-                    &mut self.outputs,
-                    held_limit,
-                    slot,
-                    entry,
-                    now,
-                );
-            }
-            return recipients;
+            fanout.offer_all(&self.everyone);
+            return fanout.recipients;
         }
         for topic in &event.target.topics {
             if let Some(ix) = self.topics.get_mut(topic) {
                 ix.events += 1;
-                for &slot in &ix.slots {
-                    recipients += offer(
-                        &mut self.slots,
-                        &mut self.counters,
-                        &mut self.outputs,
-                        held_limit,
-                        slot,
-                        entry,
-                        now,
-                    );
-                }
+                fanout.offer_all(&ix.slots);
             }
             if self.prefixes.is_empty() || topic.is_system() {
                 continue;
@@ -902,36 +889,16 @@ impl Engine {
             for cut in cuts {
                 if let Some(ix) = self.prefixes.get_mut(&name[..cut]) {
                     ix.events += 1;
-                    for &slot in &ix.slots {
-                        recipients += offer(
-                            &mut self.slots,
-                            &mut self.counters,
-                            &mut self.outputs,
-                            held_limit,
-                            slot,
-                            entry,
-                            now,
-                        );
-                    }
+                    fanout.offer_all(&ix.slots);
                 }
             }
         }
         for user in &event.target.users {
             if let Some(slots) = self.users.get(user) {
-                for &slot in slots {
-                    recipients += offer(
-                        &mut self.slots,
-                        &mut self.counters,
-                        &mut self.outputs,
-                        held_limit,
-                        slot,
-                        entry,
-                        now,
-                    );
-                }
+                fanout.offer_all(slots);
             }
         }
-        recipients
+        fanout.recipients
     }
 
     fn send_event(&mut self, slot: u32, id: EventId, frame: Bytes, replayed: bool, now: Instant) {
@@ -1052,55 +1019,67 @@ impl Engine {
     }
 }
 
-/// Offers a live event to the connection in `slot`: sent, held (it is replaying), or skipped
-/// (it already has it). Returns 1 when sent. A free function so the index being iterated
-/// and the connection table can be borrowed apart.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn offer(
-    slots: &mut [Option<Conn>],
-    counters: &mut Counters,
-    outputs: &mut VecDeque<Output>,
+/// One committed event on its way to connections: the parts of the engine fan-out writes,
+/// borrowed apart from the index being iterated.
+struct Fanout<'a> {
+    slots: &'a mut [Option<Conn>],
+    counters: &'a mut Counters,
+    outputs: &'a mut VecDeque<Output>,
     held_limit: usize,
-    slot: u32,
-    entry: &Arc<Entry>,
+    entry: &'a Arc<Entry>,
     now: Instant,
-) -> u64 {
-    let Some(c) = slots.get_mut(slot as usize).and_then(Option::as_mut) else {
-        return 0;
-    };
-    let id = entry.event.id;
-    if c.cursor.is_some_and(|cur| id <= cur) {
-        return 0;
+    /// Connections that got it live.
+    recipients: u64,
+}
+
+impl Fanout<'_> {
+    fn offer_all<'s>(&mut self, slots: impl IntoIterator<Item = &'s u32>) {
+        for &slot in slots {
+            self.offer(slot);
+        }
     }
-    if let Some(replay) = c.replay.as_mut() {
-        if id <= replay.through || replay.overflowed {
-            // The history read covers it, or the log will.
-            return 0;
+
+    /// Offers the event to the connection in `slot`: sent, held (it is replaying), or
+    /// skipped (it already has it).
+    #[inline]
+    fn offer(&mut self, slot: u32) {
+        let Some(c) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let entry = self.entry;
+        let id = entry.event.id;
+        if c.cursor.is_some_and(|cur| id <= cur) {
+            return;
         }
-        if replay.held.last().is_some_and(|h| h.event.id >= id) {
-            return 0;
+        if let Some(replay) = c.replay.as_mut() {
+            if id <= replay.through || replay.overflowed {
+                // The history read covers it, or the log will.
+                return;
+            }
+            if replay.held.last().is_some_and(|h| h.event.id >= id) {
+                return;
+            }
+            if replay.held_bytes + entry.frame.len() > self.held_limit {
+                replay.overflowed = true;
+                replay.held.clear();
+                replay.held_bytes = 0;
+                return;
+            }
+            replay.held_bytes += entry.frame.len();
+            replay.held.push(entry.clone());
+            return;
         }
-        if replay.held_bytes + entry.frame.len() > held_limit {
-            replay.overflowed = true;
-            replay.held.clear();
-            replay.held_bytes = 0;
-            return 0;
-        }
-        replay.held_bytes += entry.frame.len();
-        replay.held.push(entry.clone());
-        return 0;
+        c.cursor = Some(id);
+        c.events_sent += 1;
+        c.bytes_sent += entry.frame.len() as u64;
+        c.last_write = self.now;
+        self.counters.delivered += 1;
+        self.recipients += 1;
+        self.outputs.push_back(Output::Send {
+            conn: c.id,
+            frame: entry.frame.clone(),
+        });
     }
-    c.cursor = Some(id);
-    c.events_sent += 1;
-    c.bytes_sent += entry.frame.len() as u64;
-    c.last_write = now;
-    counters.delivered += 1;
-    outputs.push_back(Output::Send {
-        conn: c.id,
-        frame: entry.frame.clone(),
-    });
-    1
 }
 
 fn remove_from_index<K, Q>(index: &mut BTreeMap<K, IndexEntry>, key: &Q, slot: u32)
