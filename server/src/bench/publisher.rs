@@ -80,6 +80,18 @@ impl Ledger {
         Self::lock(&self.records).clone()
     }
 
+    /// Records that publish `seq` never went out: no connection to send it on.
+    fn not_sent(&self, seq: u32, error: String, shared: &Shared) {
+        let now = shared.now_us();
+        let record = Published {
+            seq,
+            sent_us: now,
+            answered_us: now,
+            error: Some(error),
+        };
+        self.answered(record, shared);
+    }
+
     fn answered(&self, record: Published, shared: &Shared) {
         let mut done = Self::lock(&self.done);
         let seq = record.seq as usize;
@@ -114,16 +126,7 @@ async fn unpaced(plan: &PublishPlan, shared: &Shared, ledger: &Ledger) {
             None => match connect(plan.addr).await {
                 Ok(s) => s,
                 Err(e) => {
-                    let now = shared.now_us();
-                    ledger.answered(
-                        Published {
-                            seq,
-                            sent_us: now,
-                            answered_us: now,
-                            error: Some(e),
-                        },
-                        shared,
-                    );
+                    ledger.not_sent(seq, e, shared);
                     continue;
                 }
             },
@@ -171,16 +174,7 @@ async fn paced(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>)
                     Ok(s) => s,
                     Err(e) => {
                         open.fetch_sub(1, Ordering::Relaxed);
-                        let now = shared.now_us();
-                        ledger.answered(
-                            Published {
-                                seq,
-                                sent_us: now,
-                                answered_us: now,
-                                error: Some(e),
-                            },
-                            &shared,
-                        );
+                        ledger.not_sent(seq, e, &shared);
                         return;
                     }
                 },
