@@ -119,7 +119,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1000);
+        .max_concurrent_streams(1000)
+        // An HTTP/2 client that vanished without a FIN is found by ping, not left holding
+        // its streams until TCP gives up.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
     let tracker = TaskTracker::new();
     let mut shutdown = Box::pin(shutdown_signal());
