@@ -800,15 +800,7 @@ impl Engine {
             };
             if !window_covers {
                 replay.awaiting = true;
-                let req = HistoryRequest {
-                    conn: c.id,
-                    after: read_from,
-                    through,
-                    subscription: c.meta.sub.clone(),
-                    max_events: self.config.history_page_events,
-                    max_bytes: self.config.history_page_bytes,
-                };
-                self.outputs.push_back(Output::LoadHistory(Box::new(req)));
+                self.load_history(slot, read_from, through);
                 return;
             }
             // Serve one page from the window; what does not fit continues from the log so
@@ -835,27 +827,32 @@ impl Engine {
                 }
             }
             replay.read_from = if exhausted { Some(through) } else { read_to };
-            if !exhausted {
-                // Force the log for the rest (the window may have moved by then).
-                replay.awaiting = true;
-                let req = HistoryRequest {
-                    conn: c.id,
-                    after: read_to,
-                    through,
-                    subscription: c.meta.sub.clone(),
-                    max_events: self.config.history_page_events,
-                    max_bytes: self.config.history_page_bytes,
-                };
-                for entry in frames {
-                    self.send_event(slot, entry.event.id, entry.frame.clone(), true, now);
-                }
-                self.outputs.push_back(Output::LoadHistory(Box::new(req)));
-                return;
-            }
+            // What does not fit continues from the log (the window may have moved by then).
+            replay.awaiting = !exhausted;
             for entry in frames {
                 self.send_event(slot, entry.event.id, entry.frame.clone(), true, now);
             }
+            if !exhausted {
+                self.load_history(slot, read_to, through);
+                return;
+            }
         }
+    }
+
+    /// Asks the driver for the page of history after `after` for the connection in `slot`.
+    fn load_history(&mut self, slot: u32, after: Option<EventId>, through: EventId) {
+        let Some(c) = self.slots[slot as usize].as_ref() else {
+            return;
+        };
+        let req = HistoryRequest {
+            conn: c.id,
+            after,
+            through,
+            subscription: c.meta.sub.clone(),
+            max_events: self.config.history_page_events,
+            max_bytes: self.config.history_page_bytes,
+        };
+        self.outputs.push_back(Output::LoadHistory(Box::new(req)));
     }
 
     /// Hands a committed event to every connection it is for; returns how many got it live.
