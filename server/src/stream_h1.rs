@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::api::{self, AppState, Opened};
+use crate::api::{self, ApiError, AppState, Opened};
 
 /// The longest request head accepted on this path.
 const MAX_HEAD: usize = 16 * 1024;
@@ -47,20 +47,15 @@ pub async fn serve(
         Ok(Ok(head)) => head,
         Ok(Err(HeadError::Io)) => return,
         Ok(Err(HeadError::TooLarge)) => {
-            let e = (
+            let e = ApiError::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "the request head is too large",
             );
-            return write_error(&mut stream, e.0, &error_json(e.1), None).await;
+            return write_error(&mut stream, &e, None).await;
         }
         Ok(Err(HeadError::Malformed)) => {
-            return write_error(
-                &mut stream,
-                StatusCode::BAD_REQUEST,
-                &error_json("malformed request"),
-                None,
-            )
-            .await;
+            let e = ApiError::new(StatusCode::BAD_REQUEST, "malformed request");
+            return write_error(&mut stream, &e, None).await;
         }
         Err(_) => {
             return tracing::debug!(%remote, "request head not complete within {header_timeout:?}; closing");
@@ -82,7 +77,7 @@ pub async fn serve(
             let _ = stream.write_all(&out).await;
             let _ = stream.shutdown().await;
         }
-        Err(e) => write_error(&mut stream, e.status(), &e.body(), cors.as_deref()).await,
+        Err(e) => write_error(&mut stream, &e, cors.as_deref()).await,
     }
 }
 
@@ -153,11 +148,8 @@ fn push_cors(out: &mut Vec<u8>, cors: Option<&str>) {
     }
 }
 
-fn error_json(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
-}
-
-async fn write_error(stream: &mut TcpStream, status: StatusCode, body: &str, cors: Option<&str>) {
+async fn write_error(stream: &mut TcpStream, error: &ApiError, cors: Option<&str>) {
+    let (status, body) = (error.status(), error.body());
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.as_u16(),
