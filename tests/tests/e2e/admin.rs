@@ -22,17 +22,7 @@ fn row_topics(row: &Value) -> Vec<String> {
 async fn the_connections_list_shows_a_subscriber_with_its_user_and_topics() {
     let herald = Herald::start(&["--jwt-secret", SECRET]);
     let admin = mint_token(SECRET, &["--sub", "ops", "--admin"]);
-    let alice = mint_token(
-        SECRET,
-        &[
-            "--sub",
-            "alice",
-            "--subscribe",
-            "orders",
-            "--subscribe",
-            "news/*",
-        ],
-    );
+    let alice = crate::alice_token(SECRET);
     let _sub = herald
         .events()
         .token(&alice)

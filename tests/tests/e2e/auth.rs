@@ -14,17 +14,7 @@ fn server() -> Herald {
 }
 
 fn alice() -> String {
-    mint_token(
-        SECRET,
-        &[
-            "--sub",
-            "alice",
-            "--subscribe",
-            "orders",
-            "--subscribe",
-            "news/*",
-        ],
-    )
+    crate::alice_token(SECRET)
 }
 
 fn publisher() -> String {

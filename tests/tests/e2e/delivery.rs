@@ -107,17 +107,7 @@ async fn an_event_for_a_user_reaches_that_user_only() {
 async fn every_tab_of_a_user_receives_the_users_events() {
     let secret = "tabs-secret";
     let herald = Herald::start(&["--jwt-secret", secret]);
-    let alice = mint_token(
-        secret,
-        &[
-            "--sub",
-            "alice",
-            "--subscribe",
-            "orders",
-            "--subscribe",
-            "news/*",
-        ],
-    );
+    let alice = crate::alice_token(secret);
     let bob = mint_token(secret, &["--sub", "bob", "--subscribe", "orders"]);
     let publisher = mint_token(secret, &["--sub", "backend", "--publish"]);
 

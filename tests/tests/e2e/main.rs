@@ -12,3 +12,18 @@ mod limits;
 mod resume;
 mod shutdown;
 mod transport;
+
+/// A token for alice, who may read `orders` and `news/*`, signed with `secret`.
+fn alice_token(secret: &str) -> String {
+    herald_tests::mint_token(
+        secret,
+        &[
+            "--sub",
+            "alice",
+            "--subscribe",
+            "orders",
+            "--subscribe",
+            "news/*",
+        ],
+    )
+}
