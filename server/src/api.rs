@@ -48,6 +48,8 @@ pub struct AppState {
     pub log: Arc<dyn EventLog>,
     /// Group-commit figures, for metrics.
     pub log_metrics: Arc<LogMetrics>,
+    /// The threads that write to subscriber sockets on the direct path.
+    pub writers: crate::writer::Writers,
 }
 
 /// Routes one request. Never fails: errors are JSON responses.

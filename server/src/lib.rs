@@ -13,3 +13,4 @@ pub mod server;
 pub mod sse;
 pub mod stream_h1;
 pub mod tls;
+pub mod writer;

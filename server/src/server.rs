@@ -109,6 +109,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         retry_ms: config.retry_ms,
         cors_origins: config.cors_origins.clone(),
         log: log.clone(),
+        // As many as the main runtime has workers: direct writes scale with the cores.
+        writers: crate::writer::Writers::start(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            yield_to_control,
+        )?,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -357,7 +362,7 @@ async fn shutdown_signal() {
 }
 
 /// Lowers the calling thread's scheduling priority a little (nice +5). The main runtime's
-/// workers call it at start: they write fan-outs to thousands of sockets, and on a busy core
+/// workers and the socket writers call it at start: they write fan-outs to thousands of sockets, and on a busy core
 /// the control thread (publishes, the hub) and the log's commit thread should run first, so
 /// that a publish is acknowledged in milliseconds whatever the fan-out in progress. Raising
 /// a nice value needs no privileges.

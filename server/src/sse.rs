@@ -2,6 +2,13 @@
 //!
 //! The hub pushes frames (shared `Bytes`); the body takes everything queued at once and
 //! writes it as one chunk, so a burst of events costs one write, not one per event.
+//!
+//! A queue attached to a socket ([`SseBody::attach_direct`]) is written by a writer thread
+//! instead (see [`crate::writer`]) while the socket keeps up. Its states:
+//! - *idle*: empty, or written by nobody yet; the next push hands it to its writer;
+//! - *scheduled*: waiting for its writer, which will send everything queued then;
+//! - *handed*: the writer found the socket full (or broken), or the stream is ending; the
+//!   connection's task writes, and returns the queue to idle once it has emptied it.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -14,6 +21,7 @@ use herald_core::ConnId;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::hub::HubSender;
+use crate::writer::{self, Sent, Shard};
 
 /// A bounded queue of frames for one connection.
 #[derive(Debug)]
@@ -28,6 +36,16 @@ struct Inner {
     bytes: usize,
     closed: bool,
     waker: Option<Waker>,
+    direct: Option<Direct>,
+    handed: bool,
+    scheduled: bool,
+}
+
+/// The socket a writer thread may write to, and that writer.
+#[derive(Debug)]
+struct Direct {
+    fd: std::os::fd::RawFd,
+    writer: Arc<Shard>,
 }
 
 /// What happened to a pushed frame.
@@ -56,8 +74,8 @@ impl Queue {
     }
 
     /// Queues `frame` unless that would pass the limit.
-    pub fn push(&self, frame: Bytes) -> Push {
-        let waker = {
+    pub fn push(self: &Arc<Self>, frame: Bytes) -> Push {
+        let (waker, writer) = {
             let mut inner = self.lock();
             if inner.closed {
                 return Push::Closed;
@@ -67,10 +85,13 @@ impl Queue {
             }
             inner.bytes += frame.len();
             inner.frames.push_back(frame);
-            inner.waker.take()
+            inner.wake_consumer()
         };
         if let Some(w) = waker {
             w.wake();
+        }
+        if let Some(writer) = writer {
+            writer.schedule(self.clone());
         }
         Push::Queued
     }
@@ -84,6 +105,8 @@ impl Queue {
                 inner.frames.push_back(frame);
             }
             inner.closed = true;
+            // The task writes what is left and ends the stream.
+            inner.handed = true;
             inner.waker.take()
         };
         if let Some(w) = waker {
@@ -98,6 +121,7 @@ impl Queue {
             inner.frames.clear();
             inner.bytes = 0;
             inner.closed = true;
+            inner.handed = true;
             inner.waker.take()
         };
         if let Some(w) = waker {
@@ -115,18 +139,85 @@ impl Queue {
         self.lock().closed
     }
 
+    /// See [`SseBody::attach_direct`].
+    fn attach(self: &Arc<Self>, fd: std::os::fd::RawFd, writer: Arc<Shard>) -> DirectGuard {
+        let schedule = {
+            let mut inner = self.lock();
+            inner.direct = Some(Direct { fd, writer });
+            inner.handed = inner.closed;
+            // Frames queued before the stream started (a replay, the first events).
+            if inner.closed || inner.frames.is_empty() {
+                None
+            } else {
+                inner.wake_consumer().1
+            }
+        };
+        if let Some(writer) = schedule {
+            writer.schedule(self.clone());
+        }
+        DirectGuard {
+            queue: self.clone(),
+        }
+    }
+
+    /// Called by the queue's writer thread: sends what is queued, or hands the queue to the
+    /// connection's task when the socket cannot take it all now.
+    pub fn write_direct(&self) {
+        let waker = {
+            let mut inner = self.lock();
+            if !inner.scheduled {
+                return;
+            }
+            inner.scheduled = false;
+            let Some(fd) = inner.direct.as_ref().map(|d| d.fd) else {
+                return;
+            };
+            if inner.handed {
+                return;
+            }
+            let mut done = false;
+            while !done {
+                match writer::send(fd, &inner.frames) {
+                    Sent::Bytes(mut n) => {
+                        inner.bytes -= n;
+                        while let Some(front) = inner.frames.front_mut() {
+                            if n < front.len() {
+                                // A partial write: the socket is full.
+                                let _ = front.split_to(n);
+                                done = true;
+                                break;
+                            }
+                            n -= front.len();
+                            inner.frames.pop_front();
+                        }
+                        if inner.frames.is_empty() {
+                            return;
+                        }
+                    }
+                    Sent::WouldBlock | Sent::Failed => done = true,
+                }
+            }
+            inner.handed = true;
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut inner = self.lock();
+        if inner.direct.is_some() && !inner.handed {
+            // The writer thread has it.
+            inner.register(cx);
+            return Poll::Pending;
+        }
         match inner.frames.len() {
             0 if inner.closed => Poll::Ready(None),
             0 => {
-                if !inner
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    inner.waker = Some(cx.waker().clone());
-                }
+                // Emptied by the task after a hand-over: back to direct writes.
+                inner.handed = false;
+                inner.register(cx);
                 Poll::Pending
             }
             1 => {
@@ -142,6 +233,44 @@ impl Queue {
                 Poll::Ready(Some(chunk.freeze()))
             }
         }
+    }
+}
+
+impl Inner {
+    /// After a push: who must write it, the connection's task (its waker) or a writer thread
+    /// (the queue was idle and is now scheduled on it).
+    fn wake_consumer(&mut self) -> (Option<Waker>, Option<Arc<Shard>>) {
+        match &self.direct {
+            Some(d) if !self.handed => {
+                if self.scheduled {
+                    (None, None)
+                } else {
+                    self.scheduled = true;
+                    (None, Some(d.writer.clone()))
+                }
+            }
+            _ => (self.waker.take(), None),
+        }
+    }
+
+    fn register(&mut self, cx: &Context<'_>) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+    }
+}
+
+/// Detaches a queue from its socket when dropped; see [`SseBody::attach_direct`].
+#[derive(Debug)]
+pub struct DirectGuard {
+    queue: Arc<Queue>,
+}
+
+impl Drop for DirectGuard {
+    fn drop(&mut self) {
+        let mut inner = self.queue.lock();
+        inner.direct = None;
+        inner.handed = true;
     }
 }
 
@@ -166,6 +295,13 @@ impl SseBody {
     /// stream (for drivers that write the socket themselves).
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
         std::future::poll_fn(|cx| self.queue.poll_take(cx)).await
+    }
+
+    /// Lets `writer` write queued frames straight to the socket `fd` while it keeps up;
+    /// [`Self::next_chunk`] then yields only what the writer hands back. The socket must stay
+    /// open until the returned guard is dropped (which stops the writer using it).
+    pub fn attach_direct(&self, fd: std::os::fd::RawFd, writer: Arc<Shard>) -> DirectGuard {
+        self.queue.attach(fd, writer)
     }
 }
 
@@ -205,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_frames_and_a_closed_one_ends() {
-        let q = Queue::new(10);
+        let q = Arc::new(Queue::new(10));
         assert_eq!(q.push(Bytes::from_static(b"12345678")), Push::Queued);
         assert_eq!(q.push(Bytes::from_static(b"12345")), Push::Overflow);
         assert_eq!(q.queued_bytes(), 8);
@@ -223,7 +359,105 @@ mod tests {
 
     #[test]
     fn one_oversized_frame_still_gets_through_an_empty_queue() {
-        let q = Queue::new(4);
+        let q = Arc::new(Queue::new(4));
         assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Queued);
+    }
+
+    mod direct {
+        use super::*;
+        use crate::writer::Writers;
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+        use std::time::Duration;
+
+        fn pair() -> (UnixStream, UnixStream) {
+            let (a, b) = UnixStream::pair().unwrap();
+            b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            (a, b)
+        }
+
+        fn read_exactly(from: &mut UnixStream, len: usize) -> Vec<u8> {
+            let mut out = vec![0; len];
+            from.read_exact(&mut out).unwrap();
+            out
+        }
+
+        fn poll(q: &Queue) -> Poll<Option<Bytes>> {
+            q.poll_take(&mut Context::from_waker(Waker::noop()))
+        }
+
+        #[test]
+        fn the_writer_sends_queued_frames_without_the_task() {
+            let writers = Writers::start(1, || {}).unwrap();
+            let (a, mut b) = pair();
+            let q = Arc::new(Queue::new(1 << 20));
+            // Queued before the stream started: sent once attached.
+            q.push(Bytes::from_static(b"data: 1\n\n"));
+            let _guard = q.attach(a.as_raw_fd(), writers.assign());
+            q.push(Bytes::from_static(b"data: 2\n\n"));
+            assert_eq!(read_exactly(&mut b, 18), b"data: 1\n\ndata: 2\n\n");
+            // Nothing for the task to write.
+            assert_eq!(poll(&q), Poll::Pending);
+            assert_eq!(q.queued_bytes(), 0);
+        }
+
+        #[test]
+        fn a_full_socket_goes_back_to_the_task_and_order_is_kept() {
+            let writers = Writers::start(1, || {}).unwrap();
+            let (a, mut b) = pair();
+            let q = Arc::new(Queue::new(64 << 20));
+            let _guard = q.attach(a.as_raw_fd(), writers.assign());
+            let big = Bytes::from(vec![b'x'; 8 << 20]);
+            q.push(big.clone());
+            q.push(Bytes::from_static(b"end"));
+            // The writer fills the socket and hands over the rest.
+            let rest = loop {
+                match poll(&q) {
+                    Poll::Ready(Some(rest)) => break rest,
+                    Poll::Ready(None) => panic!("the stream ended"),
+                    Poll::Pending => std::thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            assert!(rest.len() < big.len() + 3 && rest.ends_with(b"end"));
+            let reader = std::thread::spawn(move || {
+                let got = read_exactly(&mut b, (8 << 20) + 3);
+                (b, got)
+            });
+            // What the connection's task does with it.
+            (&a).write_all(&rest).unwrap();
+            let (mut b, got) = reader.join().unwrap();
+            assert!(got[..8 << 20].iter().all(|&c| c == b'x') && got.ends_with(b"end"));
+            // Emptied by the task: direct writes resume.
+            assert_eq!(poll(&q), Poll::Pending);
+            q.push(Bytes::from_static(b"again"));
+            assert_eq!(read_exactly(&mut b, 5), b"again");
+        }
+
+        #[test]
+        fn a_closed_or_detached_queue_is_left_to_the_task() {
+            let writers = Writers::start(1, || {}).unwrap();
+            let (a, mut b) = pair();
+            let q = Arc::new(Queue::new(1 << 20));
+            let guard = q.attach(a.as_raw_fd(), writers.assign());
+            q.close(Some(Bytes::from_static(b"retry: 10\n\n")));
+            assert_eq!(
+                poll(&q),
+                Poll::Ready(Some(Bytes::from_static(b"retry: 10\n\n")))
+            );
+            assert_eq!(poll(&q), Poll::Ready(None));
+
+            let q = Arc::new(Queue::new(1 << 20));
+            drop(q.attach(a.as_raw_fd(), writers.assign()));
+            drop(guard);
+            q.push(Bytes::from_static(b"data: late\n\n"));
+            assert_eq!(
+                poll(&q),
+                Poll::Ready(Some(Bytes::from_static(b"data: late\n\n")))
+            );
+            b.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 16];
+            assert!(b.read(&mut buf).is_err(), "nothing reached the socket");
+        }
     }
 }

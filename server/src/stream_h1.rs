@@ -70,7 +70,11 @@ pub async fn serve(
     let opened = api::open_stream(&head.uri, &head.headers, &state, remote, false).await;
     drop(head);
     match opened {
-        Ok(Opened::Stream(body)) => stream_events(stream, body, cors.as_deref()).await,
+        Ok(Opened::Stream(body)) => {
+            let writer = state.writers.assign();
+            drop(state);
+            stream_events(stream, body, writer, cors.as_deref()).await
+        }
         Ok(Opened::RetryLater(frame)) => {
             let mut out = stream_head(cors.as_deref());
             out.extend_from_slice(&frame);
@@ -164,14 +168,24 @@ async fn write_error(stream: &mut TcpStream, error: &ApiError, cors: Option<&str
     let _ = stream.shutdown().await;
 }
 
-/// Writes the response head, then whatever the hub queues, until the hub ends the stream or
-/// the client goes away (seen as end-of-file on the read side, or a failed write).
-async fn stream_events(mut stream: TcpStream, mut body: crate::sse::SseBody, cors: Option<&str>) {
+/// Writes the response head, then lets `writer` write what the hub queues, until the hub ends
+/// the stream or the client goes away (seen as end-of-file on the read side, or a failed
+/// write). This task writes only what the writer hands back: when the socket is full, and the
+/// stream's end.
+async fn stream_events(
+    stream: TcpStream,
+    mut body: crate::sse::SseBody,
+    writer: Arc<crate::writer::Shard>,
+    cors: Option<&str>,
+) {
+    let mut stream = stream;
     let head = Bytes::from(stream_head(cors));
     if stream.write_all(&head).await.is_err() {
         return;
     }
     drop(head);
+    // Declared after `stream`, so dropped before it: the writer stops using the socket first.
+    let _direct = body.attach_direct(std::os::fd::AsRawFd::as_raw_fd(&stream), writer);
     let (mut rd, mut wr) = stream.split();
     let mut probe = [0u8; 64];
     loop {
