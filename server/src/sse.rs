@@ -297,6 +297,17 @@ impl SseBody {
         std::future::poll_fn(|cx| self.queue.poll_take(cx)).await
     }
 
+    /// Takes what is queued now, if anything, without waiting.
+    pub fn take_queued(&mut self) -> Option<Bytes> {
+        match self
+            .queue
+            .poll_take(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(chunk) => chunk,
+            Poll::Pending => None,
+        }
+    }
+
     /// Lets `writer` write queued frames straight to the socket `fd` while it keeps up;
     /// [`Self::next_chunk`] then yields only what the writer hands back. The socket must stay
     /// open until the returned guard is dropped (which stops the writer using it).

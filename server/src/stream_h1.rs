@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -179,7 +178,12 @@ async fn stream_events(
     cors: Option<&str>,
 ) {
     let mut stream = stream;
-    let head = Bytes::from(stream_head(cors));
+    // The head and the frames queued at connect (`retry:`, a replay's start) in one write:
+    // one packet fewer per connection for both ends.
+    let mut head = stream_head(cors);
+    if let Some(first) = body.take_queued() {
+        head.extend_from_slice(&first);
+    }
     if stream.write_all(&head).await.is_err() {
         return;
     }
