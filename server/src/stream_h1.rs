@@ -5,8 +5,9 @@
 //! Through hyper each one keeps two 8 KiB buffers (request reading, response heads) for the
 //! life of the stream and pays chunked encoding and the dispatcher on every write. Here the
 //! request head is read into a buffer that is freed before streaming, the stream is
-//! delimited by closing the connection (`Connection: close`; no chunk framing), and each
-//! wake-up writes everything queued with one `write`. Anything that is not a plain
+//! delimited by closing the connection (`Connection: close`; no chunk framing), and what the
+//! hub queues is written by a writer thread ([`crate::writer`]), everything queued at once in
+//! one `sendmsg`, without waking this connection's task. Anything that is not a plain
 //! `GET /events` goes to hyper as before.
 
 use std::net::SocketAddr;
