@@ -94,8 +94,11 @@ pub enum Output {
         reason: CloseReason,
     },
     /// Write the event to the log; call [`Engine::handle_committed`] once it is durable (or
-    /// [`Engine::handle_append_failed`]).
-    Append(Arc<Event>),
+    /// [`Engine::handle_append_failed`]). The second field is the publish's idempotency key:
+    /// the log keeps it with the event, and hands it back to
+    /// [`Engine::restore_idempotency_keys`] after a restart, so a retried publish is still
+    /// recognised.
+    Append(Arc<Event>, Option<Arc<str>>),
     /// Read a page of history and answer with [`Engine::handle_history`].
     LoadHistory(Box<HistoryRequest>),
 }
@@ -495,10 +498,10 @@ impl Engine {
                 event: event.clone(),
                 frame,
             }),
-            key,
+            key: key.clone(),
         });
         self.counters.published += 1;
-        self.outputs.push_back(Output::Append(event));
+        self.outputs.push_back(Output::Append(event, key));
         Ok(PublishOutcome {
             id,
             duplicate: false,
@@ -524,6 +527,18 @@ impl Engine {
             if !self.admins.is_empty() {
                 let published = self.published_info(&entry.event, recipients);
                 self.emit_admin(AdminEvent::Published(published), now);
+            }
+        }
+    }
+
+    /// Remembers idempotency keys the log kept (ascending ids, as read back at start-up), so
+    /// that a publish retried across a restart is answered with its original id. Keys of
+    /// events above the last committed id, or of invalid length, are ignored.
+    pub fn restore_idempotency_keys(&mut self, keys: impl IntoIterator<Item = (EventId, String)>) {
+        for (id, key) in keys {
+            let valid = !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN;
+            if valid && self.committed.is_some_and(|c| id <= c) {
+                self.remember_key(Arc::from(key), id);
             }
         }
     }

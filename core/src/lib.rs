@@ -17,7 +17,7 @@
 //! let id = engine.handle_publish(PublishRequest::new(target, "hello"), 1_700_000_000_000, now).unwrap().id;
 //! while let Some(output) = engine.poll_output() {
 //!     match output {
-//!         Output::Append(event) => { /* write to the log, then: */ }
+//!         Output::Append(event, _key) => { /* write to the log, then: */ }
 //!         Output::Send { conn, frame } => { /* queue `frame` on `conn`'s stream */ }
 //!         _ => {}
 //!     }

@@ -20,6 +20,8 @@ struct Sim {
     log: Vec<Event>,
     /// Appended but not yet committed.
     appended: Vec<Arc<Event>>,
+    /// Idempotency keys the log was given with its events.
+    keys: Vec<(EventId, String)>,
     /// Commit appends as soon as they are drained.
     auto_commit: bool,
     /// Serve history requests as soon as they are drained.
@@ -45,6 +47,7 @@ impl Sim {
             wall_ms: 1_700_000_000_000,
             log,
             appended: Vec::new(),
+            keys: Vec::new(),
             auto_commit: true,
             auto_history: true,
             history_requests: Vec::new(),
@@ -63,7 +66,12 @@ impl Sim {
                         self.frames.entry(conn).or_default().push(frame)
                     }
                     Output::Close { conn, reason } => self.closed.push((conn, reason)),
-                    Output::Append(event) => self.appended.push(event),
+                    Output::Append(event, key) => {
+                        if let Some(key) = key {
+                            self.keys.push((event.id, key.to_string()));
+                        }
+                        self.appended.push(event)
+                    }
                     Output::LoadHistory(req) => self.history_requests.push(*req),
                 }
             }
@@ -318,6 +326,49 @@ fn a_repeated_idempotency_key_returns_the_original_id() {
     publish(&mut sim, "b");
     publish(&mut sim, "c");
     assert!(!publish(&mut sim, "a").duplicate);
+}
+
+#[test]
+fn idempotency_keys_kept_by_the_log_survive_a_restart() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let mut req = PublishRequest::new(topics(&["orders"]), "x");
+    req.idempotency_key = Some("order-17".into());
+    let first = sim.engine.handle_publish(req.clone(), 5, sim.now).unwrap();
+    sim.drain();
+    assert_eq!(sim.keys, [(first.id, "order-17".to_owned())]);
+
+    // A new engine over the same log, given back what the log kept.
+    let bounds = LogBounds {
+        events: 1,
+        ..LogBounds::default()
+    };
+    let mut restarted = Sim::with_log(EngineConfig::default(), sim.log.clone(), bounds);
+    // A key above the last committed id (never acknowledged) is not restored.
+    let unacknowledged = EventId::new(u64::MAX, 0);
+    restarted.engine.restore_idempotency_keys(
+        sim.keys
+            .iter()
+            .cloned()
+            .chain([(unacknowledged, "lost".to_owned())]),
+    );
+    let c = restarted.connect(&["orders"], None, None);
+    let again = restarted
+        .engine
+        .handle_publish(req, 9, restarted.now)
+        .unwrap();
+    restarted.drain();
+    assert!(again.duplicate && again.committed);
+    assert_eq!(again.id, first.id);
+    assert!(restarted.appended.is_empty() && restarted.received_ids(c).is_empty());
+    let mut lost = PublishRequest::new(topics(&["orders"]), "y");
+    lost.idempotency_key = Some("lost".into());
+    assert!(
+        !restarted
+            .engine
+            .handle_publish(lost, 9, restarted.now)
+            .unwrap()
+            .duplicate
+    );
 }
 
 #[test]

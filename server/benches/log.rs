@@ -112,7 +112,7 @@ fn group_commit(publishers: usize, run_for: Duration) -> Throughput {
                             data: payload(m.1),
                         };
                         waiters.lock().unwrap().push_back((id, ack));
-                        committer.append(Arc::new(event));
+                        committer.append(Arc::new(event), None);
                     }
                     acked.await.expect("acknowledged");
                 }
@@ -245,11 +245,11 @@ fn main() {
         for n in 0..LOG_EVENTS {
             batch.push(haystack_event(&mut sequencer, base_ms, n));
             if batch.len() == 1_000 {
-                log.append(&batch).expect("append");
+                log.append(&batch, &[]).expect("append");
                 batch.clear();
             }
         }
-        log.append(&batch).expect("append");
+        log.append(&batch, &[]).expect("append");
         println!(
             "built in {:.1?}: {} events, {} MB of records",
             build.elapsed(),

@@ -458,8 +458,8 @@ impl Driver {
                         }
                     }
                 }
-                Output::Append(event) => match &self.committer {
-                    Some(c) => c.append(event),
+                Output::Append(event, key) => match &self.committer {
+                    Some(c) => c.append(event, key),
                     None => self.engine.handle_append_failed(&[event.id]),
                 },
                 Output::LoadHistory(req) => {

@@ -63,7 +63,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         max_topics_per_connection: config.max_topics,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(engine_config, log.last_id(), log.bounds(), Instant::now());
+    let key_limit = engine_config.idempotency_keys;
+    let mut engine = Engine::new(engine_config, log.last_id(), log.bounds(), Instant::now());
+    // A publisher retrying across a restart must still get its original id, not a copy.
+    let keys_log = log.clone();
+    let keys = tokio::task::spawn_blocking(move || keys_log.idempotency_keys(key_limit))
+        .await?
+        .context("cannot read the idempotency keys from the event log")?;
+    engine.restore_idempotency_keys(keys);
     let hub_config = HubConfig {
         queue_bytes: config.queue_bytes,
         retry_ms: config.retry_ms,

@@ -129,7 +129,7 @@ fn child_publishes_until_killed() {
                         let n = m.next_n;
                         m.next_n += 1;
                         minted.lock().unwrap().push_back((id, n));
-                        committer.append(Arc::new(expected_event(cycle, n, id)));
+                        committer.append(Arc::new(expected_event(cycle, n, id)), None);
                         id
                     };
                     // Like a publisher over HTTP: wait for the acknowledgement, then go on.

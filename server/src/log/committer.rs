@@ -97,12 +97,15 @@ impl LogMetrics {
     }
 }
 
+/// One event to append, with its publish's idempotency key.
+type Append = (Arc<Event>, Option<Arc<str>>);
+
 /// Batches appends onto a dedicated thread: many appends, one batch write and one flush.
 ///
 /// Hand it events in id order (as the engine emits `Output::Append`); reports come back to the
 /// `on_commit` callback in the same order.
 pub struct GroupCommitter {
-    queue: Option<mpsc::Sender<Arc<Event>>>,
+    queue: Option<mpsc::Sender<Append>>,
     thread: Option<JoinHandle<()>>,
     metrics: Arc<LogMetrics>,
 }
@@ -131,14 +134,15 @@ impl GroupCommitter {
         }
     }
 
-    /// Queues `event` for the next batch; never blocks. Call in id order.
-    pub fn append(&self, event: Arc<Event>) {
+    /// Queues `event` (and the idempotency key it was published with) for the next batch;
+    /// never blocks. Call in id order.
+    pub fn append(&self, event: Arc<Event>, key: Option<Arc<str>>) {
         self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
         let id = event.id;
         let sent = self
             .queue
             .as_ref()
-            .is_some_and(|queue| queue.send(event).is_ok());
+            .is_some_and(|queue| queue.send((event, key)).is_ok());
         if !sent {
             tracing::error!(%id, "the log commit thread is gone; event not stored");
         }
@@ -173,22 +177,30 @@ impl Drop for GroupCommitter {
 
 fn run(
     log: &dyn EventLog,
-    incoming: &mpsc::Receiver<Arc<Event>>,
+    incoming: &mpsc::Receiver<Append>,
     mut on_commit: impl FnMut(CommitReport),
     metrics: &LogMetrics,
 ) {
     let mut batch: Vec<Arc<Event>> = Vec::new();
+    let mut keys: Vec<(EventId, Arc<str>)> = Vec::new();
     // Set by the first storage failure. From then on nothing is acknowledged: after a failed
     // write or fsync, what is on disk is unknown, and a later success would leave a hole
     // behind acknowledged ids.
     let mut stopped: Option<String> = None;
+    // Adds one append to the batch; returns its data's size.
+    let take = |(event, key): Append, batch: &mut Vec<Arc<Event>>, keys: &mut Vec<_>| {
+        if let Some(key) = key {
+            keys.push((event.id, key));
+        }
+        let len = event.data.len();
+        batch.push(event);
+        len
+    };
     while let Ok(first) = incoming.recv() {
-        let mut bytes = first.data.len();
-        batch.push(first);
+        let mut bytes = take(first, &mut batch, &mut keys);
         while batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
             let Ok(next) = incoming.try_recv() else { break };
-            bytes += next.data.len();
-            batch.push(next);
+            bytes += take(next, &mut batch, &mut keys);
         }
         let count = batch.len();
         let report = match &stopped {
@@ -197,7 +209,7 @@ fn run(
             )),
             None => {
                 let started = Instant::now();
-                match log.append(&batch) {
+                match log.append(&batch, &keys) {
                     Ok(()) => Ok(started.elapsed()),
                     Err(error) => {
                         tracing::error!(%error, events = count, "event log append failed");
@@ -238,6 +250,7 @@ fn run(
             }
         };
         batch.clear();
+        keys.clear();
         on_commit(report);
     }
     // The queue is closed and drained. Under `FsyncPolicy::Never` the last batches may still

@@ -15,7 +15,7 @@
 //!     CommitReport::Committed { up_to, .. } => { /* engine.handle_committed(up_to), ack */ }
 //!     CommitReport::Failed { ids, error } => { /* answer those publishers with `error` */ }
 //! });
-//! // for each Output::Append(event): committer.append(event);
+//! // for each Output::Append(event, key): committer.append(event, key);
 //! committer.shutdown();
 //! # let _ = seed;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -106,9 +106,10 @@ impl FromStr for FsyncPolicy {
 ///
 /// Blocking: never call it on async worker threads.
 pub trait EventLog: Send + Sync + 'static {
-    /// Writes `batch` (ids strictly ascending, above every id already held) atomically; on
-    /// `Ok` the events are durable as far as the [`FsyncPolicy`] promises.
-    fn append(&self, batch: &[Arc<Event>]) -> Result<(), LogError>;
+    /// Writes `batch` (ids strictly ascending, above every id already held) atomically, with
+    /// the idempotency `keys` of those of its events that had one; on `Ok` the events are
+    /// durable as far as the [`FsyncPolicy`] promises. A key is kept as long as its event.
+    fn append(&self, batch: &[Arc<Event>], keys: &[(EventId, Arc<str>)]) -> Result<(), LogError>;
 
     /// Reads the events with `after < id <= through` that match `req.subscription`, ascending,
     /// at most `max_events` and about `max_bytes` of data (always one when any is in range);
@@ -125,6 +126,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// Removes at most `max_step` of the oldest events that break the retention limits
     /// (count, age against `now_wall_ms`, bytes), with their index entries, and raises the floor.
     fn trim(&self, now_wall_ms: u64, max_step: usize) -> Result<TrimReport, LogError>;
+
+    /// The idempotency keys of the newest `limit` events that had one, ascending by id: hand
+    /// them to `Engine::restore_idempotency_keys` at start-up.
+    fn idempotency_keys(&self, limit: usize) -> Result<Vec<(EventId, String)>, LogError>;
 
     /// How many stored records were skipped (in replay or trimming) because they failed to
     /// decode.

@@ -129,6 +129,9 @@ pub struct SledLog {
     pub(super) by_user: sled::Tree,
     pub(super) broadcast: sled::Tree,
     pub(super) meta: sled::Tree,
+    /// Publishers' idempotency keys, under the id of the event they published (so they are
+    /// trimmed with it).
+    keys: sled::Tree,
     /// sled's data file, fsynced after sled's own flush: sled syncs with `sync_file_range`,
     /// which neither flushes the device cache nor the file's metadata (its length).
     db_file: File,
@@ -206,6 +209,7 @@ impl SledLog {
         let by_user = db.open_tree("by_user").map_err(storage)?;
         let broadcast = db.open_tree("broadcast").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
+        let keys = db.open_tree("idempotency").map_err(storage)?;
 
         let corrupt_meta = |what| OpenError::CorruptMeta {
             dir: dir.clone(),
@@ -263,6 +267,7 @@ impl SledLog {
             by_user,
             broadcast,
             meta,
+            keys,
             db_file,
             db_path,
             fsync: config.fsync,
@@ -291,10 +296,12 @@ impl SledLog {
             &self.by_user,
             &self.broadcast,
             &self.meta,
+            &self.keys,
         );
         trees
-            .transaction(|(events, by_topic, by_user, broadcast, meta)| {
+            .transaction(|(events, by_topic, by_user, broadcast, meta, keys)| {
                 events.apply_batch(&writes.events)?;
+                keys.apply_batch(&writes.keys)?;
                 by_topic.apply_batch(&writes.by_topic)?;
                 by_user.apply_batch(&writes.by_user)?;
                 broadcast.apply_batch(&writes.broadcast)?;
@@ -364,6 +371,7 @@ struct Writes {
     by_topic: sled::Batch,
     by_user: sled::Batch,
     broadcast: sled::Batch,
+    keys: sled::Batch,
 }
 
 impl Writes {
@@ -457,7 +465,7 @@ fn stored_size(key: &[u8], value: &[u8]) -> u64 {
 }
 
 impl EventLog for SledLog {
-    fn append(&self, batch: &[Arc<Event>]) -> Result<(), LogError> {
+    fn append(&self, batch: &[Arc<Event>], keys: &[(EventId, Arc<str>)]) -> Result<(), LogError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -481,6 +489,9 @@ impl EventLog for SledLog {
             index.add(event);
         }
         writes.apply_index(&index);
+        for (id, key) in keys {
+            writes.keys.insert(&id.to_bytes()[..], key.as_bytes());
+        }
         self.commit(&writes, &totals)?;
         if self.fsync == FsyncPolicy::EveryBatch {
             self.sync()?;
@@ -549,6 +560,7 @@ impl EventLog for SledLog {
                 break;
             }
             writes.events.remove(&key[..]);
+            writes.keys.remove(&key[..]);
             match codec::decode_event(id, &value) {
                 Ok(event) => names.add(&event),
                 // Without its targets its index entries cannot be found; those it alone holds
@@ -573,6 +585,19 @@ impl EventLog for SledLog {
 
     fn corrupt_records(&self) -> u64 {
         self.corrupt.load(Ordering::Relaxed)
+    }
+
+    fn idempotency_keys(&self, limit: usize) -> Result<Vec<(EventId, String)>, LogError> {
+        let mut newest = Vec::new();
+        for item in self.keys.iter().rev().take(limit) {
+            let (id, key) = item?;
+            // Anything else is not an entry this log wrote; skip it rather than fail start-up.
+            if let (Some(id), Ok(key)) = (EventId::from_bytes(&id), std::str::from_utf8(&key)) {
+                newest.push((id, key.to_owned()));
+            }
+        }
+        newest.reverse();
+        Ok(newest)
     }
 
     fn flush(&self) -> Result<(), LogError> {

@@ -73,7 +73,7 @@ fn mixed_events() -> Vec<Arc<Event>> {
 }
 
 fn mixed_log(log: &SledLog) {
-    log.append(&mixed_events()).unwrap();
+    log.append(&mixed_events(), &[]).unwrap();
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn very_many_topics_under_a_prefix_give_the_same_answer_by_scanning() {
             event(n, &[&topic], &[], false)
         })
         .collect();
-    log.append(&batch).unwrap();
+    log.append(&batch, &[]).unwrap();
     let page = log
         .read(&request(None, subscription(&["t/*"], None)))
         .unwrap();
@@ -249,11 +249,14 @@ fn very_many_topics_under_a_prefix_give_the_same_answer_by_scanning() {
 fn appends_must_ascend_and_a_refused_batch_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = SledLog::open(&config(dir.path())).unwrap();
-    log.append(&[event(5, &["a"], &[], false)]).unwrap();
-    let err = log.append(&[event(6, &["a"], &[], false), event(4, &["a"], &[], false)]);
+    log.append(&[event(5, &["a"], &[], false)], &[]).unwrap();
+    let err = log.append(
+        &[event(6, &["a"], &[], false), event(4, &["a"], &[], false)],
+        &[],
+    );
     assert!(matches!(err, Err(LogError::OutOfOrder { .. })), "{err:?}");
     assert!(!err.unwrap_err().is_fatal());
-    let err = log.append(&[event(5, &["a"], &[], false)]);
+    let err = log.append(&[event(5, &["a"], &[], false)], &[]);
     assert!(matches!(err, Err(LogError::OutOfOrder { .. })));
     assert_eq!(log.last_id(), Some(id(5)));
     assert_eq!(
@@ -321,7 +324,7 @@ fn the_last_id_survives_trimming_everything() {
     }
     let log = SledLog::open(&cfg).unwrap();
     assert_eq!(log.last_id(), Some(id(12)));
-    let err = log.append(&[event(12, &["a"], &[], false)]);
+    let err = log.append(&[event(12, &["a"], &[], false)], &[]);
     assert!(matches!(err, Err(LogError::OutOfOrder { .. })));
 }
 
@@ -385,7 +388,7 @@ fn index_entries_go_with_their_events() {
         let log = SledLog::open(&retain(5)).unwrap();
         // One batch per event: one index entry per name per event.
         for event in mixed_events() {
-            log.append(&[event]).unwrap();
+            log.append(&[event], &[]).unwrap();
         }
         assert_eq!(index_entries(&log), 16);
         log.trim(0, 100).unwrap();
@@ -550,7 +553,7 @@ fn the_group_committer_batches_appends_and_reports_them_in_order() {
         reports.send(report).unwrap();
     });
     for n in 1..=500 {
-        committer.append(event(n, &["a"], &[], false));
+        committer.append(event(n, &["a"], &[], false), None);
     }
     let metrics = committer.metrics();
     committer.shutdown();
@@ -581,7 +584,7 @@ struct FailingLog {
 }
 
 impl EventLog for FailingLog {
-    fn append(&self, batch: &[Arc<Event>]) -> Result<(), LogError> {
+    fn append(&self, batch: &[Arc<Event>], _: &[(EventId, Arc<str>)]) -> Result<(), LogError> {
         *self.calls.lock().unwrap() += 1;
         if self.fatal {
             Err(LogError::Sync {
@@ -610,6 +613,9 @@ impl EventLog for FailingLog {
     fn corrupt_records(&self) -> u64 {
         0
     }
+    fn idempotency_keys(&self, _: usize) -> Result<Vec<(EventId, String)>, LogError> {
+        Ok(Vec::new())
+    }
 }
 
 #[test]
@@ -623,11 +629,11 @@ fn after_a_storage_failure_nothing_more_is_acknowledged() {
         let committer = GroupCommitter::start(log.clone(), move |report| {
             reports.send(report).unwrap();
         });
-        committer.append(event(1, &["a"], &[], false));
+        committer.append(event(1, &["a"], &[], false), None);
         // Wait for the first report so the second event is a batch of its own.
         let first = received.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(matches!(&first, CommitReport::Failed { ids, .. } if ids == &[id(1)]));
-        committer.append(event(2, &["a"], &[], false));
+        committer.append(event(2, &["a"], &[], false), None);
         let metrics = committer.metrics();
         committer.shutdown();
         let second = received.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -677,4 +683,58 @@ fn fsync_policies_parse_from_their_flag_values() {
     assert_eq!("never".parse(), Ok(FsyncPolicy::Never));
     assert!("sometimes".parse::<FsyncPolicy>().is_err());
     assert_eq!(FsyncPolicy::Never.to_string(), "never");
+}
+
+#[test]
+fn idempotency_keys_are_kept_across_a_reopen_and_trimmed_with_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention: Retention {
+            max_events: 2,
+            ..Retention::default()
+        },
+        ..config(dir.path())
+    };
+    let key = |n: u64, k: &str| (id(n), Arc::<str>::from(k));
+    {
+        let log = SledLog::open(&cfg).unwrap();
+        let batch = [event(1, &["a"], &[], false), event(2, &["a"], &[], false)];
+        log.append(&batch, &[key(1, "first")]).unwrap();
+        log.append(&[event(3, &["a"], &[], false)], &[key(3, "third")])
+            .unwrap();
+        log.flush().unwrap();
+    }
+    let log = SledLog::open(&cfg).unwrap();
+    let both = vec![(id(1), "first".to_owned()), (id(3), "third".to_owned())];
+    assert_eq!(log.idempotency_keys(10).unwrap(), both);
+    // The newest ones first when there are more than asked for.
+    assert_eq!(log.idempotency_keys(1).unwrap(), both[1..]);
+    // Retention keeps 2 events: event 1 goes, and its key with it.
+    assert_eq!(log.trim(0, 10).unwrap().removed, 1);
+    assert_eq!(log.idempotency_keys(10).unwrap(), both[1..]);
+}
+
+#[test]
+fn the_committer_stores_the_keys_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SledLog::open(&config(dir.path())).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let committer = GroupCommitter::start(log.clone(), move |report| {
+        let _ = tx.send(report);
+    });
+    committer.append(event(1, &["a"], &[], false), Some(Arc::from("k1")));
+    committer.append(event(2, &["a"], &[], false), None);
+    committer.shutdown();
+    let committed: usize = rx
+        .try_iter()
+        .map(|r| match r {
+            CommitReport::Committed { count, .. } => count,
+            CommitReport::Failed { error, .. } => panic!("{error}"),
+        })
+        .sum();
+    assert_eq!(committed, 2);
+    assert_eq!(
+        log.idempotency_keys(10).unwrap(),
+        [(id(1), "k1".to_owned())]
+    );
 }

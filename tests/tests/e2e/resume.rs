@@ -281,3 +281,40 @@ async fn a_last_event_id_older_than_the_retained_history_gets_a_reset_then_what_
     let got: Vec<&str> = events.iter().map(|e| e.last_event_id.as_str()).collect();
     assert_eq!(got, [ids[10].as_str(), ids[11].as_str(), live.as_str()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_after_a_kill_9_and_restart_keeps_its_id_and_is_not_delivered_twice() {
+    let mut herald = Herald::start(&["--dev"]);
+    let marker = herald
+        .publish_ok(json!({"topics": ["t"], "data": "marker"}))
+        .await;
+    let keyed = json!({"topics": ["t"], "data": "once", "idempotency_key": "order-17"});
+    let first = herald.publish_ok(keyed.clone()).await;
+
+    // The publisher never saw its answer (say); it retries after the server came back.
+    herald.kill();
+    herald.restart();
+    let retried = herald.publish_ok(keyed).await;
+    assert_eq!(retried, first, "the retry is answered with the original id");
+    let after = herald
+        .publish_ok(json!({"topics": ["t"], "data": "after"}))
+        .await;
+
+    let mut sub = herald
+        .events()
+        .topic("t")
+        .last_event_id(&marker)
+        .open()
+        .await;
+    let got = sub.events_until(2, WAIT).await;
+    let got: Vec<(&str, &str)> = got
+        .iter()
+        .map(|e| (e.last_event_id.as_str(), e.data.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [(first.as_str(), "once"), (after.as_str(), "after")],
+        "{}",
+        sub.raw_text()
+    );
+}
