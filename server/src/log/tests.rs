@@ -33,6 +33,17 @@ fn config(dir: &std::path::Path) -> LogConfig {
     }
 }
 
+/// A log in `dir` that retains at most `max_events`.
+fn keeping(dir: &std::path::Path, max_events: u64) -> LogConfig {
+    LogConfig {
+        retention: Retention {
+            max_events,
+            ..Retention::default()
+        },
+        ..config(dir)
+    }
+}
+
 fn subscription(patterns: &[&str], user: Option<&str>) -> Subscription {
     Subscription {
         patterns: patterns
@@ -271,13 +282,7 @@ fn appends_must_ascend_and_a_refused_batch_writes_nothing() {
 #[test]
 fn reopening_keeps_the_events_last_id_totals_and_floor() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        retention: Retention {
-            max_events: 4,
-            ..Retention::default()
-        },
-        ..config(dir.path())
-    };
+    let cfg = keeping(dir.path(), 4);
     let before = {
         let log = SledLog::open(&cfg).unwrap();
         mixed_log(&log);
@@ -303,13 +308,7 @@ fn reopening_keeps_the_events_last_id_totals_and_floor() {
 #[test]
 fn the_last_id_survives_trimming_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        retention: Retention {
-            max_events: 0,
-            ..Retention::default()
-        },
-        ..config(dir.path())
-    };
+    let cfg = keeping(dir.path(), 0);
     {
         let log = SledLog::open(&cfg).unwrap();
         mixed_log(&log);
@@ -331,13 +330,7 @@ fn the_last_id_survives_trimming_everything() {
 #[test]
 fn trimming_by_count_goes_in_bounded_steps_and_takes_index_entries_along() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        retention: Retention {
-            max_events: 5,
-            ..Retention::default()
-        },
-        ..config(dir.path())
-    };
+    let cfg = keeping(dir.path(), 5);
     let log = SledLog::open(&cfg).unwrap();
     mixed_log(&log);
     let step = log.trim(0, 3).unwrap();
@@ -406,13 +399,7 @@ fn index_entries_go_with_their_events() {
 #[test]
 fn one_batch_shares_index_entries_that_stay_until_their_last_event_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        retention: Retention {
-            max_events: 3,
-            ..Retention::default()
-        },
-        ..config(dir.path())
-    };
+    let cfg = keeping(dir.path(), 3);
     let log = SledLog::open(&cfg).unwrap();
     mixed_log(&log);
     // a, b, news/eu, news/us, alice, bob, broadcast: one entry each for the whole batch.
@@ -472,13 +459,7 @@ fn trimming_by_age_and_bytes() {
 #[test]
 fn a_corrupt_record_is_skipped_counted_and_still_trimmed() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        retention: Retention {
-            max_events: 10,
-            ..Retention::default()
-        },
-        ..config(dir.path())
-    };
+    let cfg = keeping(dir.path(), 10);
     let log = SledLog::open(&cfg).unwrap();
     mixed_log(&log);
     // Damage event 1 (topic a) and event 7 (topic a): a length prefix claiming 2^40 bytes.
@@ -688,13 +669,7 @@ fn fsync_policies_parse_from_their_flag_values() {
 #[test]
 fn idempotency_keys_are_kept_across_a_reopen_and_trimmed_with_their_events() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        retention: Retention {
-            max_events: 2,
-            ..Retention::default()
-        },
-        ..config(dir.path())
-    };
+    let cfg = keeping(dir.path(), 2);
     let key = |n: u64, k: &str| (id(n), Arc::<str>::from(k));
     {
         let log = SledLog::open(&cfg).unwrap();
