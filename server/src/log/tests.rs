@@ -33,6 +33,21 @@ fn config(dir: &std::path::Path) -> LogConfig {
     }
 }
 
+/// Opens the log in `cfg`, waiting out a lock still held by a log of this process that was
+/// just dropped: sled's background IO threads let go of the data dir shortly after the drop.
+fn open_log(cfg: &LogConfig) -> Result<SledLog, OpenError> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match SledLog::open(cfg) {
+            Err(OpenError::Locked { .. }) if waited < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(10));
+                waited += Duration::from_millis(10);
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// A log in `dir` that retains at most `max_events`.
 fn keeping(dir: &std::path::Path, max_events: u64) -> LogConfig {
     LogConfig {
@@ -90,7 +105,7 @@ fn mixed_log(log: &SledLog) {
 #[test]
 fn appended_events_read_back_in_order_with_their_data() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SledLog::open(&config(dir.path())).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
     assert_eq!(log.last_id(), None);
     mixed_log(&log);
     let page = log
@@ -114,7 +129,7 @@ fn appended_events_read_back_in_order_with_their_data() {
 #[test]
 fn exact_topics_replay_only_their_events_and_broadcasts() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SledLog::open(&config(dir.path())).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
     mixed_log(&log);
     let page = log
         .read(&request(None, subscription(&["a"], None)))
@@ -133,7 +148,7 @@ fn exact_topics_replay_only_their_events_and_broadcasts() {
 #[test]
 fn prefix_patterns_replay_every_topic_under_the_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SledLog::open(&config(dir.path())).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
     mixed_log(&log);
     let page = log
         .read(&request(None, subscription(&["news/*"], None)))
@@ -160,7 +175,7 @@ fn prefix_patterns_replay_every_topic_under_the_prefix() {
 #[test]
 fn user_replay_reads_the_users_own_events_and_broadcasts() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SledLog::open(&config(dir.path())).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
     mixed_log(&log);
     let page = log
         .read(&request(None, subscription(&[], Some("bob"))))
@@ -180,7 +195,7 @@ fn user_replay_reads_the_users_own_events_and_broadcasts() {
 #[test]
 fn a_range_is_exclusive_below_and_inclusive_above() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SledLog::open(&config(dir.path())).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
     mixed_log(&log);
     let mut req = request(Some(id(2)), subscription(&["*"], Some("bob")));
     req.through = id(6);
@@ -195,7 +210,7 @@ fn a_range_is_exclusive_below_and_inclusive_above() {
 #[test]
 fn pages_stop_at_their_limits_and_say_there_is_more() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SledLog::open(&config(dir.path())).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
     mixed_log(&log);
     let mut req = request(None, subscription(&["*"], Some("bob")));
     req.max_events = 5;
@@ -232,7 +247,7 @@ fn pages_stop_at_their_limits_and_say_there_is_more() {
 #[test]
 fn very_many_topics_under_a_prefix_give_the_same_answer_by_scanning() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SledLog::open(&config(dir.path())).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
     let names: Vec<String> = (0..300).map(|n| format!("t/{n}")).collect();
     let batch: Vec<Arc<Event>> = (1..=600)
         .map(|n| {
@@ -259,7 +274,7 @@ fn very_many_topics_under_a_prefix_give_the_same_answer_by_scanning() {
 #[test]
 fn appends_must_ascend_and_a_refused_batch_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SledLog::open(&config(dir.path())).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
     log.append(&[event(5, &["a"], &[], false)], &[]).unwrap();
     let err = log.append(
         &[event(6, &["a"], &[], false), event(4, &["a"], &[], false)],
@@ -284,7 +299,7 @@ fn reopening_keeps_the_events_last_id_totals_and_floor() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = keeping(dir.path(), 4);
     let before = {
-        let log = SledLog::open(&cfg).unwrap();
+        let log = open_log(&cfg).unwrap();
         mixed_log(&log);
         let report = log.trim(0, 100).unwrap();
         assert_eq!(
@@ -294,7 +309,7 @@ fn reopening_keeps_the_events_last_id_totals_and_floor() {
         log.bounds()
     };
     assert_eq!(before.events, 4);
-    let log = SledLog::open(&cfg).unwrap();
+    let log = open_log(&cfg).unwrap();
     assert_eq!(log.bounds(), before);
     assert_eq!(log.last_id(), Some(id(12)));
     assert_eq!(
@@ -310,7 +325,7 @@ fn the_last_id_survives_trimming_everything() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = keeping(dir.path(), 0);
     {
-        let log = SledLog::open(&cfg).unwrap();
+        let log = open_log(&cfg).unwrap();
         mixed_log(&log);
         log.trim(0, 100).unwrap();
         assert_eq!(
@@ -321,7 +336,7 @@ fn the_last_id_survives_trimming_everything() {
             }
         );
     }
-    let log = SledLog::open(&cfg).unwrap();
+    let log = open_log(&cfg).unwrap();
     assert_eq!(log.last_id(), Some(id(12)));
     let err = log.append(&[event(12, &["a"], &[], false)], &[]);
     assert!(matches!(err, Err(LogError::OutOfOrder { .. })));
@@ -331,7 +346,7 @@ fn the_last_id_survives_trimming_everything() {
 fn trimming_by_count_goes_in_bounded_steps_and_takes_index_entries_along() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = keeping(dir.path(), 5);
-    let log = SledLog::open(&cfg).unwrap();
+    let log = open_log(&cfg).unwrap();
     mixed_log(&log);
     let step = log.trim(0, 3).unwrap();
     assert_eq!(
@@ -378,7 +393,7 @@ fn index_entries_go_with_their_events() {
         ..config(dir.path())
     };
     {
-        let log = SledLog::open(&retain(5)).unwrap();
+        let log = open_log(&retain(5)).unwrap();
         // One batch per event: one index entry per name per event.
         for event in mixed_events() {
             log.append(&[event], &[]).unwrap();
@@ -389,7 +404,7 @@ fn index_entries_go_with_their_events() {
         assert_eq!(index_entries(&log), 7);
     }
     {
-        let log = SledLog::open(&retain(0)).unwrap();
+        let log = open_log(&retain(0)).unwrap();
         log.trim(0, 100).unwrap();
         assert_eq!(index_entries(&log), 0);
         assert_eq!(log.bounds().events, 0);
@@ -400,7 +415,7 @@ fn index_entries_go_with_their_events() {
 fn one_batch_shares_index_entries_that_stay_until_their_last_event_goes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = keeping(dir.path(), 3);
-    let log = SledLog::open(&cfg).unwrap();
+    let log = open_log(&cfg).unwrap();
     mixed_log(&log);
     // a, b, news/eu, news/us, alice, bob, broadcast: one entry each for the whole batch.
     assert_eq!(index_entries(&log), 7);
@@ -432,7 +447,7 @@ fn trimming_by_age_and_bytes() {
         },
         ..config(dir.path())
     };
-    let log = SledLog::open(&cfg).unwrap();
+    let log = open_log(&cfg).unwrap();
     mixed_log(&log); // event n was published at ms 1000 + n
     // At 2004 ms, events published before 1004 ms are over a second old.
     let step = log.trim(2_004, 100).unwrap();
@@ -440,7 +455,7 @@ fn trimming_by_age_and_bytes() {
     drop(log);
 
     let bytes_each = {
-        let log = SledLog::open(&config(dir.path())).unwrap();
+        let log = open_log(&config(dir.path())).unwrap();
         log.bounds().bytes / log.bounds().events
     };
     let cfg = LogConfig {
@@ -450,7 +465,7 @@ fn trimming_by_age_and_bytes() {
         },
         ..config(dir.path())
     };
-    let log = SledLog::open(&cfg).unwrap();
+    let log = open_log(&cfg).unwrap();
     let step = log.trim(0, 100).unwrap();
     assert!(log.bounds().bytes <= bytes_each * 4, "{:?}", log.bounds());
     assert!(step.removed >= 4, "{step:?}");
@@ -460,7 +475,7 @@ fn trimming_by_age_and_bytes() {
 fn a_corrupt_record_is_skipped_counted_and_still_trimmed() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = keeping(dir.path(), 10);
-    let log = SledLog::open(&cfg).unwrap();
+    let log = open_log(&cfg).unwrap();
     mixed_log(&log);
     // Damage event 1 (topic a) and event 7 (topic a): a length prefix claiming 2^40 bytes.
     let mut garbage = vec![codec::RECORD_VERSION, 0xFD];
@@ -511,13 +526,13 @@ fn a_data_dir_in_use_is_a_clear_error() {
 fn a_data_dir_of_another_format_version_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let log = SledLog::open(&config(dir.path())).unwrap();
+        let log = open_log(&config(dir.path())).unwrap();
         log.meta
             .insert("layout_version", &99u32.to_be_bytes())
             .unwrap();
         log.meta.flush().unwrap();
     }
-    let err = SledLog::open(&config(dir.path())).unwrap_err();
+    let err = open_log(&config(dir.path())).unwrap_err();
     assert!(
         matches!(err, OpenError::FormatVersion { found: 99, .. }),
         "{err:?}"
@@ -528,7 +543,7 @@ fn a_data_dir_of_another_format_version_is_a_clear_error() {
 #[test]
 fn the_group_committer_batches_appends_and_reports_them_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let log: Arc<SledLog> = Arc::new(SledLog::open(&config(dir.path())).unwrap());
+    let log: Arc<SledLog> = Arc::new(open_log(&config(dir.path())).unwrap());
     let (reports, received) = mpsc::channel();
     let committer = GroupCommitter::start(log.clone(), move |report| {
         reports.send(report).unwrap();
@@ -642,7 +657,7 @@ fn the_trimmer_keeps_the_log_within_its_limits_in_the_background() {
         },
         ..config(dir.path())
     };
-    let log = Arc::new(SledLog::open(&cfg).unwrap());
+    let log = Arc::new(open_log(&cfg).unwrap());
     mixed_log(&log);
     let trimmed = Arc::new(AtomicBool::new(false));
     let (floors, received) = mpsc::channel();
@@ -672,14 +687,14 @@ fn idempotency_keys_are_kept_across_a_reopen_and_trimmed_with_their_events() {
     let cfg = keeping(dir.path(), 2);
     let key = |n: u64, k: &str| (id(n), Arc::<str>::from(k));
     {
-        let log = SledLog::open(&cfg).unwrap();
+        let log = open_log(&cfg).unwrap();
         let batch = [event(1, &["a"], &[], false), event(2, &["a"], &[], false)];
         log.append(&batch, &[key(1, "first")]).unwrap();
         log.append(&[event(3, &["a"], &[], false)], &[key(3, "third")])
             .unwrap();
         log.flush().unwrap();
     }
-    let log = SledLog::open(&cfg).unwrap();
+    let log = open_log(&cfg).unwrap();
     let both = vec![(id(1), "first".to_owned()), (id(3), "third".to_owned())];
     assert_eq!(log.idempotency_keys(10).unwrap(), both);
     // The newest ones first when there are more than asked for.
@@ -692,7 +707,7 @@ fn idempotency_keys_are_kept_across_a_reopen_and_trimmed_with_their_events() {
 #[test]
 fn the_committer_stores_the_keys_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(SledLog::open(&config(dir.path())).unwrap());
+    let log = Arc::new(open_log(&config(dir.path())).unwrap());
     let (tx, rx) = mpsc::channel();
     let committer = GroupCommitter::start(log.clone(), move |report| {
         let _ = tx.send(report);
