@@ -21,7 +21,7 @@ use herald_core::ConnId;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::hub::HubSender;
-use crate::writer::{self, Sent, Shard};
+use crate::writer::{self, Shard};
 
 /// A bounded queue of frames for one connection.
 #[derive(Debug)]
@@ -165,36 +165,30 @@ impl Queue {
     pub fn write_direct(&self) {
         let waker = {
             let mut inner = self.lock();
-            if !inner.scheduled {
-                return;
-            }
-            inner.scheduled = false;
-            let Some(fd) = inner.direct.as_ref().map(|d| d.fd) else {
-                return;
+            let was_scheduled = std::mem::take(&mut inner.scheduled);
+            let fd = match &inner.direct {
+                Some(d) if was_scheduled && !inner.handed => d.fd,
+                _ => return,
             };
-            if inner.handed {
-                return;
-            }
-            let mut done = false;
-            while !done {
-                match writer::send(fd, &inner.frames) {
-                    Sent::Bytes(mut n) => {
-                        inner.bytes -= n;
-                        while let Some(front) = inner.frames.front_mut() {
-                            if n < front.len() {
-                                // A partial write: the socket is full.
-                                let _ = front.split_to(n);
-                                done = true;
-                                break;
-                            }
-                            n -= front.len();
-                            inner.frames.pop_front();
-                        }
-                        if inner.frames.is_empty() {
-                            return;
-                        }
+            // More than one `sendmsg` only when the queue holds more frames than one takes.
+            while let Some(sent) = writer::send(fd, &inner.frames) {
+                inner.bytes -= sent;
+                let mut n = sent;
+                while let Some(front) = inner.frames.front_mut() {
+                    if n < front.len() {
+                        // A partial write: the socket is full.
+                        let _ = front.split_to(n);
+                        break;
                     }
-                    Sent::WouldBlock | Sent::Failed => done = true,
+                    n -= front.len();
+                    inner.frames.pop_front();
+                }
+                if inner.frames.is_empty() {
+                    return;
+                }
+                if n > 0 || sent == 0 {
+                    // Stopped inside a frame, or took nothing: the socket is full.
+                    break;
                 }
             }
             inner.handed = true;

@@ -23,7 +23,7 @@ use crate::sse::Queue;
 pub struct Writers {
     shards: Vec<Arc<Shard>>,
     next: std::sync::atomic::AtomicUsize,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// One writer thread's work list.
@@ -62,7 +62,7 @@ impl Writers {
         Ok(Self {
             shards,
             next: Default::default(),
-            threads: Mutex::new(handles),
+            threads: handles,
         })
     }
 
@@ -71,23 +71,18 @@ impl Writers {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.shards[i % self.shards.len()].clone()
     }
+}
 
+impl Drop for Writers {
     /// Stops the threads once they have written what they were handed.
-    pub fn stop(&self) {
+    fn drop(&mut self) {
         for shard in &self.shards {
             shard.lock().stop = true;
             shard.wake.notify_one();
         }
-        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for handle in handles {
+        for handle in self.threads.drain(..) {
             let _ = handle.join();
         }
-    }
-}
-
-impl Drop for Writers {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -129,22 +124,13 @@ impl Shard {
     }
 }
 
-/// What a non-blocking write did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Sent {
-    /// This many bytes went out (possibly fewer than offered).
-    Bytes(usize),
-    /// The socket's buffer is full.
-    WouldBlock,
-    /// The connection is broken; its task will find out on its own write.
-    Failed,
-}
-
 /// The most frames gathered into one `sendmsg`.
 const MAX_IOV: usize = 64;
 
-/// Writes `frames` (in order) to `fd` with one non-blocking `sendmsg`.
-pub fn send(fd: RawFd, frames: &std::collections::VecDeque<Bytes>) -> Sent {
+/// Writes `frames` (in order) to `fd` with one non-blocking `sendmsg`: how many bytes went
+/// out (possibly fewer than offered), or `None` when none could, because the socket's buffer
+/// is full or the connection is broken (its task finds out which on its own write).
+pub fn send(fd: RawFd, frames: &std::collections::VecDeque<Bytes>) -> Option<usize> {
     let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -165,12 +151,10 @@ pub fn send(fd: RawFd, frames: &std::collections::VecDeque<Bytes>) -> Sent {
         // lock, and the connection's task clears the fd under that lock before closing it.
         let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n >= 0 {
-            return Sent::Bytes(n as usize);
+            return Some(n as usize);
         }
-        match std::io::Error::last_os_error().kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Sent::WouldBlock,
-            _ => return Sent::Failed,
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return None;
         }
     }
 }
