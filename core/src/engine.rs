@@ -128,6 +128,21 @@ impl PublishRequest {
     }
 }
 
+impl PublishRequest {
+    /// A target, and a key of valid length.
+    fn validate(&self) -> Result<(), PublishError> {
+        if self.target.is_empty() {
+            return Err(PublishError::NoTarget);
+        }
+        match &self.idempotency_key {
+            Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+                Err(PublishError::BadIdempotencyKey)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The answer to a publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PublishOutcome {
@@ -461,16 +476,8 @@ impl Engine {
         now: Instant,
     ) -> Result<PublishOutcome, PublishError> {
         let _ = now;
-        if req.target.is_empty() {
-            return Err(PublishError::NoTarget);
-        }
-        let key: Option<Arc<str>> = match req.idempotency_key {
-            Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => {
-                return Err(PublishError::BadIdempotencyKey);
-            }
-            Some(k) => Some(Arc::from(k)),
-            None => None,
-        };
+        req.validate()?;
+        let key: Option<Arc<str>> = req.idempotency_key.map(Arc::from);
         if let Some(k) = &key
             && let Some(&id) = self.idempotency.get(k)
         {
@@ -519,15 +526,51 @@ impl Engine {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
-            let entry = p.entry;
-            self.committed = Some(entry.event.id);
-            self.counters.committed += 1;
-            self.remember_recent(entry.clone());
-            let recipients = self.deliver(&entry, now);
-            if !self.admins.is_empty() {
-                let published = self.published_info(&entry.event, recipients);
-                self.emit_admin(AdminEvent::Published(published), now);
+            self.commit_entry(p.entry, now);
+        }
+    }
+
+    /// Makes `entry` the last committed event and delivers it.
+    fn commit_entry(&mut self, entry: Arc<Entry>, now: Instant) {
+        self.committed = Some(entry.event.id);
+        self.counters.committed += 1;
+        self.remember_recent(entry.clone());
+        let recipients = self.deliver(&entry, now);
+        if !self.admins.is_empty() {
+            let published = self.published_info(&entry.event, recipients);
+            self.emit_admin(AdminEvent::Published(published), now);
+        }
+    }
+
+    /// A publish that the driver appends to a shared log itself (cluster mode, see
+    /// [`Engine::handle_replicated`]): checked like [`Engine::handle_publish`] and counted,
+    /// but given no id here; the log assigns it.
+    pub fn handle_shared_publish(&mut self, req: &PublishRequest) -> Result<(), PublishError> {
+        req.validate()?;
+        self.counters.published += 1;
+        Ok(())
+    }
+
+    /// Events committed by a shared log that assigns ids itself (cluster mode: a Redis
+    /// stream that several servers append to), in the log's order: deliver them like
+    /// committed publishes. Events at or below the last committed id are skipped, so a
+    /// reader that re-reads after reconnecting to the log causes no duplicates.
+    ///
+    /// A driver uses either this or [`Engine::handle_publish`], never both: publishes then
+    /// go straight to the shared log (after [`Engine::handle_shared_publish`]), and come
+    /// back here with their ids on every server, the publishing one included.
+    pub fn handle_replicated(&mut self, events: impl IntoIterator<Item = Event>, now: Instant) {
+        for event in events {
+            if self.committed.is_some_and(|c| event.id <= c) {
+                continue;
             }
+            self.ids.observe(event.id);
+            let frame = frame::encode_event(&event);
+            let entry = Arc::new(Entry {
+                event: Arc::new(event),
+                frame,
+            });
+            self.commit_entry(entry, now);
         }
     }
 

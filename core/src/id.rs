@@ -154,6 +154,14 @@ impl IdSequencer {
         id
     }
 
+    /// Records an id minted elsewhere (a shared log's sequencer, in cluster mode), so that
+    /// `last` and resume checks know of it. Never lowers the last id.
+    pub fn observe(&mut self, id: EventId) {
+        if self.last.is_none_or(|last| id > last) {
+            self.last = Some(id);
+        }
+    }
+
     /// The last id minted (or the seed), if any.
     pub fn last(&self) -> Option<EventId> {
         self.last

@@ -786,3 +786,76 @@ fn event_types_and_multiline_data_arrive_as_sent() {
     assert_eq!(got[0].event_type, "order.updated");
     assert_eq!(got[0].data, "line 1\nline 2\nline 3");
 }
+
+/// Events as a shared log (cluster mode) hands them back, with ids it assigned.
+fn replicated(ids_and_topics: &[(u64, &str)]) -> Vec<Event> {
+    ids_and_topics
+        .iter()
+        .map(|&(ms, topic)| Event {
+            id: EventId::new(ms, 0),
+            target: topics(&[topic]),
+            event_type: None,
+            data: format!("at {ms}"),
+        })
+        .collect()
+}
+
+#[test]
+fn replicated_events_are_delivered_once_in_log_order() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let a = sim.connect(&["t"], None, None);
+    let b = sim.connect(&["u"], None, None);
+    let events = replicated(&[(10, "t"), (11, "u"), (12, "t")]);
+    sim.engine.handle_replicated(events.clone(), sim.now);
+    sim.drain();
+    // A reader that reconnects to the log reads some of them again: nothing is sent twice.
+    sim.engine
+        .handle_replicated(events[1..].iter().cloned(), sim.now);
+    sim.drain();
+    assert_eq!(sim.received_ids(a), ["10-0", "12-0"]);
+    assert_eq!(sim.received_ids(b), ["11-0"]);
+    assert_eq!(sim.engine.committed_id(), Some(EventId::new(12, 0)));
+    assert_eq!(sim.engine.last_id(), Some(EventId::new(12, 0)));
+    assert_eq!(sim.engine.counters().committed, 3);
+    assert!(
+        sim.appended.is_empty(),
+        "a shared log's events are not appended again"
+    );
+}
+
+#[test]
+fn a_client_resuming_on_another_server_gets_what_it_missed_from_the_shared_log() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let events = replicated(&[(10, "t"), (11, "t"), (12, "t")]);
+    sim.log.extend(events.iter().cloned());
+    sim.engine.handle_replicated(events, sim.now);
+    sim.drain();
+    // The client saw 10-0 through another server; this one replays the rest.
+    let c = sim.connect(&["t"], None, Some(EventId::new(10, 0)));
+    sim.engine
+        .handle_replicated(replicated(&[(13, "t")]), sim.now);
+    sim.drain();
+    assert_eq!(sim.received_ids(c), ["11-0", "12-0", "13-0"]);
+}
+
+#[test]
+fn a_shared_publish_is_checked_and_counted_but_gets_no_id_here() {
+    let mut sim = Sim::new(EngineConfig::default());
+    assert_eq!(
+        sim.engine
+            .handle_shared_publish(&PublishRequest::new(Target::default(), "x")),
+        Err(PublishError::NoTarget)
+    );
+    let mut req = PublishRequest::new(topics(&["t"]), "x");
+    req.idempotency_key = Some(String::new());
+    assert_eq!(
+        sim.engine.handle_shared_publish(&req),
+        Err(PublishError::BadIdempotencyKey)
+    );
+    req.idempotency_key = Some("k".into());
+    assert_eq!(sim.engine.handle_shared_publish(&req), Ok(()));
+    sim.drain();
+    assert!(sim.appended.is_empty());
+    assert_eq!(sim.engine.counters().published, 1);
+    assert_eq!(sim.engine.last_id(), None);
+}
