@@ -17,7 +17,7 @@ use herald_core::{
     UserId,
 };
 use herald_server::log::{
-    CommitReport, EventLog, FsyncPolicy, GroupCommitter, LogConfig, Retention, SledLog,
+    AppendLog, CommitReport, EventLog, FsyncPolicy, GroupCommitter, LogConfig, Retention, SledLog,
 };
 use tokio::sync::oneshot;
 
@@ -62,7 +62,7 @@ type Waiters = VecDeque<(EventId, oneshot::Sender<()>)>;
 /// `GroupCommitter`, whose callback wakes the acknowledged publishers.
 fn group_commit(publishers: usize, run_for: Duration) -> Throughput {
     let dir = tempfile::tempdir().expect("temp dir");
-    let log: Arc<dyn EventLog> =
+    let log: Arc<dyn AppendLog> =
         Arc::new(SledLog::open(&config(dir.path(), FsyncPolicy::EveryBatch)).expect("open log"));
     let waiters: Arc<Mutex<Waiters>> = Arc::default();
     let flushes: Arc<Mutex<Vec<(Duration, usize)>>> = Arc::default();

@@ -536,6 +536,10 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
             StatusCode::INTERNAL_SERVER_ERROR,
             e.to_string(),
         )),
+        Err(e @ PublishFailure::Unavailable(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
         Err(PublishFailure::ShuttingDown) => Err(unavailable()),
     }
 }

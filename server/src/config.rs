@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::log::{FsyncPolicy, LogConfig, Retention};
+use crate::log::{FsyncPolicy, LogConfig, RedisLogConfig, Retention};
+use crate::redis::RedisConfig;
 
 /// The flags of `herald serve`. Every flag also reads `HERALD_<NAME>` (upper case, `_` for
 /// `-`), and every setting can be written in the `--config` TOML file under the flag's name
@@ -91,6 +92,17 @@ pub struct ServeArgs {
     /// Listen backlog (pending connections the kernel queues) [default: 4096].
     #[arg(long, env = "HERALD_BACKLOG")]
     pub backlog: Option<u32>,
+    /// Cluster mode: keep the log in this Redis (7.0 or later), shared with every other
+    /// instance given the same URL and --redis-prefix, so a client may publish to, subscribe
+    /// to and resume on any of them. Form: `redis://[[user]:password@]host[:port][/db]`
+    /// (prefer HERALD_REDIS for a password). The embedded log is not used: --data-dir,
+    /// --fsync and --retain-bytes do not apply (durability is Redis's own persistence).
+    #[arg(long, env = "HERALD_REDIS", hide_env_values = true)]
+    pub redis: Option<RedisConfig>,
+    /// Prefix of Herald's keys in Redis; one deployment's instances share it, and another
+    /// deployment on the same Redis picks another [default: herald].
+    #[arg(long, env = "HERALD_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
 }
 
 /// The settings file: the same names as the flags, with `_` for `-`.
@@ -118,6 +130,8 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     backlog: Option<u32>,
+    redis: Option<String>,
+    redis_prefix: Option<String>,
 }
 
 /// Every setting of a running server, resolved.
@@ -125,8 +139,10 @@ struct FileConfig {
 pub struct ServeConfig {
     /// Where to listen.
     pub listen: SocketAddr,
-    /// The log's settings.
+    /// The embedded log's settings (unused in cluster mode).
     pub log: LogConfig,
+    /// Cluster mode: the shared Redis log, instead of the embedded one.
+    pub redis: Option<RedisLogConfig>,
     /// Development mode (no auth).
     pub dev: bool,
     /// The HS256 secret.
@@ -248,7 +264,55 @@ impl ServeArgs {
                 ));
             }
         };
+        let redis = match (&self.redis, &file.redis) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some(url)) => Some(
+                url.parse::<RedisConfig>()
+                    .map_err(|e| ConfigError::Invalid(format!("redis in the config file: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        let redis = match redis {
+            None => None,
+            Some(redis) => {
+                let embedded_only = [
+                    (
+                        "--data-dir",
+                        self.data_dir.is_some() || file.data_dir.is_some(),
+                    ),
+                    ("--fsync", self.fsync.is_some() || file.fsync.is_some()),
+                    (
+                        "--retain-bytes",
+                        self.retain_bytes.is_some() || file.retain_bytes.is_some(),
+                    ),
+                ];
+                if let Some((flag, _)) = embedded_only.iter().find(|(_, set)| *set) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{flag} is a setting of the embedded log and does not apply with --redis \
+                         (the shared log is trimmed by count and age, and is as durable as \
+                         Redis's own persistence); remove one of them"
+                    )));
+                }
+                let prefix = self
+                    .redis_prefix
+                    .clone()
+                    .or(file.redis_prefix)
+                    .unwrap_or_else(|| "herald".to_owned());
+                if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "redis-prefix {prefix:?} must be non-empty, without spaces or control characters"
+                    )));
+                }
+                Some(RedisLogConfig {
+                    redis,
+                    prefix,
+                    retention,
+                })
+            }
+        };
         let config = ServeConfig {
+            redis,
             listen: self
                 .listen
                 .or(file.listen)

@@ -3,19 +3,22 @@
 //! Everything else talks to it through [`Hub`] (commands over a channel). After every input
 //! it drains the engine's outputs: frames go to per-connection [`Queue`]s, appends to the
 //! group committer, history reads to a blocking task whose answer comes back as a command.
+//! In cluster mode ([`Store::Shared`]) publishes go to the shared stream instead, and the
+//! events come back, with every other instance's, from the stream's reader.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::{
-    CloseReason, ConnId, ConnectError, ConnectRequest, Engine, EventId, HistoryPage, LogBounds,
-    Output, PublishError, PublishRequest, Snapshot, Stats, frame,
+    CloseReason, ConnId, ConnectError, ConnectRequest, Engine, Event, EventId, HistoryPage,
+    LogBounds, Output, PublishError, PublishRequest, Snapshot, Stats, frame,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::log::{CommitReport, EventLog, GroupCommitter};
+use crate::cluster::{Publisher, Reader};
+use crate::log::{AppendLog, CommitReport, EventLog, GroupCommitter, LogMetrics, RedisLog};
 use crate::sse::{Push, Queue, SseBody};
 
 /// Tunables of the driver (the engine has its own).
@@ -27,6 +30,9 @@ pub struct HubConfig {
     pub retry_ms: u64,
     /// How long a history read waits for its connection's queue to drain.
     pub history_drain_wait: Duration,
+    /// Cluster mode: how long a client resuming from an id this instance has not read yet
+    /// waits for the stream's reader to catch up, before it is told the id is unknown.
+    pub catch_up_wait: Duration,
 }
 
 impl Default for HubConfig {
@@ -35,6 +41,7 @@ impl Default for HubConfig {
             queue_bytes: 4 << 20,
             retry_ms: 3_000,
             history_drain_wait: Duration::from_secs(30),
+            catch_up_wait: Duration::from_secs(2),
         }
     }
 }
@@ -48,9 +55,49 @@ pub enum PublishFailure {
     /// The log could not store it.
     #[error("the event log could not store the event: {0}")]
     Log(String),
+    /// The shared log (cluster mode) could not be reached; retrying later may work.
+    #[error("the shared event log is unavailable: {0}")]
+    Unavailable(String),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+}
+
+/// Where published events are stored.
+pub enum Store {
+    /// The embedded log: the engine mints ids and a group committer appends.
+    Local(Arc<dyn AppendLog>),
+    /// Cluster mode: a Redis stream shared with other instances, which assigns the ids.
+    Shared(Arc<RedisLog>),
+}
+
+impl Store {
+    /// The read side, for history, bounds and retention.
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        match self {
+            Self::Local(log) => log.clone(),
+            Self::Shared(log) => log.clone(),
+        }
+    }
+}
+
+/// How the hub's publishes reach the store.
+enum Appender {
+    Committer(GroupCommitter),
+    Cluster {
+        publisher: Publisher,
+        reader: Reader,
+    },
+}
+
+type ConnectReply = oneshot::Sender<Result<Subscriber, ConnectError>>;
+
+/// A cluster-mode connect that resumes from an id the stream's reader has not reached yet.
+struct Deferred {
+    until: Instant,
+    req: ConnectRequest,
+    snapshot: bool,
+    reply: ConnectReply,
 }
 
 /// A subscriber's side of a new connection.
@@ -66,7 +113,7 @@ enum Command {
     Connect {
         req: ConnectRequest,
         snapshot: bool,
-        reply: oneshot::Sender<Result<Subscriber, ConnectError>>,
+        reply: ConnectReply,
     },
     Disconnect(ConnId),
     Publish {
@@ -74,6 +121,7 @@ enum Command {
         reply: oneshot::Sender<Result<EventId, PublishFailure>>,
     },
     Commit(CommitReport),
+    Replicated(Vec<Event>),
     History {
         conn: ConnId,
         page: Result<HistoryPage, String>,
@@ -120,7 +168,7 @@ impl HubSender {
 #[derive(Clone, Debug)]
 pub struct Hub {
     tx: HubSender,
-    log_metrics: Arc<crate::log::LogMetrics>,
+    log_metrics: Arc<LogMetrics>,
 }
 
 /// The hub is gone (the server is stopping).
@@ -129,26 +177,47 @@ pub struct Hub {
 pub struct HubGone;
 
 impl Hub {
-    /// Starts the hub task: `engine` seeded from `log`, appends through a group committer.
+    /// Starts the hub task: `engine` seeded from the store's last id. With [`Store::Local`]
+    /// appends go through a group committer; with [`Store::Shared`] through the cluster
+    /// publisher, and a reader tails the stream from the engine's last committed id.
     pub fn start(
         engine: Engine,
-        log: Arc<dyn EventLog>,
+        store: Store,
         config: HubConfig,
     ) -> (Hub, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = HubSender(tx);
-        let commit_tx = sender.clone();
-        let committer = GroupCommitter::start(log.clone(), move |report| {
-            let _ = commit_tx.0.send(Command::Commit(report));
-        });
-        let log_metrics = committer.metrics();
+        let log = store.log();
+        let appender = match store {
+            Store::Local(log) => {
+                let commit_tx = sender.clone();
+                Appender::Committer(GroupCommitter::start(log, move |report| {
+                    let _ = commit_tx.0.send(Command::Commit(report));
+                }))
+            }
+            Store::Shared(log) => {
+                let read_tx = sender.clone();
+                let reader = Reader::start(log.clone(), engine.committed_id(), move |events| {
+                    let _ = read_tx.0.send(Command::Replicated(events));
+                });
+                Appender::Cluster {
+                    publisher: Publisher::start(log),
+                    reader,
+                }
+            }
+        };
+        let log_metrics = match &appender {
+            Appender::Committer(committer) => committer.metrics(),
+            Appender::Cluster { publisher, .. } => publisher.metrics(),
+        };
         let driver = Driver {
             engine,
             log,
-            committer: Some(committer),
+            appender: Some(appender),
             config,
             queues: HashMap::new(),
             waiters: BTreeMap::new(),
+            deferred: Vec::new(),
             sender: sender.clone(),
             shutting_down: false,
             shutdown_reply: None,
@@ -163,8 +232,8 @@ impl Hub {
         )
     }
 
-    /// The group committer's figures, for `/metrics`.
-    pub fn log_metrics(&self) -> Arc<crate::log::LogMetrics> {
+    /// The appender's figures (group committer or cluster publisher), for `/metrics`.
+    pub fn log_metrics(&self) -> Arc<LogMetrics> {
         self.log_metrics.clone()
     }
 
@@ -224,10 +293,11 @@ impl Hub {
 struct Driver {
     engine: Engine,
     log: Arc<dyn EventLog>,
-    committer: Option<GroupCommitter>,
+    appender: Option<Appender>,
     config: HubConfig,
     queues: HashMap<ConnId, Arc<Queue>>,
     waiters: BTreeMap<EventId, Vec<oneshot::Sender<Result<EventId, PublishFailure>>>>,
+    deferred: Vec<Deferred>,
     sender: HubSender,
     shutting_down: bool,
     shutdown_reply: Option<oneshot::Sender<()>>,
@@ -260,9 +330,19 @@ impl Driver {
     /// final flush made durable get their ids, the rest an error.
     fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
         self.shutting_down = true;
-        if let Some(committer) = self.committer.take() {
-            tokio::task::block_in_place(|| committer.shutdown());
+        // Blocking here is deliberate: the hub runs on the control runtime's one thread
+        // (where `block_in_place` is not allowed), nothing is left for it to serve, and the
+        // appender's last reports arrive through the channel drained below.
+        match self.appender.take() {
+            Some(Appender::Committer(committer)) => committer.shutdown(),
+            Some(Appender::Cluster { publisher, reader }) => {
+                publisher.shutdown();
+                reader.shutdown();
+            }
+            None => {}
         }
+        // Their replies are dropped: those clients hear that the server is stopping.
+        self.deferred.clear();
         while let Ok(cmd) = rx.try_recv() {
             if let Command::Commit(_) = cmd {
                 self.handle(cmd);
@@ -306,11 +386,12 @@ impl Driver {
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    // Cheap (counters and one B-tree descent): keeps stats and reset
-                    // decisions current between retention steps.
+                    // Cheap (counters and one B-tree descent, or a cached copy): keeps stats
+                    // and reset decisions current between retention steps.
                     self.engine.handle_log_bounds(self.log.bounds());
                     self.engine.handle_timeout(std::time::Instant::now());
                     self.drain();
+                    self.connect_deferred(false);
                 }
             }
         }
@@ -325,30 +406,22 @@ impl Driver {
                 snapshot,
                 reply,
             } => {
-                let result = self.engine.handle_connect(req, now).map(|conn| {
-                    let queue = Arc::new(Queue::new(self.config.queue_bytes));
-                    self.queues.insert(conn, queue.clone());
-                    tracing::debug!(%conn, "connected");
-                    Subscriber {
-                        conn,
-                        body: SseBody::new(conn, queue, self.sender.clone()),
-                    }
-                });
-                // The snapshot goes in before the connect's own outputs are drained, so it is
-                // the stream's first event (ahead of the `connected` event for this very stream).
-                if snapshot && let Ok(sub) = &result {
-                    let snap = self.snapshot(now);
-                    if let (Some(q), Ok(json)) =
-                        (self.queues.get(&sub.conn), serde_json::to_string(&snap))
-                    {
-                        let kind = herald_core::EventType::new("snapshot").ok();
-                        if let Some(kind) = kind {
-                            q.push(frame::encode_ephemeral(&kind, &json));
-                        }
-                    }
+                let unread = req
+                    .last_id
+                    .is_some_and(|last| self.engine.last_id().is_none_or(|seen| last > seen));
+                if unread && matches!(self.appender, Some(Appender::Cluster { .. })) {
+                    // Another instance gave the client an id this one's reader has not
+                    // reached yet (they are milliseconds apart): wait for it rather than
+                    // call the id unknown.
+                    self.deferred.push(Deferred {
+                        until: Instant::now() + self.config.catch_up_wait,
+                        req,
+                        snapshot,
+                        reply,
+                    });
+                    return false;
                 }
-                self.drain();
-                let _ = reply.send(result);
+                self.connect(req, snapshot, reply, now);
             }
             Command::Disconnect(conn) => {
                 if self.queues.remove(&conn).is_some() {
@@ -359,6 +432,15 @@ impl Driver {
             Command::Publish { req, reply } => {
                 if self.shutting_down {
                     let _ = reply.send(Err(PublishFailure::ShuttingDown));
+                    return false;
+                }
+                if let Some(Appender::Cluster { publisher, .. }) = &self.appender {
+                    match self.engine.handle_shared_publish(&req) {
+                        Ok(()) => publisher.publish(req, reply),
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
                     return false;
                 }
                 match self.engine.handle_publish(req, wall_ms(), now) {
@@ -379,6 +461,11 @@ impl Driver {
                         let _ = reply.send(Ok(id));
                     }
                 }
+            }
+            Command::Replicated(events) => {
+                self.engine.handle_replicated(events, now);
+                self.drain();
+                self.connect_deferred(true);
             }
             Command::Commit(CommitReport::Failed { ids, error }) => {
                 tracing::warn!(count = ids.len(), %error, "log append failed");
@@ -422,6 +509,62 @@ impl Driver {
         false
     }
 
+    fn connect(
+        &mut self,
+        req: ConnectRequest,
+        snapshot: bool,
+        reply: ConnectReply,
+        now: std::time::Instant,
+    ) {
+        let result = self.engine.handle_connect(req, now).map(|conn| {
+            let queue = Arc::new(Queue::new(self.config.queue_bytes));
+            self.queues.insert(conn, queue.clone());
+            tracing::debug!(%conn, "connected");
+            Subscriber {
+                conn,
+                body: SseBody::new(conn, queue, self.sender.clone()),
+            }
+        });
+        // The snapshot goes in before the connect's own outputs are drained, so it is
+        // the stream's first event (ahead of the `connected` event for this very stream).
+        if snapshot && let Ok(sub) = &result {
+            let snap = self.snapshot(now);
+            if let (Some(q), Ok(json)) = (self.queues.get(&sub.conn), serde_json::to_string(&snap))
+            {
+                let kind = herald_core::EventType::new("snapshot").ok();
+                if let Some(kind) = kind {
+                    q.push(frame::encode_ephemeral(&kind, &json));
+                }
+            }
+        }
+        self.drain();
+        let _ = reply.send(result);
+    }
+
+    /// Connects the deferred clients whose ids the reader has now reached, and (unless
+    /// `caught_up_only`) those that waited long enough: the engine then tells them their id
+    /// is unknown.
+    fn connect_deferred(&mut self, caught_up_only: bool) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let seen = self.engine.last_id();
+        let now = Instant::now();
+        let (ready, waiting): (Vec<Deferred>, Vec<Deferred>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|d| {
+                let caught_up = d
+                    .req
+                    .last_id
+                    .is_some_and(|last| seen.is_some_and(|s| last <= s));
+                caught_up || (!caught_up_only && d.until <= now)
+            });
+        self.deferred = waiting;
+        for d in ready {
+            self.connect(d.req, d.snapshot, d.reply, std::time::Instant::now());
+        }
+    }
+
     fn snapshot(&self, now: std::time::Instant) -> Snapshot {
         let mut snap = self.engine.snapshot(now);
         for row in &mut snap.connections {
@@ -458,9 +601,12 @@ impl Driver {
                         }
                     }
                 }
-                Output::Append(event, key) => match &self.committer {
-                    Some(c) => c.append(event, key),
-                    None => self.engine.handle_append_failed(&[event.id]),
+                Output::Append(event, key) => match &self.appender {
+                    Some(Appender::Committer(c)) => c.append(event, key),
+                    // The shared store's appends go through the publisher, never the engine.
+                    Some(Appender::Cluster { .. }) | None => {
+                        self.engine.handle_append_failed(&[event.id]);
+                    }
                 },
                 Output::LoadHistory(req) => {
                     let Some(queue) = self.queues.get(&req.conn).cloned() else {

@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Run the server. Settings: flags > HERALD_* environment variables > --config file >
     /// defaults.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a signed token (HS256 JWT) for a subscriber, publisher or operator.
     Token(TokenArgs),
     /// Publish one event through a running server's HTTP API.

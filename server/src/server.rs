@@ -18,8 +18,8 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::auth::JwtKey;
 use crate::config::ServeConfig;
-use crate::hub::{Hub, HubConfig};
-use crate::log::{EventLog, SledLog, Trimmer};
+use crate::hub::{Hub, HubConfig, Store};
+use crate::log::{RedisLog, SledLog, Trimmer};
 use crate::stream_h1;
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -45,17 +45,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     raise_open_file_limit();
 
-    let log_config = config.log.clone();
-    let log: Arc<dyn EventLog> = Arc::new(
-        tokio::task::spawn_blocking(move || SledLog::open(&log_config))
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot open the event log in {}",
-                    config.log.data_dir.display()
-                )
-            })?,
-    );
+    let store = open_store(&config).await?;
+    let log = store.log();
     let engine_config = EngineConfig {
         retry_ms: config.retry_ms,
         keepalive: config.keepalive,
@@ -65,12 +56,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let key_limit = engine_config.idempotency_keys;
     let mut engine = Engine::new(engine_config, log.last_id(), log.bounds(), Instant::now());
-    // A publisher retrying across a restart must still get its original id, not a copy.
-    let keys_log = log.clone();
-    let keys = tokio::task::spawn_blocking(move || keys_log.idempotency_keys(key_limit))
-        .await?
-        .context("cannot read the idempotency keys from the event log")?;
-    engine.restore_idempotency_keys(keys);
+    // A publisher retrying across a restart must still get its original id, not a copy. (In
+    // cluster mode Redis keeps the keys.)
+    if let Store::Local(local) = &store {
+        let keys_log = local.clone();
+        let keys = tokio::task::spawn_blocking(move || keys_log.idempotency_keys(key_limit))
+            .await?
+            .context("cannot read the idempotency keys from the event log")?;
+        engine.restore_idempotency_keys(keys);
+    }
     let hub_config = HubConfig {
         queue_bytes: config.queue_bytes,
         retry_ms: config.retry_ms,
@@ -79,7 +73,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let control = Control::start()?;
     let (hub, hub_task) = {
         let _inside = control.handle.enter();
-        Hub::start(engine, log.clone(), hub_config)
+        Hub::start(engine, store, hub_config)
     };
     let sender = hub.sender();
     let trim_log = log.clone();
@@ -96,7 +90,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("herald listening on {scheme}://{local}");
-    tracing::info!(data_dir = %config.log.data_dir.display(), fsync = %config.log.fsync, "herald listening on {scheme}://{local}");
+    match &config.redis {
+        Some(shared) => {
+            tracing::info!(redis = %shared.redis, prefix = %shared.prefix, "herald (cluster mode) listening on {scheme}://{local}")
+        }
+        None => {
+            tracing::info!(data_dir = %config.log.data_dir.display(), fsync = %config.log.fsync, "herald listening on {scheme}://{local}")
+        }
+    }
 
     let state = Arc::new(AppState {
         log_metrics: hub.log_metrics(),
@@ -182,6 +183,27 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     .ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the log the configuration names: the shared Redis stream in cluster mode, the
+/// embedded sled log otherwise.
+async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
+    if let Some(shared) = config.redis.clone() {
+        let log = tokio::task::spawn_blocking(move || RedisLog::open(&shared))
+            .await?
+            .context("cannot open the shared log (cluster mode)")?;
+        return Ok(Store::Shared(Arc::new(log)));
+    }
+    let log_config = config.log.clone();
+    let log = tokio::task::spawn_blocking(move || SledLog::open(&log_config))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open the event log in {}",
+                config.log.data_dir.display()
+            )
+        })?;
+    Ok(Store::Local(Arc::new(log)))
 }
 
 /// A freshly accepted TCP connection.

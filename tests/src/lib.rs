@@ -244,6 +244,82 @@ fn clear_herald_env(cmd: &mut Command) {
     }
 }
 
+/// The Redis that cluster-mode tests share (`HERALD_TEST_REDIS`, e.g.
+/// `redis://127.0.0.1:6379`, which `.ci/run` sets). Without it a test calls [`skip`] and
+/// returns.
+pub fn test_redis() -> Option<String> {
+    std::env::var("HERALD_TEST_REDIS")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// Says plainly that `test` did not run, and why (it shows with `--nocapture` and in the
+/// output of a failing run).
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED: {test}: {why}");
+}
+
+/// A key prefix of its own in the test Redis for one test's cluster (`--redis-prefix`),
+/// whose keys are deleted when it is dropped, so tests running at once never share a stream.
+pub struct RedisPrefix {
+    url: String,
+    prefix: String,
+}
+
+impl RedisPrefix {
+    /// A fresh prefix on the Redis at `url`.
+    pub fn new(url: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            url: url.to_owned(),
+            prefix: format!("herald-test-{}-{n}-{}", std::process::id(), unix_now()),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `["--dev", "--redis", URL, "--redis-prefix", PREFIX]` plus `extra`: the flags of one
+    /// instance of this test's cluster.
+    pub fn serve_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "--dev",
+            "--redis",
+            &self.url,
+            "--redis-prefix",
+            &self.prefix,
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// Runs one Redis command on a new connection.
+    pub fn query(&self, args: &[&[u8]]) -> Result<herald_server::redis::Value, String> {
+        let config: herald_server::redis::RedisConfig =
+            self.url.parse().map_err(|e| format!("{e}"))?;
+        let mut conn = herald_server::redis::Connection::open(&config, WAIT)
+            .map_err(|e| format!("cannot reach Redis at {}: {e}", self.url))?;
+        conn.query(args).map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.prefix);
+        let Ok(keys) = self.query(&[b"KEYS", pattern.as_bytes()]) else {
+            return;
+        };
+        for key in keys.into_array().unwrap_or_default() {
+            if let Some(key) = key.as_bytes() {
+                let _ = self.query(&[b"DEL", key]);
+            }
+        }
+    }
+}
+
 /// A running `herald serve` with its own temp data dir; SIGKILLed when dropped.
 ///
 /// Started with `serve --listen 127.0.0.1:0 --data-dir <tempdir>` plus the test's flags; the
@@ -413,11 +489,12 @@ fn spawn_server(
     stderr: &Arc<Mutex<String>>,
 ) -> Result<(Child, Client), String> {
     let mut cmd = Command::new(herald_bin());
-    cmd.arg("serve")
-        .args(["--listen", listen])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args);
+    cmd.arg("serve").args(["--listen", listen]);
+    // Cluster mode keeps no data dir (and refuses one).
+    if !args.iter().any(|a| a == "--redis") {
+        cmd.arg("--data-dir").arg(dir);
+    }
+    cmd.args(args);
     clear_herald_env(&mut cmd);
     let log = std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "info".into());
     cmd.env("HERALD_LOG", log)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use herald_core::{Event, EventId};
 
-use super::EventLog;
+use super::AppendLog;
 
 /// Most events written as one batch.
 const MAX_BATCH_EVENTS: usize = 4_096;
@@ -81,6 +81,25 @@ impl LogMetricsSnapshot {
 }
 
 impl LogMetrics {
+    /// Counts events handed to the appender.
+    pub(crate) fn record_enqueued(&self, count: u64) {
+        self.enqueued.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts a batch written durably.
+    pub(crate) fn record_committed(&self, count: u64, latency: Duration) {
+        self.committed_events.fetch_add(count, Ordering::Relaxed);
+        self.committed_batches.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.last_flush_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// Counts a batch that was not stored.
+    pub(crate) fn record_failed(&self, count: u64) {
+        self.failed_events.fetch_add(count, Ordering::Relaxed);
+        self.failed_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reads every counter (each one atomically; together they are only roughly consistent).
     pub fn snapshot(&self) -> LogMetricsSnapshot {
         LogMetricsSnapshot {
@@ -117,7 +136,7 @@ impl GroupCommitter {
     /// # Panics
     /// If the OS cannot start a thread, like `std::thread::spawn`.
     pub fn start(
-        log: Arc<dyn EventLog>,
+        log: Arc<dyn AppendLog>,
         on_commit: impl FnMut(CommitReport) + Send + 'static,
     ) -> Self {
         let (queue, incoming) = mpsc::channel();
@@ -137,7 +156,7 @@ impl GroupCommitter {
     /// Queues `event` (and the idempotency key it was published with) for the next batch;
     /// never blocks. Call in id order.
     pub fn append(&self, event: Arc<Event>, key: Option<Arc<str>>) {
-        self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.metrics.record_enqueued(1);
         let id = event.id;
         let sent = self
             .queue
@@ -176,7 +195,7 @@ impl Drop for GroupCommitter {
 }
 
 fn run(
-    log: &dyn EventLog,
+    log: &dyn AppendLog,
     incoming: &mpsc::Receiver<Append>,
     mut on_commit: impl FnMut(CommitReport),
     metrics: &LogMetrics,
@@ -225,12 +244,7 @@ fn run(
         let count_u64 = count as u64;
         let report = match report {
             Ok(flush_latency) => {
-                metrics
-                    .committed_events
-                    .fetch_add(count_u64, Ordering::Relaxed);
-                metrics.committed_batches.fetch_add(1, Ordering::Relaxed);
-                let micros = u64::try_from(flush_latency.as_micros()).unwrap_or(u64::MAX);
-                metrics.last_flush_micros.store(micros, Ordering::Relaxed);
+                metrics.record_committed(count_u64, flush_latency);
                 let up_to = batch.last().map_or(EventId::MIN, |event| event.id);
                 CommitReport::Committed {
                     up_to,
@@ -239,10 +253,7 @@ fn run(
                 }
             }
             Err(error) => {
-                metrics
-                    .failed_events
-                    .fetch_add(count_u64, Ordering::Relaxed);
-                metrics.failed_batches.fetch_add(1, Ordering::Relaxed);
+                metrics.record_failed(count_u64);
                 CommitReport::Failed {
                     ids: batch.iter().map(|event| event.id).collect(),
                     error,

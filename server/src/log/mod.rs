@@ -1,15 +1,16 @@
 //! The durable event log: what makes replay after a reconnect (and after a crash) real.
 //!
-//! [`EventLog`] is the small interface the server drives on behalf of the engine; [`SledLog`]
-//! is the embedded implementation (a Redis-backed one can implement the same trait). All of it
-//! is blocking: call it from dedicated threads ([`GroupCommitter`], [`Trimmer`]) or
+//! [`EventLog`] is the small interface the server reads through on behalf of the engine
+//! (history, bounds, retention); [`SledLog`] is the embedded implementation and [`RedisLog`]
+//! the shared one of cluster mode. [`AppendLog`] adds the appends of a log that stores the
+//! engine's own ids (sled). All of it is blocking: call it from dedicated threads ([`GroupCommitter`], [`Trimmer`]) or
 //! `spawn_blocking`, never on the async runtime's worker threads.
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use herald_server::log::{CommitReport, EventLog, GroupCommitter, LogConfig, SledLog};
+//! use herald_server::log::{AppendLog, CommitReport, EventLog, GroupCommitter, LogConfig, SledLog};
 //!
-//! let log: Arc<dyn EventLog> = Arc::new(SledLog::open(&LogConfig::default())?);
+//! let log: Arc<dyn AppendLog> = Arc::new(SledLog::open(&LogConfig::default())?);
 //! let seed = log.last_id(); // give to the engine so ids continue above it
 //! let committer = GroupCommitter::start(log.clone(), |report| match report {
 //!     CommitReport::Committed { up_to, .. } => { /* engine.handle_committed(up_to), ack */ }
@@ -23,6 +24,7 @@
 
 pub mod codec;
 mod committer;
+mod redis_log;
 mod replay;
 mod retention;
 mod sled_log;
@@ -36,6 +38,9 @@ use herald_core::{Event, EventId, HistoryPage, HistoryRequest, LogBounds};
 
 pub use codec::CodecError;
 pub use committer::{CommitReport, GroupCommitter, LogMetrics, LogMetricsSnapshot};
+pub use redis_log::{
+    OpenRedisError, RECORD_FIELD, REDIS_COMMAND_TIMEOUT, RedisLog, RedisLogConfig,
+};
 pub use retention::{Retention, TrimReport, Trimmer};
 pub use sled_log::{OpenError, SledLog};
 
@@ -102,15 +107,11 @@ impl FromStr for FsyncPolicy {
     }
 }
 
-/// The interface every log implements (sled now, Redis in cluster mode).
+/// What the server reads from every log (sled, or Redis in cluster mode): history for
+/// resuming clients, bounds, retention.
 ///
 /// Blocking: never call it on async worker threads.
 pub trait EventLog: Send + Sync + 'static {
-    /// Writes `batch` (ids strictly ascending, above every id already held) atomically, with
-    /// the idempotency `keys` of those of its events that had one; on `Ok` the events are
-    /// durable as far as the [`FsyncPolicy`] promises. A key is kept as long as its event.
-    fn append(&self, batch: &[Arc<Event>], keys: &[(EventId, Arc<str>)]) -> Result<(), LogError>;
-
     /// Reads the events with `after < id <= through` that match `req.subscription`, ascending,
     /// at most `max_events` and about `max_bytes` of data (always one when any is in range);
     /// `more` is true when a limit cut the page short.
@@ -120,20 +121,31 @@ pub trait EventLog: Send + Sync + 'static {
     /// sequencer with it at start-up so ids are never reused.
     fn last_id(&self) -> Option<EventId>;
 
-    /// The oldest id held, the retention floor (highest id removed), and the totals.
+    /// The oldest id held, the retention floor (highest id removed), and the totals. Cheap:
+    /// the hub calls it on its timer.
     fn bounds(&self) -> LogBounds;
 
     /// Removes at most `max_step` of the oldest events that break the retention limits
     /// (count, age against `now_wall_ms`, bytes), with their index entries, and raises the floor.
     fn trim(&self, now_wall_ms: u64, max_step: usize) -> Result<TrimReport, LogError>;
 
-    /// The idempotency keys of the newest `limit` events that had one, ascending by id: hand
-    /// them to `Engine::restore_idempotency_keys` at start-up.
-    fn idempotency_keys(&self, limit: usize) -> Result<Vec<(EventId, String)>, LogError>;
-
     /// How many stored records were skipped (in replay or trimming) because they failed to
     /// decode.
     fn corrupt_records(&self) -> u64;
+}
+
+/// A log that stores events under the ids the engine minted (the embedded sled log), fed by
+/// the [`GroupCommitter`]. A shared log that assigns ids itself (Redis in cluster mode) is
+/// appended to by [`crate::cluster`] instead.
+pub trait AppendLog: EventLog {
+    /// Writes `batch` (ids strictly ascending, above every id already held) atomically, with
+    /// the idempotency `keys` of those of its events that had one; on `Ok` the events are
+    /// durable as far as the [`FsyncPolicy`] promises. A key is kept as long as its event.
+    fn append(&self, batch: &[Arc<Event>], keys: &[(EventId, Arc<str>)]) -> Result<(), LogError>;
+
+    /// The idempotency keys of the newest `limit` events that had one, ascending by id: hand
+    /// them to `Engine::restore_idempotency_keys` at start-up.
+    fn idempotency_keys(&self, limit: usize) -> Result<Vec<(EventId, String)>, LogError>;
 
     /// Makes everything appended so far durable, whatever the [`FsyncPolicy`]; the
     /// [`GroupCommitter`] calls it when it shuts down.
@@ -161,6 +173,10 @@ pub enum LogError {
         /// The id it should have been above.
         last: EventId,
     },
+    /// Redis could not be reached or refused a command (cluster mode). Not fatal: the next
+    /// command may succeed.
+    #[error("Redis: {0}")]
+    Redis(#[from] crate::redis::RedisError),
     /// sled failed (IO error or detected corruption).
     #[error("sled storage error: {0}")]
     Storage(#[from] sled::Error),

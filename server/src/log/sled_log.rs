@@ -30,7 +30,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use super::codec;
 use super::replay;
 use super::retention::{Retention, TrimReport};
-use super::{EventLog, FsyncPolicy, LogConfig, LogError};
+use super::{AppendLog, EventLog, FsyncPolicy, LogConfig, LogError};
 
 /// The key and tree layout this build writes and reads.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -465,41 +465,6 @@ fn stored_size(key: &[u8], value: &[u8]) -> u64 {
 }
 
 impl EventLog for SledLog {
-    fn append(&self, batch: &[Arc<Event>], keys: &[(EventId, Arc<str>)]) -> Result<(), LogError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let _writer = lock(&self.writer);
-        let mut totals = *lock(&self.totals);
-        let mut writes = Writes::default();
-        let mut index = BatchIndex::default();
-        for event in batch {
-            if let Some(last) = totals.last.filter(|last| event.id <= *last) {
-                return Err(LogError::OutOfOrder { id: event.id, last });
-            }
-            let value = codec::encode_event(event).map_err(|source| LogError::Encode {
-                id: event.id,
-                source,
-            })?;
-            let key = event.id.to_bytes();
-            totals.bytes += stored_size(&key, &value);
-            totals.events += 1;
-            totals.last = Some(event.id);
-            writes.events.insert(&key[..], value);
-            index.add(event);
-        }
-        writes.apply_index(&index);
-        for (id, key) in keys {
-            writes.keys.insert(&id.to_bytes()[..], key.as_bytes());
-        }
-        self.commit(&writes, &totals)?;
-        if self.fsync == FsyncPolicy::EveryBatch {
-            self.sync()?;
-        }
-        *lock(&self.totals) = totals;
-        Ok(())
-    }
-
     fn read(&self, req: &HistoryRequest) -> Result<HistoryPage, LogError> {
         let floor = lock(&self.totals).floor;
         let trees = replay::Trees {
@@ -585,6 +550,43 @@ impl EventLog for SledLog {
 
     fn corrupt_records(&self) -> u64 {
         self.corrupt.load(Ordering::Relaxed)
+    }
+}
+
+impl AppendLog for SledLog {
+    fn append(&self, batch: &[Arc<Event>], keys: &[(EventId, Arc<str>)]) -> Result<(), LogError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let _writer = lock(&self.writer);
+        let mut totals = *lock(&self.totals);
+        let mut writes = Writes::default();
+        let mut index = BatchIndex::default();
+        for event in batch {
+            if let Some(last) = totals.last.filter(|last| event.id <= *last) {
+                return Err(LogError::OutOfOrder { id: event.id, last });
+            }
+            let value = codec::encode_event(event).map_err(|source| LogError::Encode {
+                id: event.id,
+                source,
+            })?;
+            let key = event.id.to_bytes();
+            totals.bytes += stored_size(&key, &value);
+            totals.events += 1;
+            totals.last = Some(event.id);
+            writes.events.insert(&key[..], value);
+            index.add(event);
+        }
+        writes.apply_index(&index);
+        for (id, key) in keys {
+            writes.keys.insert(&id.to_bytes()[..], key.as_bytes());
+        }
+        self.commit(&writes, &totals)?;
+        if self.fsync == FsyncPolicy::EveryBatch {
+            self.sync()?;
+        }
+        *lock(&self.totals) = totals;
+        Ok(())
     }
 
     fn idempotency_keys(&self, limit: usize) -> Result<Vec<(EventId, String)>, LogError> {

@@ -579,7 +579,7 @@ struct FailingLog {
     calls: Mutex<usize>,
 }
 
-impl EventLog for FailingLog {
+impl AppendLog for FailingLog {
     fn append(&self, batch: &[Arc<Event>], _: &[(EventId, Arc<str>)]) -> Result<(), LogError> {
         *self.calls.lock().unwrap() += 1;
         if self.fatal {
@@ -594,6 +594,12 @@ impl EventLog for FailingLog {
             })
         }
     }
+    fn idempotency_keys(&self, _: usize) -> Result<Vec<(EventId, String)>, LogError> {
+        Ok(Vec::new())
+    }
+}
+
+impl EventLog for FailingLog {
     fn read(&self, _: &HistoryRequest) -> Result<HistoryPage, LogError> {
         Ok(HistoryPage::default())
     }
@@ -608,9 +614,6 @@ impl EventLog for FailingLog {
     }
     fn corrupt_records(&self) -> u64 {
         0
-    }
-    fn idempotency_keys(&self, _: usize) -> Result<Vec<(EventId, String)>, LogError> {
-        Ok(Vec::new())
     }
 }
 

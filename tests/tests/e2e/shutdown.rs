@@ -66,6 +66,11 @@ async fn on_sigterm_every_open_stream_gets_a_retry_and_ends_and_the_process_exit
         "took {:?}",
         started.elapsed()
     );
+    assert!(
+        !herald.stderr().contains("panicked"),
+        "a clean shutdown, not one that unwinds:\n{}",
+        herald.stderr()
+    );
 
     // The log was flushed: after a restart on the same data the events are there to replay,
     // and new ids continue after them.

@@ -1,0 +1,458 @@
+//! Cluster mode: several `herald` instances share one Redis stream as their log.
+//!
+//! Every instance appends its publishes to the stream ([`Publisher`]), and every instance
+//! tails the stream ([`Reader`]) and hands what it reads to its engine
+//! (`Engine::handle_replicated`), the publishing instance included. Redis assigns the ids,
+//! so all instances deliver the same events in the same order under the same ids, and a
+//! browser can resume on any instance with the `Last-Event-ID` another one gave it. History
+//! reads and retention go through [`crate::log::RedisLog`].
+//!
+//! Both run on their own threads with their own blocking connections, like the sled log's
+//! committer: a slow Redis holds up publishes, never the hub.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use herald_core::{Event, EventId, PublishRequest};
+use tokio::sync::oneshot;
+
+use crate::hub::PublishFailure;
+use crate::log::{LogMetrics, REDIS_COMMAND_TIMEOUT, RedisLog, codec};
+use crate::redis::{Connection, RedisError, Value};
+
+/// Appends an event unless its idempotency key already published one; answers
+/// `[id, duplicate]`. Redis runs it atomically, so two instances given the same key at once
+/// publish once.
+///
+/// KEYS[1]: the stream. KEYS[2], when the publish has a key: where that key's event id is
+/// kept. ARGV[1]: the event record. ARGV[2]: how long a key is remembered, in seconds.
+///
+/// No `MAXLEN` here: trimming that way does not record what it removed, and resets need the
+/// highest removed id, so retention deletes with `XDEL` ([`crate::log::RedisLog`]'s trim).
+const APPEND_SCRIPT: &str = r"
+if KEYS[2] then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then return {seen, 1} end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+end
+return {id, 0}
+";
+
+/// Most publishes sent to Redis in one pipeline.
+const MAX_BATCH: usize = 1_024;
+/// How long one `XREAD` waits for new entries; also how quickly the reader notices a stop.
+const READ_BLOCK: Duration = Duration::from_millis(250);
+/// Entries taken per `XREAD`.
+const READ_COUNT: &str = "1024";
+/// How often the reader refreshes the shared log's cached bounds while events arrive.
+const BOUNDS_REFRESH: Duration = Duration::from_secs(1);
+/// The longest pause between attempts to reach Redis again.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where a publish's answer goes.
+pub type PublishReply = oneshot::Sender<Result<EventId, PublishFailure>>;
+
+struct Job {
+    req: PublishRequest,
+    reply: PublishReply,
+}
+
+/// Appends publishes to the shared stream from a dedicated thread, many per round trip.
+pub struct Publisher {
+    queue: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    metrics: Arc<LogMetrics>,
+}
+
+impl Publisher {
+    /// Starts the appending thread; it connects to `log`'s Redis when the first publish
+    /// comes, and again after a connection fails.
+    ///
+    /// # Panics
+    /// If the OS cannot start a thread, like `std::thread::spawn`.
+    pub fn start(log: Arc<RedisLog>) -> Self {
+        let (queue, incoming) = mpsc::channel();
+        let metrics = Arc::new(LogMetrics::default());
+        let thread_metrics = Arc::clone(&metrics);
+        let thread = std::thread::Builder::new()
+            .name("herald-cluster-publish".into())
+            .spawn(move || publish_loop(&log, &incoming, &thread_metrics))
+            .expect("the OS refused to start the cluster publish thread");
+        Self {
+            queue: Some(queue),
+            thread: Some(thread),
+            metrics,
+        }
+    }
+
+    /// Queues a publish (already checked by `Engine::handle_shared_publish`); `reply` gets
+    /// its id once Redis has it. Never blocks.
+    pub fn publish(&self, req: PublishRequest, reply: PublishReply) {
+        self.metrics.record_enqueued(1);
+        if let Some(queue) = &self.queue
+            && let Err(mpsc::SendError(job)) = queue.send(Job { req, reply })
+        {
+            let _ = job.reply.send(Err(PublishFailure::ShuttingDown));
+        }
+    }
+
+    /// The appender's counters, exported like the sled committer's.
+    pub fn metrics(&self) -> Arc<LogMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Sends what is queued, answers those publishers, and stops the thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the cluster publish thread panicked");
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn publish_loop(log: &RedisLog, incoming: &mpsc::Receiver<Job>, metrics: &LogMetrics) {
+    let mut script = Script::new(APPEND_SCRIPT);
+    let ttl = log.retention().max_age.as_secs().max(1).to_string();
+    let mut conn: Option<Connection> = None;
+    while let Ok(first) = incoming.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            let Ok(next) = incoming.try_recv() else { break };
+            jobs.push(next);
+        }
+        let mut commands = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for Job { req, reply } in jobs {
+            let key = req
+                .idempotency_key
+                .as_deref()
+                .map(|k| log.idempotency_key(k));
+            let event = Event {
+                // The record leaves the id out: Redis assigns it.
+                id: EventId::MIN,
+                target: req.target,
+                event_type: req.event_type,
+                data: req.data,
+            };
+            match codec::encode_event(&event) {
+                Ok(record) => {
+                    // numkeys, KEYS, ARGV: what follows the SHA1 in EVALSHA.
+                    let stream = log.stream_key().as_bytes().to_vec();
+                    let mut args = match key {
+                        Some(key) => vec![b"2".to_vec(), stream, key.into_bytes()],
+                        None => vec![b"1".to_vec(), stream],
+                    };
+                    args.extend([record, ttl.as_bytes().to_vec()]);
+                    commands.push(args);
+                    replies.push(reply);
+                }
+                Err(error) => {
+                    metrics.record_failed(1);
+                    let _ = reply.send(Err(PublishFailure::Log(error.to_string())));
+                }
+            }
+        }
+        if commands.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let results = append_all(&mut conn, log, &mut script, &commands);
+        let latency = started.elapsed();
+        let (mut stored, mut failed) = (0u64, 0u64);
+        match results {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let answer = result.and_then(|value| {
+                        appended_id(&value).ok_or_else(|| {
+                            format!("unexpected answer from the append script: {value:?}")
+                        })
+                    });
+                    match answer {
+                        Ok(id) => {
+                            stored += 1;
+                            let _ = reply.send(Ok(id));
+                        }
+                        Err(message) => {
+                            failed += 1;
+                            tracing::warn!(%message, "Redis refused a publish");
+                            let _ = reply.send(Err(PublishFailure::Log(message)));
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, redis = %log.redis(), "publishing to Redis failed");
+                if error.is_connection_error() {
+                    conn = None;
+                }
+                let message = format!(
+                    "Redis at {}: {error}; the event may or may not have been stored: \
+                     retry with the same idempotency_key to publish it exactly once",
+                    log.redis()
+                );
+                let failure = if error.is_connection_error() {
+                    PublishFailure::Unavailable(message)
+                } else {
+                    PublishFailure::Log(message)
+                };
+                for reply in replies {
+                    failed += 1;
+                    let _ = reply.send(Err(failure.clone()));
+                }
+            }
+        }
+        if stored > 0 {
+            metrics.record_committed(stored, latency);
+        }
+        if failed > 0 {
+            metrics.record_failed(failed);
+        }
+    }
+}
+
+/// A Lua script run by its SHA1, loaded again when Redis has forgotten it.
+struct Script {
+    source: &'static str,
+    sha: Option<Vec<u8>>,
+}
+
+impl Script {
+    fn new(source: &'static str) -> Self {
+        Self { source, sha: None }
+    }
+
+    fn load(&mut self, conn: &mut Connection) -> Result<Vec<u8>, RedisError> {
+        let sha = conn.query(&[b"SCRIPT", b"LOAD", self.source.as_bytes()])?;
+        let sha = sha
+            .as_bytes()
+            .ok_or_else(|| RedisError::Protocol("SCRIPT LOAD gave no SHA1".into()))?
+            .to_vec();
+        self.sha = Some(sha.clone());
+        Ok(sha)
+    }
+}
+
+/// Runs the append script with every command's arguments (numkeys, KEYS, ARGV), in one
+/// pipeline; each result is the script's answer or Redis's error text.
+fn append_all(
+    conn: &mut Option<Connection>,
+    log: &RedisLog,
+    script: &mut Script,
+    commands: &[Vec<Vec<u8>>],
+) -> Result<Vec<Result<Value, String>>, RedisError> {
+    if conn.is_none() {
+        *conn = Some(Connection::open(log.redis(), REDIS_COMMAND_TIMEOUT)?);
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err(RedisError::Protocol("no connection".into()));
+    };
+    let sha = match &script.sha {
+        Some(sha) => sha.clone(),
+        None => script.load(c)?,
+    };
+    let evalsha = |sha: &[u8], args: &Vec<Vec<u8>>| {
+        let mut cmd = vec![b"EVALSHA".to_vec(), sha.to_vec()];
+        cmd.extend(args.iter().cloned());
+        cmd
+    };
+    let pipeline: Vec<Vec<Vec<u8>>> = commands.iter().map(|a| evalsha(&sha, a)).collect();
+    let mut results = c.pipeline(&pipeline)?;
+    // A script cache flushed (or a failover to a replica that never saw it): NOSCRIPT means
+    // the command did not run, so running it again cannot publish twice.
+    let forgotten: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.starts_with("NOSCRIPT")))
+        .map(|(i, _)| i)
+        .collect();
+    if !forgotten.is_empty() {
+        let sha = script.load(c)?;
+        let again: Vec<Vec<Vec<u8>>> = forgotten
+            .iter()
+            .map(|&i| evalsha(&sha, &commands[i]))
+            .collect();
+        for (i, result) in forgotten.into_iter().zip(c.pipeline(&again)?) {
+            results[i] = result;
+        }
+    }
+    Ok(results)
+}
+
+/// The id in the append script's `[id, duplicate]` answer.
+fn appended_id(value: &Value) -> Option<EventId> {
+    match value {
+        Value::Array(parts) => parts.first()?.as_str()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Tails the shared stream on a dedicated thread and hands each batch of new events, in
+/// stream order, to a callback.
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Starts reading after `from` (the last id the engine was seeded with; `None` reads the
+    /// stream from its start). `deliver` runs on the reader's thread: keep it short (send to
+    /// the hub).
+    ///
+    /// # Panics
+    /// If the OS cannot start a thread, like `std::thread::spawn`.
+    pub fn start(
+        log: Arc<RedisLog>,
+        from: Option<EventId>,
+        deliver: impl FnMut(Vec<Event>) + Send + 'static,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("herald-cluster-read".into())
+            .spawn(move || read_loop(&log, from, &thread_stop, deliver))
+            .expect("the OS refused to start the cluster read thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread (within about a quarter of a second) and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the cluster read thread panicked");
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn read_loop(
+    log: &RedisLog,
+    mut last: Option<EventId>,
+    stop: &AtomicBool,
+    mut deliver: impl FnMut(Vec<Event>),
+) {
+    let block = READ_BLOCK.as_millis().to_string();
+    let mut conn: Option<Connection> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    let mut refreshed = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            match open_reader(log) {
+                Ok(c) => {
+                    if failing {
+                        tracing::info!(redis = %log.redis(), "reading the shared stream again");
+                    }
+                    conn = Some(c);
+                    failing = false;
+                    backoff = Duration::from_millis(100);
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::error!(%error, redis = %log.redis(), "cannot read the shared stream; retrying");
+                    }
+                    failing = true;
+                    pause(stop, backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let from = last.unwrap_or(EventId::MIN).to_string();
+        let reply = c.query(&[
+            b"XREAD",
+            b"COUNT",
+            READ_COUNT.as_bytes(),
+            b"BLOCK",
+            block.as_bytes(),
+            b"STREAMS",
+            log.stream_key().as_bytes(),
+            from.as_bytes(),
+        ]);
+        match reply {
+            Ok(Value::Nil) => {}
+            Ok(streams) => {
+                // [[stream, [entries...]]]: one stream asked for, so one element.
+                let entries = streams
+                    .into_array()
+                    .and_then(|mut s| s.pop())
+                    .and_then(Value::into_array)
+                    .and_then(|mut pair| if pair.len() == 2 { pair.pop() } else { None })
+                    .and_then(Value::into_array)
+                    .unwrap_or_default();
+                let (events, read_to) = log.decode_entries(entries);
+                if read_to.is_some() {
+                    last = read_to;
+                }
+                if !events.is_empty() {
+                    deliver(events);
+                }
+                // Other instances' appends move the bounds too (`MAXLEN ~` trims): keep the
+                // cached copy that stats and reset decisions read roughly current.
+                if refreshed.elapsed() >= BOUNDS_REFRESH {
+                    refreshed = Instant::now();
+                    if let Err(error) = log.refresh_bounds() {
+                        tracing::debug!(%error, "cannot refresh the shared log's bounds");
+                    }
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::error!(%error, redis = %log.redis(), "reading the shared stream failed; retrying");
+                }
+                failing = true;
+                if error.is_connection_error() {
+                    conn = None;
+                }
+                pause(stop, backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+fn open_reader(log: &RedisLog) -> Result<Connection, RedisError> {
+    let mut conn = Connection::open(log.redis(), REDIS_COMMAND_TIMEOUT)?;
+    conn.set_read_timeout(Some(READ_BLOCK + REDIS_COMMAND_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// Sleeps `total`, in short steps so a stop is noticed.
+fn pause(stop: &AtomicBool, total: Duration) {
+    let step = Duration::from_millis(50);
+    let until = Instant::now() + total;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        std::thread::sleep(step);
+    }
+}

@@ -1,0 +1,1002 @@
+//! The blocking Redis client that cluster mode uses to share the log through Redis Streams.
+//!
+//! It speaks RESP2 over plain TCP and nothing more: [`Connection`] sends one command
+//! ([`Connection::query`]) or many in one round trip ([`Connection::pipeline`]), and [`Pool`]
+//! keeps a few connections for threads that issue short commands. It is blocking on purpose:
+//! like the sled log it runs on dedicated threads, so it needs no async runtime, and we avoid
+//! the `redis` crate's build time.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// Largest bulk string we accept (Redis allows 512 MiB; our payloads are far smaller).
+const MAX_BULK: usize = 64 << 20;
+/// Largest array we accept.
+const MAX_ARRAY: usize = 16 << 20;
+/// Deepest array nesting we accept (XREAD replies are 4 deep).
+const MAX_DEPTH: usize = 8;
+/// Longest header, status or error line we accept.
+const MAX_LINE: usize = 64 << 10;
+/// Up-front capacity cap, so a length we have not yet received the bytes for costs little.
+const PREALLOC: usize = 64 << 10;
+
+/// Where Redis is: parsed from `redis://[[username]:password@]host[:port][/db]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Host name or IP address (an IPv6 address without brackets).
+    pub host: String,
+    /// TCP port, 6379 unless the URL says otherwise.
+    pub port: u16,
+    /// ACL user for `AUTH user password`; `None` authenticates as the default user.
+    pub username: Option<String>,
+    /// Password for `AUTH`; `None` sends no `AUTH`.
+    pub password: Option<String>,
+    /// Database selected with `SELECT` after connecting (0 sends none).
+    pub db: u32,
+}
+
+/// Why a Redis URL was rejected; the message never repeats the password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Redis URL: {0}")]
+pub struct UrlError(String);
+
+fn url_error(message: impl Into<String>) -> UrlError {
+    UrlError(message.into())
+}
+
+impl FromStr for RedisConfig {
+    type Err = UrlError;
+
+    fn from_str(url: &str) -> Result<Self, UrlError> {
+        let rest = match url.split_once("://") {
+            Some(("redis", rest)) => rest,
+            Some(("rediss", _)) => return Err(url_error("rediss:// (TLS) is not supported")),
+            Some((scheme, _)) => {
+                return Err(url_error(format!(
+                    "scheme `{scheme}://` is not supported; use redis://"
+                )));
+            }
+            None => return Err(url_error("it must start with redis://")),
+        };
+        if rest.contains(['?', '#']) {
+            return Err(url_error(
+                "`?` and `#` are not supported (percent-encode them in a password)",
+            ));
+        }
+        let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+        // The last `@` ends the user info, so an unencoded `@` in a password still works.
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((userinfo, hostport)) => (userinfo, hostport),
+            None => ("", authority),
+        };
+        let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let (username, password) = (percent_decode(user)?, percent_decode(pass)?);
+        if username.is_some() && password.is_none() {
+            return Err(url_error(
+                "a username needs a password: redis://user:password@host",
+            ));
+        }
+        let (host, port) = match hostport.strip_prefix('[') {
+            Some(bracketed) => match bracketed.split_once(']') {
+                Some((host, "")) => (host, None),
+                Some((host, after)) => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(url_error(format!("unexpected `{after}` after `]`"))),
+                },
+                None => return Err(url_error("`[` without a closing `]` in the host")),
+            },
+            None => match hostport.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            },
+        };
+        if host.is_empty() {
+            return Err(url_error("the host is missing"));
+        }
+        let port = match port {
+            None => 6379,
+            Some(port) => port.parse().ok().filter(|&p: &u16| p != 0).ok_or_else(|| {
+                url_error(format!("port `{port}` is not a number from 1 to 65535"))
+            })?,
+        };
+        let db = match db {
+            "" => 0,
+            db => db
+                .parse()
+                .map_err(|_| url_error(format!("database `{db}` is not a number")))?,
+        };
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+/// Decodes `%XX` escapes; an empty string is `None`.
+fn percent_decode(text: &str) -> Result<Option<String>, UrlError> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    let hex = |digit: u8| char::from(digit).to_digit(16);
+    let bad_escape = || url_error("a `%` in the user info is not followed by two hex digits");
+    while let [byte, tail @ ..] = rest {
+        rest = tail;
+        if *byte != b'%' {
+            bytes.push(*byte);
+            continue;
+        }
+        let [high, low, tail @ ..] = rest else {
+            return Err(bad_escape());
+        };
+        let (Some(high), Some(low)) = (hex(*high), hex(*low)) else {
+            return Err(bad_escape());
+        };
+        // Two hex digits always fit in a byte.
+        bytes.push((high * 16 + low) as u8);
+        rest = tail;
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| url_error("the decoded user info is not UTF-8"))?;
+    Ok(Some(text).filter(|t| !t.is_empty()))
+}
+
+impl fmt::Display for RedisConfig {
+    /// `redis://[user@]host:port/db`, never the password, because this goes in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("redis://")?;
+        if let Some(user) = &self.username {
+            write!(f, "{user}@")?;
+        }
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}/{}", self.host, self.port, self.db),
+            false => write!(f, "{}:{}/{}", self.host, self.port, self.db),
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let password = self.password.as_ref().map(|_| "<redacted>");
+        f.debug_struct("RedisConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &password)
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+/// One reply from Redis (an error reply is a [`RedisError::Server`] instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// `$-1` or `*-1`: a missing key, or a blocking read that timed out.
+    Nil,
+    /// `:` integer reply.
+    Int(i64),
+    /// `+` simple string such as `OK`.
+    Status(String),
+    /// `$` bulk string: binary-safe data.
+    Data(Vec<u8>),
+    /// `*` array, possibly nested.
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// Use to read a field or id as bytes (`Data` or `Status`).
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Data(data) => Some(data),
+            Value::Status(status) => Some(status.as_bytes()),
+            _ => None,
+        }
+    }
+
+    /// Use to read text (`Data` holding UTF-8, or `Status`).
+    pub fn as_str(&self) -> Option<&str> {
+        self.as_bytes()
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+
+    /// Use to read a number, which Redis sends as `Int` or as decimal text (XINFO fields).
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(n) => Some(*n),
+            _ => self.as_str()?.parse().ok(),
+        }
+    }
+
+    /// Use to walk a list reply; `Nil` (nothing found) is an empty list.
+    pub fn into_array(self) -> Option<Vec<Value>> {
+        match self {
+            Value::Array(items) => Some(items),
+            Value::Nil => Some(Vec::new()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a Redis call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// Connecting failed, or the connection broke or timed out.
+    #[error("Redis connection: {0}")]
+    Io(#[from] io::Error),
+    /// Redis sent bytes that are not RESP2 we accept (or over our size limits).
+    #[error("Redis protocol error: {0}")]
+    Protocol(String),
+    /// Redis answered with an error reply; the text is without the leading `-`.
+    #[error("Redis error: {0}")]
+    Server(String),
+    /// The configured URL is invalid.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+}
+
+impl RedisError {
+    /// Use to decide whether to drop the connection: after an `Io` or `Protocol` error the
+    /// stream may be mid-reply, so the next reply read on it could belong to this command.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, RedisError::Io(_) | RedisError::Protocol(_))
+    }
+}
+
+fn protocol(message: impl Into<String>) -> RedisError {
+    RedisError::Protocol(message.into())
+}
+
+/// A reply, or the text of an error reply.
+type Reply = Result<Value, String>;
+
+/// Encodes one command as a RESP array of bulk strings.
+fn write_command<W: Write, A: AsRef<[u8]>>(out: &mut W, args: &[A]) -> io::Result<()> {
+    write!(out, "*{}\r\n", args.len())?;
+    for arg in args {
+        let arg = arg.as_ref();
+        write!(out, "${}\r\n", arg.len())?;
+        out.write_all(arg)?;
+        out.write_all(b"\r\n")?;
+    }
+    Ok(())
+}
+
+/// Reads one line and strips its CRLF.
+fn read_line<R: BufRead>(input: &mut R) -> Result<Vec<u8>, RedisError> {
+    let mut line = Vec::new();
+    input
+        .by_ref()
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut line)?;
+    if line.ends_with(b"\r\n") {
+        line.truncate(line.len() - 2);
+        return Ok(line);
+    }
+    if line.ends_with(b"\n") {
+        return Err(protocol("a reply line ends in LF without CR"));
+    }
+    if line.len() >= MAX_LINE {
+        return Err(protocol(format!(
+            "a reply line is longer than {MAX_LINE} bytes"
+        )));
+    }
+    let message = match line.is_empty() {
+        true => "Redis closed the connection",
+        false => "Redis closed the connection in the middle of a reply",
+    };
+    Err(io::Error::new(io::ErrorKind::UnexpectedEof, message).into())
+}
+
+/// Parses a decimal `i64` strictly: an optional `-` and digits only.
+fn parse_int(text: &[u8]) -> Result<i64, RedisError> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let number = match !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+        true => std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()),
+        false => None,
+    };
+    number.ok_or_else(|| {
+        protocol(format!(
+            "`{}` is not an integer",
+            String::from_utf8_lossy(text)
+        ))
+    })
+}
+
+/// Parses a bulk or array length: `None` for `-1` (Nil).
+fn parse_len(text: &[u8], max: usize, what: &str) -> Result<Option<usize>, RedisError> {
+    match parse_int(text)? {
+        -1 => Ok(None),
+        n => match usize::try_from(n) {
+            Ok(len) if len <= max => Ok(Some(len)),
+            Ok(_) => Err(protocol(format!(
+                "{what} of {n} is over our limit of {max}"
+            ))),
+            Err(_) => Err(protocol(format!("{what} has negative length {n}"))),
+        },
+    }
+}
+
+/// Reads one whole reply. An error nested in an array (as EXEC can send) makes the whole
+/// reply an error, but only after the rest of it is read, so the stream stays in step.
+fn read_reply<R: BufRead>(input: &mut R, depth: usize) -> Result<Reply, RedisError> {
+    let line = read_line(input)?;
+    let Some((&kind, rest)) = line.split_first() else {
+        return Err(protocol("an empty reply line"));
+    };
+    match kind {
+        // Redis only sends ASCII here; a stray byte is not worth failing the reply over.
+        b'+' => Ok(Ok(Value::Status(
+            String::from_utf8_lossy(rest).into_owned(),
+        ))),
+        b'-' => Ok(Err(String::from_utf8_lossy(rest).into_owned())),
+        b':' => Ok(Ok(Value::Int(parse_int(rest)?))),
+        b'$' => {
+            let Some(len) = parse_len(rest, MAX_BULK, "a bulk string")? else {
+                return Ok(Ok(Value::Nil));
+            };
+            // `take` + `read_to_end` grows the buffer as bytes arrive instead of trusting `len`.
+            let mut data = Vec::with_capacity(len.min(PREALLOC));
+            input.by_ref().take(len as u64).read_to_end(&mut data)?;
+            if data.len() < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "Redis closed the connection in a bulk string",
+                )
+                .into());
+            }
+            let mut crlf = [0; 2];
+            input.read_exact(&mut crlf)?;
+            if crlf != *b"\r\n" {
+                return Err(protocol(format!(
+                    "a bulk string of {len} bytes is not followed by CRLF"
+                )));
+            }
+            Ok(Ok(Value::Data(data)))
+        }
+        b'*' => {
+            let Some(len) = parse_len(rest, MAX_ARRAY, "an array")? else {
+                return Ok(Ok(Value::Nil));
+            };
+            if depth >= MAX_DEPTH {
+                return Err(protocol(format!("arrays nested deeper than {MAX_DEPTH}")));
+            }
+            let mut items = Vec::with_capacity(len.min(PREALLOC / size_of::<Value>()));
+            let mut first_error = None;
+            for _ in 0..len {
+                match read_reply(input, depth + 1)? {
+                    Ok(item) => items.push(item),
+                    Err(message) => {
+                        first_error.get_or_insert(message);
+                    }
+                }
+            }
+            Ok(first_error.map_or(Ok(Value::Array(items)), Err))
+        }
+        other => Err(protocol(format!(
+            "unknown reply type byte 0x{other:02x} (only RESP2 is supported)"
+        ))),
+    }
+}
+
+/// One TCP connection to Redis; use [`Pool`] unless the thread owns its connection.
+/// After a connection error it refuses further commands (`NotConnected`); open a new one.
+#[derive(Debug)]
+pub struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    /// Set by a connection error: the stream may be mid-reply, so its next reply is not ours.
+    broken: bool,
+}
+
+impl Connection {
+    /// Use to connect: resolves the host and tries each address with `timeout`, then sets
+    /// TCP_NODELAY, read and write timeouts of `timeout`, sends `AUTH` and `SELECT` if configured.
+    pub fn open(config: &RedisConfig, timeout: Duration) -> Result<Self, RedisError> {
+        let host = config.host.as_str();
+        let addrs = (host, config.port).to_socket_addrs().map_err(|error| {
+            io::Error::new(error.kind(), format!("resolving `{host}`: {error}"))
+        })?;
+        let mut last_error =
+            io::Error::new(io::ErrorKind::NotFound, format!("`{host}` has no address"));
+        let mut stream = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(connected) => {
+                    stream = Some(connected);
+                    break;
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        let stream = stream.ok_or(last_error)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        let mut connection = Self {
+            reader,
+            writer: BufWriter::new(stream),
+            broken: false,
+        };
+        if let Some(password) = &config.password {
+            match &config.username {
+                Some(user) => connection.query(&[b"AUTH", user.as_bytes(), password.as_bytes()])?,
+                None => connection.query(&[b"AUTH", password.as_bytes()])?,
+            };
+        }
+        if config.db != 0 {
+            connection.query(&[b"SELECT", config.db.to_string().as_bytes()])?;
+        }
+        Ok(connection)
+    }
+
+    /// Use before a blocking read (`XREAD BLOCK`) to wait longer than the open timeout;
+    /// `None` waits forever.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.reader.get_ref().set_read_timeout(timeout)
+    }
+
+    /// Use to send one command, e.g. `[b"XADD", b"key", b"*", b"f", b"v"]`. An error reply is
+    /// `Err(RedisError::Server)` and leaves the connection usable.
+    pub fn query(&mut self, args: &[&[u8]]) -> Result<Value, RedisError> {
+        let reply = self.exchange(|connection| {
+            connection.send(&[args])?;
+            connection.read()
+        })?;
+        reply.map_err(RedisError::Server)
+    }
+
+    /// Use to send many commands in one write and read all replies in order (pipelining).
+    /// The outer `Err` is a connection failure; a command's error reply is its inner `Err`.
+    pub fn pipeline(
+        &mut self,
+        commands: &[Vec<Vec<u8>>],
+    ) -> Result<Vec<Result<Value, String>>, RedisError> {
+        self.exchange(|connection| {
+            connection.send(commands)?;
+            commands.iter().map(|_| connection.read()).collect()
+        })
+    }
+
+    /// Runs one request/reply exchange and remembers whether it broke the connection.
+    fn exchange<T>(
+        &mut self,
+        run: impl FnOnce(&mut Self) -> Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        if self.broken {
+            let message = "an earlier error broke this Redis connection";
+            return Err(io::Error::new(io::ErrorKind::NotConnected, message).into());
+        }
+        let result = run(self);
+        self.broken = matches!(&result, Err(error) if error.is_connection_error());
+        result
+    }
+
+    fn send<C: AsRef<[A]>, A: AsRef<[u8]>>(&mut self, commands: &[C]) -> Result<(), RedisError> {
+        // Redis sends no reply to an empty command, so we would wait for one forever.
+        if commands.iter().any(|command| command.as_ref().is_empty()) {
+            return Err(protocol("an empty command"));
+        }
+        for command in commands {
+            write_command(&mut self.writer, command.as_ref())?;
+        }
+        Ok(self.writer.flush()?)
+    }
+
+    fn read(&mut self) -> Result<Reply, RedisError> {
+        read_reply(&mut self.reader, 0).map_err(|error| match error {
+            // A read timeout surfaces as EAGAIN on Unix, whose text does not say "timeout".
+            RedisError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "Redis did not answer within the read timeout",
+            )
+            .into(),
+            other => other,
+        })
+    }
+}
+
+/// A few reusable connections; use from threads that issue short commands (history reads,
+/// XINFO, trims). It is `Send + Sync`; share it in an `Arc`.
+#[derive(Debug)]
+pub struct Pool {
+    config: RedisConfig,
+    timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Pool {
+    /// Use once per process; connections open lazily with `timeout`, at most `max_idle` are kept.
+    pub fn new(config: RedisConfig, timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            config,
+            timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Use to run `f` on an idle connection (or a new one). The connection goes back to the
+    /// pool unless `f` returned or swallowed a connection error, so a broken socket is never
+    /// reused.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => Connection::open(&self.config, self.timeout)?,
+        };
+        let result = f(&mut connection);
+        let reusable = !connection.broken
+            && !matches!(&result, Err(error) if error.is_connection_error())
+            // `f` may have changed the read timeout; the next user expects the default.
+            && connection.set_read_timeout(Some(self.timeout)).is_ok();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if !reusable {
+            // One broken connection often means Redis restarted, so the idle ones are dead too.
+            idle.clear();
+        } else if idle.len() < self.max_idle {
+            idle.push(connection);
+        }
+        result
+    }
+
+    /// Use to log where the pool connects (Display hides the password).
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    fn parse(mut bytes: &[u8]) -> Result<Reply, RedisError> {
+        read_reply(&mut bytes, 0)
+    }
+
+    fn data(bytes: &[u8]) -> Value {
+        Value::Data(bytes.to_vec())
+    }
+
+    fn status(text: &str) -> Value {
+        Value::Status(text.to_owned())
+    }
+
+    fn is_protocol_error(bytes: &[u8]) -> bool {
+        matches!(parse(bytes), Err(RedisError::Protocol(_)))
+    }
+
+    #[test]
+    fn every_reply_type_parses() {
+        assert_eq!(parse(b"+OK\r\n").unwrap(), Ok(status("OK")));
+        assert_eq!(
+            parse(b"-ERR bad thing\r\n").unwrap(),
+            Err("ERR bad thing".into())
+        );
+        assert_eq!(parse(b":-42\r\n").unwrap(), Ok(Value::Int(-42)));
+        assert_eq!(parse(b"$5\r\na\r\n\0b\r\n").unwrap(), Ok(data(b"a\r\n\0b")));
+        assert_eq!(parse(b"$0\r\n\r\n").unwrap(), Ok(data(b"")));
+        assert_eq!(parse(b"$-1\r\n").unwrap(), Ok(Value::Nil));
+        assert_eq!(parse(b"*-1\r\n").unwrap(), Ok(Value::Nil));
+        assert_eq!(parse(b"*0\r\n").unwrap(), Ok(Value::Array(vec![])));
+        let nested = parse(b"*3\r\n:1\r\n*2\r\n$1\r\nf\r\n*1\r\n$-1\r\n+x\r\n").unwrap();
+        let inner = Value::Array(vec![data(b"f"), Value::Array(vec![Value::Nil])]);
+        assert_eq!(
+            nested,
+            Ok(Value::Array(vec![Value::Int(1), inner, status("x")]))
+        );
+    }
+
+    #[test]
+    fn an_error_inside_an_array_fails_the_reply_after_reading_all_of_it() {
+        let mut bytes: &[u8] = b"*3\r\n-ERR one\r\n:1\r\n-ERR two\r\n+NEXT\r\n";
+        assert_eq!(read_reply(&mut bytes, 0).unwrap(), Err("ERR one".into()));
+        assert_eq!(bytes, b"+NEXT\r\n");
+    }
+
+    #[test]
+    fn malformed_lines_and_lengths_are_protocol_errors() {
+        let bad = [
+            "+OK\n", "\r\n", "%1\r\n", ":\r\n", ":12a\r\n", ":+1\r\n", ":-\r\n", "$-2\r\n",
+        ];
+        let more = [
+            "*-5\r\n",
+            "$x\r\n",
+            "$3\r\nabcXY",
+            "$3\r\nabc\nX",
+            ":99999999999999999999\r\n",
+        ];
+        for bad in bad.into_iter().chain(more) {
+            assert!(is_protocol_error(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replies_over_the_limits_are_refused_before_reading_them() {
+        let too_deep = format!("{}:1\r\n", "*1\r\n".repeat(MAX_DEPTH + 1));
+        let too_long = format!("+{}\r\n", "a".repeat(MAX_LINE));
+        for bad in [
+            format!("${}\r\n", MAX_BULK + 1),
+            format!("*{}\r\n", MAX_ARRAY + 1),
+            too_long,
+            too_deep,
+        ] {
+            assert!(
+                is_protocol_error(bad.as_bytes()),
+                "{}",
+                &bad[..20.min(bad.len())]
+            );
+        }
+        assert!(parse(format!("{}:1\r\n", "*1\r\n".repeat(MAX_DEPTH)).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn truncated_replies_are_connection_errors_not_panics() {
+        let whole = b"*2\r\n$5\r\nhello\r\n*2\r\n:7\r\n+OK\r\n";
+        assert!(parse(whole).is_ok());
+        for end in 0..whole.len() {
+            let error = parse(&whole[..end]).expect_err("a prefix is incomplete");
+            assert!(error.is_connection_error(), "{end}: {error}");
+        }
+        let promised_but_missing = format!("${MAX_BULK}\r\nabc");
+        assert!(matches!(
+            parse(promised_but_missing.as_bytes()),
+            Err(RedisError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn value_accessors_convert_what_redis_sends() {
+        assert_eq!(data(b"ab").as_bytes(), Some(&b"ab"[..]));
+        assert_eq!(status("OK").as_str(), Some("OK"));
+        assert_eq!(data(b"\xff").as_str(), None);
+        assert_eq!(data(b"-12").as_int(), Some(-12));
+        assert_eq!(Value::Int(3).as_int(), Some(3));
+        assert_eq!(data(b"x").as_int(), None);
+        assert_eq!(Value::Nil.into_array(), Some(vec![]));
+        assert_eq!(Value::Int(1).into_array(), None);
+    }
+
+    #[test]
+    fn commands_encode_as_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        write_command(&mut out, &[&b"SET"[..], b"k", b"a\r\nb", b""]).unwrap();
+        assert_eq!(
+            out,
+            b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n$0\r\n\r\n"
+        );
+    }
+
+    /// xorshift64: a deterministic stand-in for proptest, which this crate does not depend on.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn any_encoded_command_parses_back_and_mutations_never_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let arg = |state: &mut u64| {
+                (0..next(state) % 12)
+                    .map(|_| next(state) as u8 % 16)
+                    .collect()
+            };
+            let args: Vec<Vec<u8>> = (0..next(&mut state) % 5).map(|_| arg(&mut state)).collect();
+            let mut encoded = Vec::new();
+            write_command(&mut encoded, &args).unwrap();
+            let expected = Value::Array(args.iter().map(|arg| data(arg)).collect());
+            assert_eq!(parse(&encoded).unwrap(), Ok(expected));
+            let at = next(&mut state) as usize % encoded.len();
+            encoded[at] = b"\r\n*$:+-1x\0"[next(&mut state) as usize % 10];
+            let _ = parse(&encoded);
+        }
+    }
+
+    fn url(text: &str) -> Result<RedisConfig, UrlError> {
+        text.parse()
+    }
+
+    #[test]
+    fn urls_parse_with_defaults_and_credentials() {
+        let plain = url("redis://localhost").unwrap();
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.db),
+            ("localhost", 6379, 0)
+        );
+        assert_eq!((plain.username, plain.password), (None, None));
+        let full = url("redis://alice:s%40cr@t@example.com:6380/2").unwrap();
+        assert_eq!(
+            (full.host.as_str(), full.port, full.db),
+            ("example.com", 6380, 2)
+        );
+        assert_eq!(full.username.as_deref(), Some("alice"));
+        assert_eq!(full.password.as_deref(), Some("s@cr@t"));
+        let password_only = url("redis://:secret@h/").unwrap();
+        assert_eq!(
+            (password_only.username, password_only.password.as_deref()),
+            (None, Some("secret"))
+        );
+        assert_eq!(url("redis://[::1]:7000").unwrap().host, "::1");
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_without_echoing_the_password() {
+        assert!(url("rediss://h").unwrap_err().to_string().contains("TLS"));
+        let bad = "http://h h:6379 redis:// redis://:6379 redis://h: redis://h:0 redis://h:70000 \
+                   redis://h:x redis://h/x redis://h/1/2 redis://h?db=1 redis://u@h redis://:%zz@h \
+                   redis://[::1 redis://[::1]x";
+        for bad in bad.split_whitespace() {
+            assert!(url(bad).is_err(), "{bad}");
+        }
+        let error = url("redis://:topsecret@h:bad").unwrap_err().to_string();
+        assert!(!error.contains("topsecret"), "{error}");
+    }
+
+    #[test]
+    fn display_and_debug_hide_the_password() {
+        let config = url("redis://alice:secret@h:6380/2").unwrap();
+        assert_eq!(config.to_string(), "redis://alice@h:6380/2");
+        assert!(!format!("{config:?}").contains("secret"));
+        assert_eq!(
+            url("redis://:secret@[::1]").unwrap().to_string(),
+            "redis://[::1]:6379/0"
+        );
+    }
+
+    #[test]
+    fn pool_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Pool>();
+    }
+
+    #[test]
+    fn opening_a_closed_port_is_an_io_error() {
+        let config = url("redis://127.0.0.1:1").unwrap();
+        let result = Connection::open(&config, Duration::from_secs(2));
+        assert!(matches!(result, Err(RedisError::Io(_))), "{result:?}");
+    }
+
+    // Integration tests: they need a Redis at HERALD_TEST_REDIS and skip without it.
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn redis_or_skip(test: &str) -> Option<RedisConfig> {
+        match std::env::var("HERALD_TEST_REDIS") {
+            Ok(text) if !text.is_empty() => {
+                Some(text.parse().expect("HERALD_TEST_REDIS is a redis:// URL"))
+            }
+            _ => {
+                eprintln!("SKIPPED: {test}: HERALD_TEST_REDIS is not set");
+                None
+            }
+        }
+    }
+
+    fn unique_key(name: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("herald-test:{}:{n}:{name}", std::process::id())
+    }
+
+    /// Deletes the test's keys even when an assertion fails.
+    struct Cleanup<'a>(&'a RedisConfig, &'a str);
+
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut connection) = Connection::open(self.0, TIMEOUT) {
+                let _ = connection.query(&[b"DEL", self.1.as_bytes()]);
+            }
+        }
+    }
+
+    #[test]
+    fn binary_values_with_crlf_and_nul_round_trip() {
+        let Some(config) = redis_or_skip("binary_values_with_crlf_and_nul_round_trip") else {
+            return;
+        };
+        let key = unique_key("binary");
+        let _cleanup = Cleanup(&config, &key);
+        let mut connection = Connection::open(&config, TIMEOUT).unwrap();
+        let value: Vec<u8> = b"\r\n$-1\r\n\0".iter().copied().chain(0..=255).collect();
+        let k = key.as_bytes();
+        assert_eq!(connection.query(&[b"GET", k]).unwrap(), Value::Nil);
+        assert_eq!(
+            connection.query(&[b"SET", k, &value]).unwrap(),
+            status("OK")
+        );
+        assert_eq!(connection.query(&[b"GET", k]).unwrap(), Value::Data(value));
+    }
+
+    #[test]
+    fn an_error_reply_is_a_server_error_and_the_connection_stays_usable() {
+        let test = "an_error_reply_is_a_server_error_and_the_connection_stays_usable";
+        let Some(config) = redis_or_skip(test) else {
+            return;
+        };
+        let mut connection = Connection::open(&config, TIMEOUT).unwrap();
+        let error = connection
+            .query(&[b"INCRBY", b"k", b"not-a-number"])
+            .unwrap_err();
+        assert!(
+            matches!(&error, RedisError::Server(m) if m.starts_with("ERR ")),
+            "{error}"
+        );
+        assert!(!error.is_connection_error());
+        assert_eq!(connection.query(&[b"PING"]).unwrap(), status("PONG"));
+    }
+
+    #[test]
+    fn a_pipeline_returns_each_commands_result_in_order() {
+        let Some(config) = redis_or_skip("a_pipeline_returns_each_commands_result_in_order") else {
+            return;
+        };
+        let key = unique_key("pipeline");
+        let _cleanup = Cleanup(&config, &key);
+        let mut connection = Connection::open(&config, TIMEOUT).unwrap();
+        let k = key.as_bytes();
+        let commands: [&[&[u8]]; 5] = [
+            &[b"SET", k, b"1"],
+            &[b"INCR", k],
+            &[b"HGET", k, b"f"],
+            &[b"NOSUCH"],
+            &[b"GET", k],
+        ];
+        let commands: Vec<Vec<Vec<u8>>> = commands
+            .iter()
+            .map(|c| c.iter().map(|a| a.to_vec()).collect())
+            .collect();
+        let replies = connection.pipeline(&commands).unwrap();
+        assert_eq!(replies.len(), 5);
+        assert_eq!(replies[..2], [Ok(status("OK")), Ok(Value::Int(2))]);
+        assert!(
+            matches!(&replies[2], Err(m) if m.starts_with("WRONGTYPE")),
+            "{:?}",
+            replies[2]
+        );
+        assert!(
+            matches!(&replies[3], Err(m) if m.starts_with("ERR unknown command")),
+            "{:?}",
+            replies[3]
+        );
+        assert_eq!(replies[4], Ok(data(b"2")));
+    }
+
+    #[test]
+    fn xrange_returns_entries_as_nested_arrays() {
+        let Some(config) = redis_or_skip("xrange_returns_entries_as_nested_arrays") else {
+            return;
+        };
+        let key = unique_key("stream");
+        let _cleanup = Cleanup(&config, &key);
+        let mut connection = Connection::open(&config, TIMEOUT).unwrap();
+        let k = key.as_bytes();
+        let first = connection
+            .query(&[b"XADD", k, b"*", b"data", b"one"])
+            .unwrap();
+        let second = connection
+            .query(&[b"XADD", k, b"*", b"data", b"t\r\nwo"])
+            .unwrap();
+        let entry = |id, value: &[u8]| {
+            Value::Array(vec![id, Value::Array(vec![data(b"data"), data(value)])])
+        };
+        let range = connection.query(&[b"XRANGE", k, b"-", b"+"]).unwrap();
+        assert_eq!(
+            range,
+            Value::Array(vec![entry(first, b"one"), entry(second, b"t\r\nwo")])
+        );
+    }
+
+    #[test]
+    fn a_pool_reuses_its_connection_until_a_connection_error() {
+        let Some(config) = redis_or_skip("a_pool_reuses_its_connection_until_a_connection_error")
+        else {
+            return;
+        };
+        let pool = Pool::new(config, TIMEOUT, 2);
+        let client_id = || {
+            pool.with(|c| c.query(&[b"CLIENT", b"ID"]))
+                .unwrap()
+                .as_int()
+                .unwrap()
+        };
+        let first = client_id();
+        assert_eq!(client_id(), first);
+        let key = unique_key("never-pushed");
+        let timed_out = pool.with(|connection| {
+            connection.set_read_timeout(Some(Duration::from_millis(50)))?;
+            connection.query(&[b"BLPOP", key.as_bytes(), b"0"])
+        });
+        assert!(
+            matches!(&timed_out, Err(RedisError::Io(e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{timed_out:?}"
+        );
+        assert_ne!(client_id(), first);
+    }
+
+    #[test]
+    fn xread_block_returns_nil_when_the_block_time_passes() {
+        let Some(config) = redis_or_skip("xread_block_returns_nil_when_the_block_time_passes")
+        else {
+            return;
+        };
+        let key = unique_key("blocking");
+        let xread = |block: &'static [u8]| {
+            [
+                &b"XREAD"[..],
+                b"BLOCK",
+                block,
+                b"STREAMS",
+                key.as_bytes(),
+                b"$",
+            ]
+        };
+        let mut connection = Connection::open(&config, TIMEOUT).unwrap();
+        connection.set_read_timeout(None).unwrap();
+        let started = Instant::now();
+        assert_eq!(connection.query(&xread(b"100")).unwrap(), Value::Nil);
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            started.elapsed()
+        );
+        connection
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let error = connection.query(&xread(b"5000")).unwrap_err();
+        assert!(error.is_connection_error(), "{error}");
+        let error = connection.query(&[b"PING"]).unwrap_err();
+        assert!(
+            matches!(&error, RedisError::Io(e) if e.kind() == io::ErrorKind::NotConnected),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_database_in_the_url_is_selected_on_open() {
+        let Some(mut config) = redis_or_skip("the_database_in_the_url_is_selected_on_open") else {
+            return;
+        };
+        config.db = 1;
+        let mut connection = Connection::open(&config, TIMEOUT).unwrap();
+        let info = connection.query(&[b"CLIENT", b"INFO"]).unwrap();
+        assert!(
+            info.as_str().is_some_and(|info| info.contains(" db=1 ")),
+            "{info:?}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_password_is_a_server_error_from_open() {
+        let Some(mut config) = redis_or_skip("a_wrong_password_is_a_server_error_from_open") else {
+            return;
+        };
+        // No username: Redis 7 accepts any password for a user marked `nopass`, like `default`.
+        (config.username, config.password) = (None, Some("herald-wrong-password".into()));
+        let result = Connection::open(&config, TIMEOUT);
+        let Err(RedisError::Server(message)) = result else {
+            panic!("expected a server error: {result:?}")
+        };
+        assert!(
+            message.starts_with("ERR AUTH") || message.starts_with("WRONGPASS"),
+            "{message}"
+        );
+    }
+}

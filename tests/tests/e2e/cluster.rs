@@ -1,0 +1,305 @@
+//! Cluster mode: several `herald` instances sharing one Redis stream (`--redis`). They need
+//! the Redis in `HERALD_TEST_REDIS`; without it each says that it was skipped.
+
+use std::process::Command;
+use std::time::Duration;
+
+use herald_core::ParsedEvent;
+use herald_tests::{
+    Herald, RedisPrefix, WAIT, eventually, herald_bin, run_bounded, skip, test_redis,
+};
+use serde_json::{Value, json};
+
+/// A prefix of the test's own in the test Redis, or `None` after saying the test is skipped.
+fn cluster(test: &str) -> Option<RedisPrefix> {
+    match test_redis() {
+        Some(url) => Some(RedisPrefix::new(&url)),
+        None => {
+            skip(test, "HERALD_TEST_REDIS is not set (bash .ci/run sets it)");
+            None
+        }
+    }
+}
+
+fn ids(events: &[ParsedEvent]) -> Vec<String> {
+    events.iter().map(|e| e.last_event_id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_any_instance_reaches_every_instance_in_one_order() {
+    let Some(redis) = cluster("an_event_published_on_any_instance_reaches_every_instance") else {
+        return;
+    };
+    let a = Herald::start(&redis.serve_args(&[]));
+    let b = Herald::start(&redis.serve_args(&[]));
+    let mut on_a = a.events().topic("t").open().await;
+    let mut on_b = b.events().topic("t").open().await;
+    let mut published = Vec::new();
+    for n in 0..10 {
+        let via = if n % 2 == 0 { &a } else { &b };
+        published.push(via.publish_ok(json!({"topics": ["t"], "data": n})).await);
+    }
+    let got_a = on_a.events_until(10, WAIT).await;
+    let got_b = on_b.events_until(10, WAIT).await;
+    assert_eq!(ids(&got_a), published, "{}", on_a.raw_text());
+    assert_eq!(ids(&got_b), published, "{}", on_b.raw_text());
+    let data: Vec<&str> = got_b.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_instance_without_gaps_or_duplicates() {
+    let Some(redis) = cluster("a_client_resumes_on_another_instance") else {
+        return;
+    };
+    let a = Herald::start(&redis.serve_args(&[]));
+    let b = Herald::start(&redis.serve_args(&[]));
+    let mut sub = a.events().topic("t").open().await;
+    let first = a.publish_ok(json!({"topics": ["t"], "data": "1"})).await;
+    let seen = sub.next_event(WAIT).await.expect("the first event");
+    assert_eq!(seen.last_event_id, first);
+    drop(sub);
+
+    // Published while the client was away, on both instances.
+    let missed = vec![
+        b.publish_ok(json!({"topics": ["t"], "data": "2"})).await,
+        a.publish_ok(json!({"topics": ["t"], "data": "3"})).await,
+    ];
+    let mut resumed = b.events().topic("t").last_event_id(&first).open().await;
+    let replayed = resumed.events_until(2, WAIT).await;
+    assert_eq!(ids(&replayed), missed, "{}", resumed.raw_text());
+    let live = a.publish_ok(json!({"topics": ["t"], "data": "4"})).await;
+    let next = resumed.next_event(WAIT).await.expect("the live event");
+    assert_eq!(next.last_event_id, live, "{}", resumed.raw_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_on_another_instance_keeps_its_id_and_is_delivered_once() {
+    let Some(redis) = cluster("a_publish_retried_on_another_instance") else {
+        return;
+    };
+    let a = Herald::start(&redis.serve_args(&[]));
+    let b = Herald::start(&redis.serve_args(&[]));
+    let mut sub = b.events().topic("t").open().await;
+    let body = json!({"topics": ["t"], "data": "charge", "idempotency_key": "order-42"});
+    let (status_a, first) = a.publish(body.clone()).await;
+    let (status_b, retry) = b.publish(body).await;
+    assert_eq!((status_a.as_u16(), status_b.as_u16()), (200, 200));
+    assert_eq!(first["id"], retry["id"], "{first} vs {retry}");
+    let marker = b
+        .publish_ok(json!({"topics": ["t"], "data": "after"}))
+        .await;
+    let got = sub.events_until(2, WAIT).await;
+    let expected = vec![first["id"].as_str().expect("an id").to_owned(), marker];
+    assert_eq!(ids(&got), expected, "{}", sub.raw_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_and_restarted_replays_what_others_published_meanwhile() {
+    let Some(redis) = cluster("an_instance_killed_and_restarted_replays") else {
+        return;
+    };
+    let mut a = Herald::start(&redis.serve_args(&[]));
+    let b = Herald::start(&redis.serve_args(&[]));
+    let mut sub = a.events().topic("t").open().await;
+    let first = a.publish_ok(json!({"topics": ["t"], "data": "1"})).await;
+    assert_eq!(
+        sub.next_event(WAIT).await.map(|e| e.last_event_id),
+        Some(first.clone())
+    );
+    a.kill();
+    assert!(
+        sub.wait_end(WAIT).await.is_some(),
+        "the stream ends with its server"
+    );
+    let missed = vec![
+        b.publish_ok(json!({"topics": ["t"], "data": "2"})).await,
+        b.publish_ok(json!({"topics": ["t"], "data": "3"})).await,
+    ];
+    a.restart();
+    let mut resumed = a.events().topic("t").last_event_id(&first).open().await;
+    let replayed = resumed.events_until(2, WAIT).await;
+    assert_eq!(ids(&replayed), missed, "{}", resumed.raw_text());
+    // Ids minted after the restart still come after everything before it.
+    let later = a.publish_ok(json!({"topics": ["t"], "data": "4"})).await;
+    let next = resumed.next_event(WAIT).await.expect("the live event");
+    assert_eq!(next.last_event_id, later);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_behind_the_shared_retention_is_told_it_missed_events() {
+    let Some(redis) = cluster("a_client_behind_the_shared_retention") else {
+        return;
+    };
+    let a = Herald::start(&redis.serve_args(&["--retain-events", "3", "--trim-interval", "200ms"]));
+    let mut published = Vec::new();
+    for n in 0..6 {
+        published.push(a.publish_ok(json!({"topics": ["t"], "data": n})).await);
+    }
+    let stream = format!("{}:events", redis.prefix());
+    let trimmed = eventually(WAIT, || async {
+        redis
+            .query(&[b"XLEN", stream.as_bytes()])
+            .ok()
+            .and_then(|v| v.as_int())
+            == Some(3)
+    })
+    .await;
+    assert!(trimmed, "retention trims the shared stream to 3 events");
+    // Give the instance a tick to take in the new bounds.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut resumed = a
+        .events()
+        .topic("t")
+        .last_event_id(&published[0])
+        .open()
+        .await;
+    let got = resumed.events_until(4, WAIT).await;
+    assert_eq!(got[0].event_type, "herald.reset", "{}", resumed.raw_text());
+    let reset: Value = serde_json::from_str(&got[0].data).expect("the reset notice is JSON");
+    assert_eq!(reset["reason"], "history_truncated");
+    assert_eq!(ids(&got[1..]), published[3..], "{}", resumed.raw_text());
+}
+
+#[test]
+fn cluster_mode_refuses_an_unreachable_redis_and_embedded_log_settings_clearly() {
+    let serve = |extra: &[&str]| {
+        let mut cmd = Command::new(herald_bin());
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .args(extra);
+        run_bounded(&mut cmd, WAIT)
+    };
+    let out = serve(&["--redis", "redis://127.0.0.1:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot open the shared log") && stderr.contains("redis://127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    let out = serve(&["--redis", "redis://127.0.0.1:1", "--fsync", "never"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--fsync") && stderr.contains("--redis"),
+        "{stderr}"
+    );
+
+    let out = serve(&["--redis", "http://127.0.0.1:6379"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("redis://"), "{stderr}");
+}
+
+/// A `redis-server` of the test's own on a free port, so that it can be stopped and started
+/// again without disturbing other tests; killed when dropped.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts one, or `None` after saying the test is skipped when there is no `redis-server`.
+    fn start(test: &str) -> Option<Self> {
+        let probe = Command::new("redis-server").arg("--version").output();
+        if !probe.is_ok_and(|out| out.status.success()) {
+            skip(test, "no redis-server on this machine");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart();
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again, empty: it keeps nothing on disk) and waits until it accepts.
+    fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_goes_away_publishes_fail_with_503_and_delivery_resumes_when_it_is_back() {
+    let Some(mut redis) = OwnRedis::start("when_redis_goes_away_publishes_fail_with_503") else {
+        return;
+    };
+    let url = redis.url();
+    let herald = Herald::start(&["--dev", "--redis", &url]);
+    let mut sub = herald.events().topic("t").open().await;
+    let before = herald
+        .publish_ok(json!({"topics": ["t"], "data": "before"}))
+        .await;
+    assert_eq!(
+        sub.next_event(WAIT).await.map(|e| e.last_event_id),
+        Some(before)
+    );
+
+    redis.stop();
+    let (status, body) = herald
+        .publish(json!({"topics": ["t"], "data": "lost"}))
+        .await;
+    assert_eq!(status.as_u16(), 503, "{body}");
+    let error = body["error"].as_str().expect("a JSON error");
+    assert!(
+        error.contains("Redis") && error.contains("idempotency_key"),
+        "{error}"
+    );
+
+    redis.restart();
+    // The publisher and the reader reconnect by themselves.
+    let deadline = std::time::Instant::now() + WAIT;
+    let after = loop {
+        let (status, body) = herald
+            .publish(json!({"topics": ["t"], "data": "after"}))
+            .await;
+        if status.as_u16() == 200 {
+            break body["id"].as_str().expect("an id").to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publishing works again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let event = sub
+        .next_event(WAIT)
+        .await
+        .expect("the event published after the outage");
+    assert_eq!((event.data.as_str(), event.last_event_id), ("after", after));
+    assert!(!herald.stderr().contains("panicked"), "{}", herald.stderr());
+}
