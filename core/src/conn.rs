@@ -75,6 +75,9 @@ pub enum CloseReason {
     Shutdown,
     /// The log could not serve its replay: it reconnects and tries again.
     LogUnavailable,
+    /// The shared log dropped events before this server read them: the client reconnects,
+    /// and its resume tells it what it missed.
+    LogGap,
 }
 
 impl CloseReason {
@@ -86,6 +89,7 @@ impl CloseReason {
             Self::Kicked => "kicked",
             Self::Shutdown => "shutdown",
             Self::LogUnavailable => "log_unavailable",
+            Self::LogGap => "log_gap",
         }
     }
 }

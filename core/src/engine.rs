@@ -574,6 +574,23 @@ impl Engine {
         }
     }
 
+    /// The shared log removed events above the last committed id before this server read
+    /// them (its reader was cut off from the log for longer than retention keeps events):
+    /// none of its subscribers got them. Every subscriber is closed, so that it resumes with
+    /// its last id and hears, from the log's floor, that it missed events (`herald.reset`).
+    /// Admin streams stay open.
+    pub fn handle_log_gap(&mut self, now: Instant) {
+        let subscribers: Vec<ConnId> = self
+            .by_id
+            .iter()
+            .filter(|&(_, &slot)| !self.admins.contains(&slot))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in subscribers {
+            self.close(id, CloseReason::LogGap, now);
+        }
+    }
+
     /// Remembers idempotency keys the log kept (ascending ids, as read back at start-up), so
     /// that a publish retried across a restart is answered with its original id. Keys of
     /// events above the last committed id, or of invalid length, are ignored.

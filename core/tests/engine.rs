@@ -859,3 +859,37 @@ fn a_shared_publish_is_checked_and_counted_but_gets_no_id_here() {
     assert_eq!(sim.engine.counters().published, 1);
     assert_eq!(sim.engine.last_id(), None);
 }
+
+#[test]
+fn a_gap_in_the_shared_log_closes_subscribers_and_their_resume_says_what_they_missed() {
+    let mut sim = Sim::new(EngineConfig::default());
+    sim.engine
+        .handle_replicated(replicated(&[(10, "t")]), sim.now);
+    sim.drain();
+    let c = sim.connect(&["t"], None, None);
+    let mut admin = ConnectRequest::new(Vec::new());
+    admin.admin = true;
+    let admin = sim.engine.handle_connect(admin, sim.now).unwrap();
+    sim.drain();
+    // While this server was cut off, 11-0..13-0 were published and trimmed away by others.
+    sim.engine.handle_log_gap(sim.now);
+    sim.drain();
+    assert_eq!(sim.closed, vec![(c, CloseReason::LogGap)]);
+    assert!(sim.engine.is_connected(admin), "admin streams stay open");
+
+    let retained = replicated(&[(14, "t")]);
+    sim.log.extend(retained.iter().cloned());
+    sim.engine.handle_log_bounds(LogBounds {
+        oldest: Some(EventId::new(14, 0)),
+        floor: Some(EventId::new(13, 0)),
+        events: 1,
+        bytes: 0,
+    });
+    sim.engine.handle_replicated(retained, sim.now);
+    sim.drain();
+    let again = sim.connect(&["t"], None, Some(EventId::new(10, 0)));
+    let got = sim.received(again);
+    let types: Vec<&str> = got.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["herald.reset", "message"], "{}", sim.raw(again));
+    assert_eq!(got[1].last_event_id, "14-0");
+}

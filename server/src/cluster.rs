@@ -15,7 +15,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use herald_core::{Event, EventId, PublishRequest};
+use herald_core::{Event, EventId, LogBounds, PublishRequest};
 use tokio::sync::oneshot;
 
 use crate::hub::PublishFailure;
@@ -41,6 +41,22 @@ if KEYS[2] then
   redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 end
 return {id, 0}
+";
+
+/// The entries after an id (ARGV[1]: `(id`, or `-` for all; at most ARGV[2]) and, read in the
+/// same atomic step, the highest id ever removed from the stream: `[floor, entries]`.
+/// Retention removes the oldest entries first, so a floor above the last id read means
+/// entries were removed before this reader saw them.
+const READ_SCRIPT: &str = r"
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local floor = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'max-deleted-entry-id' then floor = info[i + 1] end
+  end
+end
+return {floor, entries}
 ";
 
 /// Most publishes sent to Redis in one pipeline.
@@ -247,6 +263,26 @@ impl Script {
         self.sha = Some(sha.clone());
         Ok(sha)
     }
+
+    /// Runs it with `args` (numkeys, KEYS, ARGV), loading it first if Redis does not have it.
+    fn run(&mut self, conn: &mut Connection, args: &[&[u8]]) -> Result<Value, RedisError> {
+        let sha = match &self.sha {
+            Some(sha) => sha.clone(),
+            None => self.load(conn)?,
+        };
+        let evalsha = |sha: &[u8], conn: &mut Connection| {
+            let mut cmd: Vec<&[u8]> = vec![b"EVALSHA", sha];
+            cmd.extend_from_slice(args);
+            conn.query(&cmd)
+        };
+        match evalsha(&sha, conn) {
+            Err(RedisError::Server(message)) if message.starts_with("NOSCRIPT") => {
+                let sha = self.load(conn)?;
+                evalsha(&sha, conn)
+            }
+            other => other,
+        }
+    }
 }
 
 /// Runs the append script with every command's arguments (numkeys, KEYS, ARGV), in one
@@ -303,6 +339,17 @@ fn appended_id(value: &Value) -> Option<EventId> {
     }
 }
 
+/// What the [`Reader`] hands to the hub.
+#[derive(Debug)]
+pub enum Tail {
+    /// New events, in stream order: `Engine::handle_replicated`.
+    Events(Vec<Event>),
+    /// Events above the last one read were removed before they were read (retention ran
+    /// while this instance was cut off from Redis): `Engine::handle_log_bounds` with these
+    /// fresh bounds, then `Engine::handle_log_gap`.
+    Gap(LogBounds),
+}
+
 /// Tails the shared stream on a dedicated thread and hands each batch of new events, in
 /// stream order, to a callback.
 pub struct Reader {
@@ -320,7 +367,7 @@ impl Reader {
     pub fn start(
         log: Arc<RedisLog>,
         from: Option<EventId>,
-        deliver: impl FnMut(Vec<Event>) + Send + 'static,
+        deliver: impl FnMut(Tail) + Send + 'static,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
@@ -359,9 +406,9 @@ fn read_loop(
     log: &RedisLog,
     mut last: Option<EventId>,
     stop: &AtomicBool,
-    mut deliver: impl FnMut(Vec<Event>),
+    mut deliver: impl FnMut(Tail),
 ) {
-    let block = READ_BLOCK.as_millis().to_string();
+    let mut script = Script::new(READ_SCRIPT);
     let mut conn: Option<Connection> = None;
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
@@ -389,37 +436,31 @@ fn read_loop(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let from = last.unwrap_or(EventId::MIN).to_string();
-        let reply = c.query(&[
-            b"XREAD",
-            b"COUNT",
-            READ_COUNT.as_bytes(),
-            b"BLOCK",
-            block.as_bytes(),
-            b"STREAMS",
-            log.stream_key().as_bytes(),
-            from.as_bytes(),
-        ]);
-        match reply {
-            Ok(Value::Nil) => {}
-            Ok(streams) => {
-                // [[stream, [entries...]]]: one stream asked for, so one element.
-                let entries = streams
-                    .into_array()
-                    .and_then(|mut s| s.pop())
-                    .and_then(Value::into_array)
-                    .and_then(|mut pair| if pair.len() == 2 { pair.pop() } else { None })
-                    .and_then(Value::into_array)
-                    .unwrap_or_default();
-                let (events, read_to) = log.decode_entries(entries);
-                if read_to.is_some() {
-                    last = read_to;
+        match read_step(c, log, &mut script, last) {
+            Ok(Step::Idle) => {}
+            Ok(Step::Read {
+                events,
+                read_to,
+                gap,
+            }) => {
+                if gap {
+                    tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared log removed events before this instance read them; closing subscribers so they resume and are told");
+                    match log.refresh_bounds() {
+                        Ok(bounds) => deliver(Tail::Gap(bounds)),
+                        // Without the new floor their resumes could not tell them: keep
+                        // the batch for the next try.
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot read the shared log's bounds");
+                            pause(stop, backoff);
+                            continue;
+                        }
+                    }
                 }
+                last = read_to.or(last);
                 if !events.is_empty() {
-                    deliver(events);
+                    deliver(Tail::Events(events));
                 }
-                // Other instances' appends move the bounds too (`MAXLEN ~` trims): keep the
-                // cached copy that stats and reset decisions read roughly current.
+                // Stats read the cached bounds: keep them roughly current as events arrive.
                 if refreshed.elapsed() >= BOUNDS_REFRESH {
                     refreshed = Instant::now();
                     if let Err(error) = log.refresh_bounds() {
@@ -440,6 +481,69 @@ fn read_loop(
             }
         }
     }
+}
+
+/// What one [`read_step`] found.
+enum Step {
+    /// Nothing new within [`READ_BLOCK`].
+    Idle,
+    /// Entries after the last id read.
+    Read {
+        events: Vec<Event>,
+        /// The last entry's id (decoded or not): where the next read starts.
+        read_to: Option<EventId>,
+        /// Entries after the last id read were removed before they could be read.
+        gap: bool,
+    },
+}
+
+/// Reads the entries after `last` together with the stream's floor, in one atomic script,
+/// so the floor says exactly whether anything between `last` and them was removed; when
+/// there are none, waits up to [`READ_BLOCK`] for some with `XREAD BLOCK`.
+fn read_step(
+    conn: &mut Connection,
+    log: &RedisLog,
+    script: &mut Script,
+    last: Option<EventId>,
+) -> Result<Step, RedisError> {
+    let from = match last {
+        Some(last) => format!("({last}"),
+        None => "-".to_owned(),
+    };
+    let stream = log.stream_key().as_bytes();
+    let reply = script.run(
+        conn,
+        &[b"1", stream, from.as_bytes(), READ_COUNT.as_bytes()],
+    )?;
+    let mut parts = reply.into_array().unwrap_or_default().into_iter();
+    let floor = parts
+        .next()
+        .and_then(|f| f.as_str().and_then(|f| f.parse::<EventId>().ok()))
+        .filter(|&floor| floor != EventId::MIN);
+    let entries = parts.next().and_then(Value::into_array).unwrap_or_default();
+    if entries.is_empty() {
+        let block = READ_BLOCK.as_millis().to_string();
+        let after = last.unwrap_or(EventId::MIN).to_string();
+        // Only a wake-up: the next step reads what arrived, with the floor.
+        conn.query(&[
+            b"XREAD",
+            b"COUNT",
+            b"1",
+            b"BLOCK",
+            block.as_bytes(),
+            b"STREAMS",
+            stream,
+            after.as_bytes(),
+        ])?;
+        return Ok(Step::Idle);
+    }
+    let gap = floor.is_some_and(|floor| last.is_none_or(|last| floor > last));
+    let (events, read_to) = log.decode_entries(entries);
+    Ok(Step::Read {
+        events,
+        read_to,
+        gap,
+    })
 }
 
 fn open_reader(log: &RedisLog) -> Result<Connection, RedisError> {

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::{
-    CloseReason, ConnId, ConnectError, ConnectRequest, Engine, Event, EventId, HistoryPage,
-    LogBounds, Output, PublishError, PublishRequest, Snapshot, Stats, frame,
+    CloseReason, ConnId, ConnectError, ConnectRequest, Engine, EventId, HistoryPage, LogBounds,
+    Output, PublishError, PublishRequest, Snapshot, Stats, frame,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::cluster::{Publisher, Reader};
+use crate::cluster::{Publisher, Reader, Tail};
 use crate::log::{AppendLog, CommitReport, EventLog, GroupCommitter, LogMetrics, RedisLog};
 use crate::sse::{Push, Queue, SseBody};
 
@@ -121,7 +121,7 @@ enum Command {
         reply: oneshot::Sender<Result<EventId, PublishFailure>>,
     },
     Commit(CommitReport),
-    Replicated(Vec<Event>),
+    Replicated(Tail),
     History {
         conn: ConnId,
         page: Result<HistoryPage, String>,
@@ -197,8 +197,8 @@ impl Hub {
             }
             Store::Shared(log) => {
                 let read_tx = sender.clone();
-                let reader = Reader::start(log.clone(), engine.committed_id(), move |events| {
-                    let _ = read_tx.0.send(Command::Replicated(events));
+                let reader = Reader::start(log.clone(), engine.committed_id(), move |tail| {
+                    let _ = read_tx.0.send(Command::Replicated(tail));
                 });
                 Appender::Cluster {
                     publisher: Publisher::start(log),
@@ -462,10 +462,16 @@ impl Driver {
                     }
                 }
             }
-            Command::Replicated(events) => {
+            Command::Replicated(Tail::Events(events)) => {
                 self.engine.handle_replicated(events, now);
                 self.drain();
                 self.connect_deferred(true);
+            }
+            Command::Replicated(Tail::Gap(bounds)) => {
+                // The floor that revealed the gap must be the engine's too, so the clients'
+                // resumes are told what they missed.
+                self.engine.handle_log_bounds(bounds);
+                self.engine.handle_log_gap(now);
             }
             Command::Commit(CommitReport::Failed { ids, error }) => {
                 tracing::warn!(count = ids.len(), %error, "log append failed");

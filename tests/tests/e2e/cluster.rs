@@ -303,3 +303,68 @@ async fn when_redis_goes_away_publishes_fail_with_503_and_delivery_resumes_when_
     assert_eq!((event.data.as_str(), event.last_event_id), ("after", after));
     assert!(!herald.stderr().contains("panicked"), "{}", herald.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_was_away_while_retention_removed_unread_events_makes_its_clients_resume()
+{
+    let Some(redis) = OwnRedis::start("an_instance_that_was_away_while_retention_removed") else {
+        return;
+    };
+    let url = redis.url();
+    let flags = [
+        "--dev",
+        "--redis",
+        &url,
+        "--retain-events",
+        "2",
+        "--trim-interval",
+        "200ms",
+    ];
+    let a = Herald::start(&flags);
+    let b = Herald::start(&flags);
+    let mut sub = a.events().topic("t").open().await;
+    let first = a.publish_ok(json!({"topics": ["t"], "data": "1"})).await;
+    assert_eq!(
+        sub.next_event(WAIT).await.map(|e| e.last_event_id),
+        Some(first.clone())
+    );
+
+    // Instance a stops reading while b publishes and retention removes what a never read.
+    let pid = i32::try_from(a.pid().expect("a runs")).expect("a pid");
+    // SAFETY: signalling a child process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let mut published = Vec::new();
+    for n in 2..=6 {
+        published.push(b.publish_ok(json!({"topics": ["t"], "data": n})).await);
+    }
+    let own = RedisPrefix::new(&url);
+    let trimmed = eventually(WAIT, || async {
+        own.query(&[b"XLEN", b"herald:events"])
+            .ok()
+            .and_then(|v| v.as_int())
+            == Some(2)
+    })
+    .await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(trimmed, "b's retention trims the stream to 2 events");
+
+    // The client does not silently skip to the retained events: its stream is closed...
+    let end = sub.wait_end(WAIT).await;
+    assert!(end.is_some(), "the stream ends: {}", sub.raw_text());
+    let skipped: Vec<String> = ids(&sub.events_until(10, Duration::ZERO).await);
+    assert!(
+        skipped.is_empty(),
+        "nothing after the gap on the old stream: {skipped:?}"
+    );
+    // ...and its resume says what it missed, then replays what is left.
+    let mut resumed = a.events().topic("t").last_event_id(&first).open().await;
+    let got = resumed.events_until(3, WAIT).await;
+    assert_eq!(
+        got.first().map(|e| e.event_type.as_str()),
+        Some("herald.reset"),
+        "{}",
+        resumed.raw_text()
+    );
+    assert_eq!(ids(&got[1..]), published[3..], "{}", resumed.raw_text());
+}
