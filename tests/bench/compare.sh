@@ -5,8 +5,14 @@
 # default durable settings and a fresh data dir). Prints medians and the Herald/nchan ratio per
 # figure as a markdown table. See BENCHMARKS.md, "Server end to end".
 #
+# With SERVERS="herald cluster" it compares Herald's embedded log with cluster mode instead:
+# two instances on the Redis at REDIS_URL (subscribers on one, publishes to the other, both
+# pinned to core 0 with Redis, so the servers' side still has one core).
+#
 # Usage: tests/bench/compare.sh
 # Environment (defaults in brackets):
+#   SERVERS the two servers compared: herald, nchan, cluster ["herald nchan"]
+#   REDIS_URL the Redis for cluster runs               [redis://127.0.0.1:6379]
 #   SIZES   subscriber counts                          ["1000 10000"]
 #   RATES   events/s, 0 = unpaced                      ["10 1000 0"]
 #   REPS    repetitions per server and configuration  [3]
@@ -16,6 +22,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SERVERS=${SERVERS:-"herald nchan"}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 SIZES=${SIZES:-"1000 10000"}
 RATES=${RATES:-"10 1000 0"}
 REPS=${REPS:-3}
@@ -23,12 +31,15 @@ EVENTS=${EVENTS:-100}
 OUT=${OUT:-$ROOT/target/bench-compare}
 HERALD_PORT=${HERALD_PORT:-7391}
 NCHAN_PORT=${NCHAN_PORT:-7392}
+PUBLISH_PORT=${PUBLISH_PORT:-7393}
 HERALD=$ROOT/target/release/herald
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 
 log() { echo "compare: $*" >&2; }
 
-if ! command -v nginx >/dev/null || [ ! -e "$NCHAN_MODULE" ]; then
+read -r -a servers <<<"$SERVERS"
+[ ${#servers[@]} = 2 ] || { log "SERVERS names two servers, got: $SERVERS"; exit 1; }
+if [[ " $SERVERS " == *" nchan "* ]] && { ! command -v nginx >/dev/null || [ ! -e "$NCHAN_MODULE" ]; }; then
     log "installing nginx and libnginx-mod-nchan from Debian"
     apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx libnginx-mod-nchan >&2
@@ -43,11 +54,10 @@ chmod 755 "$WORK" # nginx's worker runs as www-data
 rm -rf "$OUT"
 mkdir -p "$OUT"
 SERVER_PID=""
+PUBLISHER_PID=""
 
-# Stops the server started last (by pid), politely and then not.
-stop_server() {
-    local pid=$SERVER_PID
-    SERVER_PID=""
+stop_pid() {
+    local pid=$1
     [ -n "$pid" ] || return 0
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 100); do
@@ -57,6 +67,14 @@ stop_server() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
+
+# Stops the server started last (by pid), politely and then not.
+stop_server() {
+    stop_pid "$SERVER_PID"
+    stop_pid "$PUBLISHER_PID"
+    SERVER_PID=""
+    PUBLISHER_PID=""
+}
 cleanup() {
     stop_server
     rm -rf "$WORK"
@@ -65,9 +83,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 wait_for_port() {
+    local pid=${2:-$SERVER_PID}
     for _ in $(seq 300); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { log "the server exited"; return 1; }
+        kill -0 "$pid" 2>/dev/null || { log "the server exited"; return 1; }
         sleep 0.1
     done
     log "nothing listens on port $1 after 30 s"
@@ -82,6 +101,23 @@ start_herald() {
         >"$run/out" 2>"$run/err" &
     SERVER_PID=$!
     wait_for_port "$HERALD_PORT"
+    MEASURED_PID=$SERVER_PID
+}
+
+# Starts two Herald instances sharing Redis under a prefix of this run's own: the measured one
+# (subscribers) and one that takes the publishes.
+start_cluster() {
+    local run=$WORK/$1
+    local flags=(serve --dev --redis "$REDIS_URL" --redis-prefix "herald-bench-$$-$1")
+    mkdir -p "$run"
+    taskset -c 0 "$HERALD" "${flags[@]}" --listen "127.0.0.1:$HERALD_PORT" \
+        >"$run/out" 2>"$run/err" &
+    SERVER_PID=$!
+    taskset -c 0 "$HERALD" "${flags[@]}" --listen "127.0.0.1:$PUBLISH_PORT" \
+        >"$run/publisher.out" 2>"$run/publisher.err" &
+    PUBLISHER_PID=$!
+    wait_for_port "$HERALD_PORT"
+    wait_for_port "$PUBLISH_PORT" "$PUBLISHER_PID"
     MEASURED_PID=$SERVER_PID
 }
 
@@ -117,6 +153,10 @@ run_one() {
     if [ "$server" = herald ]; then
         start_herald "$name"
         args+=(--url "http://127.0.0.1:$HERALD_PORT")
+    elif [ "$server" = cluster ]; then
+        start_cluster "$name"
+        args+=(--url "http://127.0.0.1:$HERALD_PORT"
+            --publish-url "http://127.0.0.1:$PUBLISH_PORT/publish")
     else
         start_nchan "$name"
         args+=(--url "http://127.0.0.1:$NCHAN_PORT" --subscribe-url '{url}/sub?id={topic}'
@@ -129,6 +169,9 @@ run_one() {
         rm -f "$OUT/$name.json"
     fi
     stop_server
+    if [ "$server" = cluster ] && command -v redis-cli >/dev/null; then
+        redis-cli -u "$REDIS_URL" del "herald-bench-$$-$name:events" >/dev/null || true
+    fi
 }
 
 started=$(date +%s)
@@ -136,7 +179,11 @@ for n in $SIZES; do
     for rate in $RATES; do
         for rep in $(seq "$REPS"); do
             # Alternate which server goes first, so drift on a shared machine hits both.
-            if [ $((rep % 2)) = 1 ]; then order="herald nchan"; else order="nchan herald"; fi
+            if [ $((rep % 2)) = 1 ]; then
+                order="${servers[0]} ${servers[1]}"
+            else
+                order="${servers[1]} ${servers[0]}"
+            fi
             for server in $order; do
                 run_one "$server" "$n" "$rate" "$rep"
             done
@@ -145,9 +192,11 @@ for n in $SIZES; do
 done
 log "all runs took $(($(date +%s) - started)) s; reports in $OUT"
 
-python3 - "$OUT" "$EVENTS" <<'PY' | tee "$OUT/table.md"
+python3 - "$OUT" "$EVENTS" "${servers[@]}" <<'PY' | tee "$OUT/table.md"
 import json, pathlib, statistics, sys
 out, events = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+first, second = sys.argv[3], sys.argv[4]
+NAMES = {"herald": "Herald", "nchan": "nchan", "cluster": "Herald cluster"}
 runs = {}
 for f in sorted(out.glob("*.json")):
     server, n, rate, _ = f.stem.split("-")
@@ -199,13 +248,14 @@ def combine(values, how):
     m = statistics.median(values)
     return m / 1000 if how == "median_kb" else m
 
-print(f"| N | rate/s | figure | Herald | nchan | Herald/nchan |")
+a, b = NAMES.get(first, first), NAMES.get(second, second)
+print(f"| N | rate/s | figure | {a} | {b} | {a}/{b} |")
 print(f"|---|---|---|---|---|---|")
 for n, rate in sorted({(n, r) for n, r, _ in runs}):
     pace = "unpaced" if rate == 0 else f"{rate:g}"
     for label, path, fmt, how in FIGURES:
         cells, values = [], []
-        for server in ("herald", "nchan"):
+        for server in (first, second):
             reps = runs.get((n, rate, server), [])
             v = combine([get(r, path) for r in reps], how)
             values.append(v)
