@@ -10,8 +10,8 @@
 //! Both run on their own threads with their own blocking connections, like the sled log's
 //! committer: a slow Redis holds up publishes, never the hub.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::hub::PublishFailure;
 use crate::log::{LogMetrics, REDIS_COMMAND_TIMEOUT, RedisLog, codec};
 use crate::redis::{Connection, RedisError, Value};
+use crate::worker::{Batches, Worker};
 
 /// Appends an event unless its idempotency key already published one; answers
 /// `[id, duplicate]`. Redis runs it atomically, so two instances given the same key at once
@@ -80,8 +81,7 @@ struct Job {
 
 /// Appends publishes to the shared stream from a dedicated thread, many per round trip.
 pub struct Publisher {
-    queue: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker<Job>,
     metrics: Arc<LogMetrics>,
 }
 
@@ -92,27 +92,19 @@ impl Publisher {
     /// # Panics
     /// If the OS cannot start a thread, like `std::thread::spawn`.
     pub fn start(log: Arc<RedisLog>) -> Self {
-        let (queue, incoming) = mpsc::channel();
         let metrics = Arc::new(LogMetrics::default());
         let thread_metrics = Arc::clone(&metrics);
-        let thread = std::thread::Builder::new()
-            .name("herald-cluster-publish".into())
-            .spawn(move || publish_loop(&log, &incoming, &thread_metrics))
-            .expect("the OS refused to start the cluster publish thread");
-        Self {
-            queue: Some(queue),
-            thread: Some(thread),
-            metrics,
-        }
+        let worker = Worker::start("herald-cluster-publish", move |incoming| {
+            publish_loop(&log, &incoming, &thread_metrics);
+        });
+        Self { worker, metrics }
     }
 
     /// Queues a publish (already checked by `Engine::handle_shared_publish`); `reply` gets
     /// its id once Redis has it. Never blocks.
     pub fn publish(&self, req: PublishRequest, reply: PublishReply) {
         self.metrics.record_enqueued(1);
-        if let Some(queue) = &self.queue
-            && let Err(mpsc::SendError(job)) = queue.send(Job { req, reply })
-        {
+        if let Err(job) = self.worker.send(Job { req, reply }) {
             let _ = job.reply.send(Err(PublishFailure::ShuttingDown));
         }
     }
@@ -122,40 +114,25 @@ impl Publisher {
         Arc::clone(&self.metrics)
     }
 
-    /// Sends what is queued, answers those publishers, and stops the thread.
+    /// Sends what is queued, answers those publishers, and stops the thread (also what
+    /// dropping it does).
     pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the cluster publish thread panicked");
-        }
+        self.worker.stop();
     }
 }
 
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-fn publish_loop(log: &RedisLog, incoming: &mpsc::Receiver<Job>, metrics: &LogMetrics) {
+fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
     let mut script = Script::new(APPEND_SCRIPT);
     let ttl = log.retention().max_age.as_secs().max(1).to_string();
     let mut conn: Option<Connection> = None;
-    while let Ok(first) = incoming.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            let Ok(next) = incoming.try_recv() else { break };
-            jobs.push(next);
-        }
+    let mut jobs = Vec::new();
+    while incoming.next(|job| {
+        jobs.push(job);
+        jobs.len() < MAX_BATCH
+    }) {
         let mut commands = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
-        for Job { req, reply } in jobs {
+        for Job { req, reply } in jobs.drain(..) {
             let key = req
                 .idempotency_key
                 .as_deref()

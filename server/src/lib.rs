@@ -15,4 +15,5 @@ pub mod server;
 pub mod sse;
 pub mod stream_h1;
 pub mod tls;
+mod worker;
 pub mod writer;

@@ -5,14 +5,14 @@
 //! moment, and the batch size follows the load by itself: one event per flush when idle,
 //! hundreds under 256 concurrent publishers.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use herald_core::{Event, EventId};
 
 use super::AppendLog;
+use crate::worker::{Batches, Worker};
 
 /// Most events written as one batch.
 const MAX_BATCH_EVENTS: usize = 4_096;
@@ -124,8 +124,7 @@ type Append = (Arc<Event>, Option<Arc<str>>);
 /// Hand it events in id order (as the engine emits `Output::Append`); reports come back to the
 /// `on_commit` callback in the same order.
 pub struct GroupCommitter {
-    queue: Option<mpsc::Sender<Append>>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker<Append>,
     metrics: Arc<LogMetrics>,
 }
 
@@ -139,31 +138,20 @@ impl GroupCommitter {
         log: Arc<dyn AppendLog>,
         on_commit: impl FnMut(CommitReport) + Send + 'static,
     ) -> Self {
-        let (queue, incoming) = mpsc::channel();
         let metrics = Arc::new(LogMetrics::default());
         let thread_metrics = Arc::clone(&metrics);
-        let thread = std::thread::Builder::new()
-            .name("herald-log-commit".into())
-            .spawn(move || run(&*log, &incoming, on_commit, &thread_metrics))
-            .expect("the OS refused to start the log commit thread");
-        Self {
-            queue: Some(queue),
-            thread: Some(thread),
-            metrics,
-        }
+        let worker = Worker::start("herald-log-commit", move |incoming| {
+            run(&*log, &incoming, on_commit, &thread_metrics);
+        });
+        Self { worker, metrics }
     }
 
     /// Queues `event` (and the idempotency key it was published with) for the next batch;
     /// never blocks. Call in id order.
     pub fn append(&self, event: Arc<Event>, key: Option<Arc<str>>) {
         self.metrics.record_enqueued(1);
-        let id = event.id;
-        let sent = self
-            .queue
-            .as_ref()
-            .is_some_and(|queue| queue.send((event, key)).is_ok());
-        if !sent {
-            tracing::error!(%id, "the log commit thread is gone; event not stored");
+        if let Err((event, _)) = self.worker.send((event, key)) {
+            tracing::error!(id = %event.id, "the log commit thread is gone; event not stored");
         }
     }
 
@@ -172,31 +160,16 @@ impl GroupCommitter {
         Arc::clone(&self.metrics)
     }
 
-    /// Commits everything queued, reports it, flushes the log, and stops the thread.
+    /// Commits everything queued, reports it, flushes the log, and stops the thread (also
+    /// what dropping it does).
     pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        // Closing the channel lets the thread drain what is queued, then end.
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the log commit thread panicked");
-        }
-    }
-}
-
-impl Drop for GroupCommitter {
-    fn drop(&mut self) {
-        self.stop_and_join();
+        self.worker.stop();
     }
 }
 
 fn run(
     log: &dyn AppendLog,
-    incoming: &mpsc::Receiver<Append>,
+    incoming: &Batches<Append>,
     mut on_commit: impl FnMut(CommitReport),
     metrics: &LogMetrics,
 ) {
@@ -207,20 +180,16 @@ fn run(
     // behind acknowledged ids.
     let mut stopped: Option<String> = None;
     // Adds one append to the batch; returns its data's size.
-    let take = |(event, key): Append, batch: &mut Vec<Arc<Event>>, keys: &mut Vec<_>| {
+    let mut bytes = 0;
+    while incoming.next(|(event, key)| {
         if let Some(key) = key {
             keys.push((event.id, key));
         }
-        let len = event.data.len();
+        bytes += event.data.len();
         batch.push(event);
-        len
-    };
-    while let Ok(first) = incoming.recv() {
-        let mut bytes = take(first, &mut batch, &mut keys);
-        while batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
-            let Ok(next) = incoming.try_recv() else { break };
-            bytes += take(next, &mut batch, &mut keys);
-        }
+        batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES
+    }) {
+        bytes = 0;
         let count = batch.len();
         let report = match &stopped {
             Some(reason) => Err(format!(
