@@ -64,8 +64,12 @@ return {floor, entries}
 const MAX_BATCH: usize = 1_024;
 /// How long one `XREAD` waits for new entries; also how quickly the reader notices a stop.
 const READ_BLOCK: Duration = Duration::from_millis(250);
-/// Entries taken per `XREAD`.
-const READ_COUNT: &str = "1024";
+/// Entries taken per read: enough to amortise the round trip, few enough that a run of
+/// large events stays a bounded reply.
+const READ_COUNT: &str = "256";
+/// The longest an idempotency key is remembered (or `--retain-age`, if shorter): retries
+/// come within minutes, and a key per publish for a week would be most of Redis's memory.
+const MAX_KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// How often the reader refreshes the shared log's cached bounds while events arrive.
 const BOUNDS_REFRESH: Duration = Duration::from_secs(1);
 /// The longest pause between attempts to reach Redis again.
@@ -123,7 +127,13 @@ impl Publisher {
 
 fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
     let mut script = Script::new(APPEND_SCRIPT);
-    let ttl = log.retention().max_age.as_secs().max(1).to_string();
+    let ttl = log
+        .retention()
+        .max_age
+        .min(MAX_KEY_TTL)
+        .as_secs()
+        .max(1)
+        .to_string();
     let mut conn: Option<Connection> = None;
     let mut jobs = Vec::new();
     while incoming.next(|job| {

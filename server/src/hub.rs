@@ -409,7 +409,8 @@ impl Driver {
                 let unread = req
                     .last_id
                     .is_some_and(|last| self.engine.last_id().is_none_or(|seen| last > seen));
-                if unread && matches!(self.appender, Some(Appender::Cluster { .. })) {
+                let room = self.deferred.len() < self.engine.config().max_connections;
+                if unread && room && matches!(self.appender, Some(Appender::Cluster { .. })) {
                     // Another instance gave the client an id this one's reader has not
                     // reached yet (they are milliseconds apart): wait for it rather than
                     // call the id unknown.

@@ -21,7 +21,7 @@ use crate::redis::{Connection, Pool, RedisConfig, RedisError, Value};
 /// The oldest Redis that has what resets need (`XINFO STREAM`'s `max-deleted-entry-id`).
 const MIN_REDIS_MAJOR: u64 = 7;
 /// Entries fetched per `XRANGE` while filling a page of history.
-const SCAN_CHUNK: usize = 1_000;
+const SCAN_CHUNK: usize = 256;
 /// How long one command may take before the connection counts as broken.
 pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The stream entry field holding the event record.
@@ -34,7 +34,8 @@ pub struct RedisLogConfig {
     /// The Redis server.
     pub redis: RedisConfig,
     /// Prefix of every key Herald writes: `{prefix}:events` (the stream) and
-    /// `{prefix}:idem:{key}` (idempotency keys). Instances of one deployment share it.
+    /// `{prefix}:idem:{key}` (idempotency keys, kept 24 h or `--retain-age` if shorter).
+    /// Instances of one deployment share it.
     pub prefix: String,
     /// Count and age limits, applied every trim interval (the byte limit does not apply).
     pub retention: Retention,
