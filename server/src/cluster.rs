@@ -400,6 +400,7 @@ fn read_loop(
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
     let mut refreshed = Instant::now();
+    let mut dirty = false;
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
             match open_reader(log) {
@@ -423,7 +424,17 @@ fn read_loop(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        match read_step(c, log, &mut script, last) {
+        let step = read_step(c, log, &mut script, last);
+        // Stats read the cached bounds: refresh them at most once a second after events
+        // arrived (also on the idle step after a burst, so the last figures show).
+        if dirty && refreshed.elapsed() >= BOUNDS_REFRESH {
+            refreshed = Instant::now();
+            dirty = false;
+            if let Err(error) = log.refresh_bounds() {
+                tracing::debug!(%error, "cannot refresh the shared log's bounds");
+            }
+        }
+        match step {
             Ok(Step::Idle) => {}
             Ok(Step::Read {
                 events,
@@ -444,15 +455,9 @@ fn read_loop(
                     }
                 }
                 last = read_to.or(last);
+                dirty = true;
                 if !events.is_empty() {
                     deliver(Tail::Events(events));
-                }
-                // Stats read the cached bounds: keep them roughly current as events arrive.
-                if refreshed.elapsed() >= BOUNDS_REFRESH {
-                    refreshed = Instant::now();
-                    if let Err(error) = log.refresh_bounds() {
-                        tracing::debug!(%error, "cannot refresh the shared log's bounds");
-                    }
                 }
             }
             Err(error) => {
