@@ -27,6 +27,12 @@
 //! let next_wakeup: Option<Instant> = engine.poll_timeout(); // call handle_timeout then
 //! # let _ = (conn, next_wakeup);
 //! ```
+//!
+//! A driver whose log assigns ids itself (the server's cluster mode: a Redis stream that
+//! several servers share) checks publishes with [`Engine::handle_shared_publish`], appends
+//! them to that log, and feeds everything the log holds, in its order, to
+//! [`Engine::handle_replicated`]; [`Engine::handle_log_gap`] tells the engine that the log
+//! lost events before this server read them.
 
 pub mod admin;
 pub mod conn;
