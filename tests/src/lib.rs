@@ -201,38 +201,50 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Writes a self-signed certificate for `localhost` and `127.0.0.1` into `dir` with the
-/// `openssl` command; returns the certificate and key paths (PEM).
-pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-    ])
-    .args([
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        "-days",
-        "2",
-    ])
-    .arg("-keyout")
-    .arg(&key)
-    .arg("-out")
-    .arg(&cert);
-    let out = run_bounded(&mut cmd, WAIT);
-    assert!(
-        out.status.success(),
-        "openssl could not make a certificate: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// A test CA and a server certificate it issued for `localhost` and `127.0.0.1` (PEM files).
+pub struct TestCerts {
+    /// The CA's certificate: what a client is told to trust.
+    pub ca: PathBuf,
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+}
+
+/// Writes a CA and a server certificate it signed into `dir` with the `openssl` command. The
+/// server certificate is an end-entity one (not a CA), as rustls clients require.
+pub fn test_certs(dir: &Path) -> TestCerts {
+    std::fs::write(
+        dir.join("cert.ext"),
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write the extensions file");
+    // Run in `dir`, so every file is named by a plain relative name.
+    let openssl = |args: &str| {
+        let args: Vec<&str> = args.split(' ').collect();
+        let out = run_bounded(Command::new("openssl").args(&args).current_dir(dir), WAIT);
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The CA (self-signed, a CA by openssl's defaults), the server's key and signing request,
+    // then the CA's signature on it.
+    openssl(
+        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=herald-test-ca \
+         -keyout ca-key.pem -out ca.pem",
     );
-    (cert, key)
+    openssl("req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out cert.csr");
+    openssl(
+        "x509 -req -days 2 -set_serial 2 -in cert.csr -CA ca.pem -CAkey ca-key.pem \
+         -extfile cert.ext -out cert.pem",
+    );
+    TestCerts {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    }
 }
 
 /// Keeps the child's environment free of the runner's `HERALD_*` settings.

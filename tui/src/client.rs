@@ -12,6 +12,7 @@
 //! silence allowed on the stream (the server sends stats every second).
 
 use std::error::Error as _;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use herald_core::{ConnId, ConnectionInfo, Parser, Stats, TopicInfo};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -29,6 +31,7 @@ use tokio::time::{sleep, timeout};
 
 use crate::app::{Command, PublishBody};
 use crate::event::{ApiError, LinkState, ServerMsg, admin_message};
+use crate::tls;
 
 /// Every network wait the client makes, bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +75,8 @@ pub struct ClientConfig {
     base: String,
     /// The `Authorization` header value, if a token was given.
     auth: Option<HeaderValue>,
+    /// The TLS settings for an `https://` base URL.
+    tls: rustls::ClientConfig,
     /// The bounds on every wait.
     timeouts: Timeouts,
 }
@@ -89,26 +94,32 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ClientConfig {
-    /// Checks the URL (plain `http://host:port`, optionally with a path prefix) and the token.
-    pub fn new(url: &str, token: Option<&str>) -> Result<Self, ConfigError> {
+    /// Checks the URL (`http://host:port` or `https://host:port`, optionally with a path
+    /// prefix), the token, and for https the certificates to trust (the system's, plus those in
+    /// `ca_file`).
+    pub fn new(
+        url: &str,
+        token: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
         let base = url.trim().trim_end_matches('/');
         let uri: Uri = base
             .parse()
             .map_err(|e| ConfigError(format!("--url {url:?} is not a URL: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(ConfigError(
-                    "https is not supported yet: use http:// (or a local TLS-terminating proxy)"
-                        .to_owned(),
-                ));
+        let roots = match (uri.scheme_str(), ca_file) {
+            (Some("https"), ca_file) => tls::roots(ca_file)?,
+            (Some("http"), None) => rustls::RootCertStore::empty(),
+            (Some("http"), Some(_)) => {
+                return Err(ConfigError(format!(
+                    "--ca-file applies to https:// URLs only, and --url {url:?} is plain http"
+                )));
             }
             _ => {
                 return Err(ConfigError(format!(
-                    "--url {url:?} must start with http://"
+                    "--url {url:?} must start with http:// or https://"
                 )));
             }
-        }
+        };
         if uri.authority().is_none() {
             return Err(ConfigError(format!("--url {url:?} has no host")));
         }
@@ -124,6 +135,7 @@ impl ClientConfig {
         Ok(Self {
             base: base.to_owned(),
             auth,
+            tls: tls::client_config(roots)?,
             timeouts: Timeouts::default(),
         })
     }
@@ -141,10 +153,11 @@ impl ClientConfig {
     }
 }
 
-/// The HTTP side: one pooled hyper client plus the base URL and credentials.
+/// The HTTP side: one pooled hyper client (plain or TLS by the URL's scheme) plus the base
+/// URL and credentials.
 #[derive(Clone, Debug)]
 struct Http {
-    client: HyperClient<HttpConnector, Full<Bytes>>,
+    client: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     config: ClientConfig,
 }
 
@@ -174,6 +187,13 @@ impl Http {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeouts.connect));
         connector.set_nodelay(true);
+        // The TLS layer takes https:// URLs; without this the TCP layer would refuse them.
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(config.tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -301,7 +321,9 @@ fn describe_request_error(error: &hyper_util::client::legacy::Error) -> String {
     while let Some(source) = innermost.source() {
         innermost = source;
     }
-    if error.is_connect() {
+    if error.is_connect() && innermost.to_string().contains("certificate") {
+        format!("the server's certificate is not trusted: {innermost} (give its CA with --ca-file)")
+    } else if error.is_connect() {
         format!("cannot reach the server: {innermost}")
     } else {
         format!("request failed: {innermost}")
@@ -533,21 +555,31 @@ mod tests {
 
     #[test]
     fn urls_are_checked_before_anything_starts() {
-        let ok = ClientConfig::new("http://127.0.0.1:7070/", None).unwrap();
+        let config = |url: &str, token: Option<&str>| ClientConfig::new(url, token, None);
+        let ok = config("http://127.0.0.1:7070/", None).unwrap();
         assert_eq!(ok.base(), "http://127.0.0.1:7070");
         assert!(ok.auth.is_none());
-        assert!(ClientConfig::new("127.0.0.1:7070", None).is_err());
-        assert!(ClientConfig::new("https://h:1", None).is_err());
-        assert!(ClientConfig::new("http://h:1?x=1", None).is_err());
-        assert!(ClientConfig::new("http://h:1", Some("a\nb")).is_err());
-        let with_token = ClientConfig::new("http://h:1/prefix", Some(" t0k ")).unwrap();
+        assert!(config("127.0.0.1:7070", None).is_err());
+        assert!(config("ftp://h:1", None).is_err());
+        assert!(config("http://h:1?x=1", None).is_err());
+        assert!(config("http://h:1", Some("a\nb")).is_err());
+        let with_token = config("http://h:1/prefix", Some(" t0k ")).unwrap();
         assert_eq!(with_token.auth.unwrap(), "Bearer t0k");
-        assert!(
-            ClientConfig::new("http://h:1", Some(""))
-                .unwrap()
-                .auth
-                .is_none()
-        );
+        assert!(config("http://h:1", Some("")).unwrap().auth.is_none());
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates_and_only_https_uses_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error = ClientConfig::new("https://h:1", None, Some(&missing)).unwrap_err();
+        assert!(error.0.starts_with("--ca-file "), "{error}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = ClientConfig::new("https://h:1", None, Some(&empty)).unwrap_err();
+        assert!(error.0.ends_with("holds no PEM certificate"), "{error}");
+        let error = ClientConfig::new("http://h:1", None, Some(&empty)).unwrap_err();
+        assert!(error.0.contains("https:// URLs only"), "{error}");
     }
 
     #[test]
@@ -599,7 +631,7 @@ mod tests {
     async fn the_stream_delivers_the_snapshot_then_events_and_reports_a_lost_server() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let config = ClientConfig::new(&url, Some("secret")).unwrap();
+        let config = ClientConfig::new(&url, Some("secret"), None).unwrap();
         let (tx, mut rx) = mpsc::channel(64);
         let _commands = start(config, tx);
 
@@ -652,7 +684,7 @@ mod tests {
             stream_idle: Duration::from_millis(200),
             ..Timeouts::default()
         };
-        let config = ClientConfig::new(&url, None)
+        let config = ClientConfig::new(&url, None, None)
             .unwrap()
             .with_timeouts(timeouts);
         let (tx, mut rx) = mpsc::channel(64);
@@ -686,7 +718,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, mut rx) = mpsc::channel(64);
-        let _commands = start(ClientConfig::new(&url, Some("bad")).unwrap(), tx);
+        let _commands = start(ClientConfig::new(&url, Some("bad"), None).unwrap(), tx);
         let body = r#"{"error":"invalid token signature"}"#;
         let response = format!(
             "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -713,7 +745,7 @@ mod tests {
     async fn publish_returns_the_id_or_the_servers_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let http = Http::new(ClientConfig::new(&url, None).unwrap());
+        let http = Http::new(ClientConfig::new(&url, None, None).unwrap());
         let body = PublishBody {
             topics: vec!["orders".to_owned()],
             users: Vec::new(),
@@ -769,7 +801,7 @@ mod tests {
             ..Timeouts::default()
         };
         let http = Http::new(
-            ClientConfig::new(&url, None)
+            ClientConfig::new(&url, None, None)
                 .unwrap()
                 .with_timeouts(timeouts),
         );

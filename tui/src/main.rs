@@ -1,16 +1,18 @@
 //! herald-tui: the operator's live console for a Herald server.
 //!
 //! `herald-tui --url http://127.0.0.1:7070 --token <admin token>` (or `HERALD_URL`,
-//! `HERALD_TOKEN`). The loop is The Elm Architecture: terminal events and server messages
+//! `HERALD_TOKEN`; `https://` URLs too, with `--ca-file` for a private CA). The loop is The Elm Architecture: terminal events and server messages
 //! become [`event::Action`]s, [`app::App::update`] applies them and may return a command for
 //! the [`client`], and [`ui::draw`] paints the state.
 
 mod app;
 mod client;
 mod event;
+mod tls;
 mod ui;
 
 use std::io::{self, Stdout};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -42,9 +44,13 @@ const SERVER_QUEUE: usize = 4096;
 #[derive(Debug, clap::Parser)]
 #[command(name = "herald-tui", version, about)]
 struct Cli {
-    /// The server's base URL (plain http).
+    /// The server's base URL: http://host:port, or https://host:port for a server started
+    /// with --tls-cert (its certificate must chain to the system's roots or to --ca-file).
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7070")]
     url: String,
+    /// PEM certificates to trust besides the system's for an https:// URL (your private CA's).
+    #[arg(long, env = "HERALD_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// An admin token (sent as `Authorization: Bearer`); not needed against `herald serve --dev`.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -53,7 +59,7 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Check the arguments before the terminal changes, so errors print normally.
-    let config = ClientConfig::new(&cli.url, cli.token.as_deref())?;
+    let config = ClientConfig::new(&cli.url, cli.token.as_deref(), cli.ca_file.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,10 +1,13 @@
 //! The operator console, for real: `herald-tui` runs in tmux against a running server, sees a
-//! subscriber in its table, composes a broadcast, and the subscriber receives it.
+//! subscriber in its table, composes a broadcast, and the subscriber receives it; over https
+//! it trusts the server only through `--ca-file`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use herald_tests::{Herald, WAIT, run_bounded, tui_bin};
+use herald_tests::{Herald, TestCerts, WAIT, run_bounded, test_certs, tui_bin};
+
+use crate::transport::Curl;
 
 /// A tmux session killed on drop.
 struct Tmux {
@@ -103,14 +106,22 @@ fn tmux_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// False (after saying SKIPPED) when tmux is missing outside CI; in CI a missing tmux fails.
+fn tmux_or_skip() -> bool {
+    if tmux_available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "tmux is missing: `apt-get install tmux` (bash .ci/run does)"
+    );
+    eprintln!("SKIPPED: tmux is not installed (run bash .ci/run to install)");
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_a_subscriber_and_its_broadcast_reaches_it() {
-    if !tmux_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tmux is missing: `apt-get install tmux` (bash .ci/run does)"
-        );
-        eprintln!("SKIPPED: tmux is not installed (run bash .ci/run to install)");
+    if !tmux_or_skip() {
         return;
     }
     let herald = Herald::start(&["--dev"]);
@@ -148,5 +159,58 @@ async fn the_console_shows_a_subscriber_and_its_broadcast_reaches_it() {
         screen.contains(&event.last_event_id),
         "the console shows the id {} it got back; screen:\n{screen}",
         event.last_event_id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_console_trusts_the_server_only_through_its_ca_file() {
+    if !tmux_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let TestCerts { ca, cert, key } = test_certs(dir.path());
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let herald = Herald::start(&[
+        "--dev",
+        "--tls-cert",
+        &path(&cert),
+        "--tls-key",
+        &path(&key),
+    ]);
+    let url = herald.url("");
+    assert!(url.starts_with("https://"), "{url}");
+    let mut subscriber = Curl::subscribe("--http1.1", &herald.url("/events?topic=tls-demo"));
+    subscriber.line_starting("retry: ").await;
+    let tui = tui_bin().display().to_string();
+
+    // The test CA is not in the system's store: the console refuses the server and says why.
+    let untrusting = Tmux::start(&format!("{tui} --url {url}"));
+    untrusting.wait_for("the certificate error in the header", |s| {
+        s.contains("✗ disconnected") && s.contains("not trusted") && s.contains("--ca-file")
+    });
+
+    // Given the CA, it connects, lists the subscriber and publishes to its topic.
+    let console = Tmux::start(&format!("{tui} --url {url} --ca-file {}", path(&ca)));
+    console.wait_for("the https subscriber in the connections table", |s| {
+        s.contains("● live") && s.lines().any(|l| l.contains("tls-demo"))
+    });
+    console.keys(&["p"]);
+    console.wait_for("the compose form", |s| s.contains("Compose an event"));
+    // "topic" is the form's default: Tab to the target, then Event, Data as, Data.
+    console.keys(&["Tab"]);
+    console.type_text("tls-demo");
+    console.keys(&["Tab", "Tab", "Tab"]);
+    console.type_text(r#"{"over":"https"}"#);
+    console.keys(&["Enter"]);
+    let screen = console.wait_for("the id the server returned", |s| s.contains("published"));
+    let id = subscriber.line_starting("id: ").await;
+    assert_eq!(
+        subscriber.line_starting("data: ").await,
+        r#"data: {"over":"https"}"#
+    );
+    let id = id.trim_start_matches("id: ");
+    assert!(
+        screen.contains(id),
+        "the console shows the id {id}; screen:\n{screen}"
     );
 }

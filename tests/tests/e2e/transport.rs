@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use herald_tests::{H2Connection, Herald, WAIT, run_bounded, self_signed_cert};
+use herald_tests::{H2Connection, Herald, TestCerts, WAIT, run_bounded, test_certs};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -54,14 +54,16 @@ async fn http2_with_prior_knowledge_and_http1_share_a_port_and_both_receive() {
 }
 
 /// `curl` following an event stream; its output read line by line with bounded waits.
-struct Curl {
+pub(crate) struct Curl {
     _child: Child,
     lines: Lines<BufReader<ChildStdout>>,
     seen: Vec<String>,
 }
 
 impl Curl {
-    fn subscribe(protocol: &str, url: &str) -> Self {
+    /// Subscribes with `curl -N`; `protocol` is `--http1.1` or `--http2`. Certificates are
+    /// not checked (`-k`).
+    pub(crate) fn subscribe(protocol: &str, url: &str) -> Self {
         let mut child = Command::new("curl")
             .args([protocol, "-sk", "-N", "-i", "--max-time", "30", url])
             .stdin(Stdio::null())
@@ -79,7 +81,7 @@ impl Curl {
     }
 
     /// Reads lines until one starts with `prefix`; returns it.
-    async fn line_starting(&mut self, prefix: &str) -> String {
+    pub(crate) async fn line_starting(&mut self, prefix: &str) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line())
@@ -122,7 +124,7 @@ fn curl_publish(url: &str, body: &Value) -> String {
 #[tokio::test]
 async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1() {
     let certs = tempfile::tempdir().expect("a temp dir");
-    let (cert, key) = self_signed_cert(certs.path());
+    let TestCerts { cert, key, .. } = test_certs(certs.path());
     let herald = Herald::start(&[
         "--dev",
         "--tls-cert",
