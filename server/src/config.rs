@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::log::{FsyncPolicy, LogConfig, RedisLogConfig, Retention};
 use crate::redis::RedisConfig;
+use crate::tls::ClientFiles;
 
 /// The flags of `herald serve`. Every flag also reads `HERALD_<NAME>` (upper case, `_` for
 /// `-`), and every setting can be written in the `--config` TOML file under the flag's name
@@ -94,8 +95,8 @@ pub struct ServeArgs {
     pub backlog: Option<u32>,
     /// Cluster mode: keep the log in this Redis (7.0 or later), shared with every other
     /// instance given the same URL and --redis-prefix, so a client may publish to, subscribe
-    /// to and resume on any of them. Form: `redis://[[user]:password@]host[:port][/db]`
-    /// (prefer HERALD_REDIS for a password). The embedded log is not used: --data-dir,
+    /// to and resume on any of them. Form: `redis://[[user]:password@]host[:port][/db]`, or
+    /// `rediss://...` for TLS (prefer HERALD_REDIS for a password). The embedded log is not used: --data-dir,
     /// --fsync and --retain-bytes do not apply (durability is Redis's own persistence).
     #[arg(long, env = "HERALD_REDIS", hide_env_values = true)]
     pub redis: Option<RedisConfig>,
@@ -103,6 +104,16 @@ pub struct ServeArgs {
     /// deployment on the same Redis picks another [default: herald].
     #[arg(long, env = "HERALD_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
+    /// For rediss://: PEM certificates to trust besides the system's (your Redis's CA).
+    #[arg(long, env = "HERALD_REDIS_CA_FILE", value_name = "PEM")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// For rediss:// to a Redis that asks for client certificates (`tls-auth-clients`): this
+    /// instance's certificate chain (PEM), with --redis-tls-key.
+    #[arg(long, env = "HERALD_REDIS_TLS_CERT", value_name = "PEM")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --redis-tls-cert.
+    #[arg(long, env = "HERALD_REDIS_TLS_KEY", value_name = "PEM")]
+    pub redis_tls_key: Option<PathBuf>,
 }
 
 /// The settings file: the same names as the flags, with `_` for `-`.
@@ -132,6 +143,9 @@ struct FileConfig {
     backlog: Option<u32>,
     redis: Option<String>,
     redis_prefix: Option<String>,
+    redis_ca_file: Option<PathBuf>,
+    redis_tls_cert: Option<PathBuf>,
+    redis_tls_key: Option<PathBuf>,
 }
 
 /// Every setting of a running server, resolved.
@@ -252,18 +266,10 @@ impl ServeArgs {
                 .or(file.retain_bytes)
                 .unwrap_or(defaults.max_bytes),
         };
-        let tls = match (
-            self.tls_cert.clone().or(file.tls_cert),
-            self.tls_key.clone().or(file.tls_key),
-        ) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "--tls-cert and --tls-key go together".into(),
-                ));
-            }
-        };
+        let tls = cert_and_key(
+            ("--tls-cert", self.tls_cert.clone().or(file.tls_cert)),
+            ("--tls-key", self.tls_key.clone().or(file.tls_key)),
+        )?;
         let redis = match (&self.redis, &file.redis) {
             (Some(url), _) => Some(url.clone()),
             (None, Some(url)) => Some(
@@ -272,6 +278,28 @@ impl ServeArgs {
             ),
             (None, None) => None,
         };
+        let redis_tls_files = ClientFiles {
+            ca_file: self.redis_ca_file.clone().or(file.redis_ca_file),
+            identity: cert_and_key(
+                (
+                    "--redis-tls-cert",
+                    self.redis_tls_cert.clone().or(file.redis_tls_cert),
+                ),
+                (
+                    "--redis-tls-key",
+                    self.redis_tls_key.clone().or(file.redis_tls_key),
+                ),
+            )?,
+        };
+        if redis_tls_files != ClientFiles::default()
+            && !redis.as_ref().is_some_and(RedisConfig::uses_tls)
+        {
+            return Err(ConfigError::Invalid(
+                "--redis-ca-file, --redis-tls-cert and --redis-tls-key apply to a rediss:// \
+                 --redis URL only"
+                    .into(),
+            ));
+        }
         let redis = match redis {
             None => None,
             Some(redis) => {
@@ -304,6 +332,9 @@ impl ServeArgs {
                         "redis-prefix {prefix:?} must be non-empty, without spaces or control characters"
                     )));
                 }
+                let redis = redis
+                    .with_tls_files(&redis_tls_files)
+                    .map_err(|e| ConfigError::Invalid(format!("Redis TLS: {e}")))?;
                 Some(RedisLogConfig {
                     redis,
                     prefix,
@@ -391,6 +422,20 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// A certificate and its key, given both or neither; the names are the flags, for the error.
+fn cert_and_key(
+    (cert_flag, cert): (&str, Option<PathBuf>),
+    (key_flag, key): (&str, Option<PathBuf>),
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((cert, key))),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Invalid(format!(
+            "{cert_flag} and {key_flag} go together"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,22 @@
 //! The blocking Redis client that cluster mode uses to share the log through Redis Streams.
 //!
-//! It speaks RESP2 over plain TCP and nothing more: [`Connection`] sends one command
+//! It speaks RESP2 over TCP, or over TLS with rustls for `rediss://`, and nothing more:
+//! [`Connection`] sends one command
 //! ([`Connection::query`]) or many in one round trip ([`Connection::pipeline`]), and [`Pool`]
 //! keeps a few connections for threads that issue short commands. It is blocking on purpose:
 //! like the sled log it runs on dedicated threads, so it needs no async runtime, and we avoid
 //! the `redis` crate's build time.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+use crate::tls::{ClientFiles, TlsError};
 
 /// Largest bulk string we accept (Redis allows 512 MiB; our payloads are far smaller).
 const MAX_BULK: usize = 64 << 20;
@@ -24,8 +29,10 @@ const MAX_LINE: usize = 64 << 10;
 /// Up-front capacity cap, so a length we have not yet received the bytes for costs little.
 const PREALLOC: usize = 64 << 10;
 
-/// Where Redis is: parsed from `redis://[[username]:password@]host[:port][/db]`.
-#[derive(Clone, PartialEq, Eq)]
+/// Where Redis is: parsed from `redis://[[username]:password@]host[:port][/db]`, or
+/// `rediss://...` for TLS (trusting the system's roots until [`RedisConfig::with_tls_files`]
+/// says more).
+#[derive(Clone)]
 pub struct RedisConfig {
     /// Host name or IP address (an IPv6 address without brackets).
     pub host: String,
@@ -37,6 +44,27 @@ pub struct RedisConfig {
     pub password: Option<String>,
     /// Database selected with `SELECT` after connecting (0 sends none).
     pub db: u32,
+    /// `rediss://`: the TLS settings every connection uses.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// `rediss://` whose TLS settings are not resolved yet (parsing reads no files).
+    tls_pending: bool,
+}
+
+impl RedisConfig {
+    /// True for a `rediss://` URL.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some() || self.tls_pending
+    }
+
+    /// Use once at start-up for a `rediss://` URL: reads the CA file and client certificate
+    /// (and the system's roots) now, so a bad file is an error before anything connects.
+    pub fn with_tls_files(mut self, files: &ClientFiles) -> Result<Self, TlsError> {
+        if self.uses_tls() {
+            self.tls = Some(Arc::new(crate::tls::client_config(files)?));
+            self.tls_pending = false;
+        }
+        Ok(self)
+    }
 }
 
 /// Why a Redis URL was rejected; the message never repeats the password.
@@ -52,15 +80,15 @@ impl FromStr for RedisConfig {
     type Err = UrlError;
 
     fn from_str(url: &str) -> Result<Self, UrlError> {
-        let rest = match url.split_once("://") {
-            Some(("redis", rest)) => rest,
-            Some(("rediss", _)) => return Err(url_error("rediss:// (TLS) is not supported")),
+        let (rest, tls) = match url.split_once("://") {
+            Some(("redis", rest)) => (rest, false),
+            Some(("rediss", rest)) => (rest, true),
             Some((scheme, _)) => {
                 return Err(url_error(format!(
-                    "scheme `{scheme}://` is not supported; use redis://"
+                    "scheme `{scheme}://` is not supported; use redis:// or rediss:// (TLS)"
                 )));
             }
-            None => return Err(url_error("it must start with redis://")),
+            None => return Err(url_error("it must start with redis:// or rediss://")),
         };
         if rest.contains(['?', '#']) {
             return Err(url_error(
@@ -115,6 +143,8 @@ impl FromStr for RedisConfig {
             username,
             password,
             db,
+            tls: None,
+            tls_pending: tls,
         })
     }
 }
@@ -147,9 +177,13 @@ fn percent_decode(text: &str) -> Result<Option<String>, UrlError> {
 }
 
 impl fmt::Display for RedisConfig {
-    /// `redis://[user@]host:port/db`, never the password, because this goes in logs.
+    /// `redis[s]://[user@]host:port/db`, never the password, because this goes in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("redis://")?;
+        f.write_str(if self.uses_tls() {
+            "rediss://"
+        } else {
+            "redis://"
+        })?;
         if let Some(user) = &self.username {
             write!(f, "{user}@")?;
         }
@@ -169,6 +203,7 @@ impl fmt::Debug for RedisConfig {
             .field("username", &self.username)
             .field("password", &password)
             .field("db", &self.db)
+            .field("tls", &self.uses_tls())
             .finish()
     }
 }
@@ -383,19 +418,95 @@ fn read_reply<R: BufRead>(input: &mut R, depth: usize) -> Result<Reply, RedisErr
     }
 }
 
-/// One TCP connection to Redis; use [`Pool`] unless the thread owns its connection.
+/// The bytes under a [`Connection`]: TCP, or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => &tls.sock,
+        }
+    }
+
+    /// Wraps `tcp` in TLS for `host` and completes the handshake now (bounded by the
+    /// socket's timeouts), so a certificate problem is reported when connecting.
+    fn tls(
+        tcp: TcpStream,
+        host: &str,
+        settings: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, RedisError> {
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+            let message = format!("`{host}` is not a name a TLS certificate can hold");
+            io::Error::new(io::ErrorKind::InvalidInput, message)
+        })?;
+        let session = rustls::ClientConnection::new(settings, name).map_err(io::Error::other)?;
+        let mut stream = rustls::StreamOwned::new(session, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).map_err(|e| {
+                io::Error::new(e.kind(), format!("TLS handshake with `{host}`: {e}"))
+            })?;
+        }
+        Ok(Transport::Tls(Box::new(stream)))
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.read(buf),
+            Transport::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.write(buf),
+            Transport::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.flush(),
+            Transport::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Transport::Plain(_) => "tcp",
+            Transport::Tls(_) => "tls",
+        };
+        write!(f, "{kind} {:?}", self.tcp().peer_addr().ok())
+    }
+}
+
+/// The largest command buffer kept between sends (a big pipeline's is freed after it).
+const KEEP_OUT_BUFFER: usize = 1 << 20;
+
+/// One connection to Redis; use [`Pool`] unless the thread owns its connection.
 /// After a connection error it refuses further commands (`NotConnected`); open a new one.
 #[derive(Debug)]
 pub struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    stream: BufReader<Transport>,
+    /// Commands encoded for the next write.
+    out: Vec<u8>,
     /// Set by a connection error: the stream may be mid-reply, so its next reply is not ours.
     broken: bool,
 }
 
 impl Connection {
     /// Use to connect: resolves the host and tries each address with `timeout`, then sets
-    /// TCP_NODELAY, read and write timeouts of `timeout`, sends `AUTH` and `SELECT` if configured.
+    /// TCP_NODELAY, read and write timeouts of `timeout`, completes the TLS handshake for
+    /// `rediss://`, and sends `AUTH` and `SELECT` if configured.
     pub fn open(config: &RedisConfig, timeout: Duration) -> Result<Self, RedisError> {
         let host = config.host.as_str();
         let addrs = (host, config.port).to_socket_addrs().map_err(|error| {
@@ -417,10 +528,18 @@ impl Connection {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let reader = BufReader::new(stream.try_clone()?);
+        let transport = match (&config.tls, config.tls_pending) {
+            (Some(settings), _) => Transport::tls(stream, host, settings.clone())?,
+            (None, true) => {
+                let settings = crate::tls::client_config(&ClientFiles::default())
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                Transport::tls(stream, host, Arc::new(settings))?
+            }
+            (None, false) => Transport::Plain(stream),
+        };
         let mut connection = Self {
-            reader,
-            writer: BufWriter::new(stream),
+            stream: BufReader::new(transport),
+            out: Vec::new(),
             broken: false,
         };
         if let Some(password) = &config.password {
@@ -438,7 +557,7 @@ impl Connection {
     /// Use before a blocking read (`XREAD BLOCK`) to wait longer than the open timeout;
     /// `None` waits forever.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.reader.get_ref().set_read_timeout(timeout)
+        self.stream.get_ref().tcp().set_read_timeout(timeout)
     }
 
     /// Use to send one command, e.g. `[b"XADD", b"key", b"*", b"f", b"v"]`. An error reply is
@@ -482,14 +601,21 @@ impl Connection {
         if commands.iter().any(|command| command.as_ref().is_empty()) {
             return Err(protocol("an empty command"));
         }
+        self.out.clear();
         for command in commands {
-            write_command(&mut self.writer, command.as_ref())?;
+            write_command(&mut self.out, command.as_ref())?;
         }
-        Ok(self.writer.flush()?)
+        let transport = self.stream.get_mut();
+        transport.write_all(&self.out)?;
+        transport.flush()?;
+        if self.out.capacity() > KEEP_OUT_BUFFER {
+            self.out = Vec::new();
+        }
+        Ok(())
     }
 
     fn read(&mut self) -> Result<Reply, RedisError> {
-        read_reply(&mut self.reader, 0).map_err(|error| match error {
+        read_reply(&mut self.stream, 0).map_err(|error| match error {
             // A read timeout surfaces as EAGAIN on Unix, whose text does not say "timeout".
             RedisError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -739,7 +865,6 @@ mod tests {
 
     #[test]
     fn bad_urls_are_rejected_without_echoing_the_password() {
-        assert!(url("rediss://h").unwrap_err().to_string().contains("TLS"));
         let bad = "http://h h:6379 redis:// redis://:6379 redis://h: redis://h:0 redis://h:70000 \
                    redis://h:x redis://h/x redis://h/1/2 redis://h?db=1 redis://u@h redis://:%zz@h \
                    redis://[::1 redis://[::1]x";
@@ -748,6 +873,20 @@ mod tests {
         }
         let error = url("redis://:topsecret@h:bad").unwrap_err().to_string();
         assert!(!error.contains("topsecret"), "{error}");
+    }
+
+    #[test]
+    fn rediss_means_tls_and_says_so_in_logs() {
+        let config = url("rediss://:pw@redis.example:6380/1").unwrap();
+        assert!(config.uses_tls());
+        assert_eq!(config.to_string(), "rediss://redis.example:6380/1");
+        assert!(!url("redis://h").unwrap().uses_tls());
+        assert!(
+            url("redis://h")
+                .unwrap()
+                .to_string()
+                .starts_with("redis://")
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! HTTPS: a rustls acceptor offering HTTP/2 and HTTP/1.1 by ALPN.
+//! TLS with rustls: the HTTPS acceptor (HTTP/2 and HTTP/1.1 by ALPN), and the client
+//! settings for `rediss://`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -26,29 +28,93 @@ pub enum TlsError {
         /// Why.
         message: String,
     },
+    /// A file of certificates to trust could not be read or holds none.
+    #[error("cannot read CA certificates {path}: {message}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Nothing to trust: the system's store is empty and no CA file was given.
+    #[error("no trusted certificates: the system's store is empty; give a CA file")]
+    NoRoots,
     /// rustls refused the pair.
     #[error("TLS certificate and key do not work together: {0}")]
     Config(#[from] rustls::Error),
 }
 
+/// Reads every certificate in a PEM file; `what` builds the error.
+fn read_certs(
+    path: &Path,
+    what: impl Fn(String, String) -> TlsError,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| what(path.display().to_string(), e.to_string()))?;
+    if certs.is_empty() {
+        return Err(what(
+            path.display().to_string(),
+            "no certificate found".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key in a PEM file.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn cert_error(path: String, message: String) -> TlsError {
+    TlsError::Cert { path, message }
+}
+
+/// The files a TLS client uses besides the system's trusted roots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientFiles {
+    /// More certificates to trust (a private CA's), PEM.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM), for servers that ask for one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Client settings that trust the system's roots plus `files.ca_file`, and present
+/// `files.identity` when the server asks for a client certificate.
+pub fn client_config(files: &ClientFiles) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    // Certificates in the system store that do not parse are skipped, as browsers do.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = &files.ca_file {
+        let ca_error = |path, message| TlsError::Ca { path, message };
+        for cert in read_certs(path, ca_error)? {
+            roots
+                .add(cert)
+                .map_err(|e| ca_error(path.display().to_string(), e.to_string()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoRoots);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match &files.identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            builder.with_client_auth_cert(read_certs(cert, cert_error)?, read_key(key)?)?
+        }
+    })
+}
+
 /// Builds an acceptor from PEM files.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Cert {
-            path: cert.display().to_string(),
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Cert {
-            path: cert.display().to_string(),
-            message: "no certificate found".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
-        path: key.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let certs = read_certs(cert, cert_error)?;
+    let key = read_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use herald_core::ParsedEvent;
 use herald_tests::{
-    Herald, RedisPrefix, WAIT, eventually, herald_bin, run_bounded, skip, test_redis,
+    Herald, RedisPrefix, TestCerts, WAIT, eventually, herald_bin, run_bounded, skip, test_certs,
+    test_redis,
 };
 use serde_json::{Value, json};
 
@@ -161,46 +162,76 @@ async fn a_client_behind_the_shared_retention_is_told_it_missed_events() {
     assert_eq!(ids(&got[1..]), published[3..], "{}", resumed.raw_text());
 }
 
+/// Runs `herald serve --dev` with `extra`, which must make it exit at start-up; returns what
+/// it printed on stderr.
+fn serve_fails(extra: &[&str]) -> String {
+    let mut cmd = Command::new(herald_bin());
+    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .args(extra);
+    let out = run_bounded(&mut cmd, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "herald {extra:?} started: {stderr}");
+    stderr
+}
+
 #[test]
-fn cluster_mode_refuses_an_unreachable_redis_and_embedded_log_settings_clearly() {
-    let serve = |extra: &[&str]| {
-        let mut cmd = Command::new(herald_bin());
-        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-            .args(extra);
-        run_bounded(&mut cmd, WAIT)
-    };
-    let out = serve(&["--redis", "redis://127.0.0.1:1"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+fn cluster_mode_refuses_an_unreachable_redis_and_bad_settings_clearly() {
+    let stderr = serve_fails(&["--redis", "redis://127.0.0.1:1"]);
     assert!(
         stderr.contains("cannot open the shared log") && stderr.contains("redis://127.0.0.1:1"),
         "{stderr}"
     );
-
-    let out = serve(&["--redis", "redis://127.0.0.1:1", "--fsync", "never"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = serve_fails(&["--redis", "redis://127.0.0.1:1", "--fsync", "never"]);
     assert!(
         stderr.contains("--fsync") && stderr.contains("--redis"),
         "{stderr}"
     );
-
-    let out = serve(&["--redis", "http://127.0.0.1:6379"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = serve_fails(&["--redis", "http://127.0.0.1:6379"]);
     assert!(stderr.contains("redis://"), "{stderr}");
+    let stderr = serve_fails(&["--redis", "redis://h", "--redis-ca-file", "/dev/null"]);
+    assert!(stderr.contains("rediss://"), "{stderr}");
+    let stderr = serve_fails(&["--redis", "rediss://h", "--redis-ca-file", "/no/such.pem"]);
+    assert!(stderr.contains("/no/such.pem"), "{stderr}");
+    let stderr = serve_fails(&["--redis", "rediss://h", "--redis-tls-cert", "/dev/null"]);
+    assert!(stderr.contains("--redis-tls-key"), "{stderr}");
 }
 
 /// A `redis-server` of the test's own on a free port, so that it can be stopped and started
 /// again without disturbing other tests; killed when dropped.
 struct OwnRedis {
     port: u16,
+    /// `rediss://`: it speaks only TLS, with these certificates.
+    tls: Option<TlsArgs>,
     child: Option<std::process::Child>,
+}
+
+/// The TLS settings of an [`OwnRedis`]: its certificate, and whether clients must present one.
+struct TlsArgs {
+    certs: (String, String, String),
+    client_certificates: bool,
 }
 
 impl OwnRedis {
     /// Starts one, or `None` after saying the test is skipped when there is no `redis-server`.
     fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// Starts one that speaks only TLS with `certs` (its CA also checks client certificates,
+    /// which clients must present when `client_certificates`).
+    fn start_tls(test: &str, certs: &TestCerts, client_certificates: bool) -> Option<Self> {
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+        let certs = (path(&certs.ca), path(&certs.cert), path(&certs.key));
+        Self::start_with(
+            test,
+            Some(TlsArgs {
+                certs,
+                client_certificates,
+            }),
+        )
+    }
+
+    fn start_with(test: &str, tls: Option<TlsArgs>) -> Option<Self> {
         let probe = Command::new("redis-server").arg("--version").output();
         if !probe.is_ok_and(|out| out.status.success()) {
             skip(test, "no redis-server on this machine");
@@ -210,13 +241,22 @@ impl OwnRedis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut redis = Self { port, child: None };
+        let mut redis = Self {
+            port,
+            tls,
+            child: None,
+        };
         redis.restart();
         Some(redis)
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn stop(&mut self) {
@@ -229,9 +269,21 @@ impl OwnRedis {
     /// Starts it (again, empty: it keeps nothing on disk) and waits until it accepts.
     fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some(TlsArgs {
+                certs: (ca, cert, key),
+                client_certificates,
+            }) => cmd
+                .args(["--port", "0", "--tls-port", &port])
+                .args(["--tls-ca-cert-file", ca, "--tls-cert-file", cert])
+                .args(["--tls-key-file", key, "--tls-auth-clients"])
+                .arg(if *client_certificates { "yes" } else { "no" }),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts");
@@ -367,4 +419,55 @@ async fn an_instance_that_was_away_while_retention_removed_unread_events_makes_i
         resumed.raw_text()
     );
     assert_eq!(ids(&got[1..]), published[3..], "{}", resumed.raw_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_instances_share_a_redis_that_checks_both_sides_certificates() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let certs = test_certs(dir.path());
+    let Some(redis) = OwnRedis::start_tls("over_tls_instances_share_a_redis", &certs, true) else {
+        return;
+    };
+    let url = redis.url();
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let (ca, cert, key) = (path(&certs.ca), path(&certs.cert), path(&certs.key));
+
+    // Redis's certificate is from the test CA, which the system does not trust.
+    let stderr = serve_fails(&["--redis", &url]);
+    assert!(
+        stderr.contains("cannot open the shared log") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    // Trusting it is not enough: this Redis also wants a client certificate.
+    let stderr = serve_fails(&["--redis", &url, "--redis-ca-file", &ca]);
+    assert!(stderr.contains("cannot open the shared log"), "{stderr}");
+
+    let args = [
+        "--dev",
+        "--redis",
+        &url,
+        "--redis-ca-file",
+        &ca,
+        "--redis-tls-cert",
+        &cert,
+        "--redis-tls-key",
+        &key,
+    ];
+    let a = Herald::start(&args);
+    let b = Herald::start(&args);
+    let mut on_b = b.events().topic("t").open().await;
+    let first = a.publish_ok(json!({"topics": ["t"], "data": "1"})).await;
+    let second = b.publish_ok(json!({"topics": ["t"], "data": "2"})).await;
+    let got = on_b.events_until(2, WAIT).await;
+    assert_eq!(
+        ids(&got),
+        [first.clone(), second.clone()],
+        "{}",
+        on_b.raw_text()
+    );
+
+    // A client resuming on the other instance gets what followed its last id.
+    let mut on_a = a.events().topic("t").last_event_id(&first).open().await;
+    let got = on_a.events_until(1, WAIT).await;
+    assert_eq!(ids(&got), [second], "{}", on_a.raw_text());
 }
