@@ -469,7 +469,9 @@ pub struct App {
     pub link: LinkState,
     /// The latest stats sample.
     pub stats: Option<Stats>,
-    /// Published events per second.
+    /// Events published per second, counted as the log commits them: in cluster mode that is
+    /// every instance's publishes (each instance commits every event of the shared log), not
+    /// only the ones this server accepted.
     pub published: Rate,
     /// Delivered frames per second.
     pub delivered: Rate,
@@ -945,7 +947,7 @@ impl App {
 
     fn take_stats(&mut self, stats: Stats) {
         let c = &stats.counters;
-        self.published.sample(stats.uptime_ms, c.published);
+        self.published.sample(stats.uptime_ms, c.committed);
         self.delivered.sample(stats.uptime_ms, c.delivered);
         self.stats = Some(stats);
     }
@@ -1125,6 +1127,19 @@ pub(crate) mod tests {
         admin(&mut app, AdminEvent::Stats(stats(12, 140, 1400)));
         assert_eq!(app.published.last(), Some(20));
         assert_eq!(app.delivered.last(), Some(200));
+    }
+
+    #[test]
+    fn in_cluster_mode_the_publish_rate_counts_other_instances_publishes_too() {
+        let mut app = App::new("x");
+        let mut sample = stats(10, 0, 0);
+        admin(&mut app, AdminEvent::Stats(sample.clone()));
+        // This instance accepted 2 publishes; the shared log brought it 30 events in all.
+        sample.uptime_ms = 12_000;
+        sample.counters.published = 2;
+        sample.counters.committed = 30;
+        admin(&mut app, AdminEvent::Stats(sample));
+        assert_eq!(app.published.last(), Some(15));
     }
 
     #[test]
