@@ -33,6 +33,36 @@ pub struct Counters {
     pub idempotent_hits: u64,
 }
 
+/// One server of a deployment as it last reported itself (`GET /admin/nodes`): in cluster
+/// mode every instance sharing the Redis log, otherwise the answering server alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `host:port`, unique in the deployment.
+    pub name: String,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// Its totals: connections, publishes it accepted, frames it delivered.
+    pub counters: Counters,
+    /// The last event id it has committed (in cluster mode: read from the shared log).
+    pub committed_id: Option<String>,
+    /// How long ago it reported, by the shared registry's clock (0 for the answering server
+    /// outside cluster mode).
+    pub seen_ms_ago: u64,
+}
+
+impl NodeInfo {
+    /// The report of a server named `name` whose engine gave `stats`.
+    pub fn from_stats(name: &str, stats: &Stats) -> Self {
+        Self {
+            name: name.to_owned(),
+            uptime_ms: stats.uptime_ms,
+            counters: stats.counters,
+            committed_id: stats.committed_id.clone(),
+            seen_ms_ago: 0,
+        }
+    }
+}
+
 /// A sample of the engine's state, sent on the admin stream every tick.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {

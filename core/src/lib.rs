@@ -44,7 +44,7 @@ pub mod id;
 pub mod parser;
 pub mod topic;
 
-pub use admin::{AdminEvent, ConnectionInfo, Counters, Snapshot, Stats, TopicInfo};
+pub use admin::{AdminEvent, ConnectionInfo, Counters, NodeInfo, Snapshot, Stats, TopicInfo};
 pub use conn::{CloseReason, ConnId, ConnectRequest};
 pub use engine::{
     ConnectError, Engine, EngineConfig, Output, PublishError, PublishOutcome, PublishRequest,

@@ -50,6 +50,8 @@ pub struct AppState {
     pub log_metrics: Arc<LogMetrics>,
     /// The threads that write to subscriber sockets on the direct path.
     pub writers: crate::writer::Writers,
+    /// Who serves this deployment.
+    pub nodes: Arc<crate::nodes::Nodes>,
 }
 
 /// Routes one request. Never fails: errors are JSON responses.
@@ -178,6 +180,18 @@ async fn route(
                     format!("no connection {id}"),
                 ))
             }
+        }
+        (&Method::GET, ["admin", "nodes"]) => {
+            require_admin(&req, state)?;
+            let stats = state.hub.stats().await.map_err(|_| unavailable())?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "cluster": state.nodes.is_cluster(),
+                    "node": state.nodes.name(),
+                    "nodes": state.nodes.list(&stats),
+                }),
+            ))
         }
         (&Method::GET, ["admin", "stats"]) => {
             require_admin(&req, state)?;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod hub;
 pub mod log;
 pub mod metrics;
+pub mod nodes;
 pub mod redis;
 pub mod server;
 pub mod sse;

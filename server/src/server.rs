@@ -70,6 +70,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         retry_ms: config.retry_ms,
         ..HubConfig::default()
     };
+    let shared_log = match &store {
+        Store::Shared(log) => Some(log.clone()),
+        Store::Local(_) => None,
+    };
     let control = Control::start()?;
     let (hub, hub_task) = {
         let _inside = control.handle.enter();
@@ -99,7 +103,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
 
+    let nodes = crate::nodes::Nodes::new(crate::nodes::node_name(local.port()), shared_log);
+    let heartbeat = tokio::spawn(nodes.clone().run(hub.clone()));
     let state = Arc::new(AppState {
+        nodes: nodes.clone(),
         log_metrics: hub.log_metrics(),
         hub: hub.clone(),
         jwt,
@@ -172,10 +179,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if ended.is_err() {
         tracing::warn!("connections still open after {bound:?}; exiting anyway");
     }
+    heartbeat.abort();
     drop(state);
     drop(hub);
     let _ = tokio::time::timeout(Duration::from_secs(2), hub_task).await;
     tokio::task::spawn_blocking(move || {
+        nodes.leave();
         trimmer.shutdown();
         control.stop();
     })

@@ -127,6 +127,11 @@ impl RedisLog {
         self.pool.config()
     }
 
+    /// The prefix of every key of this deployment's.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The stream's key.
     pub fn stream_key(&self) -> &str {
         &self.stream

@@ -59,6 +59,30 @@ async fn the_connections_list_shows_a_subscriber_with_its_user_and_topics() {
         "{}",
         stats.text()
     );
+
+    // Outside cluster mode the answering server is the deployment's only node.
+    let nodes = herald
+        .call(Method::GET, "/admin/nodes")
+        .bearer(&admin)
+        .send()
+        .await;
+    assert_eq!(nodes.status, StatusCode::OK, "{}", nodes.text());
+    let nodes = nodes.json();
+    assert_eq!(nodes["cluster"], false, "{nodes}");
+    let port = format!(":{}", herald.addr().port());
+    assert!(
+        nodes["node"].as_str().is_some_and(|n| n.ends_with(&port)),
+        "{nodes}"
+    );
+    assert_eq!(nodes["nodes"][0]["name"], nodes["node"], "{nodes}");
+    assert_eq!(nodes["nodes"][0]["counters"]["connections"], 1, "{nodes}");
+    let anonymous = herald.call(Method::GET, "/admin/nodes").send().await;
+    assert_eq!(
+        anonymous.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        anonymous.text()
+    );
 }
 
 #[tokio::test]

@@ -471,3 +471,65 @@ async fn over_tls_instances_share_a_redis_that_checks_both_sides_certificates() 
     let got = on_a.events_until(1, WAIT).await;
     assert_eq!(ids(&got), [second], "{}", on_a.raw_text());
 }
+
+/// `GET /admin/nodes` on `herald`, asked again until `done` holds for the answer; panics
+/// with the last answer, saying `what` was awaited, if it does not within [`WAIT`].
+async fn nodes_until(herald: &Herald, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answer = herald
+            .call(http::Method::GET, "/admin/nodes")
+            .send()
+            .await
+            .json();
+        if done(&answer) {
+            return answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn node_names(answer: &Value) -> Vec<&str> {
+    let rows = answer["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    rows.iter().filter_map(|n| n["name"].as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_lists_the_others_with_their_figures_and_forgets_one_that_stops() {
+    let Some(redis) = cluster("every_instance_lists_the_others") else {
+        return;
+    };
+    let a = Herald::start(&redis.serve_args(&[]));
+    let mut b = Herald::start(&redis.serve_args(&[]));
+    let _on_b = b.events().topic("t").open().await;
+    let any = |_: &Value| true;
+    let a_name = nodes_until(&a, "A's name", any).await["node"].clone();
+    let b_name = nodes_until(&b, "B's name", any).await["node"].clone();
+    assert_ne!(a_name, b_name);
+
+    // Within a heartbeat or two, A sees B and B's subscriber.
+    let answer = nodes_until(&a, "A lists B with its subscriber", |answer| {
+        let rows = answer["nodes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        rows.len() == 2
+            && rows
+                .iter()
+                .any(|n| n["name"] == b_name && n["counters"]["connections"] == 1)
+    })
+    .await;
+    assert_eq!(answer["cluster"], true, "{answer}");
+
+    // B stops gracefully and leaves at once (a killed one would be dropped after 10 s).
+    b.terminate();
+    assert!(b.wait_exit(WAIT).is_some(), "B did not stop");
+    nodes_until(&a, "A forgets B", |answer| {
+        node_names(answer) == [a_name.as_str().unwrap_or_default()]
+    })
+    .await;
+}

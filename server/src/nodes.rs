@@ -1,0 +1,235 @@
+//! Who serves this deployment (`GET /admin/nodes`, the console's Nodes view). In cluster
+//! mode every instance reports itself to a registry in Redis once a second and reads the
+//! others' reports back in the same step; an instance that stops reporting is dropped after
+//! [`NODE_TIMEOUT`]. Outside cluster mode the answering server is the only node.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use herald_core::{NodeInfo, Stats};
+
+use crate::hub::Hub;
+use crate::log::{REDIS_COMMAND_TIMEOUT, RedisLog};
+use crate::redis::{Connection, RedisError, Value};
+
+/// How often an instance reports itself.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// An instance silent for this long is taken for gone and removed from the registry (the
+/// registry's keys expire after it too, when the whole deployment is gone).
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Stores this node's report and answers every live node's, with how long ago each reported,
+/// as `[report, ms_ago, report, ms_ago, ...]`, by Redis's clock (so machines' clocks may
+/// differ). Nodes silent for longer than the timeout are removed on the way.
+///
+/// KEYS[1]: a hash of reports by name. KEYS[2]: a sorted set of names by report time.
+/// ARGV[1]: this node's name. ARGV[2]: its report (JSON). ARGV[3]: the timeout, in ms.
+const HEARTBEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local timeout = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - timeout)) do
+  redis.call('HDEL', KEYS[1], gone)
+  redis.call('ZREM', KEYS[2], gone)
+end
+redis.call('PEXPIRE', KEYS[1], timeout)
+redis.call('PEXPIRE', KEYS[2], timeout)
+local out = {}
+local seen = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #seen, 2 do
+  local report = redis.call('HGET', KEYS[1], seen[i])
+  if report then
+    out[#out + 1] = report
+    out[#out + 1] = now - tonumber(seen[i + 1])
+  end
+end
+return out
+";
+
+/// This server's name and, in cluster mode, the registry's last answer.
+pub struct Nodes {
+    name: String,
+    cluster: Option<Registry>,
+    /// Set by [`Nodes::leave`]: a heartbeat still in flight must not report this node again.
+    left: AtomicBool,
+}
+
+/// The Redis side of cluster mode's registry.
+struct Registry {
+    log: Arc<RedisLog>,
+    reports_key: String,
+    seen_key: String,
+    /// The heartbeat's own connection, opened when needed.
+    conn: Mutex<Option<Connection>>,
+    /// Every live node as of the last heartbeat.
+    latest: Mutex<Vec<NodeInfo>>,
+}
+
+impl Nodes {
+    /// `name` is this server's (see [`node_name`]); `cluster` the shared log in cluster mode.
+    pub fn new(name: String, cluster: Option<Arc<RedisLog>>) -> Arc<Self> {
+        let cluster = cluster.map(|log| Registry {
+            reports_key: format!("{}:nodes", log.prefix()),
+            seen_key: format!("{}:nodes-seen", log.prefix()),
+            log,
+            conn: Mutex::new(None),
+            latest: Mutex::new(Vec::new()),
+        });
+        Arc::new(Self {
+            name,
+            cluster,
+            left: AtomicBool::new(false),
+        })
+    }
+
+    /// This server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True in cluster mode.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Every node, by name: the registry's last answer with this server's entry as of
+    /// `own` (fresher than its last report), or this server alone outside cluster mode.
+    pub fn list(&self, own: &Stats) -> Vec<NodeInfo> {
+        let me = NodeInfo::from_stats(&self.name, own);
+        let Some(registry) = &self.cluster else {
+            return vec![me];
+        };
+        let mut nodes: Vec<NodeInfo> = lock(&registry.latest)
+            .iter()
+            .filter(|n| n.name != self.name)
+            .cloned()
+            .collect();
+        nodes.push(me);
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+    }
+
+    /// Reports this server every [`HEARTBEAT`] until the hub stops (cluster mode only; a
+    /// no-op otherwise). A Redis outage only pauses it: the reader already reports those.
+    pub async fn run(self: Arc<Self>, hub: Hub) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(stats) = hub.stats().await else {
+                return;
+            };
+            let nodes = Arc::clone(&self);
+            let beat = tokio::task::spawn_blocking(move || nodes.heartbeat(&stats)).await;
+            if let Ok(Err(error)) = beat {
+                tracing::debug!(%error, "cluster heartbeat failed");
+            }
+        }
+    }
+
+    /// Sends one report and keeps the answer.
+    fn heartbeat(&self, stats: &Stats) -> Result<(), RedisError> {
+        let Some(registry) = &self.cluster else {
+            return Ok(());
+        };
+        let report = serde_json::to_vec(&NodeInfo::from_stats(&self.name, stats))
+            .map_err(|e| RedisError::Protocol(e.to_string()))?;
+        let timeout = NODE_TIMEOUT.as_millis().to_string();
+        let reply = registry.with_conn(|conn| {
+            if self.left.load(Ordering::Relaxed) {
+                return Ok(Value::Nil);
+            }
+            conn.query(&[
+                b"EVAL",
+                HEARTBEAT_SCRIPT.as_bytes(),
+                b"2",
+                registry.reports_key.as_bytes(),
+                registry.seen_key.as_bytes(),
+                self.name.as_bytes(),
+                &report,
+                timeout.as_bytes(),
+            ])
+        })?;
+        let items = reply
+            .into_array()
+            .ok_or_else(|| RedisError::Protocol("the heartbeat answer is not a list".into()))?;
+        let nodes = items
+            .chunks_exact(2)
+            .filter_map(|pair| {
+                let mut node: NodeInfo = serde_json::from_slice(pair[0].as_bytes()?).ok()?;
+                node.seen_ms_ago = pair[1].as_int().and_then(|ms| u64::try_from(ms).ok())?;
+                Some(node)
+            })
+            .collect();
+        *lock(&registry.latest) = nodes;
+        Ok(())
+    }
+
+    /// Removes this server from the registry at shutdown, so the others stop listing it at
+    /// once instead of after [`NODE_TIMEOUT`]. Blocking.
+    pub fn leave(&self) {
+        let Some(registry) = &self.cluster else {
+            return;
+        };
+        let name = self.name.as_bytes();
+        let left = registry.with_conn(|conn| {
+            // Under the connection's lock, which every heartbeat holds while it reports.
+            self.left.store(true, Ordering::Relaxed);
+            conn.pipeline(&[
+                vec![
+                    b"HDEL".to_vec(),
+                    registry.reports_key.clone().into(),
+                    name.to_vec(),
+                ],
+                vec![
+                    b"ZREM".to_vec(),
+                    registry.seen_key.clone().into(),
+                    name.to_vec(),
+                ],
+            ])
+        });
+        if let Err(error) = left {
+            tracing::warn!(%error, "could not leave the cluster registry; the others drop this node within {NODE_TIMEOUT:?}");
+        }
+    }
+}
+
+impl Registry {
+    /// Runs `f` on the heartbeat's connection, opening it first if needed; a connection
+    /// error closes it, so the next call opens a new one.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        let mut slot = lock(&self.conn);
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(Connection::open(self.log.redis(), REDIS_COMMAND_TIMEOUT)?),
+        };
+        let result = f(conn);
+        if matches!(&result, Err(e) if e.is_connection_error()) {
+            *slot = None;
+        }
+        result
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This server's name in the registry: the machine's host name and the port it listens on.
+pub fn node_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".to_owned());
+    format!("{host}:{port}")
+}
