@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use herald_core::{AdminEvent, ConnId, ConnectionInfo, Snapshot, Stats, TopicInfo};
+use herald_core::{AdminEvent, ConnId, ConnectionInfo, NodeInfo, Snapshot, Stats, TopicInfo};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::event::{Action, ApiError, Edit, LinkState, ServerMsg, View};
+use crate::event::{Action, ApiError, Edit, LinkState, NodesAnswer, ServerMsg, View};
 
 /// How many rate samples the sparklines keep: one a second, so a minute.
 pub const RATE_HISTORY: usize = 60;
@@ -202,6 +202,23 @@ impl Rate {
 
 fn per_second(delta: u64, elapsed_ms: u64) -> f64 {
     delta as f64 * 1000.0 / elapsed_ms.max(1) as f64
+}
+
+/// The rate of a counter between two `(uptime ms, value)` samples; none when time did not
+/// move forward or the counter went back (the server restarted).
+fn rate_between((then_ms, then): (u64, u64), (now_ms, now): (u64, u64)) -> Option<f64> {
+    (now_ms > then_ms && now >= then).then(|| per_second(now - then, now_ms - then_ms))
+}
+
+/// A server of the deployment with its rates over the last poll interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeRow {
+    /// What it reported.
+    pub info: NodeInfo,
+    /// Publishes it accepted per second, once there are two polls.
+    pub published_rate: Option<f64>,
+    /// Frames it delivered per second, once there are two polls.
+    pub delivered_rate: Option<f64>,
 }
 
 /// A topic with its rate over the last poll interval.
@@ -502,6 +519,12 @@ pub struct App {
     pub topic_sort: TopicSort,
     /// The topics sort is descending.
     pub topic_desc: bool,
+    /// The deployment's servers, by name, from the last nodes poll.
+    pub nodes: Vec<NodeRow>,
+    /// The answering server's name, and whether it runs in cluster mode.
+    pub node_self: Option<(String, bool)>,
+    /// The nodes table's selection.
+    pub node_nav: Nav,
     /// Recent published events, oldest first.
     pub feed: VecDeque<FeedEntry>,
     feed_seq: u64,
@@ -548,6 +571,9 @@ impl App {
             topic_nav: Nav::default(),
             topic_sort: TopicSort::default(),
             topic_desc: false,
+            nodes: Vec::new(),
+            node_self: None,
+            node_nav: Nav::default(),
             feed: VecDeque::new(),
             feed_seq: 0,
             feed_paused_at: None,
@@ -673,8 +699,13 @@ impl App {
         match action {
             Action::Quit => self.should_quit = true,
             Action::ToggleHelp => self.show_help = !self.show_help,
-            Action::NextView => self.show_view(View::ALL[(self.view.index() + 1) % 3]),
-            Action::PrevView => self.show_view(View::ALL[(self.view.index() + 2) % 3]),
+            Action::NextView => {
+                self.show_view(View::ALL[(self.view.index() + 1) % View::ALL.len()]);
+            }
+            Action::PrevView => {
+                let views = View::ALL.len();
+                self.show_view(View::ALL[(self.view.index() + views - 1) % views]);
+            }
             Action::ShowView(view) => self.show_view(view),
             Action::Move(delta) => self.move_by(delta),
             Action::Page(pages) => {
@@ -741,6 +772,7 @@ impl App {
         match self.view {
             View::Connections => self.conn_nav.move_by(delta, self.rows.len(), page),
             View::Topics => self.topic_nav.move_by(delta, self.topics.len(), page),
+            View::Nodes => self.node_nav.move_by(delta, self.nodes.len(), page),
             View::Feed => {
                 // Scrolling down a live feed pauses it, or the rows would move under the
                 // reader; a live feed is already at its top.
@@ -770,7 +802,7 @@ impl App {
                 self.topic_desc = self.topic_sort != TopicSort::Name;
                 self.sort_topics();
             }
-            View::Feed => {}
+            View::Feed | View::Nodes => {}
         }
     }
 
@@ -784,7 +816,7 @@ impl App {
                 self.topic_desc = !self.topic_desc;
                 self.sort_topics();
             }
-            View::Feed => {}
+            View::Feed | View::Nodes => {}
         }
     }
 
@@ -878,6 +910,7 @@ impl App {
                 self.rows_dirty = true;
             }
             ServerMsg::StatsPoll { stats, topics } => self.handle_topics(stats.uptime_ms, topics),
+            ServerMsg::Nodes(answer) => self.handle_nodes(answer),
             ServerMsg::PollFailed(err) => {
                 if self.link == LinkState::Live {
                     self.set_status(format!("refresh failed: {err}"), true);
@@ -959,8 +992,7 @@ impl App {
             .map(|info| {
                 let rate = prev.as_ref().and_then(|(prev_ms, counts)| {
                     let before = *counts.get(&info.topic)?;
-                    (uptime_ms > *prev_ms && info.events >= before)
-                        .then(|| per_second(info.events - before, uptime_ms - prev_ms))
+                    rate_between((*prev_ms, before), (uptime_ms, info.events))
                 });
                 TopicRow { info, rate }
             })
@@ -972,6 +1004,36 @@ impl App {
         self.topic_prev = Some((uptime_ms, counts));
         self.topics = rows;
         self.sort_topics();
+    }
+
+    fn handle_nodes(&mut self, answer: NodesAnswer) {
+        let prev: BTreeMap<String, NodeInfo> = self
+            .nodes
+            .drain(..)
+            .map(|row| (row.info.name.clone(), row.info))
+            .collect();
+        self.nodes = answer
+            .nodes
+            .into_iter()
+            .map(|info| {
+                let before = prev.get(&info.name);
+                let rate = |count: fn(&NodeInfo) -> u64| {
+                    let before = before?;
+                    rate_between(
+                        (before.uptime_ms, count(before)),
+                        (info.uptime_ms, count(&info)),
+                    )
+                };
+                NodeRow {
+                    published_rate: rate(|n| n.counters.published),
+                    delivered_rate: rate(|n| n.counters.delivered),
+                    info,
+                }
+            })
+            .collect();
+        self.node_self = Some((answer.node, answer.cluster));
+        let page = self.page_rows();
+        self.node_nav.clamp(self.nodes.len(), page);
     }
 
     fn sort_topics(&mut self) {
@@ -1127,6 +1189,82 @@ pub(crate) mod tests {
         admin(&mut app, AdminEvent::Stats(stats(12, 140, 1400)));
         assert_eq!(app.published.last(), Some(20));
         assert_eq!(app.delivered.last(), Some(200));
+    }
+
+    /// A nodes poll: each node as `(name, uptime s, connections, published, delivered)`.
+    pub fn nodes_answer(
+        me: &str,
+        cluster: bool,
+        nodes: &[(&str, u64, u64, u64, u64)],
+    ) -> ServerMsg {
+        let nodes = nodes
+            .iter()
+            .map(
+                |&(name, up_s, connections, published, delivered)| NodeInfo {
+                    name: name.to_owned(),
+                    uptime_ms: up_s * 1000,
+                    counters: Counters {
+                        connections,
+                        published,
+                        delivered,
+                        ..Counters::default()
+                    },
+                    committed_id: Some("1700000000000-41".to_owned()),
+                    seen_ms_ago: if name == me { 0 } else { 400 },
+                },
+            )
+            .collect();
+        ServerMsg::Nodes(NodesAnswer {
+            cluster,
+            node: me.to_owned(),
+            nodes,
+        })
+    }
+
+    #[test]
+    fn node_rates_come_from_each_nodes_own_counters_between_polls() {
+        let mut app = App::new("x");
+        let me = "web-1:7070";
+        server(
+            &mut app,
+            nodes_answer(
+                me,
+                true,
+                &[(me, 10, 5, 100, 1000), ("web-2:7070", 50, 7, 0, 0)],
+            ),
+        );
+        assert!(app.nodes.iter().all(|n| n.published_rate.is_none()));
+        // web-2 restarted (its uptime went back): no rate for it, a new baseline instead; a
+        // third node appeared.
+        server(
+            &mut app,
+            nodes_answer(
+                me,
+                true,
+                &[
+                    (me, 12, 5, 140, 1600),
+                    ("web-2:7070", 1, 0, 0, 0),
+                    ("web-3:7070", 9, 1, 3, 3),
+                ],
+            ),
+        );
+        let rates: Vec<_> = app
+            .nodes
+            .iter()
+            .map(|n| (n.info.name.as_str(), n.published_rate, n.delivered_rate))
+            .collect();
+        assert_eq!(
+            rates,
+            [
+                (me, Some(20.0), Some(300.0)),
+                ("web-2:7070", None, None),
+                ("web-3:7070", None, None),
+            ]
+        );
+        assert_eq!(app.node_self, Some((me.to_owned(), true)));
+        app.update(Action::ShowView(View::Nodes));
+        app.update(Action::Bottom);
+        assert_eq!(app.node_nav.selected, 2);
     }
 
     #[test]

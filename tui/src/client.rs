@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout};
 
 use crate::app::{Command, PublishBody};
-use crate::event::{ApiError, LinkState, ServerMsg, admin_message};
+use crate::event::{ApiError, LinkState, NodesAnswer, ServerMsg, admin_message};
 use crate::tls;
 
 /// Every network wait the client makes, bounded.
@@ -491,7 +491,7 @@ fn describe_body_error(error: &hyper::Error) -> String {
     }
 }
 
-/// Refreshes connections and topics every [`POLL_INTERVAL`] while the stream is up.
+/// Refreshes connections, topics and nodes every [`POLL_INTERVAL`] while the stream is up.
 ///
 /// The stream's snapshot fills the tables when it comes up, so the first poll waits one
 /// interval. Ends when the stream task does.
@@ -517,14 +517,15 @@ async fn run_polls(http: Http, to_app: mpsc::Sender<ServerMsg>, mut live: watch:
     }
 }
 
-/// Fetches connections and topics once; false when the app is gone.
+/// Fetches connections, topics and nodes once; false when the app is gone.
 async fn poll_once(http: &Http, to_app: &mpsc::Sender<ServerMsg>) -> bool {
     {
-        let (connections, stats) = tokio::join!(
+        let (connections, stats, nodes) = tokio::join!(
             http.call::<ConnectionsAnswer>(Method::GET, "/admin/connections", None),
             http.call::<StatsAnswer>(Method::GET, "/admin/stats", None),
+            http.call::<NodesAnswer>(Method::GET, "/admin/nodes", None),
         );
-        let mut msgs = Vec::with_capacity(2);
+        let mut msgs = Vec::with_capacity(3);
         match connections {
             Ok(answer) => msgs.push(ServerMsg::Connections(answer.connections)),
             Err(e) => msgs.push(ServerMsg::PollFailed(e)),
@@ -534,6 +535,10 @@ async fn poll_once(http: &Http, to_app: &mpsc::Sender<ServerMsg>) -> bool {
                 stats: Box::new(answer.stats),
                 topics: answer.topics,
             }),
+            Err(e) => msgs.push(ServerMsg::PollFailed(e)),
+        }
+        match nodes {
+            Ok(answer) => msgs.push(ServerMsg::Nodes(answer)),
             Err(e) => msgs.push(ServerMsg::PollFailed(e)),
         }
         for msg in msgs {

@@ -3,7 +3,9 @@
 //! Keys mean different things in different modes (`q` quits the table but is a letter in a
 //! text field), so key mapping reads the app's [`Mode`]. Nothing here does IO.
 
-use herald_core::{AdminEvent, ConnId, ConnectionInfo, ParsedEvent, Snapshot, Stats, TopicInfo};
+use herald_core::{
+    AdminEvent, ConnId, ConnectionInfo, NodeInfo, ParsedEvent, Snapshot, Stats, TopicInfo,
+};
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::app::{App, Mode};
@@ -80,11 +82,13 @@ pub enum View {
     Topics,
     /// Recent published events.
     Feed,
+    /// The servers of the deployment (every instance in cluster mode).
+    Nodes,
 }
 
 impl View {
     /// All views, in tab order.
-    pub const ALL: [View; 3] = [View::Connections, View::Topics, View::Feed];
+    pub const ALL: [View; 4] = [View::Connections, View::Topics, View::Feed, View::Nodes];
 
     /// The tab title.
     pub fn title(self) -> &'static str {
@@ -92,6 +96,7 @@ impl View {
             View::Connections => "Connections",
             View::Topics => "Topics",
             View::Feed => "Feed",
+            View::Nodes => "Nodes",
         }
     }
 
@@ -101,6 +106,7 @@ impl View {
             View::Connections => 0,
             View::Topics => 1,
             View::Feed => 2,
+            View::Nodes => 3,
         }
     }
 }
@@ -163,6 +169,17 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// A `GET /admin/nodes` answer: the deployment's servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct NodesAnswer {
+    /// The server runs in cluster mode (shares a Redis log with the others).
+    pub cluster: bool,
+    /// The name of the server that answered (the one this console watches).
+    pub node: String,
+    /// Every server, by name.
+    pub nodes: Vec<NodeInfo>,
+}
+
 /// What the client tells the app.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServerMsg {
@@ -181,6 +198,8 @@ pub enum ServerMsg {
         /// Every topic with subscribers.
         topics: Vec<TopicInfo>,
     },
+    /// A `GET /admin/nodes` answer.
+    Nodes(NodesAnswer),
     /// A poll failed while the stream was up.
     PollFailed(ApiError),
     /// The answer to a publish: the new event's id, or why not.
@@ -261,12 +280,14 @@ pub fn key_action(mode: Mode, key: &KeyEvent) -> Option<Action> {
 }
 
 fn normal_key(view: View, key: &KeyEvent) -> Option<Action> {
+    let sortable = matches!(view, View::Connections | View::Topics);
     let action = match key.code {
         KeyCode::Char('q') => Action::Quit,
         KeyCode::Char('?') => Action::ToggleHelp,
         KeyCode::Char('1') => Action::ShowView(View::Connections),
         KeyCode::Char('2') => Action::ShowView(View::Topics),
         KeyCode::Char('3') => Action::ShowView(View::Feed),
+        KeyCode::Char('4') => Action::ShowView(View::Nodes),
         KeyCode::Tab | KeyCode::Right => Action::NextView,
         KeyCode::BackTab | KeyCode::Left => Action::PrevView,
         KeyCode::Up | KeyCode::Char('k') => Action::Move(-1),
@@ -276,8 +297,8 @@ fn normal_key(view: View, key: &KeyEvent) -> Option<Action> {
         KeyCode::Home | KeyCode::Char('g') => Action::Top,
         KeyCode::End | KeyCode::Char('G') => Action::Bottom,
         KeyCode::Char('p') => Action::OpenCompose,
-        KeyCode::Char('s') if view != View::Feed => Action::CycleSort,
-        KeyCode::Char('r') if view != View::Feed => Action::ReverseSort,
+        KeyCode::Char('s') if sortable => Action::CycleSort,
+        KeyCode::Char('r') if sortable => Action::ReverseSort,
         KeyCode::Char('/') if view == View::Connections => Action::OpenFilter,
         KeyCode::Enter if view == View::Connections => Action::OpenDetail,
         KeyCode::Char('d') if view == View::Connections => Action::AskDisconnect,

@@ -62,6 +62,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         View::Connections => draw_connections(frame, app, body),
         View::Topics => draw_topics(frame, app, body),
         View::Feed => draw_feed(frame, app, body),
+        View::Nodes => draw_nodes(frame, app, body),
     }
     draw_status(frame, app, status);
     match &app.popup {
@@ -116,7 +117,7 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
             } else {
                 Style::new()
             };
-            Line::from(vec![
+            let mut spans = vec![
                 label("up "),
                 Span::raw(fmt_duration(s.uptime_ms)),
                 label("   connections "),
@@ -127,9 +128,14 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
                 ),
                 label("   topics "),
                 Span::raw(s.topics.to_string()),
-                label("   slow closes "),
-                Span::styled(c.slow_consumer_closes.to_string(), slow_style),
-            ])
+            ];
+            if let Some((_, true)) = &app.node_self {
+                spans.push(label("   nodes "));
+                spans.push(Span::raw(app.nodes.len().to_string()));
+            }
+            spans.push(label("   slow closes "));
+            spans.push(Span::styled(c.slow_consumer_closes.to_string(), slow_style));
+            Line::from(spans)
         }
     };
     frame.render_widget(Paragraph::new(first_line), first);
@@ -277,14 +283,8 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
         .map(|c| conn_row(c, wide));
 
     let empty = rows.is_empty();
-    let table = Table::new(table_rows, widths)
-        .header(Row::new(header).style(Style::new().bold().underlined()))
-        .block(block)
-        .row_highlight_style(Style::new().reversed())
-        .highlight_symbol(SELECTED)
-        .highlight_spacing(HighlightSpacing::Always);
-    let mut state = TableState::default().with_selected((!empty).then_some(selected));
-    frame.render_stateful_widget(table, area, &mut state);
+    let selected = (!empty).then_some(selected);
+    draw_table(frame, area, block, header, widths, table_rows, selected);
 
     if empty {
         let text = if app.connections.is_empty() {
@@ -376,30 +376,21 @@ fn draw_topics(frame: &mut Frame, app: &App, area: Rect) {
             Cell::from(Line::from(rate).alignment(Alignment::Right)),
         ])
     });
-    let header = Row::new(vec![
+    let header = vec![
         Cell::from("Topic"),
         Cell::from(Line::from("Subscribers").alignment(Alignment::Right)),
         Cell::from(Line::from("Events").alignment(Alignment::Right)),
         Cell::from(Line::from("Events/s").alignment(Alignment::Right)),
-    ])
-    .style(Style::new().bold().underlined());
+    ];
+    let widths = [
+        Constraint::Fill(1),
+        Constraint::Length(11),
+        Constraint::Length(8),
+        Constraint::Length(9),
+    ];
     let empty = app.topics.is_empty();
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Fill(1),
-            Constraint::Length(11),
-            Constraint::Length(8),
-            Constraint::Length(9),
-        ],
-    )
-    .header(header)
-    .block(block)
-    .row_highlight_style(Style::new().reversed())
-    .highlight_symbol(SELECTED)
-    .highlight_spacing(HighlightSpacing::Always);
-    let mut state = TableState::default().with_selected((!empty).then_some(selected));
-    frame.render_stateful_widget(table, area, &mut state);
+    let selected = (!empty).then_some(selected);
+    draw_table(frame, area, block, header, widths, rows, selected);
     if empty {
         let hint_area = Rect {
             y: inner.y + 2,
@@ -413,6 +404,101 @@ fn draw_topics(frame: &mut Frame, app: &App, area: Rect) {
             hint_area,
         );
     }
+}
+
+fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
+    let (me, cluster) = match &app.node_self {
+        Some((name, cluster)) => (name.as_str(), *cluster),
+        None => ("", false),
+    };
+    let mode = match (&app.node_self, cluster) {
+        (None, _) => "· waiting for the first poll ",
+        (Some(_), true) => "· cluster (shared Redis log) ",
+        (Some(_), false) => "· single server (embedded log) ",
+    };
+    let title = Line::from(vec![
+        Span::styled(format!(" Nodes {} ", app.nodes.len()), Style::new().bold()),
+        Span::raw(mode),
+    ]);
+    let block = Block::bordered().title(title);
+    let inner = block.inner(area);
+    let visible = usize::from(inner.height.saturating_sub(1));
+    let (start, end, selected) = window(app.node_nav, app.nodes.len(), visible);
+    let right = |text: String| Cell::from(Line::from(text).alignment(Alignment::Right));
+    let rate = |rate: Option<f64>| rate.map_or_else(|| "—".to_owned(), fmt_rate);
+    let rows = app.nodes[start..end].iter().map(|n| {
+        let c = &n.info.counters;
+        let name = match n.info.name == me {
+            true => Line::from(vec![
+                Span::raw(n.info.name.clone()),
+                Span::styled(" (this)", Style::new().dim()),
+            ]),
+            false => Line::from(n.info.name.clone()),
+        };
+        // A node that missed a few heartbeats is on its way out of the list.
+        let seen_style = match n.info.seen_ms_ago > 3_000 {
+            true => Style::new().yellow(),
+            false => Style::new(),
+        };
+        Row::new(vec![
+            Cell::from(name),
+            right(fmt_duration(n.info.uptime_ms)),
+            right(fmt_count(c.connections)),
+            right(rate(n.published_rate)),
+            right(rate(n.delivered_rate)),
+            Cell::from(
+                n.info
+                    .committed_id
+                    .clone()
+                    .unwrap_or_else(|| "—".to_owned()),
+            ),
+            Cell::from(
+                Line::from(fmt_duration(n.info.seen_ms_ago))
+                    .alignment(Alignment::Right)
+                    .style(seen_style),
+            ),
+        ])
+    });
+    let header = vec![
+        Cell::from("Node"),
+        right("Up".to_owned()),
+        right("Conns".to_owned()),
+        right("Publ/s".to_owned()),
+        right("Deliv/s".to_owned()),
+        Cell::from("Last id"),
+        right("Seen".to_owned()),
+    ];
+    let widths = [
+        Constraint::Fill(1),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(19),
+        Constraint::Length(6),
+    ];
+    let selected = (!app.nodes.is_empty()).then_some(selected);
+    draw_table(frame, area, block, header, widths, rows, selected);
+}
+
+/// A table in `block` with an underlined header; the `selected` row is marked and reversed.
+fn draw_table<'a>(
+    frame: &mut Frame,
+    area: Rect,
+    block: Block<'a>,
+    header: impl IntoIterator<Item = impl Into<Cell<'a>>>,
+    widths: impl IntoIterator<Item = Constraint>,
+    rows: impl IntoIterator<Item = Row<'a>>,
+    selected: Option<usize>,
+) {
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::new().bold().underlined()))
+        .block(block)
+        .row_highlight_style(Style::new().reversed())
+        .highlight_symbol(SELECTED)
+        .highlight_spacing(HighlightSpacing::Always);
+    let mut state = TableState::default().with_selected(selected);
+    frame.render_stateful_widget(table, area, &mut state);
 }
 
 fn draw_feed(frame: &mut Frame, app: &App, area: Rect) {
@@ -523,6 +609,13 @@ fn hints(app: &App) -> &'static [(&'static str, &'static str)] {
             ("↑↓", "move"),
             ("s", "sort"),
             ("r", "reverse"),
+            ("p", "compose"),
+            ("Tab", "view"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
+        View::Nodes => &[
+            ("↑↓", "move"),
             ("p", "compose"),
             ("Tab", "view"),
             ("?", "help"),
@@ -856,7 +949,7 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
     (
         "Everywhere",
         &[
-            ("1 2 3  Tab ←→", "Connections, Topics, Feed"),
+            ("1 2 3 4  Tab ←→", "Connections, Topics, Feed, Nodes"),
             ("↑↓ j k  PgUp PgDn", "move;  Home End (g G): first, last"),
             ("p", "compose an event (topic, user or broadcast)"),
             ("?  /  q  Ctrl-C", "this help  /  quit"),
@@ -980,7 +1073,7 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::*;
-    use crate::app::tests::{conn, published, stats};
+    use crate::app::tests::{conn, nodes_answer, published, stats};
     use crate::event::{Action, ApiError, Edit, ServerMsg};
 
     fn render(app: &mut App, width: u16, height: u16) -> String {
@@ -1157,6 +1250,33 @@ mod tests {
             }),
         );
         assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn nodes_view() {
+        let mut app = busy_app(10);
+        let me = "web-1.internal:7070";
+        let poll = |k: u64| {
+            nodes_answer(
+                me,
+                true,
+                &[
+                    (me, 3660 + 2 * k, 10, 5_000 + 30 * k, 60_000 + 900 * k),
+                    (
+                        "web-2.internal:7070",
+                        86_400 + 2 * k,
+                        4_200,
+                        12_000 + 50 * k,
+                        9_000_000 + 120_000 * k,
+                    ),
+                    ("web-3.internal:7070", 120 + 2 * k, 0, 7, 7),
+                ],
+            )
+        };
+        server(&mut app, poll(0));
+        server(&mut app, poll(1));
+        app.update(Action::ShowView(View::Nodes));
+        assert_snapshot!(render(&mut app, 100, 16));
     }
 
     #[test]
