@@ -23,32 +23,85 @@ use crate::log::{LogMetrics, REDIS_COMMAND_TIMEOUT, RedisLog, codec};
 use crate::redis::{Connection, RedisError, Value};
 use crate::worker::{Batches, Worker};
 
+/// Lua shared by the scripts below: `older(a, b)` compares two stream ids, and
+/// `heal(stream, seen)` makes the stream remember what an instance has already read.
+///
+/// A Redis that restarted without persistence, or a replica promoted before it had the last
+/// writes, holds a stream that ends before ids instances already delivered. Left alone,
+/// Redis would go on from there: new ids could fall below delivered ones (if its clock is
+/// behind) and be skipped, and a client resuming from before the lost events would get
+/// what is left as if nothing were missing. `heal` moves the stream's last id up to `seen`
+/// and records `seen` as its highest deleted id, so new ids come after it and such resumes
+/// are told that events were lost (`herald.reset`), as after retention. Returns 1 if it
+/// healed.
+macro_rules! heal_lua {
+    () => {
+        r"
+local function older(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local function heal(stream, seen)
+  if seen == '0-0' then return 0 end
+  local exists = redis.call('EXISTS', stream) == 1
+  local top = '0-0'
+  if exists then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then top = info[i + 1] end
+    end
+  end
+  if not older(top, seen) then return 0 end
+  if exists then
+    redis.call('XSETID', stream, seen, 'MAXDELETEDID', seen)
+  else
+    redis.call('XADD', stream, seen, 'e', '')
+    redis.call('XDEL', stream, seen)
+  end
+  return 1
+end
+"
+    };
+}
+
 /// Appends an event unless its idempotency key already published one; answers
 /// `[id, duplicate]`. Redis runs it atomically, so two instances given the same key at once
 /// publish once.
 ///
 /// KEYS[1]: the stream. KEYS[2], when the publish has a key: where that key's event id is
 /// kept. ARGV[1]: the event record. ARGV[2]: how long a key is remembered, in seconds.
+/// ARGV[3]: the last id this instance has read (`0-0` for none): the new id comes after it
+/// even if Redis lost the stream's end (see [`heal_lua`]).
 ///
 /// No `MAXLEN` here: trimming that way does not record what it removed, and resets need the
 /// highest removed id, so retention deletes with `XDEL` ([`crate::log::RedisLog`]'s trim).
-const APPEND_SCRIPT: &str = r"
+const APPEND_SCRIPT: &str = concat!(
+    heal_lua!(),
+    r"
 if KEYS[2] then
   local seen = redis.call('GET', KEYS[2])
   if seen then return {seen, 1} end
 end
+heal(KEYS[1], ARGV[3])
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 if KEYS[2] then
   redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 end
 return {id, 0}
-";
+"
+);
 
 /// The entries after an id (ARGV[1]: `(id`, or `-` for all; at most ARGV[2]) and, read in the
-/// same atomic step, the highest id ever removed from the stream: `[floor, entries]`.
+/// same atomic step, the highest id ever removed from the stream: `[floor, entries, healed]`.
 /// Retention removes the oldest entries first, so a floor above the last id read means
-/// entries were removed before this reader saw them.
-const READ_SCRIPT: &str = r"
+/// entries were removed before this reader saw them. ARGV[3]: the last id read (`0-0` for
+/// none); if the stream ends before it, it is healed first ([`heal_lua`]) and `healed` is 1.
+const READ_SCRIPT: &str = concat!(
+    heal_lua!(),
+    r"
+local healed = heal(KEYS[1], ARGV[3])
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
 local floor = '0-0'
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -57,8 +110,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     if info[i] == 'max-deleted-entry-id' then floor = info[i + 1] end
   end
 end
-return {floor, entries}
-";
+return {floor, entries, healed}
+"
+);
 
 /// Most publishes sent to Redis in one pipeline.
 const MAX_BATCH: usize = 1_024;
@@ -142,6 +196,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
     }) {
         let mut commands = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
+        let seen = log.highest_read().unwrap_or(EventId::MIN).to_string();
         for Job { req, reply } in jobs.drain(..) {
             let key = req
                 .idempotency_key
@@ -162,7 +217,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                         Some(key) => vec![b"2".to_vec(), stream, key.into_bytes()],
                         None => vec![b"1".to_vec(), stream],
                     };
-                    args.extend([record, ttl.as_bytes().to_vec()]);
+                    args.extend([record, ttl.as_bytes().to_vec(), seen.as_bytes().to_vec()]);
                     commands.push(args);
                     replies.push(reply);
                 }
@@ -395,6 +450,9 @@ fn read_loop(
     stop: &AtomicBool,
     mut deliver: impl FnMut(Tail),
 ) {
+    if let Some(last) = last {
+        log.record_read(last);
+    }
     let mut script = Script::new(READ_SCRIPT);
     let mut conn: Option<Connection> = None;
     let mut backoff = Duration::from_millis(100);
@@ -434,12 +492,20 @@ fn read_loop(
                 tracing::debug!(%error, "cannot refresh the shared log's bounds");
             }
         }
+        if matches!(
+            step,
+            Ok(Step::Idle { healed: true } | Step::Read { healed: true, .. })
+        ) {
+            tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared stream ended before events this instance already read (Redis restarted without persistence, or a replica that lacked them took over): its ids now continue after them, and clients resuming from before them are told they missed events");
+            dirty = true;
+        }
         match step {
-            Ok(Step::Idle) => {}
+            Ok(Step::Idle { .. }) => {}
             Ok(Step::Read {
                 events,
                 read_to,
                 gap,
+                ..
             }) => {
                 if gap {
                     tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared log removed events before this instance read them; closing subscribers so they resume and are told");
@@ -455,6 +521,9 @@ fn read_loop(
                     }
                 }
                 last = read_to.or(last);
+                if let Some(last) = last {
+                    log.record_read(last);
+                }
                 dirty = true;
                 if !events.is_empty() {
                     deliver(Tail::Events(events));
@@ -477,8 +546,11 @@ fn read_loop(
 
 /// What one [`read_step`] found.
 enum Step {
-    /// Nothing new within [`READ_BLOCK`].
-    Idle,
+    /// Nothing new within [`READ_BLOCK`] (after healing the stream when `healed`).
+    Idle {
+        /// The stream had forgotten events already read, and was healed.
+        healed: bool,
+    },
     /// Entries after the last id read.
     Read {
         events: Vec<Event>,
@@ -486,6 +558,8 @@ enum Step {
         read_to: Option<EventId>,
         /// Entries after the last id read were removed before they could be read.
         gap: bool,
+        /// The stream had forgotten events already read, and was healed.
+        healed: bool,
     },
 }
 
@@ -503,9 +577,16 @@ fn read_step(
         None => "-".to_owned(),
     };
     let stream = log.stream_key().as_bytes();
+    let seen = last.unwrap_or(EventId::MIN).to_string();
     let reply = script.run(
         conn,
-        &[b"1", stream, from.as_bytes(), READ_COUNT.as_bytes()],
+        &[
+            b"1",
+            stream,
+            from.as_bytes(),
+            READ_COUNT.as_bytes(),
+            seen.as_bytes(),
+        ],
     )?;
     let mut parts = reply.into_array().unwrap_or_default().into_iter();
     let floor = parts
@@ -513,6 +594,7 @@ fn read_step(
         .and_then(|f| f.as_str().and_then(|f| f.parse::<EventId>().ok()))
         .filter(|&floor| floor != EventId::MIN);
     let entries = parts.next().and_then(Value::into_array).unwrap_or_default();
+    let healed = parts.next().and_then(|h| h.as_int()) == Some(1);
     if entries.is_empty() {
         let block = READ_BLOCK.as_millis().to_string();
         let after = last.unwrap_or(EventId::MIN).to_string();
@@ -527,7 +609,7 @@ fn read_step(
             stream,
             after.as_bytes(),
         ])?;
-        return Ok(Step::Idle);
+        return Ok(Step::Idle { healed });
     }
     let gap = floor.is_some_and(|floor| last.is_none_or(|last| floor > last));
     let (events, read_to) = log.decode_entries(entries);
@@ -535,6 +617,7 @@ fn read_step(
         events,
         read_to,
         gap,
+        healed,
     })
 }
 
@@ -550,5 +633,49 @@ fn pause(stop: &AtomicBool, total: Duration) {
     let until = Instant::now() + total;
     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
         std::thread::sleep(step);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::tests::{Cleanup, TIMEOUT, redis_or_skip, unique_key};
+
+    fn xinfo_field(conn: &mut Connection, key: &str, field: &str) -> String {
+        let info = conn.query(&[b"XINFO", b"STREAM", key.as_bytes()]).unwrap();
+        let info = info.into_array().unwrap();
+        let at = info.iter().position(|v| v.as_str() == Some(field)).unwrap();
+        info[at + 1].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_stream_that_lost_its_end_is_healed_by_the_next_read_and_ids_go_on_after_it() {
+        let Some(config) = redis_or_skip("a_stream_that_lost_its_end_is_healed") else {
+            return;
+        };
+        let key = unique_key("heal");
+        let _cleanup = Cleanup(&config, &key);
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        // What a promoted replica holds: the stream up to 5-0, while instances read to 9-3.
+        conn.query(&[b"XADD", key.as_bytes(), b"5-0", b"e", b"x"])
+            .unwrap();
+        let mut script = Script::new(READ_SCRIPT);
+        let mut read = |seen: &[u8]| {
+            let args: [&[u8]; 5] = [b"1", key.as_bytes(), b"(9-3", b"10", seen];
+            script.run(&mut conn, &args).unwrap().into_array().unwrap()
+        };
+        let answer = read(b"9-3");
+        assert_eq!(answer[0].as_str(), Some("9-3"), "the floor: {answer:?}");
+        assert_eq!(answer[2].as_int(), Some(1), "healed: {answer:?}");
+        // Healing is done once; a reader that has read less changes nothing.
+        assert_eq!(read(b"9-3")[2].as_int(), Some(0));
+        assert_eq!(read(b"7-0")[2].as_int(), Some(0));
+        assert_eq!(xinfo_field(&mut conn, &key, "last-generated-id"), "9-3");
+        assert_eq!(xinfo_field(&mut conn, &key, "max-deleted-entry-id"), "9-3");
+        let next = conn
+            .query(&[b"XADD", key.as_bytes(), b"*", b"e", b"y"])
+            .unwrap();
+        let next: EventId = next.as_str().unwrap().parse().unwrap();
+        assert!(next > EventId::new(9, 3), "{next}");
     }
 }

@@ -686,7 +686,7 @@ impl Pool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
@@ -915,9 +915,10 @@ mod tests {
 
     // Integration tests: they need a Redis at HERALD_TEST_REDIS and skip without it.
 
-    const TIMEOUT: Duration = Duration::from_secs(5);
+    pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
 
-    fn redis_or_skip(test: &str) -> Option<RedisConfig> {
+    /// The Redis in HERALD_TEST_REDIS, or `None` after saying `test` was skipped.
+    pub(crate) fn redis_or_skip(test: &str) -> Option<RedisConfig> {
         match std::env::var("HERALD_TEST_REDIS") {
             Ok(text) if !text.is_empty() => {
                 Some(text.parse().expect("HERALD_TEST_REDIS is a redis:// URL"))
@@ -929,14 +930,15 @@ mod tests {
         }
     }
 
-    fn unique_key(name: &str) -> String {
+    /// A key no other test (or test process) uses.
+    pub(crate) fn unique_key(name: &str) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         format!("herald-test:{}:{n}:{name}", std::process::id())
     }
 
     /// Deletes the test's keys even when an assertion fails.
-    struct Cleanup<'a>(&'a RedisConfig, &'a str);
+    pub(crate) struct Cleanup<'a>(pub(crate) &'a RedisConfig, pub(crate) &'a str);
 
     impl Drop for Cleanup<'_> {
         fn drop(&mut self) {

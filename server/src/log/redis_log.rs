@@ -79,6 +79,8 @@ pub struct RedisLog {
     retention: Retention,
     cached: Mutex<Cached>,
     corrupt: AtomicU64,
+    /// The highest id this instance's reader has read.
+    read: Mutex<Option<EventId>>,
 }
 
 impl std::fmt::Debug for RedisLog {
@@ -114,6 +116,7 @@ impl RedisLog {
             retention: config.retention,
             cached: Mutex::new(Cached::default()),
             corrupt: AtomicU64::new(0),
+            read: Mutex::new(None),
         };
         log.refresh().map_err(|e| match e {
             LogError::Redis(source) => wrap(source),
@@ -125,6 +128,18 @@ impl RedisLog {
     /// The Redis server this log is on.
     pub fn redis(&self) -> &RedisConfig {
         self.pool.config()
+    }
+
+    /// Use from the cluster reader after each read: the highest id this instance has read,
+    /// which the publisher passes to Redis so a new id never falls below it.
+    pub fn record_read(&self, id: EventId) {
+        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        *read = (*read).max(Some(id));
+    }
+
+    /// The highest id [`RedisLog::record_read`] was given.
+    pub fn highest_read(&self) -> Option<EventId> {
+        *self.read.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The prefix of every key of this deployment's.

@@ -305,6 +305,22 @@ impl Drop for OwnRedis {
     }
 }
 
+/// Publishes `body` until the instance, back in touch with Redis, accepts it; its id.
+async fn publish_once_redis_is_back(herald: &Herald, body: Value) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, answer) = herald.publish(body.clone()).await;
+        if status.as_u16() == 200 {
+            return answer["id"].as_str().expect("an id").to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publishing works again: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_goes_away_publishes_fail_with_503_and_delivery_resumes_when_it_is_back() {
     let Some(mut redis) = OwnRedis::start("when_redis_goes_away_publishes_fail_with_503") else {
@@ -334,20 +350,8 @@ async fn when_redis_goes_away_publishes_fail_with_503_and_delivery_resumes_when_
 
     redis.restart();
     // The publisher and the reader reconnect by themselves.
-    let deadline = std::time::Instant::now() + WAIT;
-    let after = loop {
-        let (status, body) = herald
-            .publish(json!({"topics": ["t"], "data": "after"}))
-            .await;
-        if status.as_u16() == 200 {
-            break body["id"].as_str().expect("an id").to_owned();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "publishing works again: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after =
+        publish_once_redis_is_back(&herald, json!({"topics": ["t"], "data": "after"})).await;
     let event = sub
         .next_event(WAIT)
         .await
@@ -532,4 +536,39 @@ async fn every_instance_lists_the_others_with_their_figures_and_forgets_one_that
         node_names(answer) == [a_name.as_str().unwrap_or_default()]
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_the_stream_ids_keep_rising_and_resumes_from_before_the_loss_are_told() {
+    let Some(mut redis) = OwnRedis::start("after_redis_loses_the_stream") else {
+        return;
+    };
+    let url = redis.url();
+    let a = Herald::start(&["--dev", "--redis", &url]);
+    let mut live = a.events().topic("t").open().await;
+    let mut before = Vec::new();
+    for n in 0..3 {
+        before.push(a.publish_ok(json!({"topics": ["t"], "data": n})).await);
+    }
+    assert_eq!(ids(&live.events_until(3, WAIT).await), before);
+
+    // Redis comes back empty (it keeps nothing on disk): the three events are gone.
+    redis.restart();
+    let after = publish_once_redis_is_back(&a, json!({"topics": ["t"], "data": "after"})).await;
+    let id = |text: &str| text.parse::<herald_core::EventId>().expect("an event id");
+    assert!(id(&after) > id(&before[2]), "{after} follows {}", before[2]);
+    assert_eq!(
+        ids(&live.events_until(1, WAIT).await),
+        std::slice::from_ref(&after)
+    );
+
+    // A client that saw only the first event resumes on an instance started after the loss:
+    // it is told that events are missing, then gets what followed.
+    let b = Herald::start(&["--dev", "--redis", &url]);
+    let mut resumed = b.events().topic("t").last_event_id(&before[0]).open().await;
+    let got = resumed.events_until(2, WAIT).await;
+    assert_eq!(got[0].event_type, "herald.reset", "{}", resumed.raw_text());
+    let reset: Value = serde_json::from_str(&got[0].data).expect("the reset notice is JSON");
+    assert_eq!(reset["reason"], "history_truncated", "{reset}");
+    assert_eq!(ids(&got[1..]), [after], "{}", resumed.raw_text());
 }
