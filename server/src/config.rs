@@ -14,11 +14,14 @@ use crate::tls::ClientFiles;
 
 /// The flags of `herald serve`. Every flag also reads `HERALD_<NAME>` (upper case, `_` for
 /// `-`), and every setting can be written in the `--config` TOML file under the flag's name
-/// with `_` for `-` (for example `max_connections = 1000`).
-#[derive(Args, Debug, Default, Clone)]
+/// with `_` for `-` (for example `max_connections = 1000`): the file is read into this same
+/// struct, so flags and file keys cannot drift apart.
+#[derive(Args, Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServeArgs {
     /// TOML file with settings (flags and environment variables override it).
     #[arg(long, env = "HERALD_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7070].
     #[arg(long, env = "HERALD_LISTEN")]
@@ -37,18 +40,21 @@ pub struct ServeArgs {
     /// (sled flushes in the background: faster, but a crash can lose the last ~0.5 s)
     /// [default: every-batch].
     #[arg(long, env = "HERALD_FSYNC")]
+    #[serde(deserialize_with = "parsed_text")]
     pub fsync: Option<FsyncPolicy>,
     /// Keep at most this many events in the log [default: 1000000].
     #[arg(long, env = "HERALD_RETAIN_EVENTS")]
     pub retain_events: Option<u64>,
     /// Keep events at most this long, e.g. `7d`, `12h` [default: 7d].
     #[arg(long, env = "HERALD_RETAIN_AGE", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
     pub retain_age: Option<Duration>,
     /// Keep at most this many bytes of events [default: 1073741824].
     #[arg(long, env = "HERALD_RETAIN_BYTES")]
     pub retain_bytes: Option<u64>,
     /// How often retention trims the log [default: 10s].
     #[arg(long, env = "HERALD_TRIM_INTERVAL", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
     pub trim_interval: Option<Duration>,
     /// Most subscriber connections at once; beyond it new subscribers are told to retry
     /// later [default: 50000].
@@ -66,15 +72,18 @@ pub struct ServeArgs {
     pub queue_bytes: Option<usize>,
     /// Keep-alive comment interval on idle streams [default: 15s].
     #[arg(long, env = "HERALD_KEEPALIVE", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
     pub keepalive: Option<Duration>,
     /// Reconnection delay sent to clients as `retry:`, in ms [default: 3000].
     #[arg(long, env = "HERALD_RETRY_MS")]
     pub retry_ms: Option<u64>,
     /// Time a client has to send its request headers [default: 10s].
     #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
     pub header_timeout: Option<Duration>,
     /// Longest wait for streams to end and the log to flush on shutdown [default: 10s].
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
     pub shutdown_timeout: Option<Duration>,
     /// Origins allowed to subscribe from a browser on another origin (with credentials);
     /// repeat the flag or separate with commas.
@@ -96,9 +105,11 @@ pub struct ServeArgs {
     /// Cluster mode: keep the log in this Redis (7.0 or later), shared with every other
     /// instance given the same URL and --redis-prefix, so a client may publish to, subscribe
     /// to and resume on any of them. Form: `redis://[[user]:password@]host[:port][/db]`, or
-    /// `rediss://...` for TLS (prefer HERALD_REDIS for a password). The embedded log is not used: --data-dir,
-    /// --fsync and --retain-bytes do not apply (durability is Redis's own persistence).
+    /// `rediss://...` for TLS (prefer HERALD_REDIS for a password). The embedded log is not
+    /// used: --data-dir, --fsync and --retain-bytes do not apply (durability is Redis's own
+    /// persistence).
     #[arg(long, env = "HERALD_REDIS", hide_env_values = true)]
+    #[serde(deserialize_with = "parsed_text")]
     pub redis: Option<RedisConfig>,
     /// Prefix of Herald's keys in Redis; one deployment's instances share it, and another
     /// deployment on the same Redis picks another [default: herald].
@@ -114,38 +125,6 @@ pub struct ServeArgs {
     /// The private key (PEM) of --redis-tls-cert.
     #[arg(long, env = "HERALD_REDIS_TLS_KEY", value_name = "PEM")]
     pub redis_tls_key: Option<PathBuf>,
-}
-
-/// The settings file: the same names as the flags, with `_` for `-`.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    dev: Option<bool>,
-    jwt_secret: Option<String>,
-    fsync: Option<String>,
-    retain_events: Option<u64>,
-    retain_age: Option<String>,
-    retain_bytes: Option<u64>,
-    trim_interval: Option<String>,
-    max_connections: Option<usize>,
-    max_topics: Option<usize>,
-    max_body: Option<usize>,
-    queue_bytes: Option<usize>,
-    keepalive: Option<String>,
-    retry_ms: Option<u64>,
-    header_timeout: Option<String>,
-    shutdown_timeout: Option<String>,
-    cors_origins: Option<Vec<String>>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    backlog: Option<u32>,
-    redis: Option<String>,
-    redis_prefix: Option<String>,
-    redis_ca_file: Option<PathBuf>,
-    redis_tls_cert: Option<PathBuf>,
-    redis_tls_key: Option<PathBuf>,
 }
 
 /// Every setting of a running server, resolved.
@@ -235,64 +214,25 @@ impl ServeArgs {
     pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let dur = |flag: Option<Duration>,
-                   file: &Option<String>,
-                   default: Duration|
-         -> Result<Duration, ConfigError> {
-            match (flag, file) {
-                (Some(d), _) => Ok(d),
-                (None, Some(s)) => parse_duration(s).map_err(ConfigError::Invalid),
-                (None, None) => Ok(default),
-            }
-        };
-        let fsync = match (self.fsync, &file.fsync) {
-            (Some(f), _) => f,
-            (None, Some(s)) => s
-                .parse()
-                .map_err(|e| ConfigError::Invalid(format!("{e}")))?,
-            (None, None) => FsyncPolicy::default(),
-        };
+        let s = self.clone().over(file);
         let defaults = Retention::default();
         let retention = Retention {
-            max_events: self
-                .retain_events
-                .or(file.retain_events)
-                .unwrap_or(defaults.max_events),
-            max_age: dur(self.retain_age, &file.retain_age, defaults.max_age)?,
-            max_bytes: self
-                .retain_bytes
-                .or(file.retain_bytes)
-                .unwrap_or(defaults.max_bytes),
+            max_events: s.retain_events.unwrap_or(defaults.max_events),
+            max_age: s.retain_age.unwrap_or(defaults.max_age),
+            max_bytes: s.retain_bytes.unwrap_or(defaults.max_bytes),
         };
-        let tls = cert_and_key(
-            ("--tls-cert", self.tls_cert.clone().or(file.tls_cert)),
-            ("--tls-key", self.tls_key.clone().or(file.tls_key)),
-        )?;
-        let redis = match (&self.redis, &file.redis) {
-            (Some(url), _) => Some(url.clone()),
-            (None, Some(url)) => Some(
-                url.parse::<RedisConfig>()
-                    .map_err(|e| ConfigError::Invalid(format!("redis in the config file: {e}")))?,
-            ),
-            (None, None) => None,
-        };
+        let tls = cert_and_key(("--tls-cert", s.tls_cert), ("--tls-key", s.tls_key))?;
         let redis_tls_files = ClientFiles {
-            ca_file: self.redis_ca_file.clone().or(file.redis_ca_file),
+            ca_file: s.redis_ca_file,
             identity: cert_and_key(
-                (
-                    "--redis-tls-cert",
-                    self.redis_tls_cert.clone().or(file.redis_tls_cert),
-                ),
-                (
-                    "--redis-tls-key",
-                    self.redis_tls_key.clone().or(file.redis_tls_key),
-                ),
+                ("--redis-tls-cert", s.redis_tls_cert),
+                ("--redis-tls-key", s.redis_tls_key),
             )?,
         };
         if redis_tls_files != ClientFiles::default()
-            && !redis.as_ref().is_some_and(RedisConfig::uses_tls)
+            && !s.redis.as_ref().is_some_and(RedisConfig::uses_tls)
         {
             return Err(ConfigError::Invalid(
                 "--redis-ca-file, --redis-tls-cert and --redis-tls-key apply to a rediss:// \
@@ -300,19 +240,13 @@ impl ServeArgs {
                     .into(),
             ));
         }
-        let redis = match redis {
+        let redis = match s.redis {
             None => None,
             Some(redis) => {
                 let embedded_only = [
-                    (
-                        "--data-dir",
-                        self.data_dir.is_some() || file.data_dir.is_some(),
-                    ),
-                    ("--fsync", self.fsync.is_some() || file.fsync.is_some()),
-                    (
-                        "--retain-bytes",
-                        self.retain_bytes.is_some() || file.retain_bytes.is_some(),
-                    ),
+                    ("--data-dir", s.data_dir.is_some()),
+                    ("--fsync", s.fsync.is_some()),
+                    ("--retain-bytes", s.retain_bytes.is_some()),
                 ];
                 if let Some((flag, _)) = embedded_only.iter().find(|(_, set)| *set) {
                     return Err(ConfigError::Invalid(format!(
@@ -321,11 +255,7 @@ impl ServeArgs {
                          Redis's own persistence); remove one of them"
                     )));
                 }
-                let prefix = self
-                    .redis_prefix
-                    .clone()
-                    .or(file.redis_prefix)
-                    .unwrap_or_else(|| "herald".to_owned());
+                let prefix = s.redis_prefix.unwrap_or_else(|| "herald".to_owned());
                 if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
                 {
                     return Err(ConfigError::Invalid(format!(
@@ -344,56 +274,30 @@ impl ServeArgs {
         };
         let config = ServeConfig {
             redis,
-            listen: self
+            listen: s
                 .listen
-                .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
             log: LogConfig {
-                data_dir: self
+                data_dir: s
                     .data_dir
-                    .clone()
-                    .or(file.data_dir)
                     .unwrap_or_else(|| PathBuf::from(crate::log::DEFAULT_DATA_DIR)),
-                fsync,
+                fsync: s.fsync.unwrap_or_default(),
                 retention,
             },
-            dev: self.dev || file.dev.unwrap_or(false),
-            jwt_secret: self
-                .jwt_secret
-                .clone()
-                .or(file.jwt_secret)
-                .filter(|s| !s.is_empty()),
-            trim_interval: dur(
-                self.trim_interval,
-                &file.trim_interval,
-                Duration::from_secs(10),
-            )?,
-            max_connections: self
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(50_000),
-            max_topics: self.max_topics.or(file.max_topics).unwrap_or(64),
-            max_body: self.max_body.or(file.max_body).unwrap_or(1 << 20),
-            queue_bytes: self.queue_bytes.or(file.queue_bytes).unwrap_or(4 << 20),
-            keepalive: dur(self.keepalive, &file.keepalive, Duration::from_secs(15))?,
-            retry_ms: self.retry_ms.or(file.retry_ms).unwrap_or(3_000),
-            header_timeout: dur(
-                self.header_timeout,
-                &file.header_timeout,
-                Duration::from_secs(10),
-            )?,
-            shutdown_timeout: dur(
-                self.shutdown_timeout,
-                &file.shutdown_timeout,
-                Duration::from_secs(10),
-            )?,
-            cors_origins: if self.cors_origins.is_empty() {
-                file.cors_origins.unwrap_or_default()
-            } else {
-                self.cors_origins.clone()
-            },
+            dev: s.dev,
+            jwt_secret: s.jwt_secret.filter(|s| !s.is_empty()),
+            trim_interval: s.trim_interval.unwrap_or(Duration::from_secs(10)),
+            max_connections: s.max_connections.unwrap_or(50_000),
+            max_topics: s.max_topics.unwrap_or(64),
+            max_body: s.max_body.unwrap_or(1 << 20),
+            queue_bytes: s.queue_bytes.unwrap_or(4 << 20),
+            keepalive: s.keepalive.unwrap_or(Duration::from_secs(15)),
+            retry_ms: s.retry_ms.unwrap_or(3_000),
+            header_timeout: s.header_timeout.unwrap_or(Duration::from_secs(10)),
+            shutdown_timeout: s.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            cors_origins: s.cors_origins,
             tls,
-            backlog: self.backlog.or(file.backlog).unwrap_or(4096),
+            backlog: s.backlog.unwrap_or(4096),
         };
         if config.max_connections == 0 || config.max_topics == 0 || config.queue_bytes < 1024 {
             return Err(ConfigError::Invalid(
@@ -411,16 +315,78 @@ impl ServeArgs {
         }
         Ok(config)
     }
+
+    /// These settings, with `file`'s wherever these have none. Every field is named (no
+    /// `..`), so a new setting cannot be left out of the file.
+    fn over(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            listen: self.listen.or(file.listen),
+            data_dir: self.data_dir.or(file.data_dir),
+            dev: self.dev || file.dev,
+            jwt_secret: self.jwt_secret.or(file.jwt_secret),
+            fsync: self.fsync.or(file.fsync),
+            retain_events: self.retain_events.or(file.retain_events),
+            retain_age: self.retain_age.or(file.retain_age),
+            retain_bytes: self.retain_bytes.or(file.retain_bytes),
+            trim_interval: self.trim_interval.or(file.trim_interval),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_topics: self.max_topics.or(file.max_topics),
+            max_body: self.max_body.or(file.max_body),
+            queue_bytes: self.queue_bytes.or(file.queue_bytes),
+            keepalive: self.keepalive.or(file.keepalive),
+            retry_ms: self.retry_ms.or(file.retry_ms),
+            header_timeout: self.header_timeout.or(file.header_timeout),
+            shutdown_timeout: self.shutdown_timeout.or(file.shutdown_timeout),
+            cors_origins: match self.cors_origins.is_empty() {
+                true => file.cors_origins,
+                false => self.cors_origins,
+            },
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            backlog: self.backlog.or(file.backlog),
+            redis: self.redis.or(file.redis),
+            redis_prefix: self.redis_prefix.or(file.redis_prefix),
+            redis_ca_file: self.redis_ca_file.or(file.redis_ca_file),
+            redis_tls_cert: self.redis_tls_cert.or(file.redis_tls_cert),
+            redis_tls_key: self.redis_tls_key.or(file.redis_tls_key),
+        }
+    }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// A duration written as text in the file, like the flags take it (`15s`, `7d`).
+fn duration_text<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A value written as text in the file and parsed as its flag is (`fsync`, `redis`).
+fn parsed_text<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err: std::fmt::Display>,
+{
+    let text = String::deserialize(de)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
+    // The message and line only: toml's own text quotes the line, which may hold a secret.
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(String::new(), |span| {
+            let line = text[..span.start].matches('\n').count() + 1;
+            format!(" (line {line})")
+        });
+        ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("{}{line}", e.message().trim_end()),
+        }
     })
 }
 
@@ -471,6 +437,39 @@ mod tests {
         assert_eq!(c.keepalive, Duration::from_secs(5));
         assert_eq!(c.log.fsync, FsyncPolicy::Never);
         assert_eq!(c.max_body, 1 << 20);
+    }
+
+    #[test]
+    fn the_file_takes_values_as_their_flags_do_and_its_errors_keep_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let write = |text: &str| std::fs::write(&path, text).unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        write(
+            "dev = true\ntrim_interval = \"500ms\"\ncors_origins = [\"https://a.example\"]\n\
+             redis = \"redis://:pw@10.0.0.5:6380/2\"\nredis_prefix = \"blue\"\n",
+        );
+        let c = args.resolve().unwrap();
+        assert!(c.dev);
+        assert_eq!(c.trim_interval, Duration::from_millis(500));
+        assert_eq!(c.cors_origins, ["https://a.example"]);
+        let shared = c.redis.unwrap();
+        assert_eq!(shared.redis.to_string(), "redis://10.0.0.5:6380/2");
+        assert_eq!(shared.prefix, "blue");
+
+        write("redis = \"redis://:topsecret@h:bad\"\n");
+        let err = args.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("port `bad`") && err.contains("line 1"),
+            "{err}"
+        );
+        assert!(!err.contains("topsecret"), "{err}");
+        write("redis = \"redis://h\"\nfsync = \"never\"\n");
+        let err = args.resolve().unwrap_err().to_string();
+        assert!(err.contains("--fsync"), "{err}");
     }
 
     #[test]
