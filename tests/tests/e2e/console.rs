@@ -179,8 +179,6 @@ async fn over_https_the_console_trusts_the_server_only_through_its_ca_file() {
     ]);
     let url = herald.url("");
     assert!(url.starts_with("https://"), "{url}");
-    let mut subscriber = Curl::subscribe("--http1.1", &herald.url("/events?topic=tls-demo"));
-    subscriber.line_starting("retry: ").await;
     let tui = tui_bin().display().to_string();
 
     // The test CA is not in the system's store: the console refuses the server and says why.
@@ -190,6 +188,8 @@ async fn over_https_the_console_trusts_the_server_only_through_its_ca_file() {
     });
 
     // Given the CA, it connects, lists the subscriber and publishes to its topic.
+    let mut subscriber = Curl::subscribe("--http1.1", &herald.url("/events?topic=tls-demo"));
+    subscriber.line_starting("retry: ").await;
     let console = Tmux::start(&format!("{tui} --url {url} --ca-file {}", path(&ca)));
     console.wait_for("the https subscriber in the connections table", |s| {
         s.contains("● live") && s.lines().any(|l| l.contains("tls-demo"))

@@ -65,7 +65,9 @@ impl Curl {
     /// not checked (`-k`).
     pub(crate) fn subscribe(protocol: &str, url: &str) -> Self {
         let mut child = Command::new("curl")
-            .args([protocol, "-sk", "-N", "-i", "--max-time", "30", url])
+            // A bound on a hung test only (the child is killed when dropped): long enough for a
+            // test that waits on other programs on a loaded machine.
+            .args([protocol, "-sk", "-N", "-i", "--max-time", "120", url])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
