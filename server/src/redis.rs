@@ -447,7 +447,11 @@ impl Transport {
         let mut stream = rustls::StreamOwned::new(session, tcp);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock).map_err(|e| {
-                io::Error::new(e.kind(), format!("TLS handshake with `{host}`: {e}"))
+                let hint = match e.to_string().contains("certificate") {
+                    true => " (trust its CA with --redis-ca-file)",
+                    false => "",
+                };
+                io::Error::new(e.kind(), format!("TLS handshake with `{host}`: {e}{hint}"))
             })?;
         }
         Ok(Transport::Tls(Box::new(stream)))
