@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herald_core::{NodeInfo, Stats};
 
@@ -64,8 +64,8 @@ struct Registry {
     seen_key: String,
     /// The heartbeat's own connection, opened when needed.
     conn: Mutex<Option<Connection>>,
-    /// Every live node as of the last heartbeat.
-    latest: Mutex<Vec<NodeInfo>>,
+    /// Every live node as of the last heartbeat that reached Redis, and when that was.
+    latest: Mutex<(Vec<NodeInfo>, Instant)>,
 }
 
 impl Nodes {
@@ -76,7 +76,7 @@ impl Nodes {
             seen_key: format!("{}:nodes-seen", log.prefix()),
             log,
             conn: Mutex::new(None),
-            latest: Mutex::new(Vec::new()),
+            latest: Mutex::new((Vec::new(), Instant::now())),
         });
         Arc::new(Self {
             name,
@@ -102,10 +102,19 @@ impl Nodes {
         let Some(registry) = &self.cluster else {
             return vec![me];
         };
-        let mut nodes: Vec<NodeInfo> = lock(&registry.latest)
+        // While Redis cannot be reached the last answer ages: the others' reports are older by
+        // that much, and those older than the timeout are gone.
+        let (latest, fetched) = &*lock(&registry.latest);
+        let age = u64::try_from(fetched.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let timeout = u64::try_from(NODE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+        let mut nodes: Vec<NodeInfo> = latest
             .iter()
             .filter(|n| n.name != self.name)
-            .cloned()
+            .map(|n| NodeInfo {
+                seen_ms_ago: n.seen_ms_ago.saturating_add(age),
+                ..n.clone()
+            })
+            .filter(|n| n.seen_ms_ago <= timeout)
             .collect();
         nodes.push(me);
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -167,7 +176,7 @@ impl Nodes {
                 Some(node)
             })
             .collect();
-        *lock(&registry.latest) = nodes;
+        *lock(&registry.latest) = (nodes, Instant::now());
         Ok(())
     }
 
@@ -232,4 +241,53 @@ pub fn node_name(port: u16) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "herald".to_owned());
     format!("{host}:{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{RedisLogConfig, Retention};
+    use crate::redis::tests::{redis_or_skip, unique_key};
+
+    fn names(nodes: &[NodeInfo]) -> Vec<&str> {
+        nodes.iter().map(|n| n.name.as_str()).collect()
+    }
+
+    #[test]
+    fn nodes_see_each_other_until_one_leaves_or_its_reports_grow_too_old() {
+        let Some(redis) = redis_or_skip("nodes_see_each_other") else {
+            return;
+        };
+        let prefix = unique_key("nodes");
+        let log = Arc::new(
+            RedisLog::open(&RedisLogConfig {
+                redis,
+                prefix,
+                retention: Retention::default(),
+            })
+            .unwrap(),
+        );
+        let a = Nodes::new("a:1".into(), Some(log.clone()));
+        let b = Nodes::new("b:2".into(), Some(log));
+        let mut stats = Stats::default();
+        stats.counters.connections = 3;
+        b.heartbeat(&stats).unwrap();
+        a.heartbeat(&Stats::default()).unwrap();
+        let seen = a.list(&Stats::default());
+        assert_eq!(names(&seen), ["a:1", "b:2"]);
+        assert_eq!(seen[1].counters.connections, 3);
+
+        // Redis out of reach for longer than the timeout: the last answer has aged out.
+        if let Some(long_ago) = Instant::now().checked_sub(NODE_TIMEOUT + HEARTBEAT) {
+            lock(&a.cluster.as_ref().unwrap().latest).1 = long_ago;
+            assert_eq!(names(&a.list(&Stats::default())), ["a:1"]);
+        }
+
+        b.leave();
+        // A heartbeat after leaving reports nothing, so B stays gone.
+        b.heartbeat(&stats).unwrap();
+        a.heartbeat(&Stats::default()).unwrap();
+        assert_eq!(names(&a.list(&Stats::default())), ["a:1"]);
+        a.leave();
+    }
 }
