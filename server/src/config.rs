@@ -105,9 +105,9 @@ pub struct ServeArgs {
     /// Cluster mode: keep the log in this Redis (7.0 or later), shared with every other
     /// instance given the same URL and --redis-prefix, so a client may publish to, subscribe
     /// to and resume on any of them. Form: `redis://[[user]:password@]host[:port][/db]`, or
-    /// `rediss://...` for TLS (prefer HERALD_REDIS for a password). The embedded log is not
-    /// used: --data-dir, --fsync and --retain-bytes do not apply (durability is Redis's own
-    /// persistence).
+    /// `rediss://...` for TLS (prefer HERALD_REDIS for a password); any node of a Redis
+    /// Cluster will do. The embedded log is not used: --data-dir, --fsync and --retain-bytes do
+    /// not apply (durability is Redis's own persistence).
     #[arg(long, env = "HERALD_REDIS", hide_env_values = true)]
     #[serde(deserialize_with = "parsed_text")]
     pub redis: Option<RedisConfig>,
@@ -256,10 +256,15 @@ impl ServeArgs {
                     )));
                 }
                 let prefix = s.redis_prefix.unwrap_or_else(|| "herald".to_owned());
-                if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+                // Braces are Redis Cluster's hash tag, which Herald adds itself there.
+                if prefix.is_empty()
+                    || prefix
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
                 {
                     return Err(ConfigError::Invalid(format!(
-                        "redis-prefix {prefix:?} must be non-empty, without spaces or control characters"
+                        "redis-prefix {prefix:?} must be non-empty, without spaces, braces or \
+                         control characters"
                     )));
                 }
                 let redis = redis

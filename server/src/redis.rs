@@ -48,6 +48,9 @@ pub struct RedisConfig {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// `rediss://` whose TLS settings are not resolved yet (parsing reads no files).
     tls_pending: bool,
+    /// Where a Redis Cluster last said (`MOVED`) the keys asked for live; every connection
+    /// made from this configuration or its clones goes there first.
+    moved_to: Arc<Mutex<Option<(String, u16)>>>,
 }
 
 impl RedisConfig {
@@ -145,6 +148,7 @@ impl FromStr for RedisConfig {
             db,
             tls: None,
             tls_pending: tls,
+            moved_to: Arc::default(),
         })
     }
 }
@@ -493,6 +497,22 @@ impl fmt::Debug for Transport {
     }
 }
 
+/// Where a Redis Cluster `MOVED <slot> <host>:<port>` error reply points (an empty host
+/// means the node that answered); `None` for any other error.
+fn moved_target(error: &str) -> Option<(String, u16)> {
+    let mut words = error.split(' ');
+    if words.next() != Some("MOVED") {
+        return None;
+    }
+    let (host, port) = words.nth(1)?.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The largest command buffer kept between sends (a big pipeline's is freed after it).
 const KEEP_OUT_BUFFER: usize = 1 << 20;
 
@@ -505,15 +525,45 @@ pub struct Connection {
     out: Vec<u8>,
     /// Set by a connection error: the stream may be mid-reply, so its next reply is not ours.
     broken: bool,
+    /// What it was opened with, to follow a Redis Cluster `MOVED` redirect.
+    config: RedisConfig,
+    timeout: Duration,
+    /// The read timeout asked for with [`Connection::set_read_timeout`].
+    read_timeout: Option<Duration>,
 }
+
+/// The most `MOVED` redirects one command follows (a slot moves once; more means the cluster
+/// is still being resharded, and the caller's retry comes later).
+const MAX_REDIRECTS: usize = 3;
 
 impl Connection {
     /// Use to connect: resolves the host and tries each address with `timeout`, then sets
     /// TCP_NODELAY, read and write timeouts of `timeout`, completes the TLS handshake for
-    /// `rediss://`, and sends `AUTH` and `SELECT` if configured.
+    /// `rediss://`, and sends `AUTH` and `SELECT` if configured. With a Redis Cluster it goes
+    /// where the last `MOVED` pointed, and follows `MOVED` replies itself.
     pub fn open(config: &RedisConfig, timeout: Duration) -> Result<Self, RedisError> {
-        let host = config.host.as_str();
-        let addrs = (host, config.port).to_socket_addrs().map_err(|error| {
+        let moved = lock(&config.moved_to).clone();
+        match moved {
+            None => Self::open_at(config, &config.host, config.port, timeout),
+            Some((host, port)) => Self::open_at(config, &host, port, timeout).or_else(|error| {
+                // The node the keys moved to is gone (a failover): ask the configured node
+                // again, which redirects to the new owner.
+                if !error.is_connection_error() {
+                    return Err(error);
+                }
+                *lock(&config.moved_to) = None;
+                Self::open_at(config, &config.host, config.port, timeout)
+            }),
+        }
+    }
+
+    fn open_at(
+        config: &RedisConfig,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        let addrs = (host, port).to_socket_addrs().map_err(|error| {
             io::Error::new(error.kind(), format!("resolving `{host}`: {error}"))
         })?;
         let mut last_error =
@@ -545,6 +595,9 @@ impl Connection {
             stream: BufReader::new(transport),
             out: Vec::new(),
             broken: false,
+            config: config.clone(),
+            timeout,
+            read_timeout: Some(timeout),
         };
         if let Some(password) = &config.password {
             match &config.username {
@@ -561,29 +614,89 @@ impl Connection {
     /// Use before a blocking read (`XREAD BLOCK`) to wait longer than the open timeout;
     /// `None` waits forever.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout = timeout;
         self.stream.get_ref().tcp().set_read_timeout(timeout)
     }
 
     /// Use to send one command, e.g. `[b"XADD", b"key", b"*", b"f", b"v"]`. An error reply is
     /// `Err(RedisError::Server)` and leaves the connection usable.
     pub fn query(&mut self, args: &[&[u8]]) -> Result<Value, RedisError> {
-        let reply = self.exchange(|connection| {
-            connection.send(&[args])?;
-            connection.read()
-        })?;
-        reply.map_err(RedisError::Server)
+        let mut redirects = 0;
+        loop {
+            let reply = self.exchange(|connection| {
+                connection.send(&[args])?;
+                connection.read()
+            })?;
+            match reply.as_ref().err().and_then(|e| moved_target(e)) {
+                Some(target) if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    self.follow(target)?;
+                }
+                _ => return reply.map_err(RedisError::Server),
+            }
+        }
     }
 
     /// Use to send many commands in one write and read all replies in order (pipelining).
     /// The outer `Err` is a connection failure; a command's error reply is its inner `Err`.
+    /// Commands a Redis Cluster redirects (`MOVED`: they did not run) are sent again where
+    /// it points, in their order.
     pub fn pipeline(
         &mut self,
         commands: &[Vec<Vec<u8>>],
     ) -> Result<Vec<Result<Value, String>>, RedisError> {
-        self.exchange(|connection| {
+        let mut results = self.exchange(|connection| {
             connection.send(commands)?;
-            commands.iter().map(|_| connection.read()).collect()
-        })
+            commands
+                .iter()
+                .map(|_| connection.read())
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        for _ in 0..MAX_REDIRECTS {
+            let moved: Vec<usize> = (0..results.len())
+                .filter(|&i| {
+                    results[i]
+                        .as_ref()
+                        .is_err_and(|e| moved_target(e).is_some())
+                })
+                .collect();
+            let Some(target) = moved
+                .first()
+                .and_then(|&i| results[i].as_ref().err())
+                .and_then(|e| moved_target(e))
+            else {
+                break;
+            };
+            self.follow(target)?;
+            let again: Vec<&Vec<Vec<u8>>> = moved.iter().map(|&i| &commands[i]).collect();
+            let replies = self.exchange(|connection| {
+                connection.send(&again)?;
+                again
+                    .iter()
+                    .map(|_| connection.read())
+                    .collect::<Result<Vec<_>, _>>()
+            })?;
+            for (i, reply) in moved.into_iter().zip(replies) {
+                results[i] = reply;
+            }
+        }
+        Ok(results)
+    }
+
+    /// Reconnects to where a `MOVED` reply pointed, and makes every later connection from
+    /// the same configuration go there first.
+    fn follow(&mut self, (host, port): (String, u16)) -> Result<(), RedisError> {
+        let host = match host.is_empty() {
+            // An empty host means "the node you asked": only the port differs.
+            true => self.stream.get_ref().tcp().peer_addr()?.ip().to_string(),
+            false => host,
+        };
+        tracing::info!(%host, port, "Redis Cluster moved Herald's keys; following");
+        *lock(&self.config.moved_to) = Some((host, port));
+        let read_timeout = self.read_timeout;
+        *self = Connection::open(&self.config, self.timeout)?;
+        self.set_read_timeout(read_timeout)?;
+        Ok(())
     }
 
     /// Runs one request/reply exchange and remembers whether it broke the connection.
@@ -915,6 +1028,85 @@ pub(crate) mod tests {
         let config = url("redis://127.0.0.1:1").unwrap();
         let result = Connection::open(&config, Duration::from_secs(2));
         assert!(matches!(result, Err(RedisError::Io(_))), "{result:?}");
+    }
+
+    /// A fake node on a free port: every command read on any connection is answered with
+    /// `answer`; counts the connections it accepted.
+    fn fake_node(answer: String) -> (u16, Arc<AtomicU32>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU32::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                count.fetch_add(1, Ordering::Relaxed);
+                let answer = answer.clone();
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    // A command is a RESP array, which the reply parser reads as well.
+                    while let Ok(Ok(_)) = read_reply(&mut reader, 0) {
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[test]
+    fn a_cluster_redirect_is_followed_for_commands_and_pipelines_and_remembered() {
+        let (owner, _) = fake_node("+OK\r\n".to_owned());
+        let (other, other_accepted) = fake_node(format!("-MOVED 3999 127.0.0.1:{owner}\r\n"));
+        let config = url(&format!("redis://127.0.0.1:{other}")).unwrap();
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        assert_eq!(conn.query(&[b"GET", b"k"]).unwrap(), status("OK"));
+        // Later connections from the same configuration go to the owner directly.
+        let mut again = Connection::open(&config.clone(), TIMEOUT).unwrap();
+        assert_eq!(again.query(&[b"GET", b"k"]).unwrap(), status("OK"));
+        assert_eq!(other_accepted.load(Ordering::Relaxed), 1);
+
+        // The owner went away (a failover): the configured node is asked again.
+        *lock(&config.moved_to) = Some(("127.0.0.1".to_owned(), 1));
+        let mut after_failover = Connection::open(&config, TIMEOUT).unwrap();
+        assert_eq!(after_failover.query(&[b"GET", b"k"]).unwrap(), status("OK"));
+        assert_eq!(other_accepted.load(Ordering::Relaxed), 2);
+
+        // A pipeline whose commands were all redirected is sent again, in order, to the owner.
+        let fresh = url(&format!("redis://127.0.0.1:{other}")).unwrap();
+        let mut conn = Connection::open(&fresh, TIMEOUT).unwrap();
+        let commands = vec![vec![b"GET".to_vec(), b"a".to_vec()]; 3];
+        let replies = conn.pipeline(&commands).unwrap();
+        assert_eq!(replies, vec![Ok(status("OK")); 3]);
+
+        // A node that keeps redirecting is given up on after a few hops.
+        let (looping, _) = fake_node("-MOVED 1 127.0.0.1:1\r\n".to_owned());
+        let (start, _) = fake_node(format!("-MOVED 1 127.0.0.1:{looping}\r\n"));
+        let mut conn = Connection::open(
+            &url(&format!("redis://127.0.0.1:{start}")).unwrap(),
+            TIMEOUT,
+        )
+        .unwrap();
+        assert!(conn.query(&[b"GET", b"k"]).is_err());
+    }
+
+    #[test]
+    fn moved_replies_are_read_and_other_errors_are_not() {
+        assert_eq!(
+            moved_target("MOVED 3999 10.0.0.7:6381"),
+            Some(("10.0.0.7".to_owned(), 6381))
+        );
+        assert_eq!(
+            moved_target("MOVED 1 ::1:7000"),
+            Some(("::1".to_owned(), 7000))
+        );
+        assert_eq!(moved_target("MOVED 1 :7000"), Some((String::new(), 7000)));
+        assert_eq!(moved_target("ASK 1 h:7000"), None);
+        assert_eq!(moved_target("ERR wrong number of arguments"), None);
+        assert_eq!(moved_target("MOVED 1 h:port"), None);
     }
 
     // Integration tests: they need a Redis at HERALD_TEST_REDIS and skip without it.

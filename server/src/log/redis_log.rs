@@ -109,10 +109,16 @@ impl RedisLog {
         if major.is_none_or(|m| m < MIN_REDIS_MAJOR) {
             return Err(OpenRedisError::TooOld { url, version });
         }
+        // A Redis Cluster runs a script only on keys of one slot: a hash tag puts every key of
+        // the deployment in the prefix's slot (`{herald}:events`, `{herald}:idem:...`).
+        let prefix = match pool.with(cluster_enabled).map_err(wrap)? {
+            true => format!("{{{}}}", config.prefix),
+            false => config.prefix.clone(),
+        };
         let log = Self {
             pool,
-            stream: format!("{}:events", config.prefix),
-            prefix: config.prefix.clone(),
+            stream: format!("{prefix}:events"),
+            prefix,
             retention: config.retention,
             cached: Mutex::new(Cached::default()),
             corrupt: AtomicU64::new(0),
@@ -249,6 +255,13 @@ fn server_version(conn: &mut Connection) -> Result<String, RedisError> {
         .find_map(|line| line.strip_prefix("redis_version:"))
         .map(|v| v.trim().to_owned())
         .ok_or_else(|| RedisError::Protocol("INFO server has no redis_version".into()))
+}
+
+/// Whether the server is a Redis Cluster node (`INFO cluster`).
+fn cluster_enabled(conn: &mut Connection) -> Result<bool, RedisError> {
+    let info = conn.query(&[b"INFO", b"cluster"])?;
+    let text = info.as_str().unwrap_or_default();
+    Ok(text.lines().any(|line| line.trim() == "cluster_enabled:1"))
 }
 
 /// The value of the record field in an entry's flat field list.

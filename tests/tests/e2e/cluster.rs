@@ -459,21 +459,33 @@ async fn over_tls_instances_share_a_redis_that_checks_both_sides_certificates() 
     ];
     let a = Herald::start(&args);
     let b = Herald::start(&args);
-    let mut on_b = b.events().topic("t").open().await;
-    let first = a.publish_ok(json!({"topics": ["t"], "data": "1"})).await;
-    let second = b.publish_ok(json!({"topics": ["t"], "data": "2"})).await;
-    let got = on_b.events_until(2, WAIT).await;
-    assert_eq!(
-        ids(&got),
-        [first.clone(), second.clone()],
-        "{}",
-        on_b.raw_text()
-    );
+    publish_deliver_and_resume([&a, &b, &b, &a]).await;
+}
 
-    // A client resuming on the other instance gets what followed its last id.
-    let mut on_a = a.events().topic("t").last_event_id(&first).open().await;
-    let got = on_a.events_until(1, WAIT).await;
-    assert_eq!(ids(&got), [second], "{}", on_a.raw_text());
+/// Two publishes on two instances (the first retried on the second with its idempotency key)
+/// reach a subscriber on a third, once each and in order, and a client resuming on a fourth
+/// after the first gets the second: `[publish first, publish second, subscribe, resume]`.
+async fn publish_deliver_and_resume([one, two, subscribe, resume]: [&Herald; 4]) {
+    let mut live = subscribe.events().topic("t").open().await;
+    let keyed = json!({"topics": ["t"], "data": "1", "idempotency_key": "k1"});
+    let first = one.publish_ok(keyed.clone()).await;
+    let second = two.publish_ok(json!({"topics": ["t"], "data": "2"})).await;
+    assert_eq!(
+        two.publish_ok(keyed).await,
+        first,
+        "the retry is the same event"
+    );
+    let got = live.events_until(2, WAIT).await;
+    let expected = [first.clone(), second.clone()];
+    assert_eq!(ids(&got), expected, "{}", live.raw_text());
+    let mut resumed = resume
+        .events()
+        .topic("t")
+        .last_event_id(&first)
+        .open()
+        .await;
+    let got = resumed.events_until(1, WAIT).await;
+    assert_eq!(ids(&got), [second], "{}", resumed.raw_text());
 }
 
 /// `GET /admin/nodes` on `herald`, asked again until `done` holds for the answer; panics
@@ -571,4 +583,150 @@ async fn after_redis_loses_the_stream_ids_keep_rising_and_resumes_from_before_th
     let reset: Value = serde_json::from_str(&got[0].data).expect("the reset notice is JSON");
     assert_eq!(reset["reason"], "history_truncated", "{reset}");
     assert_eq!(ids(&got[1..]), [after], "{}", resumed.raw_text());
+}
+
+/// Three `redis-server --cluster-enabled yes` masters of the test's own, joined into one Redis
+/// Cluster with `redis-cli --cluster create`; killed when dropped.
+struct OwnRedisCluster {
+    ports: Vec<u16>,
+    children: Vec<std::process::Child>,
+    /// The nodes' working directories (each writes its cluster state there).
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedisCluster {
+    /// Starts one, or `None` after saying the test is skipped without `redis-server`.
+    fn start(test: &str) -> Option<Self> {
+        let probe = Command::new("redis-cli").arg("--version").output();
+        if !probe.is_ok_and(|out| out.status.success()) {
+            skip(test, "no redis-server / redis-cli on this machine");
+            return None;
+        }
+        // Built first, so the nodes started so far are killed if a step below fails.
+        let mut cluster = Self {
+            ports: Vec::new(),
+            children: Vec::new(),
+            dir: tempfile::tempdir().expect("a temp dir"),
+        };
+        for _ in 0..3 {
+            // Each node also listens on its port + 10000 for the cluster bus.
+            let port = free_port_with_bus();
+            let node_dir = cluster.dir.path().join(port.to_string());
+            std::fs::create_dir(&node_dir).expect("a node dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.children.push(child);
+            cluster.ports.push(port);
+        }
+        for &port in &cluster.ports {
+            let deadline = std::time::Instant::now() + WAIT;
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a cluster node did not listen"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = run_bounded(
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&nodes)
+                .args(["--cluster-replicas", "0", "--cluster-yes"]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for &port in &cluster.ports {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let out = run_bounded(
+                    Command::new("redis-cli").args(["-p", &port.to_string(), "cluster", "info"]),
+                    WAIT,
+                );
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the cluster did not become ok"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Some(cluster)
+    }
+
+    fn url(&self, node: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[node])
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port that is free, and whose cluster bus port (+10000) is free too.
+fn free_port_with_bus() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (std::process::id() as u16 % 500) * 20 + n % 20;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_a_redis_cluster_whichever_node_each_is_given() {
+    let Some(redis) = OwnRedisCluster::start("instances_share_a_redis_cluster") else {
+        return;
+    };
+    // Every key of the deployment is in one slot, so two of the three are redirected.
+    let a = Herald::start(&["--dev", "--redis", &redis.url(0)]);
+    let b = Herald::start(&["--dev", "--redis", &redis.url(1)]);
+    let c = Herald::start(&["--dev", "--redis", &redis.url(2)]);
+    // The idempotency key's record and the stream are one script's keys: a cross-slot
+    // error here would mean the hash tag is missing.
+    publish_deliver_and_resume([&a, &c, &b, &c]).await;
+    nodes_until(&a, "A lists all three instances", |answer| {
+        node_names(answer).len() == 3
+    })
+    .await;
+    let redirected = [&a, &b, &c]
+        .iter()
+        .filter(|h| h.stderr().contains("Redis Cluster moved"))
+        .count();
+    assert!(
+        redirected >= 2,
+        "the instances on the other nodes were redirected"
+    );
 }
