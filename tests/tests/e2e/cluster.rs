@@ -692,17 +692,20 @@ impl Drop for OwnRedisCluster {
     }
 }
 
-/// A port that is free, and whose cluster bus port (+10000) is free too.
+/// A port that is free, and whose cluster bus port (+10000) is free too (below the usual
+/// ephemeral range, spread by process so parallel test runs rarely meet).
 fn free_port_with_bus() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    loop {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..1_000 {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = 20_000 + (std::process::id() as u16 % 500) * 20 + n % 20;
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        let offset = (std::process::id().wrapping_mul(31).wrapping_add(n * 17)) % 12_000;
+        let port = 10_000 + u16::try_from(offset).expect("below 12,000");
         if free(port) && free(port + 10_000) {
             return port;
         }
     }
+    panic!("no free port pair for a Redis Cluster node");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
