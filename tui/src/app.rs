@@ -194,6 +194,14 @@ impl Rate {
         self.prev = Some((uptime_ms, value));
     }
 
+    /// Records a level rather than a rate (a gauge such as open connections).
+    fn level(&mut self, value: u64) {
+        if self.history.len() == RATE_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(value);
+    }
+
     /// The latest rate, if there is one.
     pub fn last(&self) -> Option<u64> {
         self.history.back().copied()
@@ -492,6 +500,8 @@ pub struct App {
     pub published: Rate,
     /// Delivered frames per second.
     pub delivered: Rate,
+    /// Open connections, one sample per stats sample.
+    pub open: Rate,
     /// Every connection the server reported, by id.
     pub connections: BTreeMap<ConnId, ConnectionInfo>,
     /// Ids that disconnected since the last connections poll (a poll answer may predate it).
@@ -557,6 +567,7 @@ impl App {
             stats: None,
             published: Rate::default(),
             delivered: Rate::default(),
+            open: Rate::default(),
             connections: BTreeMap::new(),
             recently_gone: BTreeSet::new(),
             rows: Vec::new(),
@@ -982,6 +993,7 @@ impl App {
         let c = &stats.counters;
         self.published.sample(stats.uptime_ms, c.committed);
         self.delivered.sample(stats.uptime_ms, c.delivered);
+        self.open.level(c.connections);
         self.stats = Some(stats);
     }
 
@@ -1189,6 +1201,8 @@ pub(crate) mod tests {
         admin(&mut app, AdminEvent::Stats(stats(12, 140, 1400)));
         assert_eq!(app.published.last(), Some(20));
         assert_eq!(app.delivered.last(), Some(200));
+        // Connections are a level: each sample as it is.
+        assert_eq!(app.open.history, [3, 3]);
     }
 
     /// A nodes poll: each node as `(name, uptime s, connections, published, delivered)`.

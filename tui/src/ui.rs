@@ -140,11 +140,12 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
     };
     frame.render_widget(Paragraph::new(first_line), first);
 
-    let [left, right] = Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)])
+    let [left, middle, right] = Layout::horizontal([Constraint::Fill(1); 3])
         .spacing(2)
         .areas(rates);
     draw_rate(frame, "published/s", &app.published, Color::Cyan, left);
-    draw_rate(frame, "delivered/s", &app.delivered, Color::Magenta, right);
+    draw_rate(frame, "delivered/s", &app.delivered, Color::Magenta, middle);
+    draw_rate(frame, "connections", &app.open, Color::Green, right);
 
     let log_line = match stats {
         None => Line::styled("log —", Style::new().dim()),
