@@ -8,6 +8,8 @@
 //! herald bench --url http://127.0.0.1:7070 --subscribers 10000 --events 100 --rate 0
 //! ```
 //!
+//! `https://` URLs work too (HTTP/1.1 over TLS; `--ca-file` for a private CA).
+//!
 //! Each subscriber is one task speaking HTTP/1.1 by hand and parsing the stream with
 //! [`herald_core::Parser`]; publishes go through hyper's client. The URLs, body template and
 //! headers are options, so the same run can drive nginx + nchan (see `tests/bench/compare.sh`).
@@ -17,6 +19,7 @@ mod report;
 mod subscriber;
 mod sys;
 mod template;
+mod tls;
 mod wire;
 
 use std::io::{IsTerminal as _, Write as _};
@@ -54,7 +57,7 @@ const MAX_TABLE_BYTES: usize = 2 << 30;
 /// `herald bench`'s options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// The server's base URL (`{url}` in the URL options).
+    /// The server's base URL, http:// or https:// (`{url}` in the URL options).
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7070")]
     pub url: String,
     /// How many SSE subscribers to connect.
@@ -106,6 +109,9 @@ pub struct BenchArgs {
     /// The most publishes in flight at once when paced (each on its own connection).
     #[arg(long, default_value_t = 32)]
     pub max_publishers: usize,
+    /// PEM certificates to trust besides the system's, for https:// URLs (your private CA's).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Runs the benchmark on its own multi-threaded runtime and prints the report.
@@ -291,6 +297,17 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let pub_endpoint = Endpoint::parse(&publish_url)?;
     let sub_addr = resolve(&sub_endpoint).await?;
     let pub_addr = resolve(&pub_endpoint).await?;
+    if args.ca_file.is_some() && !sub_endpoint.tls && !pub_endpoint.tls {
+        bail!("--ca-file applies to https:// URLs, and neither URL is one");
+    }
+    let tls_for = |endpoint: &Endpoint| -> anyhow::Result<Option<tls::Tls>> {
+        match endpoint.tls {
+            false => Ok(None),
+            true => tls::Tls::new(&endpoint.host, args.ca_file.as_deref())
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("TLS for {}: {e}", endpoint.authority)),
+        }
+    };
 
     let bearer = args
         .token
@@ -303,6 +320,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     );
     let sub_plan = Arc::new(SubscribePlan {
         addr: sub_addr,
+        tls: tls_for(&sub_endpoint)?,
         request: request.into_bytes(),
         events: args.events,
     });
@@ -322,6 +340,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let pub_plan = Arc::new(PublishPlan {
         addr: pub_addr,
+        tls: tls_for(&pub_endpoint)?,
         authority: pub_endpoint.authority.clone(),
         path: pub_endpoint.path.clone(),
         body: Template::parse(&args.body_template),

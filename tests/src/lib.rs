@@ -247,6 +247,34 @@ pub fn test_certs(dir: &Path) -> TestCerts {
     }
 }
 
+/// `herald serve --dev` over HTTPS with a certificate from a fresh test CA.
+pub struct HttpsHerald {
+    /// The server.
+    pub herald: Herald,
+    /// The test CA's certificate (PEM), for clients to trust.
+    pub ca: String,
+    _certs: tempfile::TempDir,
+}
+
+impl HttpsHerald {
+    /// Starts it with `extra` flags after `--dev --tls-cert .. --tls-key ..`.
+    pub fn start(extra: &[&str]) -> Self {
+        let certs = tempfile::tempdir().expect("a temp dir");
+        let TestCerts { ca, cert, key } = test_certs(certs.path());
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        let (cert, key) = (path(&cert), path(&key));
+        let mut args = vec!["--dev", "--tls-cert", &cert, "--tls-key", &key];
+        args.extend_from_slice(extra);
+        let herald = Herald::start(&args);
+        assert!(herald.url("").starts_with("https://"), "{}", herald.url(""));
+        Self {
+            herald,
+            ca: path(&ca),
+            _certs: certs,
+        }
+    }
+}
+
 /// Keeps the child's environment free of the runner's `HERALD_*` settings.
 fn clear_herald_env(cmd: &mut Command) {
     for (name, _) in std::env::vars_os() {

@@ -13,6 +13,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::tls::{Tls, secure};
+
 use super::Shared;
 use super::template::{Template, Values, write_event_data};
 
@@ -24,6 +26,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PublishPlan {
     /// The server.
     pub addr: SocketAddr,
+    /// TLS for an `https://` publish URL.
+    pub tls: Option<Tls>,
     /// The `Host` header.
     pub authority: String,
     /// The request target.
@@ -123,7 +127,7 @@ async fn unpaced(plan: &PublishPlan, shared: &Shared, ledger: &Ledger) {
     for seq in 0..plan.events {
         let mut sender = match conn.take() {
             Some(s) => s,
-            None => match connect(plan.addr).await {
+            None => match connect(plan.addr, plan.tls.as_ref()).await {
                 Ok(s) => s,
                 Err(e) => {
                     ledger.not_sent(seq, e, shared);
@@ -141,7 +145,7 @@ async fn paced(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>)
     let idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>> = Arc::default();
     let open = Arc::new(AtomicUsize::new(0));
     // One connection ready before the clock starts, so the first event does not pay for it.
-    if let Ok(sender) = connect(plan.addr).await {
+    if let Ok(sender) = connect(plan.addr, plan.tls.as_ref()).await {
         Ledger::lock(&idle).push(sender);
         open.store(1, Ordering::Relaxed);
     }
@@ -170,7 +174,7 @@ async fn paced(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>)
         tasks.spawn(async move {
             let mut sender = match sender {
                 Some(s) => s,
-                None => match connect(plan.addr).await {
+                None => match connect(plan.addr, plan.tls.as_ref()).await {
                     Ok(s) => s,
                     Err(e) => {
                         open.fetch_sub(1, Ordering::Relaxed);
@@ -190,12 +194,17 @@ async fn paced(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>)
 }
 
 /// Opens a publishing connection.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::time::timeout(PUBLISH_TIMEOUT, TcpStream::connect(addr))
+async fn connect(addr: SocketAddr, tls: Option<&Tls>) -> Result<SendRequest<Full<Bytes>>, String> {
+    let open = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        secure(tcp, tls).await
+    };
+    let stream = tokio::time::timeout(PUBLISH_TIMEOUT, open)
         .await
-        .map_err(|_| format!("cannot connect to {addr} within {PUBLISH_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
+        .map_err(|_| format!("cannot connect to {addr} within {PUBLISH_TIMEOUT:?}"))??;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;

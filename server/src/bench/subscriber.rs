@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use herald_core::Parser;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, watch};
 
 use super::Shared;
 use super::sys::{self, bind_address_no_port};
 use super::template::read_event_data;
+use super::tls::{BenchStream, Tls, secure};
 use super::wire::{BodyDecoder, head_len, parse_head};
 
 /// How long one connection may take to get its response head.
@@ -27,6 +28,8 @@ pub const MISSING: u32 = u32::MAX;
 pub struct SubscribePlan {
     /// The server.
     pub addr: SocketAddr,
+    /// TLS for an `https://` subscribe URL.
+    pub tls: Option<Tls>,
     /// The whole request, head and blank line.
     pub request: Vec<u8>,
     /// Events that will be published.
@@ -179,7 +182,7 @@ pub async fn run(
     if error.is_some() {
         let _ = stopped.await;
     }
-    sys::reset_on_close(&stream);
+    sys::reset_on_close(stream.tcp());
     drop(stream);
     Outcome {
         tally: Some(reader.tally),
@@ -217,7 +220,7 @@ impl Reader {
     }
 }
 
-type Opened = (TcpStream, Vec<u8>, usize, usize, BodyDecoder);
+type Opened = (BenchStream, Vec<u8>, usize, usize, BodyDecoder);
 
 /// Connects, sends the request and reads the response head; returns the stream, the read
 /// buffer with the bytes read so far, their length, the head's length, and the body decoder.
@@ -234,10 +237,11 @@ async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<Opened, St
             .bind(SocketAddr::new(ip, 0))
             .map_err(|e| format!("cannot bind source address {ip}: {e}"))?;
     }
-    let mut stream = socket
+    let stream = socket
         .connect(plan.addr)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", plan.addr))?;
+    let mut stream = secure(stream, plan.tls.as_ref()).await?;
     stream
         .write_all(&plan.request)
         .await

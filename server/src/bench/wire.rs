@@ -7,9 +7,13 @@
 
 use std::fmt;
 
-/// Where to send a request: `http://host[:port]/path?query`.
+/// Where to send a request: `http[s]://host[:port]/path?query`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// `https://`: TLS to `host`.
+    pub tls: bool,
+    /// The host, for TLS (IPv6 hosts keep their brackets).
+    pub host: String,
     /// The `Host` header value (the URL's authority).
     pub authority: String,
     /// `host:port` for the resolver (IPv6 hosts keep their brackets).
@@ -21,8 +25,8 @@ pub struct Endpoint {
 /// A URL the load generator cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    /// Not `http://` (the load generator speaks plain HTTP/1.1 only).
-    #[error("{0:?} is not an http:// URL (the load generator speaks plain HTTP/1.1 only)")]
+    /// Not `http://` or `https://` (the load generator speaks HTTP/1.1 only).
+    #[error("{0:?} is not an http:// or https:// URL")]
     NotHttp(String),
     /// No host between `http://` and the path.
     #[error("{0:?} has no host")]
@@ -33,11 +37,14 @@ pub enum UrlError {
 }
 
 impl Endpoint {
-    /// Splits an `http://` URL into what a request needs.
+    /// Splits an `http://` or `https://` URL into what a request needs.
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| UrlError::NotHttp(url.into()))?;
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => return Err(UrlError::NotHttp(url.into())),
+        };
+        let default_port = if tls { 443 } else { 80 };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
@@ -59,22 +66,24 @@ impl Endpoint {
                 .split_once(']')
                 .ok_or_else(|| UrlError::NoHost(url.into()))?;
             let port = match after {
-                "" => 80,
+                "" => default_port,
                 p => parse_port(p.strip_prefix(':').ok_or_else(bad_port)?)?,
             };
             (format!("[{host}]"), port)
         } else {
             match authority.rsplit_once(':') {
                 Some((host, p)) => (host.to_owned(), parse_port(p)?),
-                None => (authority.to_owned(), 80),
+                None => (authority.to_owned(), default_port),
             }
         };
         if host.is_empty() || host == "[]" {
             return Err(UrlError::NoHost(url.into()));
         }
         Ok(Self {
-            authority: authority.to_owned(),
+            tls,
             connect: format!("{host}:{port}"),
+            host,
+            authority: authority.to_owned(),
             path,
         })
     }
@@ -446,8 +455,12 @@ mod tests {
         assert_eq!((e.connect.as_str(), e.path.as_str()), ("localhost:80", "/"));
         let e = Endpoint::parse("http://[::1]:81?x=1").unwrap();
         assert_eq!((e.connect.as_str(), e.path.as_str()), ("[::1]:81", "/?x=1"));
+        let e = Endpoint::parse("https://example.org/events").unwrap();
+        assert_eq!((e.tls, e.host.as_str()), (true, "example.org"));
+        assert_eq!(e.connect, "example.org:443");
+        assert!(!Endpoint::parse("http://x").unwrap().tls);
         assert!(matches!(
-            Endpoint::parse("https://x/"),
+            Endpoint::parse("ftp://x/"),
             Err(UrlError::NotHttp(_))
         ));
         assert!(matches!(

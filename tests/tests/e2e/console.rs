@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use herald_tests::{Herald, TestCerts, WAIT, run_bounded, test_certs, tui_bin};
+use herald_tests::{Herald, HttpsHerald, WAIT, run_bounded, tui_bin};
 
 use crate::transport::Curl;
 
@@ -167,18 +167,10 @@ async fn over_https_the_console_trusts_the_server_only_through_its_ca_file() {
     if !tmux_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let TestCerts { ca, cert, key } = test_certs(dir.path());
-    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
-    let herald = Herald::start(&[
-        "--dev",
-        "--tls-cert",
-        &path(&cert),
-        "--tls-key",
-        &path(&key),
-    ]);
+    // Kept whole: the CA file lives as long as it does.
+    let https = HttpsHerald::start(&[]);
+    let (herald, ca) = (&https.herald, &https.ca);
     let url = herald.url("");
-    assert!(url.starts_with("https://"), "{url}");
     let tui = tui_bin().display().to_string();
 
     // The test CA is not in the system's store: the console refuses the server and says why.
@@ -190,7 +182,7 @@ async fn over_https_the_console_trusts_the_server_only_through_its_ca_file() {
     // Given the CA, it connects, lists the subscriber and publishes to its topic.
     let mut subscriber = Curl::subscribe("--http1.1", &herald.url("/events?topic=tls-demo"));
     subscriber.line_starting("retry: ").await;
-    let console = Tmux::start(&format!("{tui} --url {url} --ca-file {}", path(&ca)));
+    let console = Tmux::start(&format!("{tui} --url {url} --ca-file {ca}"));
     console.wait_for("the https subscriber in the connections table", |s| {
         s.contains("● live") && s.lines().any(|l| l.contains("tls-demo"))
     });

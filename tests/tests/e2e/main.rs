@@ -5,6 +5,7 @@
 
 mod admin;
 mod auth;
+mod bench;
 mod cluster;
 mod console;
 mod cors;

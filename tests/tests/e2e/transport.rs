@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use herald_tests::{H2Connection, Herald, TestCerts, WAIT, run_bounded, test_certs};
+use herald_tests::{H2Connection, Herald, HttpsHerald, WAIT, run_bounded};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -125,20 +125,8 @@ fn curl_publish(url: &str, body: &Value) -> String {
 
 #[tokio::test]
 async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1() {
-    let certs = tempfile::tempdir().expect("a temp dir");
-    let TestCerts { cert, key, .. } = test_certs(certs.path());
-    let herald = Herald::start(&[
-        "--dev",
-        "--tls-cert",
-        cert.to_str().expect("utf-8 path"),
-        "--tls-key",
-        key.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        herald.url("/").starts_with("https://"),
-        "{}",
-        herald.url("/")
-    );
+    let https = HttpsHerald::start(&[]);
+    let herald = &https.herald;
 
     let events = herald.url("/events?topic=t");
     let mut h2 = Curl::subscribe("--http2", &events);

@@ -1,0 +1,73 @@
+//! `herald bench` against a real server: every subscriber gets every event once and in order,
+//! over plain HTTP and over HTTPS (trusting the server through `--ca-file`). No timing
+//! assertions: timings belong in the benchmark's report.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use herald_tests::{Herald, HttpsHerald, herald_bin, run_bounded};
+use serde_json::Value;
+
+/// `herald bench --url URL --subscribers 20 --events 10 --json` plus `extra`.
+fn bench(url: &str, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(herald_bin());
+    cmd.args([
+        "bench",
+        "--url",
+        url,
+        "--subscribers",
+        "20",
+        "--events",
+        "10",
+    ])
+    .args(["--idle-timeout", "5s", "--json"])
+    .args(extra);
+    run_bounded(&mut cmd, Duration::from_secs(60))
+}
+
+/// The JSON report of a run that must have succeeded, checked for completeness: 20
+/// subscribers each got the 10 events once, in order.
+fn complete_report(out: &Output) -> Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "herald bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["connected"], 20, "{report}");
+    assert_eq!(report["published"], 10, "{report}");
+    assert_eq!(report["complete_clients"], 20, "{report}");
+    assert_eq!(report["deliveries"], 200, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["out_of_order"], 0, "{report}");
+    assert_eq!(report["disconnected"], 0, "{report}");
+    assert_eq!(report["stalled"], false, "{report}");
+    report
+}
+
+#[test]
+fn every_subscriber_gets_every_event_once_and_in_order() {
+    let herald = Herald::start(&["--dev"]);
+    let pid = herald.pid().expect("the server's pid").to_string();
+    let report = complete_report(&bench(&herald.url(""), &["--server-pid", &pid]));
+    for figure in ["latency_ms", "fanout_ms", "publish_rtt_ms"] {
+        assert!(
+            report[figure]["p50"].is_number(),
+            "{figure} missing: {report}"
+        );
+    }
+    assert!(
+        report["server"]["rss_after_kib"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+}
+
+#[test]
+fn the_load_generator_measures_an_https_server_it_is_told_to_trust() {
+    let https = HttpsHerald::start(&[]);
+    let url = https.herald.url("");
+    // The test CA is not the system's: without it, nobody connects, and the error says why.
+    let untrusted = bench(&url, &[]);
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    complete_report(&bench(&url, &["--ca-file", &https.ca]));
+}
