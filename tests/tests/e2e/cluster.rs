@@ -196,6 +196,26 @@ fn cluster_mode_refuses_an_unreachable_redis_and_bad_settings_clearly() {
     assert!(stderr.contains("--redis-tls-key"), "{stderr}");
 }
 
+/// False (after saying the test is skipped) when `redis-server` or `redis-cli` is missing
+/// outside CI; in CI a missing one fails the test (`bash .ci/run` installs them).
+fn redis_binaries_or_skip(test: &str) -> bool {
+    let runs = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if runs("redis-server") && runs("redis-cli") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "redis-server or redis-cli is missing: `apt-get install redis-server` (bash .ci/run does)"
+    );
+    skip(test, "no redis-server / redis-cli on this machine");
+    false
+}
+
 /// A `redis-server` of the test's own on a free port, so that it can be stopped and started
 /// again without disturbing other tests; killed when dropped.
 struct OwnRedis {
@@ -232,9 +252,7 @@ impl OwnRedis {
     }
 
     fn start_with(test: &str, tls: Option<TlsArgs>) -> Option<Self> {
-        let probe = Command::new("redis-server").arg("--version").output();
-        if !probe.is_ok_and(|out| out.status.success()) {
-            skip(test, "no redis-server on this machine");
+        if !redis_binaries_or_skip(test) {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -597,9 +615,7 @@ struct OwnRedisCluster {
 impl OwnRedisCluster {
     /// Starts one, or `None` after saying the test is skipped without `redis-server`.
     fn start(test: &str) -> Option<Self> {
-        let probe = Command::new("redis-cli").arg("--version").output();
-        if !probe.is_ok_and(|out| out.status.success()) {
-            skip(test, "no redis-server / redis-cli on this machine");
+        if !redis_binaries_or_skip(test) {
             return None;
         }
         // Built first, so the nodes started so far are killed if a step below fails.
