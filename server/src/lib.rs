@@ -18,3 +18,12 @@ pub mod stream_h1;
 pub mod tls;
 mod worker;
 pub mod writer;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks `mutex` even if a thread panicked while holding it: every mutex here guards plain
+/// values (counters, caches, idle connections, never a half-written transaction), which stay
+/// usable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -4,12 +4,13 @@
 //! [`NODE_TIMEOUT`]. Outside cluster mode the answering server is the only node.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_core::{NodeInfo, Stats};
 
 use crate::hub::Hub;
+use crate::lock;
 use crate::log::{REDIS_COMMAND_TIMEOUT, RedisLog};
 use crate::redis::{Connection, RedisError, Value};
 
@@ -227,10 +228,6 @@ impl Registry {
         }
         result
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// This server's name in the registry: the machine's host name and the port it listens on.

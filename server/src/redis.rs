@@ -11,11 +11,12 @@ use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
+use crate::lock;
 use crate::tls::{ClientFiles, TlsError};
 
 /// Largest bulk string we accept (Redis allows 512 MiB; our payloads are far smaller).
@@ -509,10 +510,6 @@ fn moved_target(error: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port.parse().ok()?))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The largest command buffer kept between sends (a big pipeline's is freed after it).
 const KEEP_OUT_BUFFER: usize = 1 << 20;
 
@@ -772,11 +769,7 @@ impl Pool {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let idle = lock(&self.idle).pop();
         let mut connection = match idle {
             Some(connection) => connection,
             None => Connection::open(&self.config, self.timeout)?,
@@ -786,7 +779,7 @@ impl Pool {
             && !matches!(&result, Err(error) if error.is_connection_error())
             // `f` may have changed the read timeout; the next user expects the default.
             && connection.set_read_timeout(Some(self.timeout)).is_ok();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = lock(&self.idle);
         if !reusable {
             // One broken connection often means Redis restarted, so the idle ones are dead too.
             idle.clear();

@@ -8,7 +8,6 @@
 //! trimmer use through [`EventLog`], plus what they share with it (keys, entry decoding).
 
 use std::sync::Mutex;
-use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use herald_core::{Event, EventId, HistoryPage, HistoryRequest, LogBounds};
 
 use super::retention::{Retention, TrimReport};
 use super::{EventLog, LogError, codec};
+use crate::lock;
 use crate::redis::{Connection, Pool, RedisConfig, RedisError, Value};
 
 /// The oldest Redis that has what resets need (`XINFO STREAM`'s `max-deleted-entry-id`).
@@ -139,13 +139,13 @@ impl RedisLog {
     /// Use from the cluster reader after each read: the highest id this instance has read,
     /// which the publisher passes to Redis so a new id never falls below it.
     pub fn record_read(&self, id: EventId) {
-        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut read = lock(&self.read);
         *read = (*read).max(Some(id));
     }
 
     /// The highest id [`RedisLog::record_read`] was given.
     pub fn highest_read(&self) -> Option<EventId> {
-        *self.read.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.read)
     }
 
     /// The prefix of every key of this deployment's.
@@ -238,12 +238,12 @@ impl RedisLog {
             None => Cached::default(),
             Some(info) => parse_xinfo(info, bytes)?,
         };
-        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = cached;
+        *lock(&self.cached) = cached;
         Ok(cached)
     }
 
     fn cached(&self) -> Cached {
-        *self.cached.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.cached)
     }
 }
 

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use herald_core::{Event, EventId, HistoryPage, HistoryRequest, LogBounds};
 use sled::Transactional;
@@ -31,6 +31,7 @@ use super::codec;
 use super::replay;
 use super::retention::{Retention, TrimReport};
 use super::{AppendLog, EventLog, FsyncPolicy, LogConfig, LogError};
+use crate::lock;
 
 /// The key and tree layout this build writes and reads.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -151,12 +152,6 @@ impl std::fmt::Debug for SledLog {
             .field("db_path", &self.db_path)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves plain data behind, never a half-written
-    // sled transaction, so the value is still usable.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The index key `name, 0x00, id`.
