@@ -3,7 +3,6 @@
 //! others' reports back in the same step; an instance that stops reporting is dropped after
 //! [`NODE_TIMEOUT`]. Outside cluster mode the answering server is the only node.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,8 +10,8 @@ use herald_core::{NodeInfo, Stats};
 
 use crate::hub::Hub;
 use crate::lock;
-use crate::log::{REDIS_COMMAND_TIMEOUT, RedisLog};
-use crate::redis::{Connection, RedisError, Value};
+use crate::log::RedisLog;
+use crate::redis::RedisError;
 
 /// How often an instance reports itself.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -54,8 +53,9 @@ return out
 pub struct Nodes {
     name: String,
     cluster: Option<Registry>,
-    /// Set by [`Nodes::leave`]: a heartbeat still in flight must not report this node again.
-    left: AtomicBool,
+    /// Set by [`Nodes::leave`]; held across each report, so a heartbeat still in flight
+    /// cannot report this node again after it left.
+    left: Mutex<bool>,
 }
 
 /// The Redis side of cluster mode's registry.
@@ -63,8 +63,6 @@ struct Registry {
     log: Arc<RedisLog>,
     reports_key: String,
     seen_key: String,
-    /// The heartbeat's own connection, opened when needed.
-    conn: Mutex<Option<Connection>>,
     /// Every live node as of the last heartbeat that reached Redis, and when that was.
     latest: Mutex<(Vec<NodeInfo>, Instant)>,
 }
@@ -76,13 +74,12 @@ impl Nodes {
             reports_key: format!("{}:nodes", log.prefix()),
             seen_key: format!("{}:nodes-seen", log.prefix()),
             log,
-            conn: Mutex::new(None),
             latest: Mutex::new((Vec::new(), Instant::now())),
         });
         Arc::new(Self {
             name,
             cluster,
-            left: AtomicBool::new(false),
+            left: Mutex::new(false),
         })
     }
 
@@ -151,10 +148,11 @@ impl Nodes {
         let report = serde_json::to_vec(&NodeInfo::from_stats(&self.name, stats))
             .map_err(|e| RedisError::Protocol(e.to_string()))?;
         let timeout = NODE_TIMEOUT.as_millis().to_string();
-        let reply = registry.with_conn(|conn| {
-            if self.left.load(Ordering::Relaxed) {
-                return Ok(Value::Nil);
-            }
+        let left = lock(&self.left);
+        if *left {
+            return Ok(());
+        }
+        let reply = registry.log.with_connection(|conn| {
             conn.query(&[
                 b"EVAL",
                 HEARTBEAT_SCRIPT.as_bytes(),
@@ -166,6 +164,7 @@ impl Nodes {
                 timeout.as_bytes(),
             ])
         })?;
+        drop(left);
         let items = reply
             .into_array()
             .ok_or_else(|| RedisError::Protocol("the heartbeat answer is not a list".into()))?;
@@ -188,9 +187,9 @@ impl Nodes {
             return;
         };
         let name = self.name.as_bytes();
-        let left = registry.with_conn(|conn| {
-            // Under the connection's lock, which every heartbeat holds while it reports.
-            self.left.store(true, Ordering::Relaxed);
+        let mut left = lock(&self.left);
+        *left = true;
+        let removed = registry.log.with_connection(|conn| {
             conn.pipeline(&[
                 vec![
                     b"HDEL".to_vec(),
@@ -204,29 +203,9 @@ impl Nodes {
                 ],
             ])
         });
-        if let Err(error) = left {
+        if let Err(error) = removed {
             tracing::warn!(%error, "could not leave the cluster registry; the others drop this node within {NODE_TIMEOUT:?}");
         }
-    }
-}
-
-impl Registry {
-    /// Runs `f` on the heartbeat's connection, opening it first if needed; a connection
-    /// error closes it, so the next call opens a new one.
-    fn with_conn<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
-    ) -> Result<T, RedisError> {
-        let mut slot = lock(&self.conn);
-        let conn = match slot.as_mut() {
-            Some(conn) => conn,
-            None => slot.insert(Connection::open(self.log.redis(), REDIS_COMMAND_TIMEOUT)?),
-        };
-        let result = f(conn);
-        if matches!(&result, Err(e) if e.is_connection_error()) {
-            *slot = None;
-        }
-        result
     }
 }
 

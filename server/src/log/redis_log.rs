@@ -148,6 +148,15 @@ impl RedisLog {
         *lock(&self.read)
     }
 
+    /// Use to run short commands on one of the log's pooled connections (the node registry's
+    /// heartbeat).
+    pub fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        self.pool.with(f)
+    }
+
     /// The prefix of every key of this deployment's.
     pub fn prefix(&self) -> &str {
         &self.prefix
