@@ -33,7 +33,8 @@ use crate::worker::{Batches, Worker};
 /// what is left as if nothing were missing. `heal` moves the stream's last id up to `seen`
 /// and records `seen` as its highest deleted id, so new ids come after it and such resumes
 /// are told that events were lost (`herald.reset`), as after retention. Returns 1 if it
-/// healed.
+/// healed (else 0), and the stream's floor (its highest deleted id) afterwards, read in the
+/// same `XINFO` that told whether to heal.
 macro_rules! heal_lua {
     () => {
         r"
@@ -44,23 +45,23 @@ local function older(a, b)
   return am < bm or (am == bm and as < bs)
 end
 local function heal(stream, seen)
-  if seen == '0-0' then return 0 end
   local exists = redis.call('EXISTS', stream) == 1
-  local top = '0-0'
+  local top, floor = '0-0', '0-0'
   if exists then
     local info = redis.call('XINFO', 'STREAM', stream)
     for i = 1, #info, 2 do
       if info[i] == 'last-generated-id' then top = info[i + 1] end
+      if info[i] == 'max-deleted-entry-id' then floor = info[i + 1] end
     end
   end
-  if not older(top, seen) then return 0 end
+  if seen == '0-0' or not older(top, seen) then return 0, floor end
   if exists then
     redis.call('XSETID', stream, seen, 'MAXDELETEDID', seen)
   else
     redis.call('XADD', stream, seen, 'e', '')
     redis.call('XDEL', stream, seen)
   end
-  return 1
+  return 1, seen
 end
 "
     };
@@ -101,15 +102,8 @@ return {id, 0}
 const READ_SCRIPT: &str = concat!(
     heal_lua!(),
     r"
-local healed = heal(KEYS[1], ARGV[3])
+local healed, floor = heal(KEYS[1], ARGV[3])
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
-local floor = '0-0'
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' then floor = info[i + 1] end
-  end
-end
 return {floor, entries, healed}
 "
 );
