@@ -11,8 +11,6 @@
 //! committer: a slow Redis holds up publishes, never the hub.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use herald_core::{Event, EventId, LogBounds, PublishRequest};
@@ -21,7 +19,7 @@ use tokio::sync::oneshot;
 use crate::hub::PublishFailure;
 use crate::log::{LogMetrics, REDIS_COMMAND_TIMEOUT, RedisLog, codec};
 use crate::redis::{Connection, RedisError, Value};
-use crate::worker::{Batches, Worker};
+use crate::worker::{Batches, Looping, Stop, Worker};
 
 /// Lua shared by the scripts below: `older(a, b)` compares two stream ids, and
 /// `heal(stream, seen)` makes the stream remember what an instance has already read.
@@ -389,8 +387,7 @@ pub enum Tail {
 /// Tails the shared stream on a dedicated thread and hands each batch of new events, in
 /// stream order, to a callback.
 pub struct Reader {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Looping,
 }
 
 impl Reader {
@@ -405,43 +402,22 @@ impl Reader {
         from: Option<EventId>,
         deliver: impl FnMut(Tail) + Send + 'static,
     ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("herald-cluster-read".into())
-            .spawn(move || read_loop(&log, from, &thread_stop, deliver))
-            .expect("the OS refused to start the cluster read thread");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
+        let thread = Looping::start("herald-cluster-read", move |stop| {
+            read_loop(&log, from, &stop, deliver);
+        });
+        Self { thread }
     }
 
     /// Stops the thread (within about a quarter of a second) and waits for it.
     pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the cluster read thread panicked");
-        }
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.stop_and_join();
+        self.thread.stop();
     }
 }
 
 fn read_loop(
     log: &RedisLog,
     mut last: Option<EventId>,
-    stop: &AtomicBool,
+    stop: &Stop,
     mut deliver: impl FnMut(Tail),
 ) {
     if let Some(last) = last {
@@ -453,7 +429,7 @@ fn read_loop(
     let mut failing = false;
     let mut refreshed = Instant::now();
     let mut dirty = false;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_set() {
         if conn.is_none() {
             match open_reader(log) {
                 Ok(c) => {
@@ -469,7 +445,7 @@ fn read_loop(
                         tracing::error!(%error, redis = %log.redis(), "cannot read the shared stream; retrying");
                     }
                     failing = true;
-                    pause(stop, backoff);
+                    stop.sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
@@ -509,7 +485,7 @@ fn read_loop(
                         // the batch for the next try.
                         Err(error) => {
                             tracing::warn!(%error, "cannot read the shared log's bounds");
-                            pause(stop, backoff);
+                            stop.sleep(backoff);
                             continue;
                         }
                     }
@@ -531,7 +507,7 @@ fn read_loop(
                 if error.is_connection_error() {
                     conn = None;
                 }
-                pause(stop, backoff);
+                stop.sleep(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -619,15 +595,6 @@ fn open_reader(log: &RedisLog) -> Result<Connection, RedisError> {
     let mut conn = Connection::open(log.redis(), REDIS_COMMAND_TIMEOUT)?;
     conn.set_read_timeout(Some(READ_BLOCK + REDIS_COMMAND_TIMEOUT))?;
     Ok(conn)
-}
-
-/// Sleeps `total`, in short steps so a stop is noticed.
-fn pause(stop: &AtomicBool, total: Duration) {
-    let step = Duration::from_millis(50);
-    let until = Instant::now() + total;
-    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-        std::thread::sleep(step);
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
-//! A dedicated thread fed through a channel, for blocking work that takes its input in
-//! batches: the log's group committer and the cluster publisher.
+//! Dedicated threads for blocking work: [`Worker`], fed through a channel, takes its input in
+//! batches (the log's group committer and the cluster publisher); [`Looping`] runs until it
+//! is told to stop (log retention and the cluster reader).
 
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::lock;
 
 /// The thread and the sending end of its queue. Dropping it closes the queue and waits for the
 /// thread to finish what was queued.
@@ -78,6 +82,76 @@ impl<T> Batches<T> {
     }
 }
 
+/// A thread that runs until it is told to stop. Dropping it stops it and waits for it.
+pub(crate) struct Looping {
+    stop: Stop,
+    thread: Option<JoinHandle<()>>,
+    name: &'static str,
+}
+
+impl Looping {
+    /// Starts thread `name` running `run`, which should return soon after [`Stop::is_set`]
+    /// (or a [`Stop::sleep`] returning true) says so.
+    ///
+    /// # Panics
+    /// If the OS cannot start a thread, like `std::thread::spawn`.
+    pub(crate) fn start(name: &'static str, run: impl FnOnce(Stop) + Send + 'static) -> Self {
+        let stop = Stop::default();
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(thread_stop))
+            .unwrap_or_else(|e| panic!("the OS refused to start thread {name}: {e}"));
+        Self {
+            stop,
+            thread: Some(thread),
+            name,
+        }
+    }
+
+    /// Tells the thread to stop and waits for it.
+    pub(crate) fn stop(&mut self) {
+        self.stop.set();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(thread = self.name, "a background thread panicked");
+        }
+    }
+}
+
+impl Drop for Looping {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A [`Looping`] thread's stop signal, which it can sleep on.
+#[derive(Clone, Default)]
+pub(crate) struct Stop(Arc<(Mutex<bool>, Condvar)>);
+
+impl Stop {
+    fn set(&self) {
+        let (flag, wake) = &*self.0;
+        *lock(flag) = true;
+        wake.notify_all();
+    }
+
+    /// True once the thread was told to stop.
+    pub(crate) fn is_set(&self) -> bool {
+        *lock(&self.0.0)
+    }
+
+    /// Sleeps up to `timeout`, less if told to stop meanwhile; true when told to stop.
+    pub(crate) fn sleep(&self, timeout: Duration) -> bool {
+        let (flag, wake) = &*self.0;
+        let (stopped, _) = wake
+            .wait_timeout_while(lock(flag), timeout, |stopped| !*stopped)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *stopped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +188,17 @@ mod tests {
             Err(10),
             "a stopped worker gives items back"
         );
+    }
+
+    #[test]
+    fn a_looping_thread_is_woken_from_its_sleep_when_stopped() {
+        let (tx, rx) = mpsc::channel();
+        let mut looping = Looping::start("test-looping", move |stop: Stop| {
+            // A sleep far longer than the test: only the stop can end it.
+            let stopped = stop.sleep(Duration::from_secs(3_600));
+            let _ = tx.send((stopped, stop.is_set()));
+        });
+        looping.stop();
+        assert_eq!(rx.recv().unwrap(), (true, true));
     }
 }

@@ -1,12 +1,12 @@
 //! How much history the log keeps, and the background thread that trims the rest.
 
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::EventId;
 
 use super::EventLog;
+use crate::worker::Looping;
 
 /// How many events one [`Trimmer`] step removes at most: small enough that the committer,
 /// which waits for the step to finish, is held up for milliseconds only.
@@ -54,13 +54,10 @@ pub(super) fn now_wall_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-type Stop = Arc<(Mutex<bool>, Condvar)>;
-
 /// Runs retention in the background: every `interval`, trim steps of [`TRIM_STEP`] until the
 /// log is within its limits. Start one per log; stop it before dropping the log.
 pub struct Trimmer {
-    stop: Stop,
-    thread: Option<JoinHandle<()>>,
+    thread: Looping,
 }
 
 impl Trimmer {
@@ -74,64 +71,29 @@ impl Trimmer {
         interval: Duration,
         mut on_trim: impl FnMut(TrimReport) + Send + 'static,
     ) -> Self {
-        let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let thread_stop = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("herald-log-trim".into())
-            .spawn(move || {
-                let mut pause = interval;
-                while !wait_for_stop(&thread_stop, pause) {
-                    pause = interval;
-                    match log.trim(now_wall_ms(), TRIM_STEP) {
-                        Ok(report) => {
-                            if report.removed > 0 {
-                                on_trim(report);
-                            }
-                            if report.more {
-                                // Let queued appends take the writer lock between steps.
-                                pause = Duration::from_millis(1);
-                            }
+        let thread = Looping::start("herald-log-trim", move |stop| {
+            let mut pause = interval;
+            while !stop.sleep(pause) {
+                pause = interval;
+                match log.trim(now_wall_ms(), TRIM_STEP) {
+                    Ok(report) => {
+                        if report.removed > 0 {
+                            on_trim(report);
                         }
-                        Err(error) => tracing::warn!(%error, "log retention step failed"),
+                        if report.more {
+                            // Let queued appends take the writer lock between steps.
+                            pause = Duration::from_millis(1);
+                        }
                     }
+                    Err(error) => tracing::warn!(%error, "log retention step failed"),
                 }
-            })
-            .expect("the OS refused to start the log trimming thread");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
+            }
+        });
+        Self { thread }
     }
 
     /// Stops the thread after its current step and waits for it.
     pub fn shutdown(mut self) {
-        self.stop_and_join();
+        self.thread.stop();
     }
-
-    fn stop_and_join(&mut self) {
-        let (flag, wake) = &*self.stop;
-        *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        wake.notify_all();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the log trimming thread panicked");
-        }
-    }
-}
-
-impl Drop for Trimmer {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-/// Waits up to `timeout`; true when asked to stop.
-fn wait_for_stop(stop: &Stop, timeout: Duration) -> bool {
-    let (flag, wake) = &**stop;
-    let guard = flag.lock().unwrap_or_else(PoisonError::into_inner);
-    let (guard, _) = wake
-        .wait_timeout_while(guard, timeout, |stopped| !*stopped)
-        .unwrap_or_else(PoisonError::into_inner);
-    *guard
 }
