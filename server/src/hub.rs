@@ -360,7 +360,15 @@ impl Driver {
 
     async fn serve(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
         loop {
-            let deadline = self.engine.poll_timeout().map(Instant::from_std);
+            // The engine's next tick, or sooner a deferred resume's wait ending, so that wait
+            // is what `catch_up_wait` says and not rounded up to the next tick.
+            let deadline = self
+                .engine
+                .poll_timeout()
+                .map(Instant::from_std)
+                .into_iter()
+                .chain(self.deferred.iter().map(|d| d.until))
+                .min();
             tokio::select! {
                 biased;
                 cmd = rx.recv() => {
