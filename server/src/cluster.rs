@@ -300,69 +300,67 @@ impl Script {
 
     /// Runs it with `args` (numkeys, KEYS, ARGV), loading it first if Redis does not have it.
     fn run(&mut self, conn: &mut Connection, args: &[&[u8]]) -> Result<Value, RedisError> {
+        let command: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        let mut results = self.run_all(conn, std::slice::from_ref(&command))?;
+        match results.pop() {
+            Some(result) => result.map_err(RedisError::Server),
+            None => Err(RedisError::Protocol("no reply to EVALSHA".into())),
+        }
+    }
+
+    /// Runs it once per entry of `commands` (numkeys, KEYS, ARGV), all in one pipeline; each
+    /// result is the script's answer or Redis's error text.
+    fn run_all(
+        &mut self,
+        conn: &mut Connection,
+        commands: &[Vec<Vec<u8>>],
+    ) -> Result<Vec<Result<Value, String>>, RedisError> {
         let sha = match &self.sha {
             Some(sha) => sha.clone(),
             None => self.load(conn)?,
         };
-        let evalsha = |sha: &[u8], conn: &mut Connection| {
-            let mut cmd: Vec<&[u8]> = vec![b"EVALSHA", sha];
-            cmd.extend_from_slice(args);
-            conn.query(&cmd)
+        let evalsha = |sha: &[u8], args: &Vec<Vec<u8>>| {
+            let mut cmd = vec![b"EVALSHA".to_vec(), sha.to_vec()];
+            cmd.extend(args.iter().cloned());
+            cmd
         };
-        match evalsha(&sha, conn) {
-            Err(RedisError::Server(message)) if message.starts_with("NOSCRIPT") => {
-                let sha = self.load(conn)?;
-                evalsha(&sha, conn)
+        let pipeline: Vec<Vec<Vec<u8>>> = commands.iter().map(|a| evalsha(&sha, a)).collect();
+        let mut results = conn.pipeline(&pipeline)?;
+        // A script cache flushed (or a failover to a replica that never saw it): NOSCRIPT
+        // means the command did not run, so running it again cannot publish twice.
+        let forgotten: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.as_ref().is_err_and(|e| e.starts_with("NOSCRIPT")))
+            .map(|(i, _)| i)
+            .collect();
+        if !forgotten.is_empty() {
+            let sha = self.load(conn)?;
+            let again: Vec<Vec<Vec<u8>>> = forgotten
+                .iter()
+                .map(|&i| evalsha(&sha, &commands[i]))
+                .collect();
+            for (i, result) in forgotten.into_iter().zip(conn.pipeline(&again)?) {
+                results[i] = result;
             }
-            other => other,
         }
+        Ok(results)
     }
 }
 
-/// Runs the append script with every command's arguments (numkeys, KEYS, ARGV), in one
-/// pipeline; each result is the script's answer or Redis's error text.
+/// Runs the append script with every command's arguments on the publisher's connection,
+/// opening it first if needed.
 fn append_all(
     conn: &mut Option<Connection>,
     log: &RedisLog,
     script: &mut Script,
     commands: &[Vec<Vec<u8>>],
 ) -> Result<Vec<Result<Value, String>>, RedisError> {
-    if conn.is_none() {
-        *conn = Some(Connection::open(log.redis(), REDIS_COMMAND_TIMEOUT)?);
-    }
-    let Some(c) = conn.as_mut() else {
-        return Err(RedisError::Protocol("no connection".into()));
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(Connection::open(log.redis(), REDIS_COMMAND_TIMEOUT)?),
     };
-    let sha = match &script.sha {
-        Some(sha) => sha.clone(),
-        None => script.load(c)?,
-    };
-    let evalsha = |sha: &[u8], args: &Vec<Vec<u8>>| {
-        let mut cmd = vec![b"EVALSHA".to_vec(), sha.to_vec()];
-        cmd.extend(args.iter().cloned());
-        cmd
-    };
-    let pipeline: Vec<Vec<Vec<u8>>> = commands.iter().map(|a| evalsha(&sha, a)).collect();
-    let mut results = c.pipeline(&pipeline)?;
-    // A script cache flushed (or a failover to a replica that never saw it): NOSCRIPT means
-    // the command did not run, so running it again cannot publish twice.
-    let forgotten: Vec<usize> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.starts_with("NOSCRIPT")))
-        .map(|(i, _)| i)
-        .collect();
-    if !forgotten.is_empty() {
-        let sha = script.load(c)?;
-        let again: Vec<Vec<Vec<u8>>> = forgotten
-            .iter()
-            .map(|&i| evalsha(&sha, &commands[i]))
-            .collect();
-        for (i, result) in forgotten.into_iter().zip(c.pipeline(&again)?) {
-            results[i] = result;
-        }
-    }
-    Ok(results)
+    script.run_all(c, commands)
 }
 
 /// The id in the append script's `[id, duplicate]` answer.
