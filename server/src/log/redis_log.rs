@@ -256,21 +256,29 @@ impl RedisLog {
     }
 }
 
+/// The value of `field` in the reply of `INFO section` (`field:value` lines).
+fn info_field(
+    conn: &mut Connection,
+    section: &str,
+    field: &str,
+) -> Result<Option<String>, RedisError> {
+    let info = conn.query(&[b"INFO", section.as_bytes()])?;
+    let text = info.as_str().unwrap_or_default();
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(|value| value.trim().to_owned()))
+}
+
 /// The `redis_version` line of `INFO server`.
 fn server_version(conn: &mut Connection) -> Result<String, RedisError> {
-    let info = conn.query(&[b"INFO", b"server"])?;
-    let text = info.as_str().unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.strip_prefix("redis_version:"))
-        .map(|v| v.trim().to_owned())
+    info_field(conn, "server", "redis_version")?
         .ok_or_else(|| RedisError::Protocol("INFO server has no redis_version".into()))
 }
 
-/// Whether the server is a Redis Cluster node (`INFO cluster`).
+/// Whether the server is a Redis Cluster node.
 fn cluster_enabled(conn: &mut Connection) -> Result<bool, RedisError> {
-    let info = conn.query(&[b"INFO", b"cluster"])?;
-    let text = info.as_str().unwrap_or_default();
-    Ok(text.lines().any(|line| line.trim() == "cluster_enabled:1"))
+    Ok(info_field(conn, "cluster", "cluster_enabled")?.as_deref() == Some("1"))
 }
 
 /// The value of the record field in an entry's flat field list.
