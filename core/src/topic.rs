@@ -50,6 +50,12 @@ pub enum NameError {
     /// A `*` appears somewhere other than a trailing `/*` (or a lone `*`).
     #[error("topic pattern {0:?} may only use '*' as a whole trailing segment, as in 'news/*'")]
     BadWildcard(String),
+    /// A topic (not a pattern) holds a `*`: no subscription could name it exactly, and a
+    /// publisher who wrote `news/*` meant every news topic, which is not what it would do.
+    #[error(
+        "topic {0:?} contains '*': events go to exact topics; patterns such as 'news/*' are for subscribing"
+    )]
+    WildcardTopic(String),
 }
 
 fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
@@ -70,14 +76,25 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
 }
 
 macro_rules! name_type {
-    ($(#[$doc:meta])* $ty:ident, $kind:literal, $reserve:expr) => {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal, $reserve:expr, $check:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $ty(Arc<str>);
 
         impl $ty {
-            /// Validates `name` (non-empty, bounded, no control characters).
+            /// Validates `name` (non-empty, bounded, no control characters, and the rules
+            /// of its kind).
             pub fn new(name: &str) -> Result<Self, NameError> {
+                let checked = Self::stored(name)?;
+                let check: fn(&str) -> Result<(), NameError> = $check;
+                check(name)?;
+                Ok(checked)
+            }
+
+            /// Validates a name read back from storage, by the rules of every version that
+            /// could have written it (so a rule added since does not make old records
+            /// unreadable).
+            fn stored(name: &str) -> Result<Self, NameError> {
                 check_name($kind, name)?;
                 if $reserve && name.starts_with('$') {
                     return Err(NameError::Reserved { kind: $kind, name: name.to_owned() });
@@ -121,7 +138,7 @@ macro_rules! name_type {
                 let s = String::deserialize(d)?;
                 // Stored records may hold the reserved admin topic only if written by Herald
                 // itself, which never logs admin events; refuse anything invalid.
-                Self::new(&s).map_err(serde::de::Error::custom)
+                Self::stored(&s).map_err(serde::de::Error::custom)
             }
         }
     };
@@ -131,19 +148,25 @@ name_type!(
     /// A topic events are published to, such as `orders` or `news/eu`.
     Topic,
     "topic",
-    true
+    true,
+    |name| match name.contains('*') {
+        true => Err(NameError::WildcardTopic(name.to_owned())),
+        false => Ok(()),
+    }
 );
 name_type!(
     /// The id of an authenticated user: an event to a user reaches all their connections.
     UserId,
     "user id",
-    false
+    false,
+    |_| Ok(())
 );
 name_type!(
     /// An event's type, written as the `event:` field (absent means `message`).
     EventType,
     "event type",
-    false
+    false,
+    |_| Ok(())
 );
 
 impl Topic {
@@ -260,11 +283,27 @@ mod tests {
             Topic::new("$herald/admin"),
             Err(NameError::Reserved { .. })
         ));
+        for wild in ["news/*", "*", "a*b"] {
+            assert_eq!(
+                Topic::new(wild),
+                Err(NameError::WildcardTopic(wild.to_owned()))
+            );
+        }
         assert!(UserId::new("$weird-but-fine").is_ok());
+        assert!(UserId::new("star*user").is_ok());
         assert!(matches!(
             EventType::new("a\rb"),
             Err(NameError::ControlCharacter { .. })
         ));
+    }
+
+    #[test]
+    fn a_stored_topic_is_read_back_by_the_rules_it_was_written_under() {
+        // Topics with '*' were accepted once; records holding one stay readable.
+        let old: Topic = serde_json::from_str(r#""news/*""#).unwrap();
+        assert_eq!(old.as_str(), "news/*");
+        assert!(serde_json::from_str::<Topic>(r#""""#).is_err());
+        assert!(serde_json::from_str::<Topic>(r#""$herald/admin""#).is_err());
     }
 
     #[test]

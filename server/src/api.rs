@@ -502,7 +502,16 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
                 ApiError::bad_request(format!("could not read the body: {e}"))
             }
         })?;
-    let body: PublishBody = serde_json::from_slice(&body.to_bytes())
+    let bytes = body.to_bytes();
+    // serde would read an array positionally into the fields and answer in terms of them.
+    if let Some(&first) = bytes.iter().find(|b| !b.is_ascii_whitespace())
+        && first != b'{'
+    {
+        return Err(ApiError::bad_request(
+            r#"the body must be a JSON object, as in {"topics": ["orders"], "data": ...}"#,
+        ));
+    }
+    let body: PublishBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let bad = |e: herald_core::NameError| ApiError::bad_request(e.to_string());
     let target = Target {

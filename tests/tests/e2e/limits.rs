@@ -53,6 +53,9 @@ async fn a_publish_with_bad_json_or_no_target_is_400_json() {
         br#"{"topics": ["t"]}"#.to_vec(),
         br#"{"topics": ["$herald/admin"], "data": 1}"#.to_vec(),
         br#"{"topics": ["t"], "data": 1, "surprise": true}"#.to_vec(),
+        br#"["t", [], false, null, 1, null]"#.to_vec(),
+        br#""just a string""#.to_vec(),
+        br#"{"topics": ["news/*"], "data": 1}"#.to_vec(),
     ];
     for body in cases {
         let reply = herald
@@ -73,6 +76,30 @@ async fn a_publish_with_bad_json_or_no_target_is_400_json() {
             reply.text()
         );
     }
+    // The messages speak of the request, not of the server's types.
+    let herald_ref = &herald;
+    let error = |body: &'static str| async move {
+        let reply = herald_ref
+            .call(Method::POST, "/publish")
+            .raw_body("application/json", body.as_bytes().to_vec())
+            .send()
+            .await;
+        reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let not_object = error("[]").await;
+    assert!(
+        not_object.starts_with("the body must be a JSON object"),
+        "{not_object}"
+    );
+    let wildcard = error(r#"{"topics": ["news/*"], "data": 1}"#).await;
+    assert!(
+        wildcard.contains("patterns such as 'news/*' are for subscribing"),
+        "{wildcard}"
+    );
+
     let reply = herald.call(Method::GET, "/publish").send().await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     let reply = herald.call(Method::GET, "/nowhere").send().await;
