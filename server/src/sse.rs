@@ -81,6 +81,10 @@ impl Queue {
                 return Push::Closed;
             }
             if inner.bytes + frame.len() > self.limit && !inner.frames.is_empty() {
+                // Nothing more goes in, not even a smaller frame that would fit: the client
+                // would get it after a gap (the refused frame), and resume past what it
+                // missed. The hub aborts the stream next; the client replays from the log.
+                inner.closed = true;
                 return Push::Overflow;
             }
             inner.bytes += frame.len();
@@ -349,7 +353,10 @@ mod tests {
         let q = Arc::new(Queue::new(10));
         assert_eq!(q.push(Bytes::from_static(b"12345678")), Push::Queued);
         assert_eq!(q.push(Bytes::from_static(b"12345")), Push::Overflow);
+        // A frame that would fit is refused too: after the refused one it would be a gap.
+        assert_eq!(q.push(Bytes::from_static(b"x")), Push::Closed);
         assert_eq!(q.queued_bytes(), 8);
+        assert!(q.is_closed());
         q.close(Some(Bytes::from_static(b"bye")));
         assert_eq!(q.push(Bytes::from_static(b"x")), Push::Closed);
         let waker = Waker::noop();
