@@ -270,7 +270,7 @@ pub struct Engine {
     idempotency_order: VecDeque<Arc<str>>,
     counters: Counters,
     outputs: VecDeque<Output>,
-    keepalive_frame: Bytes,
+    keepalive: Comment,
 }
 
 impl Engine {
@@ -282,7 +282,7 @@ impl Engine {
         log: LogBounds,
         now: Instant,
     ) -> Self {
-        let keepalive = Comment::new("keep-alive").map(|c| frame::encode_comment(&c));
+        let keepalive = Comment::new("keep-alive").expect("no line break in the literal");
         Self {
             next_tick: now + config.tick,
             config,
@@ -307,7 +307,7 @@ impl Engine {
             idempotency_order: VecDeque::new(),
             counters: Counters::default(),
             outputs: VecDeque::new(),
-            keepalive_frame: keepalive.unwrap_or_default(),
+            keepalive,
         }
     }
 
@@ -420,8 +420,15 @@ impl Engine {
         self.counters.connections_total += 1;
         self.counters.connections = self.by_id.len() as u64;
 
-        let first = frame::encode_retry(self.config.retry_ms);
-        self.send(slot, first, now);
+        // A first connection also gets a checkpoint: an id-only block (no message) naming
+        // where its stream starts. A browser that then drops before any event arrives
+        // reconnects with it as `Last-Event-ID` and is replayed what it missed meanwhile;
+        // without it, that reconnect would carry no id and start from "now".
+        let mut first = FrameBuilder::with_capacity(64).retry(self.config.retry_ms);
+        if req.last_id.is_none() && !req.admin {
+            first = first.id(self.committed.unwrap_or(EventId::MIN));
+        }
+        self.send(slot, first.finish(), now);
         if let (Some(last), false) = (req.last_id, req.admin) {
             self.resume(slot, last, now);
         }
@@ -664,10 +671,10 @@ impl Engine {
         if let Some(replay) = c.replay.as_mut() {
             replay.read_from = if done { Some(through) } else { read_to };
         }
-        if let (true, Some(last)) = (cut, read_from_before) {
-            let data = reset_json("history_truncated", last, self.log.oldest);
+        if let (true, Some(last), Some(floor)) = (cut, read_from_before, self.log.floor) {
+            let frame = reset_frame("history_truncated", last, self.log.oldest, floor);
             self.counters.resets += 1;
-            self.send(slot, frame::encode_ephemeral(&reset_type(), &data), now);
+            self.send(slot, frame, now);
         }
         for (id, frame) in frames {
             self.send_event(slot, id, frame, true, now);
@@ -693,6 +700,17 @@ impl Engine {
             return;
         }
         self.next_tick = now + self.config.tick;
+        // A keep-alive also carries the commit point as the stream's id. A connection that is
+        // not replaying has been sent every matching event up to it, so resuming from there
+        // misses nothing; and a quiet subscription's resume point keeps up with the log
+        // instead of falling behind its retention (which would earn it a needless reset).
+        let keepalive = frame::encode_comment(&self.keepalive);
+        let checkpoint = self.committed.map(|id| {
+            FrameBuilder::with_capacity(64)
+                .comment(&self.keepalive)
+                .id(id)
+                .finish()
+        });
         let mut expired = Vec::new();
         for slot in 0..self.slots.len() {
             let Some(c) = self.slots[slot].as_ref() else {
@@ -702,7 +720,10 @@ impl Engine {
                 expired.push(c.id);
             } else if now.saturating_duration_since(c.last_write) >= self.config.keepalive {
                 self.counters.keepalives += 1;
-                let frame = self.keepalive_frame.clone();
+                let frame = match (&checkpoint, &c.replay, c.meta.admin) {
+                    (Some(checkpoint), None, false) => checkpoint.clone(),
+                    _ => keepalive.clone(),
+                };
                 self.send(slot as u32, frame, now);
             }
         }
@@ -786,17 +807,13 @@ impl Engine {
     }
 
     fn resume(&mut self, slot: u32, last: EventId, now: Instant) {
-        let minted = self.ids.last();
-        if minted.is_none_or(|m| last > m) {
+        // `EventId::MIN` is the position before every event (the checkpoint of an empty log),
+        // never one from the future.
+        if last > self.ids.last().unwrap_or(EventId::MIN) {
             // An id from the future: a wiped data directory or another deployment. Tell the
             // client, and move its cursor to where this log stands.
-            let data = reset_json("unknown_last_event_id", last, self.log.oldest);
-            let mut frame = FrameBuilder::with_capacity(data.len() + 64);
-            frame = match self.committed {
-                Some(c) => frame.id(c),
-                None => frame.empty_id(),
-            };
-            let frame = frame.event_type(&reset_type()).data(&data).finish();
+            let to = self.committed.unwrap_or(EventId::MIN);
+            let frame = reset_frame("unknown_last_event_id", last, self.log.oldest, to);
             self.counters.resets += 1;
             self.send(slot, frame, now);
             return;
@@ -804,9 +821,9 @@ impl Engine {
         let mut after = Some(last);
         let mut truncated = false;
         if let Some(floor) = self.log.floor.filter(|&floor| last < floor) {
-            let data = reset_json("history_truncated", last, self.log.oldest);
+            let frame = reset_frame("history_truncated", last, self.log.oldest, floor);
             self.counters.resets += 1;
-            self.send(slot, frame::encode_ephemeral(&reset_type(), &data), now);
+            self.send(slot, frame, now);
             // Replay what the log still holds: everything above the floor. Not "from the
             // start": the recent window can still hold trimmed events, even `last` itself.
             after = Some(floor);
@@ -1171,13 +1188,21 @@ fn reset_type() -> EventType {
     EventType::from_static(RESET_EVENT)
 }
 
-fn reset_json(reason: &str, last: EventId, oldest: Option<EventId>) -> String {
-    serde_json::json!({
+/// A `herald.reset` notice for a client that resumed from `last`. Its id moves the client's
+/// resume point to `to`, past what it cannot get back, so that a reconnect before its next
+/// event is not told the same thing again.
+fn reset_frame(reason: &str, last: EventId, oldest: Option<EventId>, to: EventId) -> Bytes {
+    let data = serde_json::json!({
         "reason": reason,
         "last_event_id": last.to_string(),
         "oldest_id": oldest.map(|o| o.to_string()),
     })
-    .to_string()
+    .to_string();
+    FrameBuilder::with_capacity(data.len() + 64)
+        .id(to)
+        .event_type(&reset_type())
+        .data(&data)
+        .finish()
 }
 
 fn millis(d: Duration) -> u64 {

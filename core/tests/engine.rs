@@ -1,210 +1,14 @@
 //! The engine driven through its public API by a simulated driver with simulated time.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod support;
 
-use bytes::Bytes;
+use std::time::Duration;
+
 use herald_core::{
-    CloseReason, ConnId, ConnectError, ConnectRequest, Engine, EngineConfig, Event, EventId,
-    EventType, HistoryPage, HistoryRequest, LogBounds, Output, ParsedEvent, Parser, PublishError,
-    PublishRequest, Target, Topic, TopicPattern, UserId,
+    CloseReason, ConnectError, ConnectRequest, EngineConfig, Event, EventId, EventType,
+    HistoryRequest, LogBounds, Parser, PublishError, PublishRequest, Target, TopicPattern, UserId,
 };
-
-/// A driver with a perfect in-memory log and simulated time.
-struct Sim {
-    engine: Engine,
-    now: Instant,
-    wall_ms: u64,
-    /// Committed events, as the log would hold them.
-    log: Vec<Event>,
-    /// Appended but not yet committed.
-    appended: Vec<Arc<Event>>,
-    /// Idempotency keys the log was given with its events.
-    keys: Vec<(EventId, String)>,
-    /// Commit appends as soon as they are drained.
-    auto_commit: bool,
-    /// Serve history requests as soon as they are drained.
-    auto_history: bool,
-    history_requests: Vec<HistoryRequest>,
-    frames: BTreeMap<ConnId, Vec<Bytes>>,
-    closed: Vec<(ConnId, CloseReason)>,
-}
-
-impl Sim {
-    fn new(config: EngineConfig) -> Self {
-        Self::with_log(config, Vec::new(), LogBounds::default())
-    }
-
-    fn with_log(config: EngineConfig, log: Vec<Event>, bounds: LogBounds) -> Self {
-        // Simulated time needs an origin; only differences from it matter.
-        #[allow(clippy::disallowed_methods)]
-        let now = Instant::now();
-        let last = log.last().map(|e| e.id);
-        Self {
-            engine: Engine::new(config, last, bounds, now),
-            now,
-            wall_ms: 1_700_000_000_000,
-            log,
-            appended: Vec::new(),
-            keys: Vec::new(),
-            auto_commit: true,
-            auto_history: true,
-            history_requests: Vec::new(),
-            frames: BTreeMap::new(),
-            closed: Vec::new(),
-        }
-    }
-
-    fn drain(&mut self) {
-        loop {
-            let mut progressed = false;
-            while let Some(out) = self.engine.poll_output() {
-                progressed = true;
-                match out {
-                    Output::Send { conn, frame } => {
-                        self.frames.entry(conn).or_default().push(frame)
-                    }
-                    Output::Close { conn, reason } => self.closed.push((conn, reason)),
-                    Output::Append(event, key) => {
-                        if let Some(key) = key {
-                            self.keys.push((event.id, key.to_string()));
-                        }
-                        self.appended.push(event)
-                    }
-                    Output::LoadHistory(req) => self.history_requests.push(*req),
-                }
-            }
-            if self.auto_commit && !self.appended.is_empty() {
-                self.commit_all();
-                progressed = true;
-            }
-            if self.auto_history && !self.history_requests.is_empty() {
-                self.serve_history();
-                progressed = true;
-            }
-            if !progressed {
-                return;
-            }
-        }
-    }
-
-    fn commit_all(&mut self) {
-        let Some(last) = self.appended.last().map(|e| e.id) else {
-            return;
-        };
-        self.log
-            .extend(self.appended.drain(..).map(|e| (*e).clone()));
-        self.engine.handle_committed(last, self.now);
-    }
-
-    fn serve_history(&mut self) {
-        for req in std::mem::take(&mut self.history_requests) {
-            let page = read_log(&self.log, &req);
-            self.engine.handle_history(req.conn, page, self.now);
-        }
-    }
-
-    fn connect(&mut self, patterns: &[&str], user: Option<&str>, last: Option<EventId>) -> ConnId {
-        let mut req = ConnectRequest::new(
-            patterns
-                .iter()
-                .map(|p| TopicPattern::parse(p).unwrap())
-                .collect(),
-        );
-        req.user = user.map(|u| UserId::new(u).unwrap());
-        req.last_id = last;
-        let id = self.engine.handle_connect(req, self.now).unwrap();
-        self.drain();
-        id
-    }
-
-    fn publish(&mut self, target: Target, data: &str) -> EventId {
-        self.wall_ms += 1;
-        let out = self
-            .engine
-            .handle_publish(PublishRequest::new(target, data), self.wall_ms, self.now)
-            .unwrap();
-        self.drain();
-        out.id
-    }
-
-    fn publish_topic(&mut self, topic: &str, data: &str) -> EventId {
-        self.publish(topics(&[topic]), data)
-    }
-
-    fn advance(&mut self, by: Duration) {
-        self.now += by;
-        if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.engine.handle_timeout(self.now);
-        }
-        self.drain();
-    }
-
-    /// What the client on `conn` has seen, parsed as a browser would.
-    fn received(&self, conn: ConnId) -> Vec<ParsedEvent> {
-        let mut parser = Parser::new();
-        let mut out = Vec::new();
-        for frame in self.frames.get(&conn).into_iter().flatten() {
-            out.extend(parser.feed(frame));
-        }
-        out
-    }
-
-    fn received_ids(&self, conn: ConnId) -> Vec<String> {
-        self.received(conn)
-            .into_iter()
-            .filter(|e| e.event_type == "message")
-            .map(|e| e.last_event_id)
-            .collect()
-    }
-
-    fn raw(&self, conn: ConnId) -> String {
-        self.frames
-            .get(&conn)
-            .into_iter()
-            .flatten()
-            .map(|f| String::from_utf8_lossy(f).into_owned())
-            .collect()
-    }
-}
-
-fn read_log(log: &[Event], req: &HistoryRequest) -> HistoryPage {
-    let mut page = HistoryPage::default();
-    let mut bytes = 0;
-    for event in log
-        .iter()
-        .filter(|e| req.contains(e.id) && req.subscription.matches(e))
-    {
-        if page.events.len() >= req.max_events
-            || (bytes >= req.max_bytes && !page.events.is_empty())
-        {
-            page.more = true;
-            break;
-        }
-        bytes += event.data.len();
-        page.events.push(event.clone());
-    }
-    page
-}
-
-fn topics(names: &[&str]) -> Target {
-    Target {
-        topics: names.iter().map(|t| Topic::new(t).unwrap()).collect(),
-        ..Target::default()
-    }
-}
-
-fn users(names: &[&str]) -> Target {
-    Target {
-        users: names.iter().map(|u| UserId::new(u).unwrap()).collect(),
-        ..Target::default()
-    }
-}
-
-fn ids(list: &[EventId]) -> Vec<String> {
-    list.iter().map(|i| i.to_string()).collect()
-}
+use support::{Sim, ids, read_log, topics, users};
 
 #[test]
 fn first_frame_of_a_connection_carries_retry() {
@@ -213,7 +17,49 @@ fn first_frame_of_a_connection_carries_retry() {
         ..EngineConfig::default()
     });
     let c = sim.connect(&["orders"], None, None);
-    assert!(sim.raw(c).starts_with("retry: 2500\n\n"));
+    // With a checkpoint: where the stream starts (here, before every event).
+    assert_eq!(sim.raw(c), "retry: 2500\nid: 0-0\n\n");
+    assert!(
+        sim.received(c).is_empty(),
+        "the checkpoint is not a message"
+    );
+    let resumed = sim.connect(&["orders"], None, Some(EventId::MIN));
+    assert_eq!(
+        sim.raw(resumed),
+        "retry: 2500\n\n",
+        "a resume has its own id already"
+    );
+}
+
+#[test]
+fn a_client_that_drops_before_its_first_event_resumes_from_its_checkpoint() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let old = sim.publish_topic("news", "before it connected");
+    let quiet = sim.connect(&["news"], None, None);
+    assert_eq!(sim.raw(quiet), format!("retry: 3000\nid: {old}\n\n"));
+    // What a browser would reconnect with: the checkpoint, though no message arrived.
+    let mut parser = Parser::new();
+    for frame in &sim.frames[&quiet] {
+        assert!(parser.feed(frame).is_empty());
+    }
+    let checkpoint = parser.last_event_id().to_owned();
+    assert_eq!(checkpoint, old.to_string());
+    sim.engine.handle_disconnect(quiet, sim.now);
+
+    let missed = sim.publish_topic("news", "while it was away");
+    let back = sim.connect(&["news"], None, Some(checkpoint.parse().unwrap()));
+    assert_eq!(sim.received_ids(back), ids(&[missed]));
+    // The same from an empty log: the checkpoint is 0-0, and the replay starts at the start.
+    let mut empty = Sim::new(EngineConfig::default());
+    let quiet = empty.connect(&["news"], None, None);
+    empty.engine.handle_disconnect(quiet, empty.now);
+    let first = empty.publish_topic("news", "the very first");
+    let back = empty.connect(&["news"], None, Some(EventId::MIN));
+    assert_eq!(empty.received_ids(back), ids(&[first]));
+    assert!(
+        !empty.raw(back).contains("herald.reset"),
+        "0-0 is not an unknown id"
+    );
 }
 
 #[test]
@@ -567,10 +413,15 @@ fn a_resume_point_from_the_future_gets_a_reset_that_moves_the_cursor() {
     assert_eq!(data["reason"], "unknown_last_event_id");
     let next = sim.publish_topic("t", "y");
     assert_eq!(sim.received_ids(c), ids(&[next]));
-    // With an empty log the reset clears the client's id instead.
+    // With an empty log the reset moves the client to the position before every event, so
+    // that its next reconnect is replayed the log's first events.
     let mut empty = Sim::new(EngineConfig::default());
     let c = empty.connect(&["t"], None, Some(EventId::new(5, 5)));
-    assert!(empty.raw(c).contains("id:\nevent: herald.reset\n"));
+    assert!(empty.raw(c).contains("id: 0-0\nevent: herald.reset\n"));
+    let first = empty.publish_topic("t", "first");
+    empty.engine.handle_disconnect(c, empty.now);
+    let again = empty.connect(&["t"], None, Some(EventId::MIN));
+    assert_eq!(empty.received_ids(again), ids(&[first]));
 }
 
 #[test]
@@ -637,6 +488,110 @@ fn idle_connections_get_a_keep_alive_on_the_coarse_tick() {
         p.comments()
     };
     assert_eq!(parser_comments, 2);
+}
+
+#[test]
+fn a_reset_moves_the_client_past_what_it_missed_so_a_reconnect_is_not_told_twice() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let published: Vec<EventId> = (0..4)
+        .map(|i| sim.publish_topic("t", &i.to_string()))
+        .collect();
+    sim.log.drain(..2);
+    sim.engine.handle_log_bounds(LogBounds {
+        oldest: Some(published[2]),
+        floor: Some(published[1]),
+        events: 2,
+        bytes: 2,
+    });
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    let got = sim.received(c);
+    assert_eq!(got[0].event_type, "herald.reset");
+    assert_eq!(got[0].last_event_id, published[1].to_string());
+    // Cut off right after the notice: the browser comes back from the floor.
+    sim.engine.handle_disconnect(c, sim.now);
+    let back = sim.connect(&["t"], None, Some(published[1]));
+    assert!(!sim.raw(back).contains("herald.reset"), "{}", sim.raw(back));
+    assert_eq!(sim.received_ids(back), ids(&published[2..]));
+    assert_eq!(sim.engine.counters().resets, 1);
+}
+
+#[test]
+fn a_quiet_subscriptions_keep_alives_carry_the_commit_point_so_it_never_falls_behind() {
+    let config = EngineConfig {
+        keepalive: Duration::from_secs(15),
+        tick: Duration::from_secs(1),
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    let quiet = sim.connect(&["quiet"], None, None);
+    let admin = {
+        let mut req = ConnectRequest::new(vec![TopicPattern::admin()]);
+        req.admin = true;
+        let id = sim.engine.handle_connect(req, sim.now).unwrap();
+        sim.drain();
+        id
+    };
+    let others: Vec<EventId> = (0..3)
+        .map(|i| sim.publish_topic("busy", &i.to_string()))
+        .collect();
+    for _ in 0..15 {
+        sim.advance(Duration::from_secs(1));
+    }
+    assert!(
+        sim.raw(quiet)
+            .ends_with(&format!(": keep-alive\nid: {}\n\n", others[2])),
+        "{}",
+        sim.raw(quiet)
+    );
+    assert!(
+        sim.received(quiet).is_empty(),
+        "a keep-alive is not a message"
+    );
+    assert!(
+        !sim.raw(admin).contains("\nid: "),
+        "admin streams have no resume point"
+    );
+    // Retention then removes everything the quiet client's stream started before.
+    sim.log.clear();
+    sim.engine.handle_log_bounds(LogBounds {
+        oldest: None,
+        floor: Some(others[2]),
+        events: 0,
+        bytes: 0,
+    });
+    let mut parser = Parser::new();
+    for frame in &sim.frames[&quiet] {
+        parser.feed(frame);
+    }
+    let from: EventId = parser.last_event_id().parse().unwrap();
+    sim.engine.handle_disconnect(quiet, sim.now);
+    let back = sim.connect(&["quiet"], None, Some(from));
+    assert!(!sim.raw(back).contains("herald.reset"), "{}", sim.raw(back));
+    let next = sim.publish_topic("quiet", "at last");
+    assert_eq!(sim.received_ids(back), ids(&[next]));
+}
+
+#[test]
+fn a_replaying_connection_gets_a_keep_alive_without_an_id() {
+    let config = EngineConfig {
+        keepalive: Duration::from_secs(15),
+        tick: Duration::from_secs(1),
+        recent_events: 1,
+        ..EngineConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    let first = sim.publish_topic("t", "a");
+    for i in 0..3 {
+        sim.publish_topic("t", &i.to_string());
+    }
+    // The log is slow to answer: the replay is still waiting when the keep-alive is due.
+    sim.auto_history = false;
+    let c = sim.connect(&["t"], None, Some(first));
+    for _ in 0..15 {
+        sim.advance(Duration::from_secs(1));
+    }
+    assert!(sim.raw(c).ends_with(": keep-alive\n\n"), "{}", sim.raw(c));
+    assert!(!sim.raw(c).contains("\nid: "), "{}", sim.raw(c));
 }
 
 #[test]

@@ -70,7 +70,8 @@ pub struct ServeArgs {
     /// replays) [default: 4194304].
     #[arg(long, env = "HERALD_QUEUE_BYTES")]
     pub queue_bytes: Option<usize>,
-    /// Keep-alive comment interval on idle streams [default: 15s].
+    /// Keep-alive interval on idle streams: a comment, with the stream's resume point as its
+    /// id, so a quiet subscriber's `Last-Event-ID` keeps up with the log [default: 15s].
     #[arg(long, env = "HERALD_KEEPALIVE", value_parser = parse_duration)]
     #[serde(deserialize_with = "duration_text")]
     pub keepalive: Option<Duration>,

@@ -414,9 +414,8 @@ impl Driver {
                 snapshot,
                 reply,
             } => {
-                let unread = req
-                    .last_id
-                    .is_some_and(|last| self.engine.last_id().is_none_or(|seen| last > seen));
+                let seen = self.engine.last_id().unwrap_or(EventId::MIN);
+                let unread = req.last_id.is_some_and(|last| last > seen);
                 let room = self.deferred.len() < self.engine.config().max_connections;
                 if unread && room && matches!(self.appender, Some(Appender::Cluster { .. })) {
                     // Another instance gave the client an id this one's reader has not
@@ -563,15 +562,12 @@ impl Driver {
         if self.deferred.is_empty() {
             return;
         }
-        let seen = self.engine.last_id();
+        let seen = self.engine.last_id().unwrap_or(EventId::MIN);
         let now = Instant::now();
         let (ready, waiting): (Vec<Deferred>, Vec<Deferred>) = std::mem::take(&mut self.deferred)
             .into_iter()
             .partition(|d| {
-                let caught_up = d
-                    .req
-                    .last_id
-                    .is_some_and(|last| seen.is_some_and(|s| last <= s));
+                let caught_up = d.req.last_id.is_some_and(|last| last <= seen);
                 caught_up || (!caught_up_only && d.until <= now)
             });
         self.deferred = waiting;

@@ -8,6 +8,9 @@
 // checks that the page shows all 6 data values exactly once each and in order, that the
 // page was never reloaded nor told to reconnect, and that its reconnect carried
 // Last-Event-ID and shows up in the restarted server's GET /admin/connections.
+// A second page follows a quiet topic that never gets an event before its connection is cut
+// (an operator's DELETE /admin/connections/{id}); an event published while it waits to
+// reconnect must still reach it, through the checkpoint id its stream started with.
 //
 // Environment: HERALD_BIN (required), CHROMIUM (default /usr/bin/chromium),
 // HERALD_BROWSER_DEADLINE_MS (whole-run bound, default 90000).
@@ -27,6 +30,7 @@ const RETRY_MS = 500;
 const STARTUP_TIMEOUT_MS = 20_000;
 const DELIVERY_TIMEOUT_MS = 20_000;
 const TOPIC = "demo";
+const QUIET_TOPIC = "demo-quiet";
 const CHROMIUM_ARGS = [
   "--headless",
   "--no-sandbox",
@@ -194,11 +198,11 @@ async function startHerald(dataDir, listen) {
   }
 }
 
-async function publish(base, data) {
+async function publish(base, data, topic = TOPIC) {
   const res = await fetch(`${base}/publish`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ topics: [TOPIC], data }),
+    body: JSON.stringify({ topics: [topic], data }),
   });
   const text = await res.text();
   check(res.status === 200, `POST /publish answered ${res.status}: ${text}`);
@@ -218,6 +222,22 @@ async function pageEvents(page) {
     })),
   );
   return items.reverse();
+}
+
+// Every EventSource request a page makes, with when and its Last-Event-ID (null: none).
+function recordStreamRequests(page) {
+  const requests = [];
+  page.on("request", async (req) => {
+    if (!new URL(req.url()).pathname.startsWith("/events")) return;
+    const entry = { at: Date.now(), url: req.url(), lastEventId: undefined };
+    requests.push(entry);
+    try {
+      entry.lastEventId = (await req.allHeaders())["last-event-id"] ?? null;
+    } catch {
+      entry.lastEventId = null;
+    }
+  });
+  return requests;
 }
 
 async function pageStatus(page) {
@@ -268,17 +288,7 @@ async function main() {
   page.on("pageerror", (e) => log(`page error: ${e.message}`));
 
   // Every EventSource request the page makes, with its Last-Event-ID, and every navigation.
-  const streamRequests = [];
-  page.on("request", async (req) => {
-    if (!new URL(req.url()).pathname.startsWith("/events")) return;
-    const entry = { at: Date.now(), url: req.url(), lastEventId: undefined };
-    streamRequests.push(entry);
-    try {
-      entry.lastEventId = (await req.allHeaders())["last-event-id"] ?? null;
-    } catch {
-      entry.lastEventId = null;
-    }
-  });
+  const streamRequests = recordStreamRequests(page);
   let navigations = 0;
   page.on("framenavigated", (f) => {
     if (f === page.mainFrame()) navigations += 1;
@@ -315,6 +325,19 @@ async function main() {
   const lastIdBefore = firstSeen[firstSeen.length - 1].id;
   check(lastIdBefore === beforeIds[beforeIds.length - 1], `the page's last event id is ${lastIdBefore}, published ${beforeIds.at(-1)}`);
   log(`the page received the ${before.length} events (last id ${lastIdBefore})`);
+
+  // The quiet page: its stream starts after those events and gets none itself.
+  const quiet = await context.newPage();
+  quiet.on("pageerror", (e) => log(`quiet page error: ${e.message}`));
+  await quiet.goto(`${base}/`, { waitUntil: "load", timeout: 15_000 });
+  await quiet.fill("#topics", QUIET_TOPIC);
+  const quietRequests = recordStreamRequests(quiet);
+  await quiet.click("#connect");
+  await waitFor(`the quiet page's stream on ${QUIET_TOPIC}`, 10_000, async () => {
+    const s = await pageStatus(quiet);
+    return { ok: s === "open" && quietRequests.length === 1, seen: `${s}, ${quietRequests.length} requests` };
+  });
+  log("quiet page open");
   const requestsBeforeKill = streamRequests.length;
 
   // 4. SIGKILL, then the same port and data dir again, then three events at once
@@ -391,10 +414,41 @@ async function main() {
   );
 
   log(`page status history: ${JSON.stringify(statuses)}; stream requests after the kill: ${reconnects.length}`);
+
+  // 7. the quiet page, cut off before it ever got an event, still gets what it missed
+  const quietConns = JSON.parse(connsText).connections.filter((c) => !c.admin && (c.topics || []).includes(QUIET_TOPIC));
+  check(quietConns.length === 1, `the restarted herald has ${quietConns.length} subscriptions to "${QUIET_TOPIC}", want 1: ${connsText}`);
+  check(quietConns[0].events_sent === 0, `the quiet page was sent events: ${JSON.stringify(quietConns[0])}`);
+  const quietRequestsBeforeCut = quietRequests.length;
+  const cut = await fetch(`${base}/admin/connections/${quietConns[0].id}`, { method: "DELETE" });
+  check(cut.status === 200 || cut.status === 204, `DELETE /admin/connections/${quietConns[0].id} answered ${cut.status}`);
+  const quietData = `quiet-${nonce}`;
+  const quietId = await publish(base, quietData, QUIET_TOPIC);
+  const quietPublishedAt = Date.now();
+  log(`cut the quiet page's stream, published ${quietId} to ${QUIET_TOPIC}`);
+  const quietSeen = await waitForData(quiet, [quietData], DELIVERY_TIMEOUT_MS);
+  const quietReconnects = quietRequests.slice(quietRequestsBeforeCut);
+  check(quietReconnects.length >= 1, "the quiet page made no new /events request after its stream was cut");
+  check(
+    quietReconnects[0].at >= quietPublishedAt,
+    `the quiet page reconnected before the publish (at ${quietReconnects[0].at}, published at ${quietPublishedAt}): ` +
+      "the event came live, so this run does not show the resume",
+  );
+  check(
+    quietReconnects[0].lastEventId === lastIdBefore,
+    `the quiet page reconnected with Last-Event-ID ${JSON.stringify(quietReconnects[0].lastEventId)}, want its checkpoint ${lastIdBefore}`,
+  );
+  const quietEvents = quietSeen.events;
+  check(
+    quietEvents.length === 1 && quietEvents[0].id === quietId && quietEvents[0].type === "message",
+    `the quiet page shows ${JSON.stringify(quietEvents)}, want only ${quietId}`,
+  );
+  log(`the quiet page reconnected with its checkpoint ${lastIdBefore} and got ${quietId}`);
   console.log(
     `PASS: chromium reconnected by itself (Last-Event-ID ${lastIdBefore}, ${reconnects.length} retr${reconnects.length === 1 ? "y" : "ies"}, ` +
       `${viaReplay ? "after" : "before"} the 3 post-restart publishes${viaReplay ? ", so they came by replay" : ""}) ` +
-      `and showed all ${all.length} events exactly once, in order, in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+      `and showed all ${all.length} events exactly once, in order; a page that never got an event resumed from its checkpoint; ` +
+      `in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
   );
 }
 

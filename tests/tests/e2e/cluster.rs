@@ -75,6 +75,44 @@ async fn a_client_resumes_on_another_instance_without_gaps_or_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_got_no_event_resumes_from_its_checkpoint_on_another_instance() {
+    let Some(redis) = cluster("a_client_that_got_no_event_resumes_from_its_checkpoint") else {
+        return;
+    };
+    let a = Herald::start(&redis.serve_args(&[]));
+    let b = Herald::start(&redis.serve_args(&[]));
+    // The stream is empty: the checkpoint is 0-0, which no instance takes for an unknown id.
+    let on_empty = a.events().topic("quiet").open().await;
+    assert_eq!(on_empty.last_event_id(), "0-0");
+    let elsewhere = b.publish_ok(json!({"topics": ["busy"], "data": "x"})).await;
+    let later_seen = eventually(WAIT, || async {
+        a.events().topic("quiet").open().await.last_event_id() == elsewhere
+    })
+    .await;
+    assert!(
+        later_seen,
+        "a's new subscribers never started after {elsewhere}"
+    );
+    let later = a.events().topic("quiet").open().await;
+    drop(on_empty);
+
+    let missed = b
+        .publish_ok(json!({"topics": ["quiet"], "data": "while away"}))
+        .await;
+    for from in ["0-0".to_owned(), later.last_event_id().to_owned()] {
+        let mut back = b.events().topic("quiet").last_event_id(&from).open().await;
+        let event = back.next_event(WAIT).await.expect("the missed event");
+        assert_eq!(event.event_type, "message", "{}", back.raw_text());
+        assert_eq!(
+            event.last_event_id,
+            missed,
+            "from {from}: {}",
+            back.raw_text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_retried_on_another_instance_keeps_its_id_and_is_delivered_once() {
     let Some(redis) = cluster("a_publish_retried_on_another_instance") else {
         return;

@@ -181,7 +181,7 @@ async fn over_https_the_console_trusts_the_server_only_through_its_ca_file() {
 
     // Given the CA, it connects, lists the subscriber and publishes to its topic.
     let mut subscriber = Curl::subscribe("--http1.1", &herald.url("/events?topic=tls-demo"));
-    subscriber.line_starting("retry: ").await;
+    subscriber.live().await;
     let console = Tmux::start(&format!("{tui} --url {url} --ca-file {ca}"));
     console.wait_for("the https subscriber in the connections table", |s| {
         s.contains("● live") && s.lines().any(|l| l.contains("tls-demo"))

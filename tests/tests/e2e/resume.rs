@@ -318,3 +318,101 @@ async fn a_publish_retried_after_a_kill_9_and_restart_keeps_its_id_and_is_not_de
         sub.raw_text()
     );
 }
+
+#[tokio::test]
+async fn a_client_that_got_no_event_before_a_crash_resumes_from_its_checkpoint() {
+    let mut herald = Herald::start(&["--dev"]);
+    // A quiet topic: nothing reaches these subscribers before the crash. Each stream still
+    // starts with an id-only block, so each has an id to come back with.
+    let on_empty_log = herald.events().topic("quiet").open().await;
+    assert_eq!(on_empty_log.last_event_id(), EventId::MIN.to_string());
+    let elsewhere = herald
+        .publish_ok(json!({"topics": ["busy"], "data": "not for the quiet ones"}))
+        .await;
+    let later = herald.events().topic("quiet").open().await;
+    assert_eq!(later.last_event_id(), elsewhere);
+
+    herald.kill();
+    herald.restart();
+    let missed = herald
+        .publish_ok(json!({"topics": ["quiet"], "data": "published while they were away"}))
+        .await;
+    for sub in [on_empty_log, later] {
+        let from = sub.last_event_id().to_owned();
+        let mut back = herald
+            .events()
+            .topic("quiet")
+            .last_event_id(&from)
+            .open()
+            .await;
+        let event = back.next_event(WAIT).await.unwrap_or_else(|| {
+            panic!("resuming from {from} replayed nothing: {}", back.raw_text())
+        });
+        assert_eq!(event.event_type, "message", "{}", back.raw_text());
+        assert_eq!(event.last_event_id, missed);
+        assert_eq!(event.data, "published while they were away");
+        assert!(back.next_event(Duration::from_millis(300)).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_subscriber_keeps_up_with_retention_through_its_keep_alives() {
+    let herald = Herald::start(&[
+        "--dev",
+        "--keepalive",
+        "1s",
+        "--retain-events",
+        "2",
+        "--trim-interval",
+        "1s",
+    ]);
+    let mut quiet = herald.events().topic("quiet").open().await;
+    let started = quiet.last_event_id().to_owned();
+    let mut busy = Vec::new();
+    for n in 0..5 {
+        busy.push(
+            herald
+                .publish_ok(json!({"topics": ["busy"], "data": n}))
+                .await,
+        );
+    }
+    let newest = busy.last().expect("published").clone();
+    // Retention drops what the quiet stream started before; its keep-alives move it along.
+    let trimmed = eventually(WAIT, || async {
+        let stats = herald.call(Method::GET, "/admin/stats").send().await.json();
+        stats["stats"]["log"]["floor"]
+            .as_str()
+            .is_some_and(|f| id(f) >= id(&busy[2]))
+    })
+    .await;
+    assert!(trimmed, "retention never trimmed the log");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while quiet.last_event_id() != newest && tokio::time::Instant::now() < deadline {
+        assert!(quiet.next_event(Duration::from_millis(200)).await.is_none());
+    }
+    assert_eq!(quiet.last_event_id(), newest, "{}", quiet.raw_text());
+    assert!(quiet.comments() >= 1, "{}", quiet.raw_text());
+    drop(quiet);
+
+    let missed = herald
+        .publish_ok(json!({"topics": ["quiet"], "data": "while away"}))
+        .await;
+    let mut back = herald
+        .events()
+        .topic("quiet")
+        .last_event_id(&newest)
+        .open()
+        .await;
+    let event = back.next_event(WAIT).await.expect("the missed event");
+    assert_eq!(event.event_type, "message", "{}", back.raw_text());
+    assert_eq!(event.last_event_id, missed);
+    // From where the stream started, the client would have been told it missed events.
+    let mut stale = herald
+        .events()
+        .topic("quiet")
+        .last_event_id(&started)
+        .open()
+        .await;
+    let first = stale.next_event(WAIT).await.expect("a notice");
+    assert_eq!(first.event_type, "herald.reset", "{}", stale.raw_text());
+}

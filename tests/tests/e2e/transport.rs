@@ -82,6 +82,14 @@ impl Curl {
         }
     }
 
+    /// Reads the stream's opening frame (`retry:` and the checkpoint `id:`), which says the
+    /// subscription is live; returns the checkpoint id.
+    pub(crate) async fn live(&mut self) -> String {
+        self.line_starting("retry: ").await;
+        let checkpoint = self.line_starting("id: ").await;
+        checkpoint.trim_start_matches("id: ").to_owned()
+    }
+
     /// Reads lines until one starts with `prefix`; returns it.
     pub(crate) async fn line_starting(&mut self, prefix: &str) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -131,11 +139,12 @@ async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1()
     let events = herald.url("/events?topic=t");
     let mut h2 = Curl::subscribe("--http2", &events);
     let mut h1 = Curl::subscribe("--http1.1", &events);
-    // The status line shows what ALPN chose; the retry: frame that the subscription is live.
+    // The status line shows what ALPN chose; the opening frame that the subscription is live,
+    // with the empty log's checkpoint.
     assert_eq!(h2.line_starting("HTTP/").await, "HTTP/2 200");
     assert_eq!(h1.line_starting("HTTP/").await, "HTTP/1.1 200 OK");
     for curl in [&mut h2, &mut h1] {
-        curl.line_starting("retry: ").await;
+        assert_eq!(curl.live().await, "0-0");
     }
 
     let id = curl_publish(
