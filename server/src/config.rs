@@ -107,7 +107,9 @@ pub struct ServeArgs {
     /// instance given the same URL and --redis-prefix, so a client may publish to, subscribe
     /// to and resume on any of them. Form: `redis://[[user]:password@]host[:port][/db]`, or
     /// `rediss://...` for TLS (prefer HERALD_REDIS for a password); any node of a Redis
-    /// Cluster will do. The embedded log is not used: --data-dir, --fsync and --retain-bytes do
+    /// Cluster will do. For a master that Redis Sentinel watches:
+    /// `redis+sentinel://[[user]:password@]sentinel[:26379][,sentinel2...]/master-name[/db]`
+    /// (`rediss+sentinel://` for TLS); the credentials are the master's. The embedded log is not used: --data-dir, --fsync and --retain-bytes do
     /// not apply (durability is Redis's own persistence).
     #[arg(long, env = "HERALD_REDIS", hide_env_values = true)]
     #[serde(deserialize_with = "parsed_text")]

@@ -147,6 +147,11 @@ impl Nodes {
         };
         let report = serde_json::to_vec(&NodeInfo::from_stats(&self.name, stats))
             .map_err(|e| RedisError::Protocol(e.to_string()))?;
+        // With Sentinel, the heartbeat is also when this instance looks for a failover that
+        // broke none of its connections. The sentinels being away stops nothing else.
+        if let Err(error) = registry.log.recheck_master() {
+            tracing::debug!(%error, "asking Sentinel where the master is failed");
+        }
         let timeout = NODE_TIMEOUT.as_millis().to_string();
         let left = lock(&self.left);
         if *left {

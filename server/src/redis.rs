@@ -3,7 +3,10 @@
 //! It speaks RESP2 over TCP, or over TLS with rustls for `rediss://`, and nothing more:
 //! [`Connection`] sends one command
 //! ([`Connection::query`]) or many in one round trip ([`Connection::pipeline`]), and [`Pool`]
-//! keeps a few connections for threads that issue short commands. It is blocking on purpose:
+//! keeps a few connections for threads that issue short commands. With a
+//! `redis+sentinel://` URL every new connection first asks Redis Sentinel where the master is,
+//! and a connection to a node that has become a replica is dropped (see [`Sentinels`]). It is
+//! blocking on purpose:
 //! like the sled log it runs on dedicated threads, so it needs no async runtime, and we avoid
 //! the `redis` crate's build time.
 
@@ -32,12 +35,14 @@ const PREALLOC: usize = 64 << 10;
 
 /// Where Redis is: parsed from `redis://[[username]:password@]host[:port][/db]`, or
 /// `rediss://...` for TLS (trusting the system's roots until [`RedisConfig::with_tls_files`]
-/// says more).
+/// says more), or `redis+sentinel://[[username]:password@]host[:port][,host[:port]...]/master[/db]`
+/// (`rediss+sentinel://` for TLS) for a master that Redis Sentinel watches.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// Host name or IP address (an IPv6 address without brackets).
+    /// Host name or IP address (an IPv6 address without brackets); with Sentinel, the first
+    /// sentinel's.
     pub host: String,
-    /// TCP port, 6379 unless the URL says otherwise.
+    /// TCP port, 6379 unless the URL says otherwise (26379 for a sentinel).
     pub port: u16,
     /// ACL user for `AUTH user password`; `None` authenticates as the default user.
     pub username: Option<String>,
@@ -45,6 +50,8 @@ pub struct RedisConfig {
     pub password: Option<String>,
     /// Database selected with `SELECT` after connecting (0 sends none).
     pub db: u32,
+    /// `redis+sentinel://`: the sentinels to ask where the master is, and its name.
+    pub sentinels: Option<Arc<Sentinels>>,
     /// `rediss://`: the TLS settings every connection uses.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// `rediss://` whose TLS settings are not resolved yet (parsing reads no files).
@@ -52,6 +59,116 @@ pub struct RedisConfig {
     /// Where a Redis Cluster last said (`MOVED`) the keys asked for live; every connection
     /// made from this configuration or its clones goes there first.
     moved_to: Arc<Mutex<Option<(String, u16)>>>,
+}
+
+/// The sentinels of a `redis+sentinel://` URL and the name of the master they watch.
+///
+/// Every new connection asks them in turn (`SENTINEL get-master-addr-by-name`), the first
+/// that answers first, then checks with `ROLE` that the node it reaches is a master. When
+/// the answer changes (a failover), every connection opened before it is given up at its
+/// next use. [`Pool::recheck_master`] asks again without opening a connection, so that
+/// connections that stay open still follow a failover (the node heartbeat calls it every
+/// second). A node that answers `READONLY` (demoted while a connection to it stayed open)
+/// breaks that connection too. Sentinels are asked without `AUTH`; the URL's credentials and
+/// database are the master's.
+#[derive(Debug)]
+pub struct Sentinels {
+    /// `(host, port)` of each sentinel, in the URL's order.
+    pub nodes: Vec<(String, u16)>,
+    /// The master's name in the sentinels' configuration (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// What the sentinels said last.
+    seen: Mutex<SentinelAnswer>,
+}
+
+/// The sentinels' last answer: where the master is, and how many times the answer has
+/// changed (a connection opened under an older count is stale).
+#[derive(Debug, Default)]
+struct SentinelAnswer {
+    master: Option<(String, u16)>,
+    epoch: u64,
+}
+
+impl Sentinels {
+    /// Asks the sentinels where the master is now; returns it with the answer's epoch.
+    fn locate(
+        &self,
+        config: &RedisConfig,
+        timeout: Duration,
+    ) -> Result<((String, u16), u64), RedisError> {
+        let address = self.master_address(config, timeout)?;
+        let mut seen = lock(&self.seen);
+        if seen
+            .master
+            .as_ref()
+            .is_some_and(|before| *before != address)
+        {
+            seen.epoch += 1;
+            let (host, port) = &address;
+            tracing::warn!(master = %self.master, %host, port, "Sentinel names a new master; reconnecting to it");
+        }
+        seen.master = Some(address.clone());
+        Ok((address, seen.epoch))
+    }
+
+    /// The number of times the master has moved, as far as this process has seen.
+    fn epoch(&self) -> u64 {
+        lock(&self.seen).epoch
+    }
+
+    /// Asks each sentinel in turn where the master is; the first answer wins.
+    fn master_address(
+        &self,
+        config: &RedisConfig,
+        timeout: Duration,
+    ) -> Result<(String, u16), RedisError> {
+        // A sentinel is asked as it is: no AUTH, no SELECT.
+        let probe = RedisConfig {
+            username: None,
+            password: None,
+            db: 0,
+            sentinels: None,
+            moved_to: Arc::default(),
+            ..config.clone()
+        };
+        let mut problems = Vec::new();
+        for (host, port) in &self.nodes {
+            let asked = Connection::open_at(&probe, host, *port, timeout).and_then(|mut c| {
+                c.query(&[
+                    b"SENTINEL",
+                    b"get-master-addr-by-name",
+                    self.master.as_bytes(),
+                ])
+            });
+            let reply = match asked {
+                Ok(reply) => reply,
+                Err(error) => {
+                    problems.push(format!("{host}:{port}: {error}"));
+                    continue;
+                }
+            };
+            let address = reply.into_array().unwrap_or_default();
+            let found = match address.as_slice() {
+                [host, port] => host
+                    .as_str()
+                    .zip(port.as_str().and_then(|p| p.parse().ok())),
+                _ => None,
+            };
+            match found {
+                Some((host, port)) => return Ok((host.to_owned(), port)),
+                None => problems.push(format!(
+                    "{host}:{port}: knows no master named `{}`",
+                    self.master
+                )),
+            }
+        }
+        let message = format!(
+            "no sentinel named the master `{}`: {}",
+            self.master,
+            problems.join("; ")
+        );
+        Err(io::Error::new(io::ErrorKind::NotFound, message).into())
+    }
 }
 
 impl RedisConfig {
@@ -84,12 +201,15 @@ impl FromStr for RedisConfig {
     type Err = UrlError;
 
     fn from_str(url: &str) -> Result<Self, UrlError> {
-        let (rest, tls) = match url.split_once("://") {
-            Some(("redis", rest)) => (rest, false),
-            Some(("rediss", rest)) => (rest, true),
+        let (rest, tls, sentinel) = match url.split_once("://") {
+            Some(("redis", rest)) => (rest, false, false),
+            Some(("rediss", rest)) => (rest, true, false),
+            Some(("redis+sentinel", rest)) => (rest, false, true),
+            Some(("rediss+sentinel", rest)) => (rest, true, true),
             Some((scheme, _)) => {
                 return Err(url_error(format!(
-                    "scheme `{scheme}://` is not supported; use redis:// or rediss:// (TLS)"
+                    "scheme `{scheme}://` is not supported; use redis://, rediss:// (TLS), \
+                     or redis+sentinel:// / rediss+sentinel:// for a master that Sentinel watches"
                 )));
             }
             None => return Err(url_error("it must start with redis:// or rediss://")),
@@ -99,7 +219,20 @@ impl FromStr for RedisConfig {
                 "`?` and `#` are not supported (percent-encode them in a password)",
             ));
         }
-        let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (master, db) = match sentinel {
+            false => (None, path),
+            true => {
+                let (master, db) = path.split_once('/').unwrap_or((path, ""));
+                if master.is_empty() {
+                    return Err(url_error(
+                        "name the master after the sentinels: \
+                         redis+sentinel://host:26379,host2:26379/mymaster",
+                    ));
+                }
+                (percent_decode(master)?, db)
+            }
+        };
         // The last `@` ends the user info, so an unencoded `@` in a password still works.
         let (userinfo, hostport) = match authority.rsplit_once('@') {
             Some((userinfo, hostport)) => (userinfo, hostport),
@@ -112,29 +245,15 @@ impl FromStr for RedisConfig {
                 "a username needs a password: redis://user:password@host",
             ));
         }
-        let (host, port) = match hostport.strip_prefix('[') {
-            Some(bracketed) => match bracketed.split_once(']') {
-                Some((host, "")) => (host, None),
-                Some((host, after)) => match after.strip_prefix(':') {
-                    Some(port) => (host, Some(port)),
-                    None => return Err(url_error(format!("unexpected `{after}` after `]`"))),
-                },
-                None => return Err(url_error("`[` without a closing `]` in the host")),
-            },
-            None => match hostport.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (hostport, None),
-            },
+        let default_port = if sentinel { 26379 } else { 6379 };
+        let nodes = match sentinel {
+            true => hostport
+                .split(',')
+                .map(|node| host_port(node, default_port))
+                .collect::<Result<Vec<_>, _>>()?,
+            false => vec![host_port(hostport, default_port)?],
         };
-        if host.is_empty() {
-            return Err(url_error("the host is missing"));
-        }
-        let port = match port {
-            None => 6379,
-            Some(port) => port.parse().ok().filter(|&p: &u16| p != 0).ok_or_else(|| {
-                url_error(format!("port `{port}` is not a number from 1 to 65535"))
-            })?,
-        };
+        let (host, port) = nodes[0].clone();
         let db = match db {
             "" => 0,
             db => db
@@ -142,16 +261,52 @@ impl FromStr for RedisConfig {
                 .map_err(|_| url_error(format!("database `{db}` is not a number")))?,
         };
         Ok(Self {
-            host: host.to_owned(),
+            host,
             port,
             username,
             password,
             db,
+            sentinels: master.map(|master| {
+                Arc::new(Sentinels {
+                    nodes,
+                    master,
+                    seen: Mutex::default(),
+                })
+            }),
             tls: None,
             tls_pending: tls,
             moved_to: Arc::default(),
         })
     }
+}
+
+/// Reads `host[:port]` or `[ipv6][:port]`.
+fn host_port(text: &str, default_port: u16) -> Result<(String, u16), UrlError> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, after)) => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(url_error(format!("unexpected `{after}` after `]`"))),
+            },
+            None => return Err(url_error("`[` without a closing `]` in the host")),
+        },
+        None => match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(url_error("the host is missing"));
+    }
+    let port =
+        match port {
+            None => default_port,
+            Some(port) => port.parse().ok().filter(|&p: &u16| p != 0).ok_or_else(|| {
+                url_error(format!("port `{port}` is not a number from 1 to 65535"))
+            })?,
+        };
+    Ok((host.to_owned(), port))
 }
 
 /// Decodes `%XX` escapes; an empty string is `None`.
@@ -182,20 +337,33 @@ fn percent_decode(text: &str) -> Result<Option<String>, UrlError> {
 }
 
 impl fmt::Display for RedisConfig {
-    /// `redis[s]://[user@]host:port/db`, never the password, because this goes in logs.
+    /// `redis[s]://[user@]host:port/db` (`redis[s]+sentinel://[user@]host:port,.../master/db`),
+    /// never the password, because this goes in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.uses_tls() {
-            "rediss://"
-        } else {
-            "redis://"
-        })?;
+        f.write_str(if self.uses_tls() { "rediss" } else { "redis" })?;
+        if self.sentinels.is_some() {
+            f.write_str("+sentinel")?;
+        }
+        f.write_str("://")?;
         if let Some(user) = &self.username {
             write!(f, "{user}@")?;
         }
-        match self.host.contains(':') {
-            true => write!(f, "[{}]:{}/{}", self.host, self.port, self.db),
-            false => write!(f, "{}:{}/{}", self.host, self.port, self.db),
+        let first = [(self.host.clone(), self.port)];
+        let nodes = match &self.sentinels {
+            Some(sentinels) => &sentinels.nodes[..],
+            None => &first[..],
+        };
+        for (i, (host, port)) in nodes.iter().enumerate() {
+            f.write_str(if i == 0 { "" } else { "," })?;
+            match host.contains(':') {
+                true => write!(f, "[{host}]:{port}")?,
+                false => write!(f, "{host}:{port}")?,
+            }
         }
+        if let Some(sentinels) = &self.sentinels {
+            write!(f, "/{}", sentinels.master)?;
+        }
+        write!(f, "/{}", self.db)
     }
 }
 
@@ -208,6 +376,7 @@ impl fmt::Debug for RedisConfig {
             .field("username", &self.username)
             .field("password", &password)
             .field("db", &self.db)
+            .field("sentinels", &self.sentinels)
             .field("tls", &self.uses_tls())
             .finish()
     }
@@ -527,6 +696,8 @@ pub struct Connection {
     timeout: Duration,
     /// The read timeout asked for with [`Connection::set_read_timeout`].
     read_timeout: Option<Duration>,
+    /// With Sentinel: the [`Sentinels`] epoch of the master this connection reached.
+    epoch: u64,
 }
 
 /// The most `MOVED` redirects one command follows (a slot moves once; more means the cluster
@@ -539,6 +710,26 @@ impl Connection {
     /// `rediss://`, and sends `AUTH` and `SELECT` if configured. With a Redis Cluster it goes
     /// where the last `MOVED` pointed, and follows `MOVED` replies itself.
     pub fn open(config: &RedisConfig, timeout: Duration) -> Result<Self, RedisError> {
+        if let Some(sentinels) = &config.sentinels {
+            let ((host, port), epoch) = sentinels.locate(config, timeout)?;
+            let mut connection = Self::open_at(config, &host, port, timeout)?;
+            connection.epoch = epoch;
+            // An ACL user without ROLE (an admin command) trusts the sentinels' answer.
+            let role = match connection.query(&[b"ROLE"]) {
+                Err(RedisError::Server(_)) => Value::Array(vec![Value::Status("master".into())]),
+                other => other?,
+            };
+            let role = role.into_array().unwrap_or_default();
+            if role.first().and_then(Value::as_str) != Some("master") {
+                // The sentinels have not caught up with a failover yet; the caller retries.
+                let message = format!(
+                    "Sentinel named {host}:{port} as the master `{}`, but it is not one (yet)",
+                    sentinels.master
+                );
+                return Err(io::Error::new(io::ErrorKind::ConnectionRefused, message).into());
+            }
+            return Ok(connection);
+        }
         let moved = lock(&config.moved_to).clone();
         match moved {
             None => Self::open_at(config, &config.host, config.port, timeout),
@@ -595,6 +786,7 @@ impl Connection {
             config: config.clone(),
             timeout,
             read_timeout: Some(timeout),
+            epoch: 0,
         };
         if let Some(password) = &config.password {
             match &config.username {
@@ -624,6 +816,7 @@ impl Connection {
                 connection.send(&[args])?;
                 connection.read()
             })?;
+            self.demoted(&[&reply])?;
             match reply.as_ref().err().and_then(|e| moved_target(e)) {
                 Some(target) if redirects < MAX_REDIRECTS => {
                     redirects += 1;
@@ -649,6 +842,7 @@ impl Connection {
                 .map(|_| connection.read())
                 .collect::<Result<Vec<_>, _>>()
         })?;
+        self.demoted(&results.iter().collect::<Vec<_>>())?;
         for _ in 0..MAX_REDIRECTS {
             let moved: Vec<usize> = (0..results.len())
                 .filter(|&i| {
@@ -705,9 +899,39 @@ impl Connection {
             let message = "an earlier error broke this Redis connection";
             return Err(io::Error::new(io::ErrorKind::NotConnected, message).into());
         }
+        if self.is_stale() {
+            self.broken = true;
+            let message = "Sentinel named a new master since this connection opened";
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, message).into());
+        }
         let result = run(self);
         self.broken = matches!(&result, Err(error) if error.is_connection_error());
         result
+    }
+
+    /// True when Sentinel has named another master since this connection was opened.
+    fn is_stale(&self) -> bool {
+        self.config
+            .sentinels
+            .as_ref()
+            .is_some_and(|sentinels| sentinels.epoch() != self.epoch)
+    }
+
+    /// With Sentinel, a `READONLY` reply means this node was demoted in a failover: the
+    /// connection is broken (the next one asks the sentinels) and the command fails as a
+    /// connection error, which callers retry.
+    fn demoted(&mut self, replies: &[&Reply]) -> Result<(), RedisError> {
+        let readonly = |reply: &&Reply| {
+            reply
+                .as_ref()
+                .is_err_and(|error| error.starts_with("READONLY"))
+        };
+        if self.config.sentinels.is_none() || !replies.iter().any(readonly) {
+            return Ok(());
+        }
+        self.broken = true;
+        let message = "the Redis node is a replica now (a failover); asking Sentinel again";
+        Err(io::Error::new(io::ErrorKind::ConnectionAborted, message).into())
     }
 
     fn send<C: AsRef<[A]>, A: AsRef<[u8]>>(&mut self, commands: &[C]) -> Result<(), RedisError> {
@@ -769,7 +993,13 @@ impl Pool {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
-        let idle = lock(&self.idle).pop();
+        let idle = {
+            let mut idle = lock(&self.idle);
+            if idle.last().is_some_and(Connection::is_stale) {
+                idle.clear();
+            }
+            idle.pop()
+        };
         let mut connection = match idle {
             Some(connection) => connection,
             None => Connection::open(&self.config, self.timeout)?,
@@ -787,6 +1017,16 @@ impl Pool {
             idle.push(connection);
         }
         result
+    }
+
+    /// With Sentinel: asks the sentinels where the master is now, so that if it moved, every
+    /// connection to the old one is given up at its next use (a no-op without Sentinel).
+    /// Call it periodically from a thread that may wait for the sentinels.
+    pub fn recheck_master(&self) -> Result<(), RedisError> {
+        match &self.config.sentinels {
+            Some(sentinels) => sentinels.locate(&self.config, self.timeout).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// Use to log where the pool connects (Display hides the password).
@@ -1000,6 +1240,108 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn sentinel_urls_name_the_sentinels_and_the_master() {
+        let config = url("redis+sentinel://:pw@s1,[::1]:26380,s3:5000/my%20master/2").unwrap();
+        let sentinels = config.sentinels.as_deref().unwrap();
+        assert_eq!(sentinels.master, "my master");
+        let nodes: Vec<(&str, u16)> = sentinels.nodes.iter().map(|(h, p)| (&h[..], *p)).collect();
+        assert_eq!(nodes, [("s1", 26379), ("::1", 26380), ("s3", 5000)]);
+        assert_eq!((config.password.as_deref(), config.db), (Some("pw"), 2));
+        assert!(!config.uses_tls());
+        assert_eq!(
+            config.to_string(),
+            "redis+sentinel://s1:26379,[::1]:26380,s3:5000/my master/2"
+        );
+        let tls = url("rediss+sentinel://s1/m").unwrap();
+        assert!(tls.uses_tls());
+        assert_eq!(tls.to_string(), "rediss+sentinel://s1:26379/m/0");
+        assert!(url("redis://h").unwrap().sentinels.is_none());
+        for bad in [
+            "redis+sentinel://s1",
+            "redis+sentinel://s1/",
+            "redis+sentinel://s1,/m",
+            "redis+sentinel://s1:0/m",
+            "redis+sentinel://s1/m/x",
+            "redis+sentinel://s1/m/1/2",
+        ] {
+            assert!(url(bad).is_err(), "{bad}");
+        }
+        let error = url("redis+sentinel://s1:26379").unwrap_err().to_string();
+        assert!(error.contains("/mymaster"), "{error}");
+    }
+
+    #[test]
+    fn with_sentinel_connections_go_to_the_named_master_and_leave_a_demoted_one() {
+        // The master: OK to anything, `master` to ROLE. A replica: READONLY to writes.
+        let (master, _) = fake_node("*1\r\n$6\r\nmaster\r\n".to_owned());
+        let points_to = |port: u16| {
+            format!(
+                "*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n",
+                port.to_string().len()
+            )
+        };
+        let sentinel_for = |port: u16| fake_node(points_to(port));
+        let answer = Arc::new(Mutex::new(points_to(master)));
+        let (sentinel, asked) = fake_node_saying(answer.clone());
+        // The first sentinel is down; the second answers.
+        let config = url(&format!(
+            "redis+sentinel://127.0.0.1:1,127.0.0.1:{sentinel}/m"
+        ))
+        .unwrap();
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        assert_eq!(asked.load(Ordering::Relaxed), 1);
+        let port = |conn: &Connection| conn.stream.get_ref().tcp().peer_addr().unwrap().port();
+        assert_eq!(port(&conn), master);
+        assert_eq!(
+            conn.query(&[b"PING"]).unwrap(),
+            Value::Array(vec![data(b"master")])
+        );
+
+        // A failover: the next connection finds the new master, and the one to the old
+        // master is given up at its next use.
+        let (promoted, _) = fake_node("*1\r\n$6\r\nmaster\r\n".to_owned());
+        *lock(&answer) = points_to(promoted);
+        let mut after = Connection::open(&config, TIMEOUT).unwrap();
+        assert_eq!(port(&after), promoted);
+        assert!(after.query(&[b"PING"]).is_ok());
+        let error = conn.query(&[b"PING"]).unwrap_err();
+        assert!(error.is_connection_error(), "{error}");
+        assert!(error.to_string().contains("new master"), "{error}");
+
+        // A node that says it is a replica is refused, as a connection error (retried).
+        let (replica, _) = fake_node("*1\r\n$5\r\nslave\r\n".to_owned());
+        let (stale, _) = sentinel_for(replica);
+        let config = url(&format!("redis+sentinel://127.0.0.1:{stale}/m")).unwrap();
+        let error = Connection::open(&config, TIMEOUT).unwrap_err();
+        assert!(error.is_connection_error(), "{error}");
+        assert!(error.to_string().contains("not one"), "{error}");
+
+        // A master demoted while connected answers READONLY: the connection is given up.
+        let (demoted, _) =
+            fake_node("-READONLY You can't write against a read only replica.\r\n".to_owned());
+        let mut conn = Connection::open_at(&config, "127.0.0.1", demoted, TIMEOUT).unwrap();
+        let error = conn.query(&[b"XADD", b"k", b"*", b"f", b"v"]).unwrap_err();
+        assert!(error.is_connection_error(), "{error}");
+        assert!(conn.broken);
+        let mut conn = Connection::open_at(&config, "127.0.0.1", demoted, TIMEOUT).unwrap();
+        let commands = vec![vec![b"XADD".to_vec(), b"k".to_vec()]; 2];
+        assert!(conn.pipeline(&commands).unwrap_err().is_connection_error());
+        // Without Sentinel, READONLY is the command's own error reply.
+        let direct = url(&format!("redis://127.0.0.1:{demoted}")).unwrap();
+        let mut conn = Connection::open(&direct, TIMEOUT).unwrap();
+        assert!(matches!(
+            conn.query(&[b"SET", b"k", b"v"]),
+            Err(RedisError::Server(_))
+        ));
+
+        // No sentinel knows the master: the error names each sentinel's answer.
+        let (unknown, _) = fake_node("*-1\r\n".to_owned());
+        let config = url(&format!("redis+sentinel://127.0.0.1:{unknown}/nope")).unwrap();
+        let error = Connection::open(&config, TIMEOUT).unwrap_err().to_string();
+        assert!(error.contains("knows no master named `nope`"), "{error}");
+    }
+
+    #[test]
     fn display_and_debug_hide_the_password() {
         let config = url("redis://alice:secret@h:6380/2").unwrap();
         assert_eq!(config.to_string(), "redis://alice@h:6380/2");
@@ -1026,6 +1368,11 @@ pub(crate) mod tests {
     /// A fake node on a free port: every command read on any connection is answered with
     /// `answer`; counts the connections it accepted.
     fn fake_node(answer: String) -> (u16, Arc<AtomicU32>) {
+        fake_node_saying(Arc::new(Mutex::new(answer)))
+    }
+
+    /// A [`fake_node`] whose answer the test may change.
+    fn fake_node_saying(answer: Arc<Mutex<String>>) -> (u16, Arc<AtomicU32>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicU32::new(0));
@@ -1040,6 +1387,7 @@ pub(crate) mod tests {
                     let mut reader = BufReader::new(stream);
                     // A command is a RESP array, which the reply parser reads as well.
                     while let Ok(Ok(_)) = read_reply(&mut reader, 0) {
+                        let answer = lock(&answer).clone();
                         if writer.write_all(answer.as_bytes()).is_err() {
                             return;
                         }

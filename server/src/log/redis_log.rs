@@ -157,6 +157,13 @@ impl RedisLog {
         self.pool.with(f)
     }
 
+    /// With Sentinel, asks where the master is now, so that connections to a master that
+    /// Sentinel replaced are dropped (see [`crate::redis::Sentinels`]); the node heartbeat
+    /// calls it every second.
+    pub fn recheck_master(&self) -> Result<(), RedisError> {
+        self.pool.recheck_master()
+    }
+
     /// The prefix of every key of this deployment's.
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -226,6 +226,13 @@ fn cluster_mode_refuses_an_unreachable_redis_and_bad_settings_clearly() {
     );
     let stderr = serve_fails(&["--redis", "http://127.0.0.1:6379"]);
     assert!(stderr.contains("redis://"), "{stderr}");
+    let stderr = serve_fails(&["--redis", "redis+sentinel://127.0.0.1:1/m"]);
+    assert!(
+        stderr.contains("no sentinel named the master `m`") && stderr.contains("127.0.0.1:1"),
+        "{stderr}"
+    );
+    let stderr = serve_fails(&["--redis", "redis+sentinel://127.0.0.1:1"]);
+    assert!(stderr.contains("/mymaster"), "{stderr}");
     let stderr = serve_fails(&["--redis", "redis://h", "--redis-ca-file", "/dev/null"]);
     assert!(stderr.contains("rediss://"), "{stderr}");
     let stderr = serve_fails(&["--redis", "rediss://h", "--redis-ca-file", "/no/such.pem"]);
@@ -260,6 +267,8 @@ struct OwnRedis {
     port: u16,
     /// `rediss://`: it speaks only TLS, with these certificates.
     tls: Option<TlsArgs>,
+    /// A replica of the master on this port.
+    replica_of: Option<u16>,
     child: Option<std::process::Child>,
 }
 
@@ -272,7 +281,12 @@ struct TlsArgs {
 impl OwnRedis {
     /// Starts one, or `None` after saying the test is skipped when there is no `redis-server`.
     fn start(test: &str) -> Option<Self> {
-        Self::start_with(test, None)
+        Self::start_with(test, None, None)
+    }
+
+    /// Starts a replica of the master on `port` (which must be running).
+    fn start_replica(test: &str, port: u16) -> Option<Self> {
+        Self::start_with(test, None, Some(port))
     }
 
     /// Starts one that speaks only TLS with `certs` (its CA also checks client certificates,
@@ -286,10 +300,11 @@ impl OwnRedis {
                 certs,
                 client_certificates,
             }),
+            None,
         )
     }
 
-    fn start_with(test: &str, tls: Option<TlsArgs>) -> Option<Self> {
+    fn start_with(test: &str, tls: Option<TlsArgs>, replica_of: Option<u16>) -> Option<Self> {
         if !redis_binaries_or_skip(test) {
             return None;
         }
@@ -300,6 +315,7 @@ impl OwnRedis {
         let mut redis = Self {
             port,
             tls,
+            replica_of,
             child: None,
         };
         redis.restart();
@@ -338,6 +354,9 @@ impl OwnRedis {
                 .args(["--tls-key-file", key, "--tls-auth-clients"])
                 .arg(if *client_certificates { "yes" } else { "no" }),
         };
+        if let Some(master) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
@@ -358,6 +377,209 @@ impl OwnRedis {
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A master and a replica of the test's own, watched by one Redis Sentinel that fails the
+/// master over after 1 s of silence (quorum 1); all killed when dropped.
+struct OwnSentinel {
+    master: OwnRedis,
+    replica: OwnRedis,
+    port: u16,
+    sentinel: std::process::Child,
+    /// The sentinel's configuration file (Sentinel rewrites it).
+    _dir: tempfile::TempDir,
+}
+
+impl OwnSentinel {
+    /// Starts all three and waits until the sentinel knows the replica, or `None` after
+    /// saying the test is skipped without `redis-server`.
+    fn start(test: &str) -> Option<Self> {
+        let master = OwnRedis::start(test)?;
+        let replica = OwnRedis::start_replica(test, master.port)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let conf = dir.path().join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 5000\n",
+            master.port
+        );
+        std::fs::write(&conf, text).expect("write sentinel.conf");
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        let own = Self {
+            master,
+            replica,
+            port,
+            sentinel,
+            _dir: dir,
+        };
+        // A failover needs a replica the sentinel has seen in sync.
+        let replica = format!("{}", own.replica.port);
+        own.until("the sentinel to know the replica", |s| {
+            let out = s.ask(&["sentinel", "replicas", "m"]);
+            let lines: Vec<&str> = out.lines().collect();
+            lines.contains(&replica.as_str())
+                && lines.contains(&"slave")
+                && lines.windows(2).any(|w| w == ["master-link-status", "ok"])
+        });
+        Some(own)
+    }
+
+    fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/m", self.port)
+    }
+
+    /// What `redis-cli` prints for `args` sent to the sentinel.
+    fn ask(&self, args: &[&str]) -> String {
+        let out = run_bounded(
+            Command::new("redis-cli")
+                .args(["-p", &self.port.to_string()])
+                .args(args),
+            WAIT,
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The port of the node the sentinel names as the master.
+    fn master_port(&self) -> String {
+        let out = self.ask(&["sentinel", "get-master-addr-by-name", "m"]);
+        out.lines().nth(1).unwrap_or_default().to_owned()
+    }
+
+    /// Waits (up to 30 s: a failover takes a few seconds) until `done` holds.
+    fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            assert!(std::time::Instant::now() < deadline, "waited for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OwnSentinel {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+    }
+}
+
+/// What `redis-cli` prints for `args` sent to the Redis on `port`.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = run_bounded(
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args),
+        WAIT,
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sentinel_instances_follow_failovers_after_a_crash_and_a_partition() {
+    let Some(mut redis) = OwnSentinel::start("with_sentinel_instances_follow_failovers") else {
+        return;
+    };
+    let url = redis.url();
+    let a = Herald::start(&["--dev", "--redis", &url]);
+    let b = Herald::start(&["--dev", "--redis", &url]);
+    let mut live = b.events().topic("f").open().await;
+    let before = a
+        .publish_ok(json!({"topics": ["f"], "data": "before"}))
+        .await;
+    assert_eq!(
+        live.next_event(WAIT).await.map(|e| e.last_event_id),
+        Some(before.clone())
+    );
+    // The event is on the replica too before the master dies.
+    assert_eq!(
+        redis_cli(redis.master.port, &["wait", "1", "5000"]).trim(),
+        "1"
+    );
+
+    // The master dies: Sentinel promotes the replica, and both instances move to it.
+    redis.master.stop();
+    let promoted = redis.replica.port.to_string();
+    let after = publish_once_redis_is_back(&a, json!({"topics": ["f"], "data": "after"})).await;
+    assert_eq!(redis.master_port(), promoted);
+    let event = live
+        .next_event(WAIT)
+        .await
+        .expect("the event after the failover");
+    assert_eq!(
+        (event.data.as_str(), &event.last_event_id),
+        ("after", &after)
+    );
+    let mut resumed = a.events().topic("f").last_event_id(&before).open().await;
+    let got = resumed.events_until(1, WAIT).await;
+    assert_eq!(ids(&got), [after], "{}", resumed.raw_text());
+    assert!(
+        a.stderr().contains("Sentinel names a new master"),
+        "{}",
+        a.stderr()
+    );
+
+    // The old master comes back as a replica. Then the current master is cut off from the
+    // sentinel but not from the instances (a network partition): it starts asking for a
+    // password, and the sentinel's own connections to it are closed, so the sentinel sees it
+    // down and promotes the replica, but cannot demote it. The instances' connections to it
+    // stay open and keep working, so nothing breaks them: they must follow the sentinel's
+    // answer by asking it again, or they would write to the cut-off master for good.
+    redis.master.replica_of = Some(redis.replica.port);
+    redis.master.restart();
+    let back = redis.master.port.to_string();
+    redis.until("the sentinel to know the old master as a replica", |s| {
+        let out = s.ask(&["sentinel", "replicas", "m"]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines.contains(&back.as_str())
+            && lines.windows(2).any(|w| w == ["master-link-status", "ok"])
+    });
+    let cut_off = redis.replica.port;
+    redis_cli(cut_off, &["config", "set", "requirepass", "partitioned"]);
+    let clients = redis_cli(cut_off, &["-a", "partitioned", "client", "list"]);
+    for client in clients.lines().filter(|l| l.contains("name=sentinel-")) {
+        let id = client
+            .split(' ')
+            .find_map(|field| field.strip_prefix("id="))
+            .expect("a client id");
+        redis_cli(cut_off, &["-a", "partitioned", "client", "kill", "id", id]);
+    }
+    redis.until("the sentinel to promote the replica", |s| {
+        s.master_port() == back
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let landed = loop {
+        // On A, whose connections to the cut-off master are open since the first failover.
+        let id = publish_once_redis_is_back(&a, json!({"topics": ["f"], "data": "moved"})).await;
+        if redis_cli(redis.master.port, &["xrange", "herald:events", &id, &id]).contains(&id) {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publishes still go to the cut-off master: {}",
+            a.stderr()
+        );
+        // A publish to the cut-off master is acknowledged, and lost to everyone who reads the
+        // new one (resumes from it get `herald.reset`).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The subscriber stays on through both failovers and gets it.
+    while let Some(event) = live.next_event(WAIT).await {
+        if event.last_event_id == landed {
+            break;
+        }
+    }
+    assert!(live.raw_text().contains(&landed), "{}", live.raw_text());
+    for herald in [&a, &b] {
+        assert!(!herald.stderr().contains("panicked"), "{}", herald.stderr());
     }
 }
 
