@@ -440,13 +440,7 @@ impl OwnSentinel {
 
     /// What `redis-cli` prints for `args` sent to the sentinel.
     fn ask(&self, args: &[&str]) -> String {
-        let out = run_bounded(
-            Command::new("redis-cli")
-                .args(["-p", &self.port.to_string()])
-                .args(args),
-            WAIT,
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(self.port, args)
     }
 
     /// The port of the node the sentinel names as the master.
