@@ -269,6 +269,8 @@ struct OwnRedis {
     tls: Option<TlsArgs>,
     /// A replica of the master on this port.
     replica_of: Option<u16>,
+    /// Its working directory: a replica writes the master's snapshot there.
+    dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
 
@@ -316,6 +318,7 @@ impl OwnRedis {
             port,
             tls,
             replica_of,
+            dir: tempfile::tempdir().expect("a temp dir"),
             child: None,
         };
         redis.restart();
@@ -359,6 +362,8 @@ impl OwnRedis {
         }
         let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts");
