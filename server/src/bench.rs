@@ -280,7 +280,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     if args
         .subscribers
         .saturating_mul(args.events as usize)
-        .saturating_mul(4)
+        .saturating_mul(8)
         > MAX_TABLE_BYTES
     {
         bail!("--subscribers x --events is too large: the latency tables would pass 2 GiB");
@@ -547,7 +547,10 @@ fn summarize(args: &BenchArgs, outcomes: &[Outcome], published: &[publisher::Pub
     };
 
     let mut latencies = Vec::new();
+    let mut arrivals = Vec::new();
+    let mut stamped = false;
     let mut fanout_us = vec![0u32; events];
+    let mut arrival_fanout_us = vec![0u32; events];
     let mut have = vec![0usize; events];
     let (mut deliveries, mut duplicates, mut out_of_order, mut foreign) = (0, 0, 0, 0);
     let (mut complete_clients, mut connected, mut disconnected) = (0, 0, 0);
@@ -569,21 +572,30 @@ fn summarize(args: &BenchArgs, outcomes: &[Outcome], published: &[publisher::Pub
         if tally.unique > 0 {
             last_receive_us = last_receive_us.max(Some(tally.last_receive_us));
         }
+        stamped |= tally.stamped;
         let mut complete = true;
-        for (seq, &latency) in tally.latency_us.iter().enumerate() {
+        let received = tally.latency_us.iter().zip(&tally.arrival_us).enumerate();
+        for (seq, (&latency, &arrival)) in received {
             if latency == MISSING {
                 complete &= !ok[seq];
                 continue;
             }
             latencies.push(latency);
+            arrivals.push(arrival);
             fanout_us[seq] = fanout_us[seq].max(latency);
+            arrival_fanout_us[seq] = arrival_fanout_us[seq].max(arrival);
             have[seq] += 1;
         }
         complete_clients += usize::from(complete);
     }
+    let everyone_has = |s: &usize| ok[*s] && have[*s] == connected;
     let mut fanouts: Vec<u32> = (0..events)
-        .filter(|&s| ok[s] && have[s] == connected)
+        .filter(everyone_has)
         .map(|s| fanout_us[s])
+        .collect();
+    let mut arrival_fanouts: Vec<u32> = (0..events)
+        .filter(everyone_has)
+        .map(|s| arrival_fanout_us[s])
         .collect();
     let missing = (0..events)
         .filter(|&s| ok[s] && have[s] < connected)
@@ -617,6 +629,8 @@ fn summarize(args: &BenchArgs, outcomes: &[Outcome], published: &[publisher::Pub
         deliveries_per_s: per_s(deliveries, first_send_us, last_receive_us),
         latency_ms: Spread::of_micros(&mut latencies),
         fanout_ms: Spread::of_micros(&mut fanouts),
+        arrival_latency_ms: Spread::of_micros(&mut arrivals).filter(|_| stamped),
+        arrival_fanout_ms: Spread::of_micros(&mut arrival_fanouts).filter(|_| stamped),
         complete_clients,
         duplicates,
         out_of_order,

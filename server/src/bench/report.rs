@@ -119,6 +119,12 @@ pub struct Report {
     /// Per event, publish until the last subscriber had it, ms (over the events every
     /// connected subscriber got).
     pub fanout_ms: Option<Spread>,
+    /// Publish until the subscriber's kernel received the event (its socket's receive
+    /// timestamp), ms: `latency_ms` without the time the event waited for this load generator
+    /// to read it. `None` when no read was stamped (TLS, or not Linux).
+    pub arrival_latency_ms: Option<Spread>,
+    /// `fanout_ms` by arrival time.
+    pub arrival_fanout_ms: Option<Spread>,
     /// Connected subscribers that got every published event.
     pub complete_clients: usize,
     /// Events received again by the same subscriber.
@@ -217,6 +223,18 @@ impl Report {
             ms(self.fanout_ms.map(|f| f.p50)),
             ms(self.fanout_ms.map(|f| f.p99))
         );
+        if let (Some(l), f) = (self.arrival_latency_ms, self.arrival_fanout_ms) {
+            let _ = writeln!(
+                s,
+                "arrival       p50 {} p90 {} p99 {} max {}; fan-out p50 {} p99 {} (when the kernel received it, before this load generator read it)",
+                ms(Some(l.p50)),
+                ms(Some(l.p90)),
+                ms(Some(l.p99)),
+                ms(Some(l.max)),
+                ms(f.map(|f| f.p50)),
+                ms(f.map(|f| f.p99))
+            );
+        }
         let _ = writeln!(
             s,
             "clients       {}/{} complete, {} duplicates, {} out of order, {} disconnected{}",
@@ -347,6 +365,13 @@ mod tests {
                 max: 1.0,
             }),
             fanout_ms: None,
+            arrival_latency_ms: Some(Spread {
+                p50: 0.25,
+                p90: 0.5,
+                p99: 0.75,
+                max: 1.0,
+            }),
+            arrival_fanout_ms: None,
             complete_clients: 1,
             duplicates: 0,
             out_of_order: 0,
@@ -377,6 +402,7 @@ mod tests {
         assert_eq!(value["latency_ms"]["p99"], 0.9);
         assert_eq!(value["publish_rtt_ms"]["p50"], 1.0);
         assert_eq!(value["fanout_ms"], serde_json::Value::Null);
+        assert_eq!(value["arrival_latency_ms"]["p50"], 0.25);
         assert_eq!(value["complete_clients"], 1);
         assert_eq!(value["missing"][0]["seq"], 2);
         assert_eq!(value["server"]["rss_per_connection_bytes"], 8192.0);
@@ -391,6 +417,12 @@ mod tests {
         assert!(text.contains("gave up waiting; #2 (1 clients)"), "{text}");
         assert!(text.contains("8.2 KB per idle connection"), "{text}");
         assert!(text.contains("fan-out       p50 - p99 -"), "{text}");
+        assert!(
+            text.contains(
+                "arrival       p50 0.25 ms p90 0.50 ms p99 0.75 ms max 1.00 ms; fan-out p50 - p99 -"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("server 0.02 cores, load generator 0.50 cores, whole machine 1.50 cores"),
             "{text}"

@@ -36,11 +36,36 @@ pub struct SubscribePlan {
     pub events: u32,
 }
 
+/// When a read got its bytes, microseconds into the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// When this process read them.
+    pub read_us: u64,
+    /// When the kernel received the last segment read (at most `read_us`), or `None` when
+    /// the kernel did not stamp it (TLS, or not Linux).
+    pub arrived_us: Option<u64>,
+}
+
+impl Receipt {
+    /// Bytes read at `read_us` that arrived `age_us` before.
+    pub fn new(read_us: u64, age_us: Option<u64>) -> Self {
+        Self {
+            read_us,
+            arrived_us: age_us.map(|age| read_us.saturating_sub(age)),
+        }
+    }
+}
+
 /// What one subscriber received.
 #[derive(Debug, Clone)]
 pub struct Tally {
-    /// Per sequence number: microseconds from publish to receipt, or [`MISSING`].
+    /// Per sequence number: microseconds from publish to receipt (read), or [`MISSING`].
     pub latency_us: Vec<u32>,
+    /// Per sequence number: microseconds from publish until the kernel received it (the read
+    /// time where it was not stamped), or [`MISSING`].
+    pub arrival_us: Vec<u32>,
+    /// Some event's arrival came from a kernel timestamp.
+    pub stamped: bool,
     /// Distinct events received.
     pub unique: u64,
     /// Events received again.
@@ -59,6 +84,8 @@ impl Tally {
     pub fn new(events: u32) -> Self {
         Self {
             latency_us: vec![MISSING; events as usize],
+            arrival_us: vec![MISSING; events as usize],
+            stamped: false,
             unique: 0,
             duplicates: 0,
             out_of_order: 0,
@@ -68,13 +95,13 @@ impl Tally {
         }
     }
 
-    /// Counts an event's `data`, received `now_us` into the run.
+    /// Counts an event's `data`, received at `at`.
     ///
     /// An event is out of order when it arrives after a higher-numbered one whose publish
     /// started only after this one's publish was answered: `answered_before[k]` is how many
     /// of the events `0..k` had all been answered when event `k` was sent. (Publishes that
     /// overlap in time have no order to keep.)
-    pub fn record(&mut self, data: &str, now_us: u64, answered_before: &[AtomicU32]) {
+    pub fn record(&mut self, data: &str, at: Receipt, answered_before: &[AtomicU32]) {
         let Some((seq, t_us)) =
             read_event_data(data).filter(|&(seq, _)| seq < self.latency_us.len() as u32)
         else {
@@ -86,9 +113,12 @@ impl Tally {
             self.duplicates += 1;
             return;
         }
-        *slot = u32::try_from(now_us.saturating_sub(t_us)).unwrap_or(MISSING - 1);
+        let since_publish = |us: u64| u32::try_from(us.saturating_sub(t_us)).unwrap_or(MISSING - 1);
+        *slot = since_publish(at.read_us);
+        self.arrival_us[seq as usize] = since_publish(at.arrived_us.unwrap_or(at.read_us));
+        self.stamped |= at.arrived_us.is_some();
         self.unique += 1;
-        self.last_receive_us = self.last_receive_us.max(now_us);
+        self.last_receive_us = self.last_receive_us.max(at.read_us);
         match self.highest_seq {
             Some(high) if seq < high => {
                 let settled = answered_before
@@ -139,12 +169,12 @@ pub async fn run(
         parser: Parser::new(),
         tally: Tally::new(plan.events),
     };
-    let mut error =
-        match reader.receive(&buf[head..filled], shared.now_us(), &shared.answered_before) {
-            Ok(true) => Some("the stream ended".to_owned()),
-            Ok(false) => None,
-            Err(e) => Some(e),
-        };
+    let at = Receipt::new(shared.now_us(), None);
+    let mut error = match reader.receive(&buf[head..filled], at, &shared.answered_before) {
+        Ok(true) => Some("the stream ended".to_owned()),
+        Ok(false) => None,
+        Err(e) => Some(e),
+    };
     // Registered once: re-creating the wait on every read costs more than the read's parsing.
     let stopped = stop.changed();
     tokio::pin!(stopped);
@@ -153,21 +183,22 @@ pub async fn run(
         let read = tokio::select! {
             biased;
             _ = &mut stopped => break,
-            read = stream.read_buf(&mut buf) => read,
+            read = read_stamped(&mut stream, &mut buf) => read,
         };
-        let n = match read {
-            Ok(0) => {
+        let (n, age_us) = match read {
+            Ok((0, _)) => {
                 error = Some("the server closed the stream".to_owned());
                 break;
             }
-            Ok(n) => n,
+            Ok(read) => read,
             Err(e) => {
                 error = Some(format!("read failed: {e}"));
                 break;
             }
         };
         let before = reader.tally.unique;
-        match reader.receive(&buf[..n], shared.now_us(), &shared.answered_before) {
+        let at = Receipt::new(shared.now_us(), age_us);
+        match reader.receive(&buf[..n], at, &shared.answered_before) {
             Ok(false) => {}
             Ok(true) => error = Some("the stream ended".to_owned()),
             Err(e) => error = Some(e),
@@ -201,7 +232,7 @@ impl Reader {
     fn receive(
         &mut self,
         bytes: &[u8],
-        now_us: u64,
+        at: Receipt,
         answered_before: &[AtomicU32],
     ) -> Result<bool, String> {
         let Self {
@@ -211,13 +242,28 @@ impl Reader {
         } = self;
         let ended = decoder
             .feed(bytes, |body| {
-                parser.feed_each(body, |event| {
-                    tally.record(&event.data, now_us, answered_before)
-                })
+                parser.feed_each(body, |event| tally.record(&event.data, at, answered_before))
             })
             .map_err(|e| format!("invalid chunked body: {e}"))?;
         Ok(ended)
     }
+}
+
+/// Reads what the socket has into `buf`; returns how many bytes and how long ago (µs) the last
+/// of them arrived, when the kernel says (plain TCP on Linux).
+async fn read_stamped(
+    stream: &mut BenchStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(usize, Option<u64>)> {
+    #[cfg(target_os = "linux")]
+    if let BenchStream::Plain(tcp) = stream {
+        use std::os::fd::AsRawFd as _;
+        let fd = tcp.as_raw_fd();
+        return tcp
+            .async_io(tokio::io::Interest::READABLE, || sys::recv_stamped(fd, buf))
+            .await;
+    }
+    stream.read_buf(buf).await.map(|n| (n, None))
 }
 
 type Opened = (BenchStream, Vec<u8>, usize, usize, BodyDecoder);
@@ -231,6 +277,7 @@ async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<Opened, St
         TcpSocket::new_v6()
     }
     .map_err(|e| format!("cannot create a socket: {e}"))?;
+    sys::stamp_arrivals(&socket);
     if let Some(ip) = source {
         bind_address_no_port(&socket);
         socket
@@ -285,6 +332,10 @@ mod tests {
         s
     }
 
+    fn read_at(us: u64) -> Receipt {
+        Receipt::new(us, None)
+    }
+
     fn answered(counts: &[u32]) -> Vec<AtomicU32> {
         counts.iter().map(|&c| AtomicU32::new(c)).collect()
     }
@@ -293,11 +344,11 @@ mod tests {
     fn a_tally_records_latency_duplicates_and_foreign_events() {
         let mut tally = Tally::new(3);
         let order = answered(&[0, 1, 2]);
-        tally.record(&data(0, 100), 350, &order);
-        tally.record(&data(0, 100), 400, &order);
-        tally.record("hello", 400, &order);
-        tally.record(&data(9, 100), 400, &order);
-        tally.record(&data(1, 200), 900, &order);
+        tally.record(&data(0, 100), read_at(350), &order);
+        tally.record(&data(0, 100), read_at(400), &order);
+        tally.record("hello", read_at(400), &order);
+        tally.record(&data(9, 100), read_at(400), &order);
+        tally.record(&data(1, 200), read_at(900), &order);
         assert_eq!(tally.latency_us, [250, 700, MISSING]);
         assert_eq!(
             (
@@ -309,6 +360,46 @@ mod tests {
             (2, 1, 2, 0)
         );
         assert_eq!(tally.last_receive_us, 900);
+        // Unstamped reads: arrival is the read time.
+        assert_eq!(tally.arrival_us, tally.latency_us);
+        assert!(!tally.stamped);
+    }
+
+    #[test]
+    fn a_stamped_read_puts_the_arrival_before_the_read() {
+        let order = answered(&[0, 1]);
+        let mut tally = Tally::new(2);
+        tally.record(&data(0, 100), Receipt::new(5_000, Some(4_000)), &order);
+        // A stamp older than the run still leaves the arrival at the publish, not before.
+        tally.record(&data(1, 200), Receipt::new(900, Some(10_000)), &order);
+        assert_eq!(tally.latency_us, [4_900, 700]);
+        assert_eq!(tally.arrival_us, [900, 0]);
+        assert!(tally.stamped);
+        assert_eq!(tally.last_receive_us, 5_000);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_kernel_stamps_when_bytes_arrived_not_when_they_were_read() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        sys::stamp_arrivals(&socket);
+        let client = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        // The first socket to ask turns stamping on from a kernel work item, a moment later.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.write_all(b"data: x\n\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut stream = BenchStream::Plain(client);
+        let mut buf = Vec::with_capacity(64);
+        let (n, age_us) = read_stamped(&mut stream, &mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"data: x\n\n");
+        let age_us = age_us.expect("a stamp on a plain TCP read");
+        assert!((40_000..10_000_000).contains(&age_us), "{age_us} µs");
     }
 
     #[test]
@@ -316,14 +407,14 @@ mod tests {
         // Event 2 was sent after 0 and 1 were answered; event 1 overlapped event 0.
         let order = answered(&[0, 0, 2]);
         let mut tally = Tally::new(3);
-        tally.record(&data(1, 0), 10, &order);
-        tally.record(&data(0, 0), 10, &order);
+        tally.record(&data(1, 0), read_at(10), &order);
+        tally.record(&data(0, 0), read_at(10), &order);
         assert_eq!(tally.out_of_order, 0);
-        tally.record(&data(2, 0), 10, &order);
+        tally.record(&data(2, 0), read_at(10), &order);
         let mut late = Tally::new(3);
-        late.record(&data(2, 0), 10, &order);
-        late.record(&data(1, 0), 10, &order);
-        late.record(&data(0, 0), 10, &order);
+        late.record(&data(2, 0), read_at(10), &order);
+        late.record(&data(1, 0), read_at(10), &order);
+        late.record(&data(0, 0), read_at(10), &order);
         assert_eq!(late.out_of_order, 2);
     }
 }

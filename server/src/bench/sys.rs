@@ -87,6 +87,88 @@ pub fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
     let _ = socket;
 }
 
+/// Asks the kernel to stamp every segment `socket` receives with the time it arrived
+/// (`SO_TIMESTAMPNS`), so that a subscriber can tell when an event reached it apart from when
+/// this process got around to reading it. Linux only; elsewhere reads carry no stamp.
+pub fn stamp_arrivals(socket: &tokio::net::TcpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and a c_int option value of the size we pass.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
+/// One non-blocking `recvmsg` from `fd` into `buf`'s spare capacity (extending `buf` by what
+/// was read). Returns how many bytes, and, when the kernel stamped the segments
+/// ([`stamp_arrivals`]), how many microseconds ago the last segment read arrived.
+#[cfg(target_os = "linux")]
+pub fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(usize, Option<u64>)> {
+    let spare = buf.spare_capacity_mut();
+    let mut iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // Room for one SCM_TIMESTAMPNS control message, aligned for `cmsghdr`.
+    let mut control = [0u64; 8];
+    // SAFETY: `msghdr` is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at a live iovec over `buf`'s spare capacity and at `control`.
+    let n = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialized the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    let mut arrived = None;
+    // SAFETY: walking the control messages the kernel wrote into `control`, as described by
+    // `msg`; a timestamp message carries one `timespec`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                arrived = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<libc::timespec>(),
+                ));
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    let age_us = arrived.and_then(|at| {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a live timespec to fill.
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut now) } != 0 {
+            return None;
+        }
+        let ns = |t: libc::timespec| i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec);
+        u64::try_from((ns(now) - ns(at)) / 1000).ok()
+    });
+    Ok((n, age_us))
+}
+
 /// Makes closing `stream` send a reset instead of a FIN, so the closed connection does not sit
 /// in TIME_WAIT holding its port: the next run's 10,000 connects then find free ports at once
 /// (with them held, connecting took twice the CPU).

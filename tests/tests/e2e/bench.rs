@@ -48,11 +48,30 @@ fn every_subscriber_gets_every_event_once_and_in_order() {
     let herald = Herald::start(&["--dev"]);
     let pid = herald.pid().expect("the server's pid").to_string();
     let report = complete_report(&bench(&herald.url(""), &["--server-pid", &pid]));
-    for figure in ["latency_ms", "fanout_ms", "publish_rtt_ms"] {
+    for figure in [
+        "latency_ms",
+        "fanout_ms",
+        "publish_rtt_ms",
+        "arrival_latency_ms",
+        "arrival_fanout_ms",
+    ] {
         assert!(
             report[figure]["p50"].is_number(),
             "{figure} missing: {report}"
         );
+    }
+    // Every event arrived in the kernel no later than the load generator read it.
+    for (arrival, read) in [
+        ("arrival_latency_ms", "latency_ms"),
+        ("arrival_fanout_ms", "fanout_ms"),
+    ] {
+        for p in ["p50", "p99", "max"] {
+            let (a, r) = (report[arrival][p].as_f64(), report[read][p].as_f64());
+            assert!(
+                a <= r,
+                "{arrival}.{p} {a:?} after {read}.{p} {r:?}: {report}"
+            );
+        }
     }
     assert!(
         report["server"]["rss_after_kib"].as_u64().unwrap_or(0) > 0,
@@ -69,5 +88,8 @@ fn the_load_generator_measures_an_https_server_it_is_told_to_trust() {
     assert!(!untrusted.status.success());
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(stderr.contains("certificate"), "{stderr}");
-    complete_report(&bench(&url, &["--ca-file", &https.ca]));
+    let report = complete_report(&bench(&url, &["--ca-file", &https.ca]));
+    // TLS reads are not stamped by the kernel: no arrival figures rather than made-up ones.
+    assert!(report["arrival_latency_ms"].is_null(), "{report}");
+    assert!(report["latency_ms"]["p50"].is_number(), "{report}");
 }
