@@ -109,8 +109,9 @@ pub struct ServeArgs {
     /// `rediss://...` for TLS (prefer HERALD_REDIS for a password); any node of a Redis
     /// Cluster will do. For a master that Redis Sentinel watches:
     /// `redis+sentinel://[[user]:password@]sentinel[:26379][,sentinel2...]/master-name[/db]`
-    /// (`rediss+sentinel://` for TLS); the credentials are the master's. The embedded log is not used: --data-dir, --fsync and --retain-bytes do
-    /// not apply (durability is Redis's own persistence).
+    /// (`rediss+sentinel://` for TLS); the credentials are the master's (the sentinels' are
+    /// --redis-sentinel-password). The embedded log is not used: --data-dir, --fsync and
+    /// --retain-bytes do not apply (durability is Redis's own persistence).
     #[arg(long, env = "HERALD_REDIS", hide_env_values = true)]
     #[serde(deserialize_with = "parsed_text")]
     pub redis: Option<RedisConfig>,
@@ -128,6 +129,15 @@ pub struct ServeArgs {
     /// The private key (PEM) of --redis-tls-cert.
     #[arg(long, env = "HERALD_REDIS_TLS_KEY", value_name = "PEM")]
     pub redis_tls_key: Option<PathBuf>,
+    /// For redis+sentinel://: the password the sentinels ask for (their `requirepass`, or
+    /// an ACL user's with --redis-sentinel-username). Without it sentinels are asked
+    /// without AUTH.
+    #[arg(long, env = "HERALD_REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+    /// For redis+sentinel://: the ACL user of --redis-sentinel-password [default: the
+    /// sentinels' default user].
+    #[arg(long, env = "HERALD_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
 }
 
 /// Every setting of a running server, resolved.
@@ -243,6 +253,22 @@ impl ServeArgs {
                     .into(),
             ));
         }
+        let sentinel_auth = (
+            s.redis_sentinel_username.filter(|u| !u.is_empty()),
+            s.redis_sentinel_password.filter(|p| !p.is_empty()),
+        );
+        if sentinel_auth != (None, None) && s.redis.as_ref().is_none_or(|r| r.sentinels.is_none()) {
+            return Err(ConfigError::Invalid(
+                "--redis-sentinel-password and --redis-sentinel-username apply to a \
+                 redis+sentinel:// --redis URL only"
+                    .into(),
+            ));
+        }
+        if let (Some(_), None) = sentinel_auth {
+            return Err(ConfigError::Invalid(
+                "--redis-sentinel-username needs --redis-sentinel-password".into(),
+            ));
+        }
         let redis = match s.redis {
             None => None,
             Some(redis) => {
@@ -270,9 +296,11 @@ impl ServeArgs {
                          control characters"
                     )));
                 }
+                let (username, password) = sentinel_auth;
                 let redis = redis
                     .with_tls_files(&redis_tls_files)
-                    .map_err(|e| ConfigError::Invalid(format!("Redis TLS: {e}")))?;
+                    .map_err(|e| ConfigError::Invalid(format!("Redis TLS: {e}")))?
+                    .with_sentinel_auth(username, password);
                 Some(RedisLogConfig {
                     redis,
                     prefix,
@@ -358,6 +386,12 @@ impl ServeArgs {
             redis_ca_file: self.redis_ca_file.or(file.redis_ca_file),
             redis_tls_cert: self.redis_tls_cert.or(file.redis_tls_cert),
             redis_tls_key: self.redis_tls_key.or(file.redis_tls_key),
+            redis_sentinel_password: self
+                .redis_sentinel_password
+                .or(file.redis_sentinel_password),
+            redis_sentinel_username: self
+                .redis_sentinel_username
+                .or(file.redis_sentinel_username),
         }
     }
 }
@@ -478,6 +512,33 @@ mod tests {
         write("redis = \"redis://h\"\nfsync = \"never\"\n");
         let err = args.resolve().unwrap_err().to_string();
         assert!(err.contains("--fsync"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_credentials_need_a_sentinel_url_and_a_password() {
+        let with = |redis: &str, user: Option<&str>, pass: Option<&str>| {
+            ServeArgs {
+                redis: Some(redis.parse().unwrap()),
+                redis_sentinel_username: user.map(Into::into),
+                redis_sentinel_password: pass.map(Into::into),
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        let err = with("redis://h", None, Some("pw")).unwrap_err().to_string();
+        assert!(err.contains("redis+sentinel://"), "{err}");
+        let err = with("redis+sentinel://s/m", Some("u"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs --redis-sentinel-password"), "{err}");
+        let c = with("redis+sentinel://:masterpw@s/m", Some("u"), Some("pw")).unwrap();
+        let redis = c.redis.unwrap().redis;
+        let shown = format!("{:?}", redis.sentinels);
+        assert!(
+            shown.contains("\"u\"") && !shown.contains("\"pw\""),
+            "{shown}"
+        );
+        assert_eq!(redis.password.as_deref(), Some("masterpw"));
     }
 
     #[test]

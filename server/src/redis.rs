@@ -69,16 +69,33 @@ pub struct RedisConfig {
 /// next use. [`Pool::recheck_master`] asks again without opening a connection, so that
 /// connections that stay open still follow a failover (the node heartbeat calls it every
 /// second). A node that answers `READONLY` (demoted while a connection to it stayed open)
-/// breaks that connection too. Sentinels are asked without `AUTH`; the URL's credentials and
-/// database are the master's.
-#[derive(Debug)]
+/// breaks that connection too. The URL's credentials and database are the master's; the
+/// sentinels' own are given apart ([`RedisConfig::with_sentinel_auth`]), and without them
+/// sentinels are asked without `AUTH`.
 pub struct Sentinels {
     /// `(host, port)` of each sentinel, in the URL's order.
     pub nodes: Vec<(String, u16)>,
     /// The master's name in the sentinels' configuration (`sentinel monitor <name> ...`).
     pub master: String,
+    /// ACL user for `AUTH` to a sentinel; `None` is its default user.
+    username: Option<String>,
+    /// Password for `AUTH` to a sentinel; `None` sends no `AUTH`.
+    password: Option<String>,
     /// What the sentinels said last.
     seen: Mutex<SentinelAnswer>,
+}
+
+impl fmt::Debug for Sentinels {
+    /// Never shows the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sentinels")
+            .field("nodes", &self.nodes)
+            .field("master", &self.master)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("seen", &self.seen)
+            .finish()
+    }
 }
 
 /// The sentinels' last answer: where the master is, and how many times the answer has
@@ -122,10 +139,10 @@ impl Sentinels {
         config: &RedisConfig,
         timeout: Duration,
     ) -> Result<(String, u16), RedisError> {
-        // A sentinel is asked as it is: no AUTH, no SELECT.
+        // A sentinel is asked with its own credentials (if any) and no SELECT.
         let probe = RedisConfig {
-            username: None,
-            password: None,
+            username: self.username.clone(),
+            password: self.password.clone(),
             db: 0,
             sentinels: None,
             moved_to: Arc::default(),
@@ -143,7 +160,14 @@ impl Sentinels {
             let reply = match asked {
                 Ok(reply) => reply,
                 Err(error) => {
-                    problems.push(format!("{host}:{port}: {error}"));
+                    let error = error.to_string();
+                    let hint = match self.password {
+                        None if error.contains("NOAUTH") => {
+                            " (this sentinel asks for a password: --redis-sentinel-password)"
+                        }
+                        _ => "",
+                    };
+                    problems.push(format!("{host}:{port}: {error}{hint}"));
                     continue;
                 }
             };
@@ -172,6 +196,25 @@ impl Sentinels {
 }
 
 impl RedisConfig {
+    /// For `redis+sentinel://`: the credentials the sentinels ask for (theirs, not the
+    /// master's, which the URL holds). Does nothing for other URLs.
+    pub fn with_sentinel_auth(
+        mut self,
+        username: Option<String>,
+        password: Option<String>,
+    ) -> Self {
+        if let Some(sentinels) = &self.sentinels {
+            self.sentinels = Some(Arc::new(Sentinels {
+                nodes: sentinels.nodes.clone(),
+                master: sentinels.master.clone(),
+                username,
+                password,
+                seen: Mutex::default(),
+            }));
+        }
+        self
+    }
+
     /// True for a `rediss://` URL.
     pub fn uses_tls(&self) -> bool {
         self.tls.is_some() || self.tls_pending
@@ -270,6 +313,8 @@ impl FromStr for RedisConfig {
                 Arc::new(Sentinels {
                     nodes,
                     master,
+                    username: None,
+                    password: None,
                     seen: Mutex::default(),
                 })
             }),
@@ -1339,6 +1384,39 @@ pub(crate) mod tests {
         let config = url(&format!("redis+sentinel://127.0.0.1:{unknown}/nope")).unwrap();
         let error = Connection::open(&config, TIMEOUT).unwrap_err().to_string();
         assert!(error.contains("knows no master named `nope`"), "{error}");
+    }
+
+    #[test]
+    fn a_sentinel_that_wants_a_password_gets_its_own_and_says_so_when_missing() {
+        let (protected, _) = fake_node("-NOAUTH Authentication required.\r\n".to_owned());
+        let config = url(&format!(
+            "redis+sentinel://:masterpw@127.0.0.1:{protected}/m"
+        ))
+        .unwrap();
+        let error = Connection::open(&config, TIMEOUT).unwrap_err().to_string();
+        assert!(error.contains("--redis-sentinel-password"), "{error}");
+
+        // The sentinel's credentials, not the master's, go to the sentinel; the master's stay.
+        let config = config.with_sentinel_auth(Some("watcher".into()), Some("sentinelpw".into()));
+        let sentinels = config.sentinels.as_deref().unwrap();
+        assert_eq!(
+            (sentinels.username.as_deref(), sentinels.password.as_deref()),
+            (Some("watcher"), Some("sentinelpw"))
+        );
+        assert_eq!(config.password.as_deref(), Some("masterpw"));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("sentinelpw") && shown.contains("watcher"),
+            "{shown}"
+        );
+        // Given a password, the NOAUTH hint is not repeated.
+        let error = Connection::open(&config, TIMEOUT).unwrap_err().to_string();
+        assert!(!error.contains("--redis-sentinel-password"), "{error}");
+        // Without Sentinel it changes nothing.
+        let direct = url("redis://h")
+            .unwrap()
+            .with_sentinel_auth(None, Some("x".into()));
+        assert!(direct.sentinels.is_none());
     }
 
     #[test]

@@ -391,6 +391,8 @@ struct OwnSentinel {
     master: OwnRedis,
     replica: OwnRedis,
     port: u16,
+    /// The sentinel's `requirepass`, if it has one.
+    password: Option<&'static str>,
     sentinel: std::process::Child,
     /// The sentinel's configuration file (Sentinel rewrites it).
     _dir: tempfile::TempDir,
@@ -400,6 +402,11 @@ impl OwnSentinel {
     /// Starts all three and waits until the sentinel knows the replica, or `None` after
     /// saying the test is skipped without `redis-server`.
     fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// [`OwnSentinel::start`] with a sentinel that asks clients for `password`.
+    fn start_with(test: &str, password: Option<&'static str>) -> Option<Self> {
         let master = OwnRedis::start(test)?;
         let replica = OwnRedis::start_replica(test, master.port)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -408,11 +415,14 @@ impl OwnSentinel {
             .port();
         let dir = tempfile::tempdir().expect("a temp dir");
         let conf = dir.path().join("sentinel.conf");
-        let text = format!(
+        let mut text = format!(
             "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 1\n\
              sentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 5000\n",
             master.port
         );
+        if let Some(password) = password {
+            text.push_str(&format!("requirepass {password}\n"));
+        }
         std::fs::write(&conf, text).expect("write sentinel.conf");
         let sentinel = Command::new("redis-server")
             .arg(&conf)
@@ -424,6 +434,7 @@ impl OwnSentinel {
             master,
             replica,
             port,
+            password,
             sentinel,
             _dir: dir,
         };
@@ -445,7 +456,13 @@ impl OwnSentinel {
 
     /// What `redis-cli` prints for `args` sent to the sentinel.
     fn ask(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        match self.password {
+            Some(password) => {
+                let authed = [&["--no-auth-warning", "-a", password], args].concat();
+                redis_cli(self.port, &authed)
+            }
+            None => redis_cli(self.port, args),
+        }
     }
 
     /// The port of the node the sentinel names as the master.
@@ -480,6 +497,44 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
         WAIT,
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_that_asks_for_a_password_gets_the_one_herald_is_given() {
+    let Some(redis) = OwnSentinel::start_with("sentinel_password", Some("s3ntinel")) else {
+        return;
+    };
+    let url = redis.url();
+    // Without it, or with a wrong one, the start fails and says what to give.
+    let stderr = serve_fails(&["--redis", &url]);
+    assert!(
+        stderr.contains("NOAUTH") && stderr.contains("--redis-sentinel-password"),
+        "{stderr}"
+    );
+    let stderr = serve_fails(&["--redis", &url, "--redis-sentinel-password", "wrong"]);
+    assert!(stderr.contains("WRONGPASS"), "{stderr}");
+    assert!(
+        !stderr.contains("s3ntinel") && !stderr.contains("wrong\""),
+        "{stderr}"
+    );
+
+    let a = Herald::start(&[
+        "--dev",
+        "--redis",
+        &url,
+        "--redis-sentinel-password",
+        "s3ntinel",
+    ]);
+    let mut live = a.events().topic("p").open().await;
+    let id = a.publish_ok(json!({"topics": ["p"], "data": "x"})).await;
+    assert_eq!(
+        live.next_event(WAIT).await.map(|e| e.last_event_id),
+        Some(id)
+    );
+    // The master the sentinel names holds the log.
+    assert_eq!(redis.master_port(), redis.master.port.to_string());
+    let keys = redis_cli(redis.master.port, &["--scan"]);
+    assert!(keys.lines().any(|k| k.ends_with(":events")), "{keys}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
