@@ -69,20 +69,7 @@ pub fn source_addresses(target: IpAddr, n: usize, ports: usize) -> Vec<IpAddr> {
 /// 4-tuple, instead of at bind time from the ports free on that address alone.
 pub fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd as _;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor and a c_int option value of the size we pass.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&raw const one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    switch_on(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT);
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
 }
@@ -92,22 +79,26 @@ pub fn bind_address_no_port(socket: &tokio::net::TcpSocket) {
 /// this process got around to reading it. Linux only; elsewhere reads carry no stamp.
 pub fn stamp_arrivals(socket: &tokio::net::TcpSocket) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd as _;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor and a c_int option value of the size we pass.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&raw const one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    switch_on(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS);
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
+}
+
+/// Sets a boolean socket option; best effort (a kernel without it leaves the default).
+#[cfg(target_os = "linux")]
+fn switch_on(socket: &tokio::net::TcpSocket, level: libc::c_int, name: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the size we pass.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// One non-blocking `recvmsg` from `fd` into `buf`'s spare capacity (extending `buf` by what
