@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most subscriber connections one user may hold at once (admin streams and anonymous
+    /// subscribers are not counted); `None` for no limit.
+    pub max_connections_per_user: Option<usize>,
     /// Most topics and patterns in one subscription.
     pub max_topics_per_connection: usize,
     /// Most committed events kept in memory to serve reconnects without the log.
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             keepalive: Duration::from_secs(15),
             tick: Duration::from_secs(1),
             max_connections: 50_000,
+            max_connections_per_user: None,
             max_topics_per_connection: 64,
             recent_events: 4_096,
             recent_bytes: 16 << 20,
@@ -171,6 +175,14 @@ pub enum ConnectError {
     /// The server holds as many connections as it may.
     #[error("the server is at its limit of {limit} connections")]
     TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+    /// The user already holds as many streams as one user may.
+    #[error("user {user:?} already has as many open streams as one user may ({limit})")]
+    TooManyForUser {
+        /// The user.
+        user: String,
         /// The limit.
         limit: usize,
     },
@@ -356,6 +368,18 @@ impl Engine {
         if self.by_id.len() >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections {
                 limit: self.config.max_connections,
+            });
+        }
+        if let (Some(limit), Some(user), false) =
+            (self.config.max_connections_per_user, &req.user, req.admin)
+            && self
+                .users
+                .get(user)
+                .is_some_and(|slots| slots.len() >= limit)
+        {
+            return Err(ConnectError::TooManyForUser {
+                user: user.to_string(),
+                limit,
             });
         }
         let patterns: BTreeSet<TopicPattern> = req.patterns.into_iter().collect();

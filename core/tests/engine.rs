@@ -645,6 +645,38 @@ fn limits_on_connections_and_topics_are_errors() {
 }
 
 #[test]
+fn one_user_may_hold_only_so_many_streams_and_gets_room_back_when_one_ends() {
+    let mut sim = Sim::new(EngineConfig {
+        max_connections_per_user: Some(2),
+        ..EngineConfig::default()
+    });
+    let alice = |admin: bool| {
+        let mut req = ConnectRequest::new(vec![TopicPattern::parse("t").unwrap()]);
+        req.user = Some(UserId::new("alice").unwrap());
+        req.admin = admin;
+        req
+    };
+    let first = sim.connect(&["t"], Some("alice"), None);
+    sim.connect(&[], Some("alice"), None);
+    assert_eq!(
+        sim.engine.handle_connect(alice(false), sim.now),
+        Err(ConnectError::TooManyForUser {
+            user: "alice".into(),
+            limit: 2
+        })
+    );
+    // Others, anonymous subscribers and alice's admin streams are not counted.
+    sim.connect(&["t"], Some("bob"), None);
+    sim.connect(&["t"], None, None);
+    sim.connect(&["t"], None, None);
+    assert!(sim.engine.handle_connect(alice(true), sim.now).is_ok());
+    // A stream that ends makes room for another.
+    sim.engine.handle_disconnect(first, sim.now);
+    assert!(sim.engine.handle_connect(alice(false), sim.now).is_ok());
+    assert!(sim.engine.handle_connect(alice(false), sim.now).is_err());
+}
+
+#[test]
 fn admin_streams_see_connections_publishes_and_stats_but_no_user_events() {
     let mut sim = Sim::new(EngineConfig::default());
     let mut req = ConnectRequest::new(vec![]);

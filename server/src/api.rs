@@ -119,6 +119,10 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body
     r
 }
 
+/// How long `/healthz` waits for the hub: a liveness probe that gets no answer in this time
+/// restarts a server whose engine is stuck.
+const HEALTH_BOUND: Duration = Duration::from_secs(2);
+
 fn unavailable() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -139,9 +143,20 @@ async fn route(
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => Ok(index()),
-        (&Method::GET, ["healthz"]) => {
-            Ok(json_response(StatusCode::OK, &json!({ "status": "ok" })))
-        }
+        (&Method::GET, ["healthz"]) => match state.hub.health(HEALTH_BOUND).await {
+            Ok(stats) => Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "status": "ok",
+                    "uptime_ms": stats.uptime_ms,
+                    "committed_id": stats.committed_id,
+                }),
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            )),
+        },
         (&Method::GET, ["metrics"]) => metrics_response(state).await,
         (&Method::GET, ["events"]) => subscribe(req, state, remote, false).await,
         (&Method::POST, ["publish"]) => publish(req, state).await,
@@ -446,6 +461,10 @@ pub async fn open_stream(
     {
         Ok(sub) => Ok(Opened::Stream(sub.body)),
         Err(e @ ConnectError::TooManyTopics { .. }) => Err(ApiError::bad_request(e.to_string())),
+        Err(e @ ConnectError::TooManyForUser { .. }) => {
+            tracing::info!(%remote, "{e}");
+            Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
+        }
         Err(e @ ConnectError::TooManyConnections { .. }) => {
             // EventSource gives up for good on any non-200: say "come back later" in-band.
             tracing::warn!(%remote, "{e}");

@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// later [default: 50000].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most subscriber streams one user (a token's `sub`, or `?user=` in dev mode) may hold
+    /// at once; beyond it a new one is refused with 429 (counted per instance; admin streams
+    /// and anonymous subscribers are not counted) [default: no limit].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
     /// Most topics in one subscription [default: 64].
     #[arg(long, env = "HERALD_MAX_TOPICS")]
     pub max_topics: Option<usize>,
@@ -157,6 +162,8 @@ pub struct ServeConfig {
     pub trim_interval: Duration,
     /// Connection cap.
     pub max_connections: usize,
+    /// Connection cap per user; `None` for none.
+    pub max_connections_per_user: Option<usize>,
     /// Topics per subscription.
     pub max_topics: usize,
     /// Publish body limit.
@@ -324,6 +331,7 @@ impl ServeArgs {
             jwt_secret: s.jwt_secret.filter(|s| !s.is_empty()),
             trim_interval: s.trim_interval.unwrap_or(Duration::from_secs(10)),
             max_connections: s.max_connections.unwrap_or(50_000),
+            max_connections_per_user: s.max_connections_per_user,
             max_topics: s.max_topics.unwrap_or(64),
             max_body: s.max_body.unwrap_or(1 << 20),
             queue_bytes: s.queue_bytes.unwrap_or(4 << 20),
@@ -335,9 +343,14 @@ impl ServeArgs {
             tls,
             backlog: s.backlog.unwrap_or(4096),
         };
-        if config.max_connections == 0 || config.max_topics == 0 || config.queue_bytes < 1024 {
+        if config.max_connections == 0
+            || config.max_connections_per_user == Some(0)
+            || config.max_topics == 0
+            || config.queue_bytes < 1024
+        {
             return Err(ConfigError::Invalid(
-                "max-connections and max-topics must be at least 1, queue-bytes at least 1024"
+                "max-connections, max-connections-per-user and max-topics must be at least 1, \
+                 queue-bytes at least 1024"
                     .into(),
             ));
         }
@@ -367,6 +380,9 @@ impl ServeArgs {
             retain_bytes: self.retain_bytes.or(file.retain_bytes),
             trim_interval: self.trim_interval.or(file.trim_interval),
             max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_user: self
+                .max_connections_per_user
+                .or(file.max_connections_per_user),
             max_topics: self.max_topics.or(file.max_topics),
             max_body: self.max_body.or(file.max_body),
             queue_bytes: self.queue_bytes.or(file.queue_bytes),

@@ -176,6 +176,17 @@ pub struct Hub {
 #[error("the server is shutting down")]
 pub struct HubGone;
 
+/// Why the hub is not healthy ([`Hub::health`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    /// Its task has ended: the server is stopping, or the task failed.
+    #[error("the event hub has stopped")]
+    Stopped,
+    /// It did not answer within the bound: it is stuck, or far behind.
+    #[error("the event hub did not answer within {0:?}")]
+    Stuck(Duration),
+}
+
 impl Hub {
     /// Starts the hub task: `engine` seeded from the store's last id. With [`Store::Local`]
     /// appends go through a group committer; with [`Store::Shared`] through the cluster
@@ -277,6 +288,15 @@ impl Hub {
     /// Counters and ids.
     pub async fn stats(&self) -> Result<Stats, HubGone> {
         self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// Whether the hub answers, within `bound`: its stats if it does.
+    pub async fn health(&self, bound: Duration) -> Result<Stats, Unhealthy> {
+        match tokio::time::timeout(bound, self.stats()).await {
+            Ok(Ok(stats)) => Ok(stats),
+            Ok(Err(HubGone)) => Err(Unhealthy::Stopped),
+            Err(_) => Err(Unhealthy::Stuck(bound)),
+        }
     }
 
     /// Disconnects a connection; false if there is none with that id.
@@ -667,5 +687,47 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub handle whose task is the returned receiver (or nothing, once it is dropped).
+    fn detached() -> (Hub, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Hub {
+            tx: HubSender(tx),
+            log_metrics: Arc::default(),
+        };
+        (hub, rx)
+    }
+
+    #[tokio::test]
+    async fn health_tells_a_stopped_hub_from_a_stuck_one_from_a_working_one() {
+        let (hub, rx) = detached();
+        drop(rx);
+        let bound = Duration::from_millis(50);
+        assert_eq!(hub.health(bound).await.unwrap_err(), Unhealthy::Stopped);
+
+        let (hub, mut rx) = detached();
+        assert_eq!(
+            hub.health(bound).await.unwrap_err(),
+            Unhealthy::Stuck(bound)
+        );
+        // The unanswered question is still queued: a stuck hub is not a stopped one.
+        assert!(matches!(rx.try_recv(), Ok(Command::Stats { .. })));
+
+        let answering = tokio::spawn(async move {
+            if let Some(Command::Stats { reply }) = rx.recv().await {
+                let _ = reply.send(Stats {
+                    uptime_ms: 7,
+                    ..Stats::default()
+                });
+            }
+        });
+        assert_eq!(hub.health(bound).await.unwrap().uptime_ms, 7);
+        answering.await.unwrap();
     }
 }

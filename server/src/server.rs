@@ -51,6 +51,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         retry_ms: config.retry_ms,
         keepalive: config.keepalive,
         max_connections: config.max_connections,
+        max_connections_per_user: config.max_connections_per_user,
         max_topics_per_connection: config.max_topics,
         ..EngineConfig::default()
     };

@@ -209,12 +209,18 @@ async fn health_and_prometheus_metrics_are_served() {
     let herald = Herald::start(&["--dev"]);
     let health = herald.call(Method::GET, "/healthz").send().await;
     assert_eq!(health.status, StatusCode::OK);
-    assert_eq!(health.json(), json!({"status": "ok"}));
+    // The engine answered: its uptime, and no event committed yet.
+    let body = health.json();
+    assert_eq!(body["status"], "ok", "{body}");
+    assert!(body["uptime_ms"].is_u64(), "{body}");
+    assert_eq!(body["committed_id"], Value::Null, "{body}");
 
     let _sub = herald.events().topic("t").open().await;
-    herald
+    let id = herald
         .publish_ok(json!({"topics": ["t"], "data": "x"}))
         .await;
+    let health = herald.call(Method::GET, "/healthz").send().await.json();
+    assert_eq!(health["committed_id"], id, "{health}");
     let metrics = herald.call(Method::GET, "/metrics").send().await;
     assert_eq!(metrics.status, StatusCode::OK);
     assert!(

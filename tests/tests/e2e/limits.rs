@@ -145,6 +145,55 @@ async fn over_the_connection_cap_a_subscriber_gets_200_with_retry_and_the_stream
 }
 
 #[tokio::test]
+async fn a_user_over_the_per_user_cap_gets_429_and_room_back_when_a_stream_ends() {
+    let herald = Herald::start(&["--dev", "--max-connections-per-user", "2"]);
+    let alice = || herald.events().topic("t").query("user", "alice");
+    let first = alice().open().await;
+    let mut second = alice().open().await;
+    let third = alice().connect().await;
+    assert_eq!(
+        third.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        third.raw_text()
+    );
+    let error = third.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("alice") && error.contains('2'),
+        "{}",
+        third.raw_text()
+    );
+    // Another user, an anonymous subscriber and the operator's stream are not held back.
+    let mut bob = herald.events().topic("t").query("user", "bob").open().await;
+    herald.events().topic("t").open().await;
+    herald.admin_events().query("user", "alice").open().await;
+
+    drop(first);
+    let freed = eventually(WAIT, || async {
+        herald
+            .events()
+            .topic("t")
+            .query("user", "alice")
+            .connect()
+            .await
+            .status()
+            == StatusCode::OK
+    })
+    .await;
+    assert!(freed, "alice never got room back after closing a stream");
+    let id = herald
+        .publish_ok(json!({"users": ["alice", "bob"], "data": "hi"}))
+        .await;
+    for sub in [&mut second, &mut bob] {
+        let event = sub.next_event(WAIT).await.expect("the event");
+        assert_eq!(event.last_event_id, id);
+    }
+}
+
+#[tokio::test]
 async fn a_subscription_with_too_many_topics_is_400() {
     let herald = Herald::start(&["--dev", "--max-topics", "2"]);
     let sub = herald
