@@ -31,6 +31,10 @@ pub struct Counters {
     pub keepalives: u64,
     /// Publishes answered from the idempotency memory instead of minting a new event.
     pub idempotent_hits: u64,
+    /// Subscriber connections refused by a limit: the server's or a user's connection cap,
+    /// or too many topics.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// One server of a deployment as it last reported itself (`GET /admin/nodes`): in cluster

@@ -365,6 +365,15 @@ impl Engine {
         req: ConnectRequest,
         now: Instant,
     ) -> Result<ConnId, ConnectError> {
+        let admitted = self.admit(req, now);
+        if admitted.is_err() {
+            self.counters.refused += 1;
+        }
+        admitted
+    }
+
+    /// [`Engine::handle_connect`] but for the count of refusals.
+    fn admit(&mut self, req: ConnectRequest, now: Instant) -> Result<ConnId, ConnectError> {
         if self.by_id.len() >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections {
                 limit: self.config.max_connections,

@@ -642,6 +642,7 @@ fn limits_on_connections_and_topics_are_errors() {
             .handle_connect(ConnectRequest::new(vec![]), sim.now),
         Err(ConnectError::TooManyConnections { limit: 1 })
     );
+    assert_eq!(sim.engine.counters().refused, 2);
 }
 
 #[test]

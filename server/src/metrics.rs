@@ -29,6 +29,12 @@ pub fn render(stats: &Stats, log: &LogMetricsSnapshot, corrupt_records: u64) -> 
         c.connections_total as f64,
     );
     metric(
+        "connections_refused_total",
+        "counter",
+        "Subscriber connections refused by a limit (connection caps, topics per subscription).",
+        c.refused as f64,
+    );
+    metric(
         "published_total",
         "counter",
         "Events published (ids minted).",

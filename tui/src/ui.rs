@@ -135,6 +135,11 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
             }
             spans.push(label("   slow closes "));
             spans.push(Span::styled(c.slow_consumer_closes.to_string(), slow_style));
+            // Limits that turned subscribers away: shown once it has happened.
+            if c.refused > 0 {
+                spans.push(label("   refused "));
+                spans.push(Span::styled(c.refused.to_string(), Style::new().yellow()));
+            }
             Line::from(spans)
         }
     };
@@ -1146,6 +1151,20 @@ mod tests {
             })),
         );
         assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn the_header_counts_refused_subscribers_once_there_are_some() {
+        let mut app = busy_app(10);
+        assert!(!render(&mut app, 100, 24).contains("refused"));
+        let mut sample = stats(3700, 0, 0);
+        sample.counters.refused = 3;
+        server(
+            &mut app,
+            ServerMsg::Admin(Box::new(AdminEvent::Stats(sample))),
+        );
+        let screen = render(&mut app, 100, 24);
+        assert!(screen.contains("slow closes 2   refused 3"), "{screen}");
     }
 
     #[test]

@@ -184,6 +184,14 @@ async fn a_user_over_the_per_user_cap_gets_429_and_room_back_when_a_stream_ends(
     })
     .await;
     assert!(freed, "alice never got room back after closing a stream");
+    // Operators see the refusal.
+    let metrics = herald.call(Method::GET, "/metrics").send().await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herald_connections_refused_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     let id = herald
         .publish_ok(json!({"users": ["alice", "bob"], "data": "hi"}))
         .await;
