@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// and anonymous subscribers are not counted) [default: no limit].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
     pub max_connections_per_user: Option<usize>,
+    /// This instance's name in `GET /admin/nodes` and the console's Nodes view; give each
+    /// instance of a cluster its own [default: the host name and the listening port].
+    #[arg(long, env = "HERALD_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Most topics in one subscription [default: 64].
     #[arg(long, env = "HERALD_MAX_TOPICS")]
     pub max_topics: Option<usize>,
@@ -164,6 +168,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Connection cap per user; `None` for none.
     pub max_connections_per_user: Option<usize>,
+    /// The name given with --node-name, if any.
+    pub node_name: Option<String>,
     /// Topics per subscription.
     pub max_topics: usize,
     /// Publish body limit.
@@ -332,6 +338,7 @@ impl ServeArgs {
             trim_interval: s.trim_interval.unwrap_or(Duration::from_secs(10)),
             max_connections: s.max_connections.unwrap_or(50_000),
             max_connections_per_user: s.max_connections_per_user,
+            node_name: s.node_name,
             max_topics: s.max_topics.unwrap_or(64),
             max_body: s.max_body.unwrap_or(1 << 20),
             queue_bytes: s.queue_bytes.unwrap_or(4 << 20),
@@ -353,6 +360,13 @@ impl ServeArgs {
                  queue-bytes at least 1024"
                     .into(),
             ));
+        }
+        if let Some(name) = &config.node_name
+            && (name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "node-name {name:?} must be 1 to 100 bytes of printable text"
+            )));
         }
         if config.keepalive.is_zero()
             || config.trim_interval.is_zero()
@@ -383,6 +397,7 @@ impl ServeArgs {
             max_connections_per_user: self
                 .max_connections_per_user
                 .or(file.max_connections_per_user),
+            node_name: self.node_name.or(file.node_name),
             max_topics: self.max_topics.or(file.max_topics),
             max_body: self.max_body.or(file.max_body),
             queue_bytes: self.queue_bytes.or(file.queue_bytes),
@@ -528,6 +543,22 @@ mod tests {
         write("redis = \"redis://h\"\nfsync = \"never\"\n");
         let err = args.resolve().unwrap_err().to_string();
         assert!(err.contains("--fsync"), "{err}");
+    }
+
+    #[test]
+    fn a_node_name_is_printable_text() {
+        let named = |name: &str| {
+            ServeArgs {
+                node_name: Some(name.into()),
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        assert_eq!(named("eu-1").unwrap().node_name.as_deref(), Some("eu-1"));
+        for bad in ["", "  ", "a\nb", &"x".repeat(101)] {
+            let err = named(bad).unwrap_err().to_string();
+            assert!(err.contains("node-name"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

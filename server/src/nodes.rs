@@ -20,24 +20,37 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Stores this node's report and answers every live node's, with how long ago each reported,
-/// as `[report, ms_ago, report, ms_ago, ...]`, by Redis's clock (so machines' clocks may
-/// differ). Nodes silent for longer than the timeout are removed on the way.
+/// as `[clash, report, ms_ago, report, ms_ago, ...]`, by Redis's clock (so machines' clocks
+/// may differ). Nodes silent for longer than the timeout are removed on the way. `clash` is
+/// 1 when another process (another instance token) reported under this name within the
+/// last [`HEARTBEAT`] and a half: two live instances with one name.
 ///
 /// KEYS[1]: a hash of reports by name. KEYS[2]: a sorted set of names by report time.
+/// KEYS[3]: a hash of instance tokens by name.
 /// ARGV[1]: this node's name. ARGV[2]: its report (JSON). ARGV[3]: the timeout, in ms.
+/// ARGV[4]: this process's instance token. ARGV[5]: the clash window, in ms.
 const HEARTBEAT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local timeout = tonumber(ARGV[3])
+local clash = 0
+local owner = redis.call('HGET', KEYS[3], ARGV[1])
+if owner and owner ~= ARGV[4] then
+  local last = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if last and now - tonumber(last) < tonumber(ARGV[5]) then clash = 1 end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - timeout)) do
   redis.call('HDEL', KEYS[1], gone)
+  redis.call('HDEL', KEYS[3], gone)
   redis.call('ZREM', KEYS[2], gone)
 end
 redis.call('PEXPIRE', KEYS[1], timeout)
 redis.call('PEXPIRE', KEYS[2], timeout)
-local out = {}
+redis.call('PEXPIRE', KEYS[3], timeout)
+local out = {clash}
 local seen = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 for i = 1, #seen, 2 do
   local report = redis.call('HGET', KEYS[1], seen[i])
@@ -49,9 +62,15 @@ end
 return out
 ";
 
+/// Heartbeats in a row that must find another live instance under this name before it is
+/// reported: one could be this instance's own previous run, just before a quick restart.
+const CLASHES_BEFORE_WARNING: u32 = 2;
+
 /// This server's name and, in cluster mode, the registry's last answer.
 pub struct Nodes {
     name: String,
+    /// Tells this process's reports from another's under the same name.
+    instance: String,
     cluster: Option<Registry>,
     /// Set by [`Nodes::leave`]; held across each report, so a heartbeat still in flight
     /// cannot report this node again after it left.
@@ -63,6 +82,9 @@ struct Registry {
     log: Arc<RedisLog>,
     reports_key: String,
     seen_key: String,
+    owners_key: String,
+    /// Heartbeats in a row that found another instance reporting under this name.
+    clashes: Mutex<u32>,
     /// Every live node as of the last heartbeat that reached Redis, and when that was.
     latest: Mutex<(Vec<NodeInfo>, Instant)>,
 }
@@ -73,11 +95,21 @@ impl Nodes {
         let cluster = cluster.map(|log| Registry {
             reports_key: format!("{}:nodes", log.prefix()),
             seen_key: format!("{}:nodes-seen", log.prefix()),
+            owners_key: format!("{}:nodes-owner", log.prefix()),
+            clashes: Mutex::new(0),
             log,
             latest: Mutex::new((Vec::new(), Instant::now())),
         });
+        let instance = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
         Arc::new(Self {
             name,
+            instance,
             cluster,
             left: Mutex::new(false),
         })
@@ -153,6 +185,7 @@ impl Nodes {
             tracing::debug!(%error, "asking Sentinel where the master is failed");
         }
         let timeout = NODE_TIMEOUT.as_millis().to_string();
+        let window = (HEARTBEAT + HEARTBEAT / 2).as_millis().to_string();
         let left = lock(&self.left);
         if *left {
             return Ok(());
@@ -161,18 +194,25 @@ impl Nodes {
             conn.query(&[
                 b"EVAL",
                 HEARTBEAT_SCRIPT.as_bytes(),
-                b"2",
+                b"3",
                 registry.reports_key.as_bytes(),
                 registry.seen_key.as_bytes(),
+                registry.owners_key.as_bytes(),
                 self.name.as_bytes(),
                 &report,
                 timeout.as_bytes(),
+                self.instance.as_bytes(),
+                window.as_bytes(),
             ])
         })?;
         drop(left);
         let items = reply
             .into_array()
             .ok_or_else(|| RedisError::Protocol("the heartbeat answer is not a list".into()))?;
+        let (clash, items) = items
+            .split_first()
+            .ok_or_else(|| RedisError::Protocol("the heartbeat answer is empty".into()))?;
+        self.note_clash(registry, clash.as_int() == Some(1));
         let nodes = items
             .chunks_exact(2)
             .filter_map(|pair| {
@@ -183,6 +223,29 @@ impl Nodes {
             .collect();
         *lock(&registry.latest) = (nodes, Instant::now());
         Ok(())
+    }
+
+    /// Warns once another live instance has been found reporting under this name for
+    /// [`CLASHES_BEFORE_WARNING`] heartbeats in a row (and again every minute it goes on):
+    /// the two overwrite each other's entry, and operators see one node where there are two.
+    fn note_clash(&self, registry: &Registry, clash: bool) {
+        let mut clashes = lock(&registry.clashes);
+        *clashes = if clash { *clashes + 1 } else { 0 };
+        if *clashes >= CLASHES_BEFORE_WARNING
+            && (*clashes - CLASHES_BEFORE_WARNING).is_multiple_of(60)
+        {
+            tracing::warn!(
+                name = %self.name,
+                "another live instance reports under this node name; the Nodes view shows one of \
+                 them only: give each instance its own --node-name"
+            );
+        }
+    }
+
+    /// Heartbeats in a row that found another instance reporting under this name.
+    #[cfg(test)]
+    fn clashes(&self) -> u32 {
+        self.cluster.as_ref().map_or(0, |r| *lock(&r.clashes))
     }
 
     /// Removes this server from the registry at shutdown, so the others stop listing it at
@@ -204,6 +267,11 @@ impl Nodes {
                 vec![
                     b"ZREM".to_vec(),
                     registry.seen_key.clone().into(),
+                    name.to_vec(),
+                ],
+                vec![
+                    b"HDEL".to_vec(),
+                    registry.owners_key.clone().into(),
                     name.to_vec(),
                 ],
             ])
@@ -270,5 +338,43 @@ mod tests {
         a.heartbeat(&Stats::default()).unwrap();
         assert_eq!(names(&a.list(&Stats::default())), ["a:1"]);
         a.leave();
+    }
+
+    #[test]
+    fn two_live_instances_with_one_name_are_told_apart_from_a_quick_restart() {
+        let Some(redis) = redis_or_skip("two_live_instances_with_one_name") else {
+            return;
+        };
+        let log = Arc::new(
+            RedisLog::open(&RedisLogConfig {
+                redis,
+                prefix: unique_key("nodes-clash"),
+                retention: Retention::default(),
+            })
+            .unwrap(),
+        );
+        let stats = Stats::default();
+        // Two instances given the same name: each heartbeat finds the other's report.
+        let a = Nodes::new("edge".into(), Some(log.clone()));
+        let b = Nodes::new("edge".into(), Some(log.clone()));
+        a.heartbeat(&stats).unwrap();
+        assert_eq!(a.clashes(), 0);
+        b.heartbeat(&stats).unwrap();
+        a.heartbeat(&stats).unwrap();
+        b.heartbeat(&stats).unwrap();
+        assert_eq!((a.clashes(), b.clashes()), (1, CLASHES_BEFORE_WARNING));
+        assert_eq!(names(&a.list(&stats)), ["edge"]);
+        a.leave();
+
+        // A restart: the new process's first report follows the old one's last; after
+        // that only the new one reports, so it never counts as two.
+        let old = Nodes::new("box:1".into(), Some(log.clone()));
+        old.heartbeat(&stats).unwrap();
+        let new = Nodes::new("box:1".into(), Some(log));
+        new.heartbeat(&stats).unwrap();
+        assert_eq!(new.clashes(), 1);
+        new.heartbeat(&stats).unwrap();
+        assert_eq!(new.clashes(), 0);
+        new.leave();
     }
 }

@@ -104,7 +104,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
 
-    let nodes = crate::nodes::Nodes::new(crate::nodes::node_name(local.port()), shared_log);
+    let name = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| crate::nodes::node_name(local.port()));
+    let nodes = crate::nodes::Nodes::new(name, shared_log);
     let heartbeat = tokio::spawn(nodes.clone().run(hub.clone()));
     let state = Arc::new(AppState {
         nodes: nodes.clone(),

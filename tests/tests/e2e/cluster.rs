@@ -852,12 +852,19 @@ async fn every_instance_lists_the_others_with_their_figures_and_forgets_one_that
         return;
     };
     let a = Herald::start(&redis.serve_args(&[]));
-    let mut b = Herald::start(&redis.serve_args(&[]));
+    // A by its default name (host:port), B by the one the operator gave it.
+    let mut b = Herald::start(&redis.serve_args(&["--node-name", "eu-b"]));
     let _on_b = b.events().topic("t").open().await;
     let any = |_: &Value| true;
     let a_name = nodes_until(&a, "A's name", any).await["node"].clone();
     let b_name = nodes_until(&b, "B's name", any).await["node"].clone();
-    assert_ne!(a_name, b_name);
+    assert!(
+        a_name
+            .as_str()
+            .is_some_and(|n| n.ends_with(&format!(":{}", a.addr().port()))),
+        "{a_name}"
+    );
+    assert_eq!(b_name, "eu-b");
 
     // Within a heartbeat or two, A sees B and B's subscriber.
     let answer = nodes_until(&a, "A lists B with its subscriber", |answer| {
