@@ -41,7 +41,7 @@ pub struct Counters {
 /// mode every instance sharing the Redis log, otherwise the answering server alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
-    /// `host:port`, unique in the deployment.
+    /// The instance's name: `--node-name`, or `host:port`; one per live instance.
     pub name: String,
     /// Milliseconds since it started.
     pub uptime_ms: u64,
