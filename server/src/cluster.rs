@@ -242,7 +242,20 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                         Err(message) => {
                             failed += 1;
                             tracing::warn!(%message, "Redis refused a publish");
-                            let _ = reply.send(Err(PublishFailure::Log(message)));
+                            // A slot migration that outlasted the wait: the append did not
+                            // run, and will once the migration is done.
+                            let failure = if ["TRYAGAIN", "ASK ", "MOVED "]
+                                .iter()
+                                .any(|p| message.starts_with(p))
+                            {
+                                PublishFailure::Unavailable(format!(
+                                    "Redis Cluster is moving Herald's keys ({message}); \
+                                     the event was not stored: retry"
+                                ))
+                            } else {
+                                PublishFailure::Log(message)
+                            };
+                            let _ = reply.send(Err(failure));
                         }
                     }
                 }
@@ -326,8 +339,10 @@ impl Script {
         };
         let pipeline: Vec<Vec<Vec<u8>>> = commands.iter().map(|a| evalsha(&sha, a)).collect();
         let mut results = conn.pipeline(&pipeline)?;
-        // A script cache flushed (or a failover to a replica that never saw it): NOSCRIPT
-        // means the command did not run, so running it again cannot publish twice.
+        // A script cache flushed, a failover to a replica that never saw it, or a Redis
+        // Cluster node that the slot is migrating to (`ASK`): NOSCRIPT means the command did
+        // not run, so running it again cannot publish twice. EVAL with the source runs
+        // wherever the keys are, and leaves the script cached there.
         let forgotten: Vec<usize> = results
             .iter()
             .enumerate()
@@ -335,10 +350,13 @@ impl Script {
             .map(|(i, _)| i)
             .collect();
         if !forgotten.is_empty() {
-            let sha = self.load(conn)?;
             let again: Vec<Vec<Vec<u8>>> = forgotten
                 .iter()
-                .map(|&i| evalsha(&sha, &commands[i]))
+                .map(|&i| {
+                    let mut cmd = vec![b"EVAL".to_vec(), self.source.as_bytes().to_vec()];
+                    cmd.extend(commands[i].iter().cloned());
+                    cmd
+                })
                 .collect();
             for (i, result) in forgotten.into_iter().zip(conn.pipeline(&again)?) {
                 results[i] = result;
@@ -605,6 +623,23 @@ mod tests {
         let info = info.into_array().unwrap();
         let at = info.iter().position(|v| v.as_str() == Some(field)).unwrap();
         info[at + 1].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_script_the_node_does_not_have_runs_from_its_source() {
+        let Some(config) = redis_or_skip("a_script_the_node_does_not_have") else {
+            return;
+        };
+        let key = unique_key("noscript");
+        let _cleanup = Cleanup(&config, &key);
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        // What a node sees that never loaded it (a flushed cache, a failover, the node a
+        // migrating slot is asked at): EVALSHA answers NOSCRIPT, and nothing ran.
+        let mut script = Script::new(READ_SCRIPT);
+        script.sha = Some(b"0123456789abcdef0123456789abcdef01234567".to_vec());
+        let args: [&[u8]; 5] = [b"1", key.as_bytes(), b"-", b"10", b"0-0"];
+        let answer = script.run(&mut conn, &args).unwrap().into_array().unwrap();
+        assert_eq!(answer.len(), 3, "{answer:?}");
     }
 
     #[test]

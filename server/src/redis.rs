@@ -15,7 +15,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
@@ -715,8 +715,38 @@ impl fmt::Debug for Transport {
 /// Where a Redis Cluster `MOVED <slot> <host>:<port>` error reply points (an empty host
 /// means the node that answered); `None` for any other error.
 fn moved_target(error: &str) -> Option<(String, u16)> {
+    redirect_target(error, "MOVED")
+}
+
+/// Why a Redis Cluster did not run a command where it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Redirect {
+    /// `MOVED <slot> <host>:<port>`: the slot is served there now.
+    Moved((String, u16)),
+    /// `ASK <slot> <host>:<port>`: the slot is being migrated there, and this one command
+    /// (not the ones after it) must be asked there after `ASKING`.
+    Ask((String, u16)),
+    /// `TRYAGAIN`: the command's keys are split between the two nodes of a slot being
+    /// migrated; it will run once they have all moved.
+    TryAgain,
+}
+
+impl Redirect {
+    /// What an error reply says, if it is a redirect.
+    fn of(error: &str) -> Option<Self> {
+        if let Some(target) = moved_target(error) {
+            return Some(Self::Moved(target));
+        }
+        if let Some(target) = redirect_target(error, "ASK") {
+            return Some(Self::Ask(target));
+        }
+        error.starts_with("TRYAGAIN").then_some(Self::TryAgain)
+    }
+}
+
+fn redirect_target(error: &str, kind: &str) -> Option<(String, u16)> {
     let mut words = error.split(' ');
-    if words.next() != Some("MOVED") {
+    if words.next() != Some(kind) {
         return None;
     }
     let (host, port) = words.nth(1)?.rsplit_once(':')?;
@@ -748,6 +778,11 @@ pub struct Connection {
 /// The most `MOVED` redirects one command follows (a slot moves once; more means the cluster
 /// is still being resharded, and the caller's retry comes later).
 const MAX_REDIRECTS: usize = 3;
+/// How long commands follow `ASK` and `TRYAGAIN` while a slot is being migrated (moving a
+/// slot's keys takes milliseconds per batch); then the caller gets the error to retry.
+pub const MIGRATION_WAIT: Duration = Duration::from_secs(2);
+/// The wait before sending a command again after `TRYAGAIN`.
+const TRY_AGAIN_WAIT: Duration = Duration::from_millis(50);
 
 impl Connection {
     /// Use to connect: resolves the host and tries each address with `timeout`, then sets
@@ -853,34 +888,75 @@ impl Connection {
     }
 
     /// Use to send one command, e.g. `[b"XADD", b"key", b"*", b"f", b"v"]`. An error reply is
-    /// `Err(RedisError::Server)` and leaves the connection usable.
+    /// `Err(RedisError::Server)` and leaves the connection usable. Redis Cluster redirects
+    /// are followed as in [`Connection::pipeline`].
     pub fn query(&mut self, args: &[&[u8]]) -> Result<Value, RedisError> {
-        let mut redirects = 0;
-        loop {
-            let reply = self.exchange(|connection| {
-                connection.send(&[args])?;
-                connection.read()
-            })?;
-            self.demoted(&[&reply])?;
-            match reply.as_ref().err().and_then(|e| moved_target(e)) {
-                Some(target) if redirects < MAX_REDIRECTS => {
-                    redirects += 1;
-                    self.follow(target)?;
-                }
-                _ => return reply.map_err(RedisError::Server),
-            }
-        }
+        let mut replies = self.pipeline(&[args])?;
+        replies
+            .pop()
+            .unwrap_or_else(|| Err("no reply".into()))
+            .map_err(RedisError::Server)
     }
 
     /// Use to send many commands in one write and read all replies in order (pipelining).
     /// The outer `Err` is a connection failure; a command's error reply is its inner `Err`.
-    /// Commands a Redis Cluster redirects (`MOVED`: they did not run) are sent again where
-    /// it points, in their order.
-    pub fn pipeline(
+    ///
+    /// With a Redis Cluster, commands that did not run because of where their slot is are
+    /// sent again, in their order: after `MOVED` (the slot moved) to where it points, which
+    /// every later connection then goes to first; after `ASK` (the slot is being migrated)
+    /// to the node it names, after `ASKING`; after `TRYAGAIN` (their keys are split between
+    /// the two nodes of a migration) to the same node, a moment later. `ASK` and `TRYAGAIN`
+    /// are followed for [`MIGRATION_WAIT`] at most; then their error replies are returned.
+    pub fn pipeline<C: AsRef<[A]>, A: AsRef<[u8]>>(
         &mut self,
-        commands: &[Vec<Vec<u8>>],
-    ) -> Result<Vec<Result<Value, String>>, RedisError> {
-        let mut results = self.exchange(|connection| {
+        commands: &[C],
+    ) -> Result<Vec<Reply>, RedisError> {
+        let mut results = self.send_all(commands)?;
+        let mut moves = 0;
+        let give_up = Instant::now() + MIGRATION_WAIT;
+        loop {
+            // The first redirected command decides what happens next; the others it applies
+            // to go along with it.
+            let redirect = |reply: &Reply| reply.as_ref().err().and_then(|e| Redirect::of(e));
+            let Some(first) = results.iter().find_map(redirect) else {
+                break;
+            };
+            let allowed = match first {
+                Redirect::Moved(_) => moves < MAX_REDIRECTS,
+                Redirect::Ask(_) | Redirect::TryAgain => Instant::now() < give_up,
+            };
+            if !allowed {
+                break;
+            }
+            let group: Vec<usize> = (0..results.len())
+                .filter(|&i| redirect(&results[i]).as_ref() == Some(&first))
+                .collect();
+            let again: Vec<&C> = group.iter().map(|&i| &commands[i]).collect();
+            let replies = match first {
+                Redirect::Moved(target) => {
+                    moves += 1;
+                    self.follow(target)?;
+                    self.send_all(&again)?
+                }
+                Redirect::Ask(target) => self.ask_at(target, &again)?,
+                Redirect::TryAgain => {
+                    std::thread::sleep(TRY_AGAIN_WAIT);
+                    self.send_all(&again)?
+                }
+            };
+            for (i, reply) in group.into_iter().zip(replies) {
+                results[i] = reply;
+            }
+        }
+        Ok(results)
+    }
+
+    /// Sends `commands` in one write and reads their replies.
+    fn send_all<C: AsRef<[A]>, A: AsRef<[u8]>>(
+        &mut self,
+        commands: &[C],
+    ) -> Result<Vec<Reply>, RedisError> {
+        let results = self.exchange(|connection| {
             connection.send(commands)?;
             commands
                 .iter()
@@ -888,35 +964,31 @@ impl Connection {
                 .collect::<Result<Vec<_>, _>>()
         })?;
         self.demoted(&results.iter().collect::<Vec<_>>())?;
-        for _ in 0..MAX_REDIRECTS {
-            let moved: Vec<usize> = (0..results.len())
-                .filter(|&i| {
-                    results[i]
-                        .as_ref()
-                        .is_err_and(|e| moved_target(e).is_some())
-                })
-                .collect();
-            let Some(target) = moved
-                .first()
-                .and_then(|&i| results[i].as_ref().err())
-                .and_then(|e| moved_target(e))
-            else {
-                break;
-            };
-            self.follow(target)?;
-            let again: Vec<&Vec<Vec<u8>>> = moved.iter().map(|&i| &commands[i]).collect();
-            let replies = self.exchange(|connection| {
-                connection.send(&again)?;
-                again
-                    .iter()
-                    .map(|_| connection.read())
-                    .collect::<Result<Vec<_>, _>>()
-            })?;
-            for (i, reply) in moved.into_iter().zip(replies) {
-                results[i] = reply;
-            }
-        }
         Ok(results)
+    }
+
+    /// Sends `commands` to the node an `ASK` reply named, each after `ASKING`, on a
+    /// connection of their own (this one stays where it is: the rest of the slot has not
+    /// moved); returns their replies.
+    fn ask_at<C: AsRef<[A]>, A: AsRef<[u8]>>(
+        &self,
+        (host, port): (String, u16),
+        commands: &[C],
+    ) -> Result<Vec<Reply>, RedisError> {
+        let host = match host.is_empty() {
+            true => self.stream.get_ref().tcp().peer_addr()?.ip().to_string(),
+            false => host,
+        };
+        tracing::debug!(%host, port, "Redis Cluster is migrating Herald's slot; asking the node it goes to");
+        let mut there = Self::open_at(&self.config, &host, port, self.timeout)?;
+        there.set_read_timeout(self.read_timeout)?;
+        let mut asked: Vec<Vec<&[u8]>> = Vec::with_capacity(commands.len() * 2);
+        for command in commands {
+            asked.push(vec![b"ASKING"]);
+            asked.push(command.as_ref().iter().map(AsRef::as_ref).collect());
+        }
+        let replies = there.send_all(&asked)?;
+        Ok(replies.into_iter().skip(1).step_by(2).collect())
     }
 
     /// Reconnects to where a `MOVED` reply pointed, and makes every later connection from
@@ -1084,7 +1156,6 @@ impl Pool {
 pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::time::Instant;
 
     fn parse(mut bytes: &[u8]) -> Result<Reply, RedisError> {
         read_reply(&mut bytes, 0)
@@ -1512,6 +1583,110 @@ pub(crate) mod tests {
         assert!(conn.query(&[b"GET", b"k"]).is_err());
     }
 
+    /// A fake node that answers each command with what `answer` says for it, and records the
+    /// commands it got (their words), in order.
+    #[allow(clippy::type_complexity)]
+    fn fake_node_answering(
+        answer: impl Fn(&[String]) -> String + Send + Sync + 'static,
+    ) -> (u16, Arc<Mutex<Vec<Vec<String>>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (record, answer) = (got.clone(), Arc::new(answer));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (record, answer) = (record.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    while let Ok(Ok(command)) = read_reply(&mut reader, 0) {
+                        let words: Vec<String> = command
+                            .into_array()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|w| {
+                                String::from_utf8_lossy(w.as_bytes().unwrap_or_default())
+                                    .into_owned()
+                            })
+                            .collect();
+                        let reply = answer(&words);
+                        lock(&record).push(words);
+                        if writer.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, got)
+    }
+
+    #[test]
+    fn a_slot_being_migrated_is_asked_at_its_new_node_one_command_at_a_time() {
+        // The new node runs what comes after ASKING, and only then.
+        let (new_node, asked) = fake_node_answering(|words| match words[0].as_str() {
+            "ASKING" | "GET" | "SET" => "+OK\r\n".to_owned(),
+            _ => "-ERR unexpected\r\n".to_owned(),
+        });
+        // The old node still has key `here`; the others have moved.
+        let (old_node, old_got) = fake_node_answering(move |words| {
+            if words.get(1).map(String::as_str) == Some("here") {
+                "$2\r\nhi\r\n".to_owned()
+            } else {
+                format!("-ASK 866 127.0.0.1:{new_node}\r\n")
+            }
+        });
+        let config = url(&format!("redis://127.0.0.1:{old_node}")).unwrap();
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        assert_eq!(conn.query(&[b"GET", b"gone"]).unwrap(), status("OK"));
+        let words: Vec<String> = lock(&asked).iter().map(|c| c.join(" ")).collect();
+        assert_eq!(words, ["ASKING", "GET gone"]);
+        // Unlike MOVED, ASK does not move the connection: the next command goes to the old
+        // node again.
+        assert_eq!(conn.query(&[b"GET", b"here"]).unwrap(), data(b"hi"));
+        assert_eq!(lock(&old_got).len(), 2);
+        assert!(lock(&config.moved_to).is_none());
+
+        // In a pipeline, only the redirected commands are asked there, in their order.
+        lock(&asked).clear();
+        let commands: Vec<Vec<Vec<u8>>> = [&b"a"[..], b"here", b"b"]
+            .iter()
+            .map(|k| vec![b"SET".to_vec(), k.to_vec()])
+            .collect();
+        let replies = conn.pipeline(&commands).unwrap();
+        assert_eq!(
+            replies,
+            [Ok(status("OK")), Ok(data(b"hi")), Ok(status("OK"))]
+        );
+        let words: Vec<String> = lock(&asked).iter().map(|c| c.join(" ")).collect();
+        assert_eq!(words, ["ASKING", "SET a", "ASKING", "SET b"]);
+    }
+
+    #[test]
+    fn a_command_whose_keys_are_split_by_a_migration_is_sent_again() {
+        let tries = Arc::new(AtomicU32::new(0));
+        let seen = tries.clone();
+        let (node, _) = fake_node_answering(move |_| match seen.fetch_add(1, Ordering::Relaxed) {
+            0 | 1 => "-TRYAGAIN Multiple keys request during rehashing of slot\r\n".to_owned(),
+            _ => "+OK\r\n".to_owned(),
+        });
+        let config = url(&format!("redis://127.0.0.1:{node}")).unwrap();
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        assert_eq!(
+            conn.query(&[b"MSET", b"a", b"1", b"b", b"2"]).unwrap(),
+            status("OK")
+        );
+        assert_eq!(tries.load(Ordering::Relaxed), 3);
+        // One that never stops saying so fails with Redis's words, after a few tries.
+        let (stuck, _) =
+            fake_node_answering(|_| "-TRYAGAIN Multiple keys request during rehashing\r\n".into());
+        let config = url(&format!("redis://127.0.0.1:{stuck}")).unwrap();
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        let error = conn.query(&[b"MSET", b"a", b"1"]).unwrap_err().to_string();
+        assert!(error.contains("TRYAGAIN"), "{error}");
+    }
+
     #[test]
     fn moved_replies_are_read_and_other_errors_are_not() {
         assert_eq!(
@@ -1524,6 +1699,20 @@ pub(crate) mod tests {
         );
         assert_eq!(moved_target("MOVED 1 :7000"), Some((String::new(), 7000)));
         assert_eq!(moved_target("ASK 1 h:7000"), None);
+        let at = |host: &str, port| (host.to_owned(), port);
+        assert_eq!(
+            Redirect::of("ASK 1 h:7000"),
+            Some(Redirect::Ask(at("h", 7000)))
+        );
+        assert_eq!(
+            Redirect::of("MOVED 1 h:7000"),
+            Some(Redirect::Moved(at("h", 7000)))
+        );
+        assert_eq!(
+            Redirect::of("TRYAGAIN Multiple keys request during rehashing of slot"),
+            Some(Redirect::TryAgain)
+        );
+        assert_eq!(Redirect::of("ERR TRYAGAIN"), None);
         assert_eq!(moved_target("ERR wrong number of arguments"), None);
         assert_eq!(moved_target("MOVED 1 h:port"), None);
     }

@@ -1018,6 +1018,53 @@ impl OwnRedisCluster {
     fn url(&self, node: usize) -> String {
         format!("redis://127.0.0.1:{}", self.ports[node])
     }
+
+    /// The node id of the node on `port`, and whether it serves `slot`.
+    fn identity(port: u16, slot: u32) -> (String, bool) {
+        let out = redis_cli(port, &["cluster", "nodes"]);
+        let me = out
+            .lines()
+            .find(|l| l.contains("myself"))
+            .unwrap_or_else(|| panic!("no `myself` in CLUSTER NODES: {out}"));
+        let words: Vec<&str> = me.split(' ').collect();
+        let serves = words[8..].iter().any(|range| {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            match (low.parse::<u32>(), high.parse::<u32>()) {
+                (Ok(low), Ok(high)) => (low..=high).contains(&slot),
+                _ => false,
+            }
+        });
+        (words[0].to_owned(), serves)
+    }
+
+    /// `(owner, other)`: the index of the node serving `slot` and of another node.
+    fn owner_of(&self, slot: u32) -> (usize, usize) {
+        let owner = (0..self.ports.len())
+            .find(|&i| Self::identity(self.ports[i], slot).1)
+            .expect("a node serves the slot");
+        (owner, (owner + 1) % self.ports.len())
+    }
+
+    /// Sets `CLUSTER SETSLOT slot` on every node: `NODE <id>` when the migration is done.
+    fn assign(&self, slot: u32, to: usize) {
+        let id = Self::identity(self.ports[to], slot).0;
+        for &port in &self.ports {
+            let out = redis_cli(
+                port,
+                &["cluster", "setslot", &slot.to_string(), "node", &id],
+            );
+            assert_eq!(out.trim(), "OK", "SETSLOT NODE on {port}");
+        }
+    }
+
+    /// Moves `keys` of a slot being migrated from node `from` to node `to` (`MIGRATE`).
+    fn migrate(&self, from: usize, to: usize, keys: &[&str]) {
+        let port = self.ports[to].to_string();
+        let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "keys"];
+        args.extend_from_slice(keys);
+        let out = redis_cli(self.ports[from], &args);
+        assert_eq!(out.trim(), "OK", "MIGRATE {keys:?}");
+    }
 }
 
 impl Drop for OwnRedisCluster {
@@ -1043,6 +1090,94 @@ fn free_port_with_bus() -> u16 {
         }
     }
     panic!("no free port pair for a Redis Cluster node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_cluster_migrates_heralds_slot_instances_publish_deliver_and_resume() {
+    let Some(redis) = OwnRedisCluster::start("while_redis_cluster_migrates") else {
+        return;
+    };
+    let slot: u32 = redis_cli(redis.ports[0], &["cluster", "keyslot", "{herald}"])
+        .trim()
+        .parse()
+        .expect("a slot number");
+    let (from, to) = redis.owner_of(slot);
+    let a = Herald::start(&["--dev", "--redis", &redis.url(from)]);
+    let b = Herald::start(&["--dev", "--redis", &redis.url(to)]);
+    let mut live = a.events().topic("t").open().await;
+    let before = b
+        .publish_ok(json!({"topics": ["t"], "data": "before"}))
+        .await;
+    assert_eq!(
+        ids(&live.events_until(1, WAIT).await),
+        std::slice::from_ref(&before)
+    );
+
+    // The migration starts, and the stream moves first: the other keys of the slot (the
+    // node registry) are still on the old node, so the slot is served by both.
+    let (from_id, to_id) = (
+        OwnRedisCluster::identity(redis.ports[from], slot).0,
+        OwnRedisCluster::identity(redis.ports[to], slot).0,
+    );
+    let slot_text = slot.to_string();
+    let importing = ["cluster", "setslot", &slot_text, "importing", &from_id];
+    assert_eq!(redis_cli(redis.ports[to], &importing).trim(), "OK");
+    let migrating = ["cluster", "setslot", &slot_text, "migrating", &to_id];
+    assert_eq!(redis_cli(redis.ports[from], &migrating).trim(), "OK");
+    redis.migrate(from, to, &["{herald}:events"]);
+
+    // Mid-migration, publishes on either instance, live delivery and a resume work: the old
+    // node answers ASK for the stream, and the instances ask the new one.
+    let during = [
+        a.publish_ok(json!({"topics": ["t"], "data": "during 1"}))
+            .await,
+        b.publish_ok(json!({"topics": ["t"], "data": "during 2"}))
+            .await,
+    ];
+    let got = live.events_until(2, WAIT).await;
+    assert_eq!(ids(&got), during, "{}", live.raw_text());
+    let mut resumed = b.events().topic("t").last_event_id(&before).open().await;
+    assert_eq!(ids(&resumed.events_until(2, WAIT).await), during);
+
+    // A publish with a new idempotency key names a key that is on neither node yet next to
+    // the stream: Redis answers TRYAGAIN until the migration is done. It waits for that.
+    let keyed = json!({"topics": ["t"], "data": "keyed", "idempotency_key": "k1"});
+    let (keyed_answer, ()) = tokio::join!(a.publish(keyed.clone()), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The rest of the slot's keys move, and the slot is the new node's.
+        let rest = redis_cli(
+            redis.ports[from],
+            &["cluster", "getkeysinslot", &slot_text, "1000"],
+        );
+        let rest: Vec<&str> = rest.lines().filter(|l| !l.is_empty()).collect();
+        if !rest.is_empty() {
+            redis.migrate(from, to, &rest);
+        }
+        redis.assign(slot, to);
+    });
+    assert_eq!(keyed_answer.0, http::StatusCode::OK, "{}", keyed_answer.1);
+    let keyed_id = keyed_answer.1["id"].as_str().expect("an id").to_owned();
+    assert_eq!(
+        b.publish_ok(keyed).await,
+        keyed_id,
+        "the retry is the same event"
+    );
+    let after = a
+        .publish_ok(json!({"topics": ["t"], "data": "after"}))
+        .await;
+    let got = live.events_until(2, WAIT).await;
+    assert_eq!(
+        ids(&got),
+        [keyed_id.clone(), after.clone()],
+        "{}",
+        live.raw_text()
+    );
+    let mut resumed = b.events().topic("t").last_event_id(&during[1]).open().await;
+    assert_eq!(ids(&resumed.events_until(2, WAIT).await), [keyed_id, after]);
+    assert!(
+        a.stderr().contains("Redis Cluster moved"),
+        "A followed the slot to its new node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
