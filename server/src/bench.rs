@@ -8,10 +8,11 @@
 //! herald bench --url http://127.0.0.1:7070 --subscribers 10000 --events 100 --rate 0
 //! ```
 //!
-//! `https://` URLs work too (HTTP/1.1 over TLS; `--ca-file` for a private CA).
+//! `https://` URLs work too (TLS; `--ca-file` for a private CA).
 //!
-//! Each subscriber is one task speaking HTTP/1.1 by hand and parsing the stream with
-//! [`herald_core::Parser`]; publishes go through hyper's client. The URLs, body template and
+//! Each subscriber is one task speaking HTTP/1.1 by hand (or, with `--http2`, HTTP/2 through
+//! hyper's client, one connection each) and parsing the stream with [`herald_core::Parser`];
+//! publishes go through hyper's client (HTTP/1.1). The URLs, body template and
 //! headers are options, so the same run can drive nginx + nchan (see `tests/bench/compare.sh`).
 
 mod publisher;
@@ -112,6 +113,11 @@ pub struct BenchArgs {
     /// PEM certificates to trust besides the system's, for https:// URLs (your private CA's).
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Subscribers speak HTTP/2 (with prior knowledge on http://, by ALPN on https://), one
+    /// connection each, like browsers on different machines. Their events carry no arrival
+    /// times (the HTTP/2 client reads the socket).
+    #[arg(long)]
+    pub http2: bool,
 }
 
 /// Runs the benchmark on its own multi-threaded runtime and prints the report.
@@ -300,10 +306,10 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     if args.ca_file.is_some() && !sub_endpoint.tls && !pub_endpoint.tls {
         bail!("--ca-file applies to https:// URLs, and neither URL is one");
     }
-    let tls_for = |endpoint: &Endpoint| -> anyhow::Result<Option<tls::Tls>> {
+    let tls_for = |endpoint: &Endpoint, http2: bool| -> anyhow::Result<Option<tls::Tls>> {
         match endpoint.tls {
             false => Ok(None),
-            true => tls::Tls::new(&endpoint.host, args.ca_file.as_deref())
+            true => tls::Tls::new(&endpoint.host, args.ca_file.as_deref(), http2)
                 .map(Some)
                 .map_err(|e| anyhow::anyhow!("TLS for {}: {e}", endpoint.authority)),
         }
@@ -318,10 +324,28 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n{bearer}\r\n",
         sub_endpoint.path, sub_endpoint.authority
     );
+    let http2 = match args.http2 {
+        false => None,
+        true => {
+            let scheme = if sub_endpoint.tls { "https" } else { "http" };
+            let uri = format!("{scheme}://{}{}", sub_endpoint.authority, sub_endpoint.path);
+            let mut request = http::Request::get(uri)
+                .header(header::ACCEPT, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache");
+            if let Some(t) = &args.token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let request = request
+                .body(())
+                .context("the subscribe URL or --token does not make a valid request")?;
+            Some(request)
+        }
+    };
     let sub_plan = Arc::new(SubscribePlan {
         addr: sub_addr,
-        tls: tls_for(&sub_endpoint)?,
+        tls: tls_for(&sub_endpoint, args.http2)?,
         request: request.into_bytes(),
+        http2,
         events: args.events,
     });
 
@@ -340,7 +364,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let pub_plan = Arc::new(PublishPlan {
         addr: pub_addr,
-        tls: tls_for(&pub_endpoint)?,
+        tls: tls_for(&pub_endpoint, false)?,
         authority: pub_endpoint.authority.clone(),
         path: pub_endpoint.path.clone(),
         body: Template::parse(&args.body_template),

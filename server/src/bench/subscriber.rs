@@ -5,16 +5,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use herald_core::Parser;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::Shared;
 use super::sys::{self, bind_address_no_port};
 use super::template::read_event_data;
 use super::tls::{BenchStream, Tls, secure};
-use super::wire::{BodyDecoder, head_len, parse_head};
+use super::wire::{BodyDecoder, Framing, head_len, parse_head};
 
 /// How long one connection may take to get its response head.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -32,6 +37,8 @@ pub struct SubscribePlan {
     pub tls: Option<Tls>,
     /// The whole request, head and blank line.
     pub request: Vec<u8>,
+    /// With `--http2`: the request to send over HTTP/2 instead.
+    pub http2: Option<http::Request<()>>,
     /// Events that will be published.
     pub events: u32,
 }
@@ -150,6 +157,9 @@ pub async fn run(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Outcome {
+    if let Some(request) = &plan.http2 {
+        return run_http2(&plan, request, source, gate, shared, stop).await;
+    }
     let opened = {
         // The semaphore is never closed; without a permit we would just connect unthrottled.
         let _permit = gate.acquire().await;
@@ -221,6 +231,113 @@ pub async fn run(
     }
 }
 
+/// [`run`] over HTTP/2: the same tally, read from the response body's data frames.
+async fn run_http2(
+    plan: &SubscribePlan,
+    request: &http::Request<()>,
+    source: Option<IpAddr>,
+    gate: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Outcome {
+    let opened = {
+        let _permit = gate.acquire().await;
+        tokio::time::timeout(CONNECT_TIMEOUT, open_http2(plan, request, source)).await
+    };
+    let (_sender, mut body) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => return shared.connect_failed(e),
+        Err(_) => {
+            return shared.connect_failed(format!("no response head within {CONNECT_TIMEOUT:?}"));
+        }
+    };
+    shared.connect_succeeded();
+    let mut reader = Reader {
+        decoder: BodyDecoder::new(Framing::UntilClose),
+        parser: Parser::new(),
+        tally: Tally::new(plan.events),
+    };
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let mut error = None;
+    while error.is_none() {
+        let frame = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            frame = body.frame() => frame,
+        };
+        let data = match frame {
+            None => {
+                error = Some("the server closed the stream".to_owned());
+                break;
+            }
+            Some(Err(e)) => {
+                error = Some(format!("read failed: {e}"));
+                break;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        let before = reader.tally.unique;
+        let at = Receipt::new(shared.now_us(), None);
+        if let Err(e) = reader.receive(&data, at, &shared.answered_before) {
+            error = Some(e);
+        }
+        let new = reader.tally.unique - before;
+        if new > 0 {
+            shared.deliveries.fetch_add(new, Ordering::Relaxed);
+        }
+    }
+    if error.is_some() {
+        let _ = stopped.await;
+    }
+    Outcome {
+        tally: Some(reader.tally),
+        error,
+    }
+}
+
+/// Connects, speaks HTTP/2 and sends `request`; returns the request sender (the connection
+/// lives as long as it does) and the body of a 200 response.
+async fn open_http2(
+    plan: &SubscribePlan,
+    request: &http::Request<()>,
+    source: Option<IpAddr>,
+) -> Result<(SendRequest<Empty<Bytes>>, Incoming), String> {
+    let tcp = connect(plan, source).await?;
+    sys::reset_on_close(&tcp);
+    let stream = secure(tcp, plan.tls.as_ref()).await?;
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    tokio::spawn(conn);
+    let mut builder = http::Request::get(request.uri().clone());
+    for (name, value) in request.headers() {
+        builder = builder.header(name, value);
+    }
+    let request = builder
+        .body(Empty::new())
+        .map_err(|e| format!("invalid request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("the request failed: {e}"))?;
+    let status = response.status();
+    if status != http::StatusCode::OK {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err(format!("status {}: {}", status.as_u16(), text.trim()));
+    }
+    Ok((sender, response.into_body()))
+}
+
 struct Reader {
     decoder: BodyDecoder,
     parser: Parser,
@@ -271,24 +388,7 @@ type Opened = (BenchStream, Vec<u8>, usize, usize, BodyDecoder);
 /// Connects, sends the request and reads the response head; returns the stream, the read
 /// buffer with the bytes read so far, their length, the head's length, and the body decoder.
 async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<Opened, String> {
-    let socket = if plan.addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| format!("cannot create a socket: {e}"))?;
-    sys::stamp_arrivals(&socket);
-    if let Some(ip) = source {
-        bind_address_no_port(&socket);
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .map_err(|e| format!("cannot bind source address {ip}: {e}"))?;
-    }
-    let stream = socket
-        .connect(plan.addr)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", plan.addr))?;
-    let mut stream = secure(stream, plan.tls.as_ref()).await?;
+    let mut stream = secure(connect(plan, source).await?, plan.tls.as_ref()).await?;
     stream
         .write_all(&plan.request)
         .await
@@ -319,6 +419,27 @@ async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<Opened, St
             ));
         }
     }
+}
+
+/// Opens the TCP connection, from `source` if given, asking for arrival stamps.
+async fn connect(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let socket = if plan.addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("cannot create a socket: {e}"))?;
+    sys::stamp_arrivals(&socket);
+    if let Some(ip) = source {
+        bind_address_no_port(&socket);
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("cannot bind source address {ip}: {e}"))?;
+    }
+    socket
+        .connect(plan.addr)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", plan.addr))
 }
 
 #[cfg(test)]

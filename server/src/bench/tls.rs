@@ -87,14 +87,17 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// For the server `host` (a name or an IP address), trusting the system's roots and
-    /// `ca_file`; offers HTTP/1.1 only, which is what the load generator speaks.
-    pub fn new(host: &str, ca_file: Option<&Path>) -> Result<Self, String> {
+    /// `ca_file`; offers HTTP/1.1, or HTTP/2 only with `http2`.
+    pub fn new(host: &str, ca_file: Option<&Path>, http2: bool) -> Result<Self, String> {
         let files = ClientFiles {
             ca_file: ca_file.map(Path::to_path_buf),
             identity: None,
         };
         let mut config = crate::tls::client_config(&files).map_err(|e| e.to_string())?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match http2 {
+            true => vec![b"h2".to_vec()],
+            false => vec![b"http/1.1".to_vec()],
+        };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| format!("`{host}` is not a name a TLS certificate can hold"))?;

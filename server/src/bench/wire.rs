@@ -25,7 +25,7 @@ pub struct Endpoint {
 /// A URL the load generator cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    /// Not `http://` or `https://` (the load generator speaks HTTP/1.1 only).
+    /// Not `http://` or `https://`.
     #[error("{0:?} is not an http:// or https:// URL")]
     NotHttp(String),
     /// No host between `http://` and the path.

@@ -1,6 +1,6 @@
 //! `herald bench` against a real server: every subscriber gets every event once and in order,
-//! over plain HTTP and over HTTPS (trusting the server through `--ca-file`). No timing
-//! assertions: timings belong in the benchmark's report.
+//! over plain HTTP and over HTTPS (trusting the server through `--ca-file`), with HTTP/1.1 and
+//! HTTP/2. No timing assertions: timings belong in the benchmark's report.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -80,6 +80,16 @@ fn every_subscriber_gets_every_event_once_and_in_order() {
 }
 
 #[test]
+fn over_http2_every_subscriber_gets_every_event_too() {
+    let herald = Herald::start(&["--dev"]);
+    // hyper's HTTP/2 client speaks nothing else: a complete run is an HTTP/2 run.
+    let report = complete_report(&bench(&herald.url(""), &["--http2"]));
+    assert!(report["latency_ms"]["p50"].is_number(), "{report}");
+    // The HTTP/2 client reads the socket: no kernel arrival stamps to report.
+    assert!(report["arrival_latency_ms"].is_null(), "{report}");
+}
+
+#[test]
 fn the_load_generator_measures_an_https_server_it_is_told_to_trust() {
     let https = HttpsHerald::start(&[]);
     let url = https.herald.url("");
@@ -92,4 +102,6 @@ fn the_load_generator_measures_an_https_server_it_is_told_to_trust() {
     // TLS reads are not stamped by the kernel: no arrival figures rather than made-up ones.
     assert!(report["arrival_latency_ms"].is_null(), "{report}");
     assert!(report["latency_ms"]["p50"].is_number(), "{report}");
+    // HTTP/2 negotiated by ALPN.
+    complete_report(&bench(&url, &["--ca-file", &https.ca, "--http2"]));
 }
