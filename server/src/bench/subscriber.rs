@@ -160,19 +160,11 @@ pub async fn run(
     if let Some(request) = &plan.http2 {
         return run_http2(&plan, request, source, gate, shared, stop).await;
     }
-    let opened = {
-        // The semaphore is never closed; without a permit we would just connect unthrottled.
-        let _permit = gate.acquire().await;
-        tokio::time::timeout(CONNECT_TIMEOUT, open(&plan, source)).await
-    };
-    let (mut stream, mut buf, filled, head, decoder) = match opened {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => return shared.connect_failed(e),
-        Err(_) => {
-            return shared.connect_failed(format!("no response head within {CONNECT_TIMEOUT:?}"));
-        }
-    };
-    shared.connect_succeeded();
+    let (mut stream, mut buf, filled, head, decoder) =
+        match admit(&gate, &shared, open(&plan, source)).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
+        };
 
     let mut reader = Reader {
         decoder,
@@ -206,16 +198,11 @@ pub async fn run(
                 break;
             }
         };
-        let before = reader.tally.unique;
         let at = Receipt::new(shared.now_us(), age_us);
-        match reader.receive(&buf[..n], at, &shared.answered_before) {
+        match reader.receive_counted(&buf[..n], at, &shared) {
             Ok(false) => {}
             Ok(true) => error = Some("the stream ended".to_owned()),
             Err(e) => error = Some(e),
-        }
-        let new = reader.tally.unique - before;
-        if new > 0 {
-            shared.deliveries.fetch_add(new, Ordering::Relaxed);
         }
     }
     // Hold the connection until the run is over, like a browser would, so that an early end
@@ -231,6 +218,30 @@ pub async fn run(
     }
 }
 
+/// Runs `open` with a permit from `gate` (connection attempts in flight) and within
+/// [`CONNECT_TIMEOUT`], and counts the attempt; a failure is the subscriber's outcome.
+async fn admit<T>(
+    gate: &Semaphore,
+    shared: &Shared,
+    open: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, Outcome> {
+    let opened = {
+        // The semaphore is never closed; without a permit we would just connect unthrottled.
+        let _permit = gate.acquire().await;
+        tokio::time::timeout(CONNECT_TIMEOUT, open).await
+    };
+    match opened {
+        Ok(Ok(opened)) => {
+            shared.connect_succeeded();
+            Ok(opened)
+        }
+        Ok(Err(e)) => Err(shared.connect_failed(e)),
+        Err(_) => {
+            Err(shared.connect_failed(format!("no response head within {CONNECT_TIMEOUT:?}")))
+        }
+    }
+}
+
 /// [`run`] over HTTP/2: the same tally, read from the response body's data frames.
 async fn run_http2(
     plan: &SubscribePlan,
@@ -240,18 +251,10 @@ async fn run_http2(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Outcome {
-    let opened = {
-        let _permit = gate.acquire().await;
-        tokio::time::timeout(CONNECT_TIMEOUT, open_http2(plan, request, source)).await
+    let (_sender, mut body) = match admit(&gate, &shared, open_http2(plan, request, source)).await {
+        Ok(opened) => opened,
+        Err(outcome) => return outcome,
     };
-    let (_sender, mut body) = match opened {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => return shared.connect_failed(e),
-        Err(_) => {
-            return shared.connect_failed(format!("no response head within {CONNECT_TIMEOUT:?}"));
-        }
-    };
-    shared.connect_succeeded();
     let mut reader = Reader {
         decoder: BodyDecoder::new(Framing::UntilClose),
         parser: Parser::new(),
@@ -280,14 +283,9 @@ async fn run_http2(
                 Err(_) => continue,
             },
         };
-        let before = reader.tally.unique;
         let at = Receipt::new(shared.now_us(), None);
-        if let Err(e) = reader.receive(&data, at, &shared.answered_before) {
+        if let Err(e) = reader.receive_counted(&data, at, &shared) {
             error = Some(e);
-        }
-        let new = reader.tally.unique - before;
-        if new > 0 {
-            shared.deliveries.fetch_add(new, Ordering::Relaxed);
         }
     }
     if error.is_some() {
@@ -345,6 +343,22 @@ struct Reader {
 }
 
 impl Reader {
+    /// [`Reader::receive`], adding the new distinct events to the run's delivery count.
+    fn receive_counted(
+        &mut self,
+        bytes: &[u8],
+        at: Receipt,
+        shared: &Shared,
+    ) -> Result<bool, String> {
+        let before = self.tally.unique;
+        let ended = self.receive(bytes, at, &shared.answered_before);
+        let new = self.tally.unique - before;
+        if new > 0 {
+            shared.deliveries.fetch_add(new, Ordering::Relaxed);
+        }
+        ended
+    }
+
     /// Feeds bytes from the socket; returns whether the body has ended.
     fn receive(
         &mut self,
