@@ -244,10 +244,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                             tracing::warn!(%message, "Redis refused a publish");
                             // A slot migration that outlasted the wait: the append did not
                             // run, and will once the migration is done.
-                            let failure = if ["TRYAGAIN", "ASK ", "MOVED "]
-                                .iter()
-                                .any(|p| message.starts_with(p))
-                            {
+                            let failure = if crate::redis::is_redirect(&message) {
                                 PublishFailure::Unavailable(format!(
                                     "Redis Cluster is moving Herald's keys ({message}); \
                                      the event was not stored: retry"

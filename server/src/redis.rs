@@ -744,6 +744,13 @@ impl Redirect {
     }
 }
 
+/// True for an error reply that says where a Redis Cluster slot is rather than what went
+/// wrong (`MOVED`, `ASK`, `TRYAGAIN`): the command did not run. [`Connection::pipeline`]
+/// follows these for a while; one still there after that means a migration outlasted it.
+pub fn is_redirect(error: &str) -> bool {
+    Redirect::of(error).is_some()
+}
+
 fn redirect_target(error: &str, kind: &str) -> Option<(String, u16)> {
     let mut words = error.split(' ');
     if words.next() != Some(kind) {
@@ -975,10 +982,7 @@ impl Connection {
         (host, port): (String, u16),
         commands: &[C],
     ) -> Result<Vec<Reply>, RedisError> {
-        let host = match host.is_empty() {
-            true => self.stream.get_ref().tcp().peer_addr()?.ip().to_string(),
-            false => host,
-        };
+        let host = self.redirect_host(host)?;
         tracing::debug!(%host, port, "Redis Cluster is migrating Herald's slot; asking the node it goes to");
         let mut there = Self::open_at(&self.config, &host, port, self.timeout)?;
         there.set_read_timeout(self.read_timeout)?;
@@ -994,17 +998,22 @@ impl Connection {
     /// Reconnects to where a `MOVED` reply pointed, and makes every later connection from
     /// the same configuration go there first.
     fn follow(&mut self, (host, port): (String, u16)) -> Result<(), RedisError> {
-        let host = match host.is_empty() {
-            // An empty host means "the node you asked": only the port differs.
-            true => self.stream.get_ref().tcp().peer_addr()?.ip().to_string(),
-            false => host,
-        };
+        let host = self.redirect_host(host)?;
         tracing::info!(%host, port, "Redis Cluster moved Herald's keys; following");
         *lock(&self.config.moved_to) = Some((host, port));
         let read_timeout = self.read_timeout;
         *self = Connection::open(&self.config, self.timeout)?;
         self.set_read_timeout(read_timeout)?;
         Ok(())
+    }
+
+    /// The host of a redirect: an empty one means "the node you asked" (only the port
+    /// differs).
+    fn redirect_host(&self, host: String) -> Result<String, RedisError> {
+        match host.is_empty() {
+            true => Ok(self.stream.get_ref().tcp().peer_addr()?.ip().to_string()),
+            false => Ok(host),
+        }
     }
 
     /// Runs one request/reply exchange and remembers whether it broke the connection.
