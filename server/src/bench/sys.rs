@@ -145,17 +145,13 @@ pub fn recv_stamped(
             cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
         }
     }
+    // The stamp is CLOCK_REALTIME, which is what `SystemTime` reads.
     let age_us = arrived.and_then(|at| {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid clock id and a live timespec to fill.
-        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut now) } != 0 {
-            return None;
-        }
-        let ns = |t: libc::timespec| i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec);
-        u64::try_from((ns(now) - ns(at)) / 1000).ok()
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        let at = std::time::Duration::new(u64::try_from(at.tv_sec).ok()?, at.tv_nsec as u32);
+        u64::try_from(now.checked_sub(at)?.as_micros()).ok()
     });
     Ok((n, age_us))
 }
