@@ -157,64 +157,103 @@ pub async fn run(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Outcome {
-    if let Some(request) = &plan.http2 {
-        return run_http2(&plan, request, source, gate, shared, stop).await;
-    }
-    let (mut stream, mut buf, filled, head, decoder) =
-        match admit(&gate, &shared, open(&plan, source)).await {
-            Ok(opened) => opened,
-            Err(outcome) => return outcome,
-        };
-
+    let opened = match &plan.http2 {
+        Some(request) => admit(&gate, &shared, open_http2(&plan, request, source)).await,
+        None => admit(&gate, &shared, open(&plan, source)).await,
+    };
+    let (mut body, decoder) = match opened {
+        Ok(opened) => opened,
+        Err(outcome) => return outcome,
+    };
     let mut reader = Reader {
         decoder,
         parser: Parser::new(),
         tally: Tally::new(plan.events),
     };
-    let at = Receipt::new(shared.now_us(), None);
-    let mut error = match reader.receive(&buf[head..filled], at, &shared.answered_before) {
-        Ok(true) => Some("the stream ended".to_owned()),
-        Ok(false) => None,
-        Err(e) => Some(e),
-    };
     // Registered once: re-creating the wait on every read costs more than the read's parsing.
     let stopped = stop.changed();
     tokio::pin!(stopped);
-    while error.is_none() {
-        buf.clear();
-        let read = tokio::select! {
+    let error = loop {
+        let next = tokio::select! {
             biased;
-            _ = &mut stopped => break,
-            read = read_stamped(&mut stream, &mut buf) => read,
+            _ = &mut stopped => break None,
+            next = body.next() => next,
         };
-        let (n, age_us) = match read {
-            Ok((0, _)) => {
-                error = Some("the server closed the stream".to_owned());
-                break;
-            }
-            Ok(read) => read,
-            Err(e) => {
-                error = Some(format!("read failed: {e}"));
-                break;
-            }
+        let (bytes, age_us) = match next {
+            Ok(next) => next,
+            Err(e) => break Some(e),
         };
         let at = Receipt::new(shared.now_us(), age_us);
-        match reader.receive_counted(&buf[..n], at, &shared) {
+        match reader.receive_counted(bytes, at, &shared) {
             Ok(false) => {}
-            Ok(true) => error = Some("the stream ended".to_owned()),
-            Err(e) => error = Some(e),
+            Ok(true) => break Some("the stream ended".to_owned()),
+            Err(e) => break Some(e),
         }
-    }
+    };
     // Hold the connection until the run is over, like a browser would, so that an early end
     // does not change the server's load.
     if error.is_some() {
         let _ = stopped.await;
     }
-    sys::reset_on_close(stream.tcp());
-    drop(stream);
+    drop(body);
     Outcome {
         tally: Some(reader.tally),
         error,
+    }
+}
+
+/// A subscriber's response body, as it arrives.
+enum Body {
+    /// HTTP/1.1, read by hand: the socket, its read buffer, and the part of the buffer read
+    /// with the response head but not handed out yet.
+    Http1 {
+        stream: BenchStream,
+        buf: Vec<u8>,
+        pending: std::ops::Range<usize>,
+    },
+    /// HTTP/2 through hyper: the response body, its last data frame, and the request sender
+    /// (the connection lives as long as it does).
+    Http2 {
+        body: Incoming,
+        frame: Bytes,
+        _sender: SendRequest<Empty<Bytes>>,
+    },
+}
+
+impl Body {
+    /// Waits for the next bytes of the body; returns them with how long ago (µs) the kernel
+    /// received them, when it says (plain TCP on Linux). An error says why the body ended.
+    async fn next(&mut self) -> Result<(&[u8], Option<u64>), String> {
+        let ended = || "the server closed the stream".to_owned();
+        match self {
+            Body::Http1 {
+                stream,
+                buf,
+                pending,
+            } => {
+                if pending.start < pending.end {
+                    return Ok((&buf[std::mem::take(pending)], None));
+                }
+                buf.clear();
+                match read_stamped(stream, buf).await {
+                    Ok((0, _)) => Err(ended()),
+                    Ok((n, age_us)) => Ok((&buf[..n], age_us)),
+                    Err(e) => Err(format!("read failed: {e}")),
+                }
+            }
+            Body::Http2 { body, frame, .. } => loop {
+                match body.frame().await {
+                    None => return Err(ended()),
+                    Some(Err(e)) => return Err(format!("read failed: {e}")),
+                    Some(Ok(next)) => {
+                        if let Ok(data) = next.into_data() {
+                            *frame = data;
+                            return Ok((&frame[..], None));
+                        }
+                    }
+                }
+            },
+        }
     }
 }
 
@@ -242,70 +281,14 @@ async fn admit<T>(
     }
 }
 
-/// [`run`] over HTTP/2: the same tally, read from the response body's data frames.
-async fn run_http2(
-    plan: &SubscribePlan,
-    request: &http::Request<()>,
-    source: Option<IpAddr>,
-    gate: Arc<Semaphore>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> Outcome {
-    let (_sender, mut body) = match admit(&gate, &shared, open_http2(plan, request, source)).await {
-        Ok(opened) => opened,
-        Err(outcome) => return outcome,
-    };
-    let mut reader = Reader {
-        decoder: BodyDecoder::new(Framing::UntilClose),
-        parser: Parser::new(),
-        tally: Tally::new(plan.events),
-    };
-    let stopped = stop.changed();
-    tokio::pin!(stopped);
-    let mut error = None;
-    while error.is_none() {
-        let frame = tokio::select! {
-            biased;
-            _ = &mut stopped => break,
-            frame = body.frame() => frame,
-        };
-        let data = match frame {
-            None => {
-                error = Some("the server closed the stream".to_owned());
-                break;
-            }
-            Some(Err(e)) => {
-                error = Some(format!("read failed: {e}"));
-                break;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue,
-            },
-        };
-        let at = Receipt::new(shared.now_us(), None);
-        if let Err(e) = reader.receive_counted(&data, at, &shared) {
-            error = Some(e);
-        }
-    }
-    if error.is_some() {
-        let _ = stopped.await;
-    }
-    Outcome {
-        tally: Some(reader.tally),
-        error,
-    }
-}
-
-/// Connects, speaks HTTP/2 and sends `request`; returns the request sender (the connection
-/// lives as long as it does) and the body of a 200 response.
+/// Connects, speaks HTTP/2 and sends `request`; returns the body of a 200 response, read
+/// as it is (no HTTP/1.1 framing).
 async fn open_http2(
     plan: &SubscribePlan,
     request: &http::Request<()>,
     source: Option<IpAddr>,
-) -> Result<(SendRequest<Empty<Bytes>>, Incoming), String> {
+) -> Result<(Body, BodyDecoder), String> {
     let tcp = connect(plan, source).await?;
-    sys::reset_on_close(&tcp);
     let stream = secure(tcp, plan.tls.as_ref()).await?;
     let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
@@ -333,7 +316,12 @@ async fn open_http2(
         let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         return Err(format!("status {}: {}", status.as_u16(), text.trim()));
     }
-    Ok((sender, response.into_body()))
+    let body = Body::Http2 {
+        body: response.into_body(),
+        frame: Bytes::new(),
+        _sender: sender,
+    };
+    Ok((body, BodyDecoder::new(Framing::UntilClose)))
 }
 
 struct Reader {
@@ -397,11 +385,9 @@ async fn read_stamped(
     stream.read_buf(buf).await.map(|n| (n, None))
 }
 
-type Opened = (BenchStream, Vec<u8>, usize, usize, BodyDecoder);
-
-/// Connects, sends the request and reads the response head; returns the stream, the read
-/// buffer with the bytes read so far, their length, the head's length, and the body decoder.
-async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<Opened, String> {
+/// Connects, sends the request and reads the response head; returns the body (holding the
+/// bytes read after the head) and its decoder.
+async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<(Body, BodyDecoder), String> {
     let mut stream = secure(connect(plan, source).await?, plan.tls.as_ref()).await?;
     stream
         .write_all(&plan.request)
@@ -425,7 +411,12 @@ async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<Opened, St
                 let body = String::from_utf8_lossy(&buf[len..filled]);
                 return Err(format!("status {}: {}", head.status, body.trim()));
             }
-            return Ok((stream, buf, filled, len, BodyDecoder::new(head.framing)));
+            let body = Body::Http1 {
+                stream,
+                buf,
+                pending: len..filled,
+            };
+            return Ok((body, BodyDecoder::new(head.framing)));
         }
         if filled >= READ_BUFFER {
             return Err(format!(
@@ -435,7 +426,8 @@ async fn open(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<Opened, St
     }
 }
 
-/// Opens the TCP connection, from `source` if given, asking for arrival stamps.
+/// Opens the TCP connection, from `source` if given, asking for arrival stamps; closing it
+/// will send a reset ([`sys::reset_on_close`]).
 async fn connect(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<TcpStream, String> {
     let socket = if plan.addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -450,10 +442,12 @@ async fn connect(plan: &SubscribePlan, source: Option<IpAddr>) -> Result<TcpStre
             .bind(SocketAddr::new(ip, 0))
             .map_err(|e| format!("cannot bind source address {ip}: {e}"))?;
     }
-    socket
+    let stream = socket
         .connect(plan.addr)
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", plan.addr))
+        .map_err(|e| format!("cannot connect to {}: {e}", plan.addr))?;
+    sys::reset_on_close(&stream);
+    Ok(stream)
 }
 
 #[cfg(test)]

@@ -22,16 +22,6 @@ pub enum BenchStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl BenchStream {
-    /// The socket under it (for socket options).
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            BenchStream::Plain(tcp) => tcp,
-            BenchStream::Tls(tls) => tls.get_ref().0,
-        }
-    }
-}
-
 impl AsyncRead for BenchStream {
     fn poll_read(
         self: Pin<&mut Self>,
