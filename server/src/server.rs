@@ -220,6 +220,9 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
     Ok(Store::Local(Arc::new(log)))
 }
 
+/// How an HTTP/2 connection with prior knowledge starts (the first 12 bytes of its preface).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2";
+
 /// A freshly accepted TCP connection.
 struct Accepted {
     stream: tokio::net::TcpStream,
@@ -239,11 +242,12 @@ struct ConnContext {
     tracker: TaskTracker,
 }
 
-/// The control runtime: one thread running the hub and every hyper connection (publishers,
-/// the admin API, TLS and HTTP/2). Subscriber streams on the direct path run on the main
-/// runtime. Kept apart, a publish is answered as soon as the log has it, even while the
-/// main runtime is busy writing a fan-out to thousands of sockets; the next events then
-/// queue up behind that fan-out and leave in the same writes.
+/// The control runtime: one thread running the hub and the plain-HTTP connections that are
+/// not subscriber streams (publishers, the admin API, HTTP/2 with prior knowledge).
+/// Subscriber streams on the direct path, and every TLS connection, run on the main runtime.
+/// Kept apart, a publish is answered as soon as the log has it, even while the main runtime
+/// is busy writing a fan-out to thousands of sockets; the next events then queue up behind
+/// that fan-out and leave in the same writes.
 struct Control {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -289,19 +293,27 @@ async fn serve_connection(accepted: Accepted, ctx: ConnContext) {
         remote,
         header_timeout,
     } = accepted;
-    if ctx.tls.is_none() {
-        // Subscribers on plain HTTP/1.1 stay here, on the direct path; everything else goes
-        // to hyper on the control runtime.
-        let mut first = [0u8; 12];
-        let peeked = tokio::select! {
-            peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
-            _ = tokio::time::sleep(header_timeout) => {
-                return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
-            }
-        };
-        if stream_h1::is_subscribe(&first[..peeked]) {
-            return stream_h1::serve(stream, remote, ctx.state, header_timeout).await;
+    if ctx.tls.is_some() {
+        // TLS connections stay on the main runtime, handshake included. Which of them are
+        // subscribers is known only after the handshake, and most are (browsers, over HTTP/2):
+        // on the control thread their fan-out would hold up the hub and every publish behind
+        // it, and their encryption would have one core however many the machine has.
+        return serve_hyper(stream, remote, header_timeout, ctx).await;
+    }
+    // Subscribers on plain HTTP/1.1 stay here, on the direct path; everything else goes to
+    // hyper on the control runtime.
+    let mut first = [0u8; 12];
+    let peeked = tokio::select! {
+        peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
+        _ = tokio::time::sleep(header_timeout) => {
+            return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
         }
+    };
+    if stream_h1::is_subscribe(&first[..peeked]) {
+        return stream_h1::serve(stream, remote, ctx.state, header_timeout).await;
+    }
+    if first[..peeked].starts_with(H2_PREFACE) {
+        return serve_hyper(stream, remote, header_timeout, ctx).await;
     }
     let Ok(stream) = stream.into_std() else {
         return;
