@@ -12,8 +12,14 @@
 // (an operator's DELETE /admin/connections/{id}); an event published while it waits to
 // reconnect must still reach it, through the checkpoint id its stream started with.
 //
+// With HERALD_BROWSER_TLS_CERT and HERALD_BROWSER_TLS_KEY the server speaks HTTPS with them,
+// and the page's streams must arrive over HTTP/2, as a browser's do from a production
+// deployment (node's own requests trust the CA named by NODE_EXTRA_CA_CERTS; the browser is
+// told to accept the test certificate). Without them, plain HTTP/1.1.
+//
 // Environment: HERALD_BIN (required), CHROMIUM (default /usr/bin/chromium),
-// HERALD_BROWSER_DEADLINE_MS (whole-run bound, default 90000).
+// HERALD_BROWSER_DEADLINE_MS (whole-run bound, default 90000), HERALD_BROWSER_TLS_CERT and
+// HERALD_BROWSER_TLS_KEY (both or neither).
 // Exit code 0 on success, 1 on a failed check or error, 2 when stopped by a signal.
 
 import { spawn } from "node:child_process";
@@ -27,6 +33,10 @@ const HERALD_BIN = process.env.HERALD_BIN;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const DEADLINE_MS = Number(process.env.HERALD_BROWSER_DEADLINE_MS || 90_000);
 const RETRY_MS = 500;
+const TLS_CERT = process.env.HERALD_BROWSER_TLS_CERT;
+const TLS_KEY = process.env.HERALD_BROWSER_TLS_KEY;
+// What the browser's network stack must report for every stream it opens.
+const STREAM_PROTOCOL = TLS_CERT ? "h2" : "http/1.1";
 const STARTUP_TIMEOUT_MS = 20_000;
 const DELIVERY_TIMEOUT_MS = 20_000;
 const TOPIC = "demo";
@@ -115,6 +125,7 @@ class Herald {
 
   static start(dataDir, listen) {
     const args = ["serve", "--dev", "--data-dir", dataDir, "--listen", listen, "--retry-ms", String(RETRY_MS)];
+    if (TLS_CERT) args.push("--tls-cert", TLS_CERT, "--tls-key", TLS_KEY);
     // Only this run's settings: no HERALD_* from the environment leaking in.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HERALD_")));
     const child = spawn(HERALD_BIN, args, { stdio: ["ignore", "pipe", "pipe"], env });
@@ -131,7 +142,7 @@ class Herald {
       );
       createInterface({ input: child.stdout }).on("line", (line) => {
         keep(h.stdoutTail, line);
-        const m = /herald listening on (http:\/\/\S+)/.exec(line);
+        const m = /herald listening on (https?:\/\/\S+)/.exec(line);
         if (m) {
           clearTimeout(timer);
           resolve(m[1]);
@@ -240,6 +251,18 @@ function recordStreamRequests(page) {
   return requests;
 }
 
+// The protocol of every /events response the page gets, as Chromium's network stack reports it
+// (the DevTools protocol's Network.responseReceived: "http/1.1", "h2").
+async function recordStreamProtocols(context, page) {
+  const protocols = [];
+  const cdp = await context.newCDPSession(page);
+  cdp.on("Network.responseReceived", (e) => {
+    if (new URL(e.response.url).pathname.startsWith("/events")) protocols.push(e.response.protocol);
+  });
+  await cdp.send("Network.enable");
+  return protocols;
+}
+
 async function pageStatus(page) {
   return (await page.textContent("#status"))?.trim();
 }
@@ -256,6 +279,7 @@ async function main() {
   check(HERALD_BIN, "HERALD_BIN is not set: point it at the herald binary (cargo build -p herald-server --bin herald)");
   check(existsSync(HERALD_BIN), `HERALD_BIN=${HERALD_BIN} does not exist`);
   check(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+  check(!TLS_CERT === !TLS_KEY, "set both HERALD_BROWSER_TLS_CERT and HERALD_BROWSER_TLS_KEY, or neither");
 
   const nonce = `${process.pid}-${Date.now()}`;
   const before = [1, 2, 3].map((i) => `before-${i}-${nonce}`);
@@ -282,8 +306,10 @@ async function main() {
   });
   started.browser = browser;
   log(`chromium ${browser.version()} started`);
-  const context = await browser.newContext();
+  // The test certificate's CA is not in chromium's store; node's requests do check it.
+  const context = await browser.newContext({ ignoreHTTPSErrors: Boolean(TLS_CERT) });
   const page = await context.newPage();
+  const streamProtocols = await recordStreamProtocols(context, page);
   page.on("console", (m) => log(`page console.${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => log(`page error: ${e.message}`));
 
@@ -414,6 +440,10 @@ async function main() {
   );
 
   log(`page status history: ${JSON.stringify(statuses)}; stream requests after the kill: ${reconnects.length}`);
+  check(
+    streamProtocols.length >= 2 && streamProtocols.every((p) => p === STREAM_PROTOCOL),
+    `the page's streams came over ${JSON.stringify(streamProtocols)}, want ${STREAM_PROTOCOL} for the first one and the reconnect`,
+  );
 
   // 7. the quiet page, cut off before it ever got an event, still gets what it missed
   const quietConns = JSON.parse(connsText).connections.filter((c) => !c.admin && (c.topics || []).includes(QUIET_TOPIC));
@@ -445,7 +475,7 @@ async function main() {
   );
   log(`the quiet page reconnected with its checkpoint ${lastIdBefore} and got ${quietId}`);
   console.log(
-    `PASS: chromium reconnected by itself (Last-Event-ID ${lastIdBefore}, ${reconnects.length} retr${reconnects.length === 1 ? "y" : "ies"}, ` +
+    `PASS: chromium (streams over ${STREAM_PROTOCOL}) reconnected by itself (Last-Event-ID ${lastIdBefore}, ${reconnects.length} retr${reconnects.length === 1 ? "y" : "ies"}, ` +
       `${viaReplay ? "after" : "before"} the 3 post-restart publishes${viaReplay ? ", so they came by replay" : ""}) ` +
       `and showed all ${all.length} events exactly once, in order; a page that never got an event resumed from its checkpoint; ` +
       `in ${((Date.now() - t0) / 1000).toFixed(1)} s`,

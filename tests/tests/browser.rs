@@ -2,10 +2,12 @@
 //! `playwright-core` (no browser download), runs `tests/browser/resume.mjs` against the real
 //! `herald` binary. The page at `/` subscribes with the browser's own `EventSource`; the server
 //! is SIGKILLed and restarted on the same port and data dir, and the page must reconnect by
-//! itself and show every published event exactly once, in order.
+//! itself and show every published event exactly once, in order. It runs twice: over plain
+//! HTTP/1.1, and over HTTPS, where chromium negotiates HTTP/2 as it does with a production
+//! deployment.
 //!
-//! Needs `node`, `/usr/bin/chromium` and `tests/browser/node_modules/playwright-core`
-//! (`bash .ci/run` installs them). Without them the test fails when `CI` is set and is skipped
+//! Needs `node`, `/usr/bin/chromium`, `tests/browser/node_modules/playwright-core` and, for
+//! the HTTPS run's certificates, `openssl` (`bash .ci/run` installs them). Without them the test fails when `CI` is set and is skipped
 //! otherwise.
 
 use std::io::Read;
@@ -163,24 +165,52 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
 
 #[test]
 fn a_real_browser_reconnects_by_itself_and_receives_what_it_missed_once() {
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let reason = missing.join("; ");
-        if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-            panic!("the browser test cannot run in CI: {reason}. Install them: {INSTALL_HINT}");
-        }
-        println!("SKIPPED: {reason} (run bash .ci/run to install)");
-        return;
+    if can_run() {
+        run_resume(None);
     }
+}
 
+#[test]
+fn over_https_a_real_browser_streams_over_http2_and_resumes_the_same_way() {
+    if can_run() {
+        let certs = tempfile::tempdir().expect("a temp dir");
+        run_resume(Some(&herald_tests::test_certs(certs.path())));
+    }
+}
+
+/// True when the browser test's prerequisites are here. Otherwise it says it skipped, or
+/// fails when `CI` is set.
+fn can_run() -> bool {
+    let missing = missing_prerequisites();
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = missing.join("; ");
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("the browser test cannot run in CI: {reason}. Install them: {INSTALL_HINT}");
+    }
+    println!("SKIPPED: {reason} (run bash .ci/run to install)");
+    false
+}
+
+/// Runs resume.mjs against a herald serving HTTPS with `tls`, or plain HTTP without.
+fn run_resume(tls: Option<&herald_tests::TestCerts>) {
     let herald = herald_bin();
     let dir = browser_dir();
-    let mut child = Command::new("node")
-        .arg(dir.join("resume.mjs"))
+    let mut node = Command::new("node");
+    node.arg(dir.join("resume.mjs"))
         .current_dir(&dir)
         .env("HERALD_BIN", &herald)
         .env("CHROMIUM", CHROMIUM)
         .env("HERALD_BROWSER_DEADLINE_MS", NODE_DEADLINE_MS.to_string())
+        .env_remove("HERALD_BROWSER_TLS_CERT")
+        .env_remove("HERALD_BROWSER_TLS_KEY");
+    if let Some(certs) = tls {
+        node.env("HERALD_BROWSER_TLS_CERT", &certs.cert)
+            .env("HERALD_BROWSER_TLS_KEY", &certs.key)
+            .env("NODE_EXTRA_CA_CERTS", &certs.ca);
+    }
+    let mut child = node
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
