@@ -287,6 +287,9 @@ impl Control {
     }
 }
 
+/// Serves one accepted connection on the main runtime, or hands it to the control runtime.
+/// Every connection's task is as large as this future, so the hyper connection, which is
+/// several times larger than a direct-path subscriber's state, is boxed where it is taken.
 async fn serve_connection(accepted: Accepted, ctx: ConnContext) {
     let Accepted {
         stream,
@@ -298,7 +301,7 @@ async fn serve_connection(accepted: Accepted, ctx: ConnContext) {
         // subscribers is known only after the handshake, and most are (browsers, over HTTP/2):
         // on the control thread their fan-out would hold up the hub and every publish behind
         // it, and their encryption would have one core however many the machine has.
-        return serve_hyper(stream, remote, header_timeout, ctx).await;
+        return Box::pin(serve_hyper(stream, remote, header_timeout, ctx)).await;
     }
     // Subscribers on plain HTTP/1.1 stay here, on the direct path; everything else goes to
     // hyper on the control runtime.
@@ -313,7 +316,7 @@ async fn serve_connection(accepted: Accepted, ctx: ConnContext) {
         return stream_h1::serve(stream, remote, ctx.state, header_timeout).await;
     }
     if first[..peeked].starts_with(H2_PREFACE) {
-        return serve_hyper(stream, remote, header_timeout, ctx).await;
+        return Box::pin(serve_hyper(stream, remote, header_timeout, ctx)).await;
     }
     let Ok(stream) = stream.into_std() else {
         return;
