@@ -97,6 +97,12 @@ pub struct ConnectionInfo {
     pub topics: Vec<String>,
     /// The peer address.
     pub remote: Option<String>,
+    /// The HTTP version it speaks (absent from servers older than this field).
+    #[serde(default)]
+    pub protocol: Option<crate::Protocol>,
+    /// True when it came over TLS.
+    #[serde(default)]
+    pub tls: bool,
     /// How long it has been connected, in milliseconds.
     pub connected_ms: u64,
     /// Event frames sent to it.

@@ -41,6 +41,10 @@ pub struct ConnectRequest {
     pub last_id: Option<EventId>,
     /// The peer address, shown to operators.
     pub remote: Option<String>,
+    /// The HTTP version it speaks, shown to operators.
+    pub protocol: Protocol,
+    /// True when it came over TLS, shown to operators.
+    pub tls: bool,
     /// When the caller's credentials expire; the connection is closed then.
     pub expires_at: Option<Instant>,
     /// True for the admin stream: it receives admin events and stats samples.
@@ -55,9 +59,32 @@ impl ConnectRequest {
             user: None,
             last_id: None,
             remote: None,
+            protocol: Protocol::Http1,
+            tls: false,
             expires_at: None,
             admin: false,
         }
+    }
+}
+
+/// The HTTP version a connection speaks. An HTTP/1.1 browser holds one of its six
+/// connections per origin for each open stream; over HTTP/2 its streams share one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[serde(rename = "HTTP/1.1")]
+    Http1,
+    /// HTTP/2.
+    #[serde(rename = "HTTP/2")]
+    Http2,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        })
     }
 }
 

@@ -244,6 +244,8 @@ struct Conn {
 struct ConnMeta {
     sub: Subscription,
     remote: Option<String>,
+    protocol: crate::Protocol,
+    tls: bool,
     admin: bool,
     connected_at: Instant,
     expires_at: Option<Instant>,
@@ -438,6 +440,8 @@ impl Engine {
                     user: req.user,
                 },
                 remote: req.remote,
+                protocol: req.protocol,
+                tls: req.tls,
                 admin: req.admin,
                 connected_at: now,
                 expires_at: req.expires_at,
@@ -829,6 +833,8 @@ impl Engine {
                 c.meta.sub.patterns.iter().map(|p| p.to_string()).collect()
             },
             remote: c.meta.remote.clone(),
+            protocol: Some(c.meta.protocol),
+            tls: c.meta.tls,
             connected_ms: millis(now.saturating_duration_since(c.meta.connected_at)),
             events_sent: c.events_sent,
             bytes_sent: c.bytes_sent,

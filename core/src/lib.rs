@@ -45,7 +45,7 @@ pub mod parser;
 pub mod topic;
 
 pub use admin::{AdminEvent, ConnectionInfo, Counters, NodeInfo, Snapshot, Stats, TopicInfo};
-pub use conn::{CloseReason, ConnId, ConnectRequest};
+pub use conn::{CloseReason, ConnId, ConnectRequest, Protocol};
 pub use engine::{
     ConnectError, Engine, EngineConfig, Output, PublishError, PublishOutcome, PublishRequest,
 };

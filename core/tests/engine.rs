@@ -5,8 +5,9 @@ mod support;
 use std::time::Duration;
 
 use herald_core::{
-    CloseReason, ConnectError, ConnectRequest, EngineConfig, Event, EventId, EventType,
-    HistoryRequest, LogBounds, Parser, PublishError, PublishRequest, Target, TopicPattern, UserId,
+    CloseReason, ConnectError, ConnectRequest, ConnectionInfo, EngineConfig, Event, EventId,
+    EventType, HistoryRequest, LogBounds, Parser, Protocol, PublishError, PublishRequest, Target,
+    TopicPattern, UserId,
 };
 use support::{Sim, ids, read_log, topics, users};
 
@@ -724,7 +725,12 @@ fn admin_streams_see_connections_publishes_and_stats_but_no_user_events() {
 fn the_snapshot_lists_connections_topics_and_counters() {
     let mut sim = Sim::new(EngineConfig::default());
     let a = sim.connect(&["orders", "news/*"], Some("alice"), None);
-    sim.connect(&["orders"], None, None);
+    let mut req = ConnectRequest::new(vec![TopicPattern::parse("orders").unwrap()]);
+    req.remote = Some("10.0.0.7:40000".to_owned());
+    req.protocol = Protocol::Http2;
+    req.tls = true;
+    let b = sim.engine.handle_connect(req, sim.now).unwrap();
+    sim.drain();
     sim.publish_topic("orders", "x");
     sim.advance(Duration::from_secs(2));
     let snap = sim.engine.snapshot(sim.now);
@@ -735,6 +741,19 @@ fn the_snapshot_lists_connections_topics_and_counters() {
     assert_eq!(row.topics, ["orders", "news/*"]);
     assert_eq!(row.events_sent, 1);
     assert_eq!(row.connected_ms, 2000);
+    assert_eq!((row.protocol, row.tls), (Some(Protocol::Http1), false));
+    // How the other one connected, as the admin API shows it.
+    let row = serde_json::to_value(&snap.connections[1]).unwrap();
+    assert_eq!(row["id"], serde_json::json!(b));
+    assert_eq!(row["remote"], "10.0.0.7:40000");
+    assert_eq!(row["protocol"], "HTTP/2");
+    assert_eq!(row["tls"], true);
+    // A row from a server that did not report them yet still reads.
+    let mut old = row.as_object().unwrap().clone();
+    old.remove("protocol");
+    old.remove("tls");
+    let old: ConnectionInfo = serde_json::from_value(old.into()).unwrap();
+    assert_eq!((old.protocol, old.tls), (None, false));
     let topics: Vec<(String, u64, u64)> = snap
         .topics
         .iter()

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_core::{
-    ConnId, ConnectError, ConnectRequest, EventId, EventType, PublishError, PublishRequest, Target,
-    Topic, TopicPattern, UserId, frame,
+    ConnId, ConnectError, ConnectRequest, EventId, EventType, Protocol, PublishError,
+    PublishRequest, Target, Topic, TopicPattern, UserId, frame,
 };
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -368,14 +368,26 @@ fn require_admin(req: &Request<Incoming>, state: &AppState) -> Result<Identity, 
     Ok(id)
 }
 
+/// Marks a request that came over TLS (set by the server on each request of a TLS connection).
+#[derive(Clone, Copy, Debug)]
+pub struct OverTls;
+
 async fn subscribe(
     req: Request<Incoming>,
     state: &AppState,
     remote: SocketAddr,
     admin: bool,
 ) -> Result<Response<Body>, ApiError> {
+    let peer = Peer {
+        addr: remote,
+        protocol: match req.version() {
+            http::Version::HTTP_2 => Protocol::Http2,
+            _ => Protocol::Http1,
+        },
+        tls: req.extensions().get::<OverTls>().is_some(),
+    };
     Ok(
-        match open_stream(req.uri(), req.headers(), state, remote, admin).await? {
+        match open_stream(req.uri(), req.headers(), state, peer, admin).await? {
             Opened::Stream(body) => stream_response(Either::Right(body)),
             Opened::RetryLater(frame) => stream_response(Either::Left(Full::new(frame))),
         },
@@ -392,15 +404,27 @@ pub enum Opened {
     RetryLater(Bytes),
 }
 
+/// Where a subscriber connects from and how, as operators see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The HTTP version of its connection.
+    pub protocol: Protocol,
+    /// True when its connection is TLS.
+    pub tls: bool,
+}
+
 /// Checks a subscribe request (`GET /events`, or the admin stream) and opens the stream.
 /// Shared by the hyper path and the direct HTTP/1.1 path ([`crate::stream_h1`]).
 pub async fn open_stream(
     uri: &http::Uri,
     headers: &http::HeaderMap,
     state: &AppState,
-    remote: SocketAddr,
+    peer: Peer,
     admin: bool,
 ) -> Result<Opened, ApiError> {
+    let remote = peer.addr;
     let query = query_pairs(uri);
     let identity = identify(headers, state, &query)?;
     if admin && !identity.admin {
@@ -450,6 +474,8 @@ pub async fn open_stream(
         user: identity.user.clone(),
         last_id,
         remote: Some(remote.to_string()),
+        protocol: peer.protocol,
+        tls: peer.tls,
         expires_at,
         admin,
     };

@@ -364,8 +364,12 @@ async fn serve_hyper(
     };
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
-    let service = service_fn(move |req| {
+    let over_tls = matches!(io, Either::Right(_));
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         seen.store(true, Ordering::Relaxed);
+        if over_tls {
+            req.extensions_mut().insert(api::OverTls);
+        }
         api::handle(req, state.clone(), remote)
     });
     let conn = watcher.watch(

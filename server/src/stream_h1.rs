@@ -67,7 +67,12 @@ pub async fn serve(
         .and_then(|o| o.to_str().ok())
         .filter(|o| api::cors_allows(&state, o))
         .map(str::to_owned);
-    let opened = api::open_stream(&head.uri, &head.headers, &state, remote, false).await;
+    let peer = api::Peer {
+        addr: remote,
+        protocol: herald_core::Protocol::Http1,
+        tls: false,
+    };
+    let opened = api::open_stream(&head.uri, &head.headers, &state, peer, false).await;
     drop(head);
     match opened {
         Ok(Opened::Stream(body)) => {

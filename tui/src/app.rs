@@ -1106,7 +1106,7 @@ fn matches_filter(conn: &ConnectionInfo, needle: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use herald_core::admin::{Disconnected, Published};
-    use herald_core::{Counters, EventId, LogBounds};
+    use herald_core::{Counters, EventId, LogBounds, Protocol};
 
     use super::*;
 
@@ -1117,6 +1117,12 @@ pub(crate) mod tests {
             user: user.map(str::to_owned),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             remote: Some(format!("10.0.0.{}:{}", id % 250 + 1, 40000 + id)),
+            protocol: Some(if id.is_multiple_of(2) {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            }),
+            tls: id.is_multiple_of(2),
             connected_ms: 1000 * (600 - id.min(600)),
             events_sent: id * 7,
             bytes_sent: id * 700,

@@ -688,6 +688,7 @@ fn draw_detail(
             let fields = [
                 ("User", c.user.clone().unwrap_or_else(|| "—".to_owned())),
                 ("Remote", c.remote.clone().unwrap_or_else(|| "—".to_owned())),
+                ("Protocol", fmt_protocol(c)),
                 ("Connected", fmt_duration(c.connected_ms)),
                 ("State", state.to_owned()),
                 (
@@ -1058,6 +1059,15 @@ pub fn fmt_bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `HTTP/2 over TLS`, `HTTP/1.1`; `—` from a server that does not report it.
+fn fmt_protocol(c: &ConnectionInfo) -> String {
+    match (c.protocol, c.tls) {
+        (Some(p), true) => format!("{p} over TLS"),
+        (Some(p), false) => p.to_string(),
+        (None, _) => "—".to_owned(),
+    }
 }
 
 /// `12s`, `4m05s`, `2h03m`, `3d04h`.

@@ -44,6 +44,14 @@ async fn http2_with_prior_knowledge_and_http1_share_a_port_and_both_receive() {
         assert_eq!(&event.last_event_id, want, "{name}");
     }
 
+    // Operators see how each one came.
+    let rows = herald.connections().await;
+    assert_eq!(
+        transports(&rows),
+        [("HTTP/1.1", false), ("HTTP/2", false), ("HTTP/2", false)],
+        "{rows:?}"
+    );
+
     // Closing one stream leaves the other on the same connection working.
     drop(tab1);
     let again = herald
@@ -51,6 +59,20 @@ async fn http2_with_prior_knowledge_and_http1_share_a_port_and_both_receive() {
         .await;
     let event = tab2.next_event(WAIT).await.expect("the second event");
     assert_eq!(event.last_event_id, again);
+}
+
+/// Each subscriber's protocol and whether it came over TLS, as `/admin/connections` rows show
+/// them, sorted.
+fn transports(rows: &[Value]) -> Vec<(&str, bool)> {
+    let mut seen: Vec<(&str, bool)> = rows
+        .iter()
+        .map(|c| {
+            let protocol = c["protocol"].as_str().unwrap_or("(none)");
+            (protocol, c["tls"].as_bool().unwrap_or(false))
+        })
+        .collect();
+    seen.sort();
+    seen
 }
 
 /// `curl` following an event stream; its output read line by line with bounded waits.
@@ -146,6 +168,19 @@ async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1()
     for curl in [&mut h2, &mut h1] {
         assert_eq!(curl.live().await, "0-0");
     }
+    let out = run_bounded(
+        std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "10"])
+            .arg(herald.url("/admin/connections")),
+        Duration::from_secs(15),
+    );
+    let table: Value = serde_json::from_slice(&out.stdout).expect("a JSON table");
+    let rows = table["connections"].as_array().expect("connections");
+    assert_eq!(
+        transports(rows),
+        [("HTTP/1.1", true), ("HTTP/2", true)],
+        "{table}"
+    );
 
     let id = curl_publish(
         &herald.url("/publish"),
