@@ -9,9 +9,15 @@
 # two instances on the Redis at REDIS_URL (subscribers on one, publishes to the other, both
 # pinned to core 0 with Redis, so the servers' side still has one core).
 #
+# Herald over its other transports, each a server name of its own (subscribers one connection
+# each, publishes over the same scheme): h2c (HTTP/2 with prior knowledge), https (HTTP/1.1
+# over TLS) and h2 (HTTP/2 over TLS by ALPN, as browsers reach an HTTPS deployment). The
+# script makes a test CA and an ECDSA P-256 server certificate with openssl for them.
+# SERVERS="herald h2" compares plain HTTP/1.1 subscribers with browsers over HTTPS.
+#
 # Usage: tests/bench/compare.sh
 # Environment (defaults in brackets):
-#   SERVERS the two servers compared: herald, nchan, cluster ["herald nchan"]
+#   SERVERS the two servers compared: herald, nchan, cluster, h2c, https, h2 ["herald nchan"]
 #   REDIS_URL the Redis for cluster runs               [redis://127.0.0.1:6379]
 #   SIZES   subscriber counts                          ["1000 10000"]
 #   RATES   events/s, 0 = unpaced                      ["10 1000 0"]
@@ -39,6 +45,12 @@ log() { echo "compare: $*" >&2; }
 
 read -r -a servers <<<"$SERVERS"
 [ ${#servers[@]} = 2 ] || { log "SERVERS names two servers, got: $SERVERS"; exit 1; }
+for server in "${servers[@]}"; do
+    case $server in
+    herald | nchan | cluster | h2c | https | h2) ;;
+    *) log "unknown server $server (herald, nchan, cluster, h2c, https, h2)"; exit 1 ;;
+    esac
+done
 if [[ " $SERVERS " == *" nchan "* ]] && { ! command -v nginx >/dev/null || [ ! -e "$NCHAN_MODULE" ]; }; then
     log "installing nginx and libnginx-mod-nchan from Debian"
     apt-get update -q >&2
@@ -93,12 +105,29 @@ wait_for_port() {
     return 1
 }
 
-# Starts Herald; sets SERVER_PID (the process to measure as well as to stop).
+# Makes the test CA and the server's certificate for the TLS runs, once.
+make_certs() {
+    [ -e "$WORK/ca.pem" ] && return 0
+    command -v openssl >/dev/null || { log "openssl is needed for the TLS runs"; return 1; }
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    (
+        cd "$WORK"
+        openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj /CN=herald-bench-ca
+        openssl req "${ec[@]}" -keyout key.pem -out cert.csr -subj /CN=localhost
+        printf 'basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' >cert.ext
+        openssl x509 -req -in cert.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile cert.ext -out cert.pem
+    ) >/dev/null 2>&1 || { log "openssl could not make the test certificates"; return 1; }
+}
+
+# Starts Herald (with `extra` flags after the name); sets SERVER_PID (the process to measure as
+# well as to stop).
 start_herald() {
     local run=$WORK/$1
+    shift
     mkdir -p "$run"
     taskset -c 0 "$HERALD" serve --dev --data-dir "$run/data" --listen "127.0.0.1:$HERALD_PORT" \
-        >"$run/out" 2>"$run/err" &
+        "$@" >"$run/out" 2>"$run/err" &
     SERVER_PID=$!
     wait_for_port "$HERALD_PORT"
     MEASURED_PID=$SERVER_PID
@@ -150,9 +179,15 @@ run_one() {
     local name=$server-n$n-r$rate-$rep
     local topic=bench-$n-$rate-$rep
     local args=(--subscribers "$n" --events "$EVENTS" --rate "$rate" --topic "$topic" --json)
-    if [ "$server" = herald ]; then
+    if [ "$server" = herald ] || [ "$server" = h2c ]; then
         start_herald "$name"
         args+=(--url "http://127.0.0.1:$HERALD_PORT")
+        [ "$server" = h2c ] && args+=(--http2)
+    elif [ "$server" = https ] || [ "$server" = h2 ]; then
+        make_certs
+        start_herald "$name" --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem"
+        args+=(--url "https://127.0.0.1:$HERALD_PORT" --ca-file "$WORK/ca.pem")
+        [ "$server" = h2 ] && args+=(--http2)
     elif [ "$server" = cluster ]; then
         start_cluster "$name"
         args+=(--url "http://127.0.0.1:$HERALD_PORT"
@@ -196,7 +231,8 @@ python3 - "$OUT" "$EVENTS" "${servers[@]}" <<'PY' | tee "$OUT/table.md"
 import json, pathlib, statistics, sys
 out, events = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 first, second = sys.argv[3], sys.argv[4]
-NAMES = {"herald": "Herald", "nchan": "nchan", "cluster": "Herald cluster"}
+NAMES = {"herald": "Herald", "nchan": "nchan", "cluster": "Herald cluster",
+         "h2c": "Herald HTTP/2 cleartext", "https": "Herald HTTPS/1.1", "h2": "Herald HTTPS/2"}
 runs = {}
 for f in sorted(out.glob("*.json")):
     server, n, rate, _ = f.stem.split("-")
