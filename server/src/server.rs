@@ -156,7 +156,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                         continue;
                     }
                 };
-                let conn = Accepted { stream, remote, header_timeout: config.header_timeout };
+                let header_timeout = config.header_timeout;
                 let ctx = ConnContext {
                     builder: builder.clone(),
                     watcher: graceful.watcher(),
@@ -165,7 +165,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     control: control.handle.clone(),
                     tracker: tracker.clone(),
                 };
-                tracker.spawn(serve_connection(conn, ctx));
+                if ctx.tls.is_some() {
+                    // TLS connections are served on the main runtime, handshake included. Which
+                    // of them are subscribers is known only after the handshake, and most are
+                    // (browsers, over HTTP/2): on the control thread their fan-out would hold
+                    // up the hub and every publish behind it, and their encryption would have
+                    // one core however many the machine has.
+                    tracker.spawn(serve_hyper(stream, remote, header_timeout, ctx));
+                } else {
+                    let conn = Accepted { stream, remote, header_timeout };
+                    tracker.spawn(serve_connection(conn, ctx));
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -287,24 +297,19 @@ impl Control {
     }
 }
 
-/// Serves one accepted connection on the main runtime, or hands it to the control runtime.
-/// Every connection's task is as large as this future, so the hyper connection, which is
-/// several times larger than a direct-path subscriber's state, is boxed where it is taken.
+/// Serves one plain-HTTP connection on the main runtime, or hands it to hyper in a task of its
+/// own. A direct-path subscriber's task is as large as this future, so the hyper connection,
+/// several times larger, is never awaited here; and once handed over, this task ends, so a
+/// hyper connection does not keep a direct-path-sized task besides its own.
 async fn serve_connection(accepted: Accepted, ctx: ConnContext) {
     let Accepted {
         stream,
         remote,
         header_timeout,
     } = accepted;
-    if ctx.tls.is_some() {
-        // TLS connections stay on the main runtime, handshake included. Which of them are
-        // subscribers is known only after the handshake, and most are (browsers, over HTTP/2):
-        // on the control thread their fan-out would hold up the hub and every publish behind
-        // it, and their encryption would have one core however many the machine has.
-        return Box::pin(serve_hyper(stream, remote, header_timeout, ctx)).await;
-    }
-    // Subscribers on plain HTTP/1.1 stay here, on the direct path; everything else goes to
-    // hyper on the control runtime.
+    // Subscribers on plain HTTP/1.1 stay here, on the direct path. HTTP/2 (mostly subscribers,
+    // multiplexed) goes to hyper on this runtime, everything else (publishers, the admin API)
+    // to hyper on the control runtime.
     let mut first = [0u8; 12];
     let peeked = tokio::select! {
         peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
@@ -316,7 +321,9 @@ async fn serve_connection(accepted: Accepted, ctx: ConnContext) {
         return stream_h1::serve(stream, remote, ctx.state, header_timeout).await;
     }
     if first[..peeked].starts_with(H2_PREFACE) {
-        return Box::pin(serve_hyper(stream, remote, header_timeout, ctx)).await;
+        let tracker = ctx.tracker.clone();
+        tracker.spawn(serve_hyper(stream, remote, header_timeout, ctx));
+        return;
     }
     let Ok(stream) = stream.into_std() else {
         return;
