@@ -252,9 +252,9 @@ struct ConnContext {
     tracker: TaskTracker,
 }
 
-/// The control runtime: one thread running the hub and the plain-HTTP connections that are
-/// not subscriber streams (publishers, the admin API, HTTP/2 with prior knowledge).
-/// Subscriber streams on the direct path, and every TLS connection, run on the main runtime.
+/// The control runtime: one thread running the hub and the plain HTTP/1.1 connections that
+/// are not subscriber streams (publishers, the admin API). Subscriber streams on the direct
+/// path, HTTP/2 connections and every TLS connection run on the main runtime.
 /// Kept apart, a publish is answered as soon as the log has it, even while the main runtime
 /// is busy writing a fan-out to thousands of sockets; the next events then queue up behind
 /// that fan-out and leave in the same writes.
