@@ -7,8 +7,8 @@
 //! deployment.
 //!
 //! Needs `node`, `/usr/bin/chromium`, `tests/browser/node_modules/playwright-core` and, for
-//! the HTTPS run's certificates, `openssl` (`bash .ci/run` installs them). Without them the test fails when `CI` is set and is skipped
-//! otherwise.
+//! the HTTPS run's certificates, `openssl` (`bash .ci/run` installs them). Without them the
+//! test fails when `CI` is set and is skipped otherwise.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
