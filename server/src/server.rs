@@ -359,8 +359,11 @@ async fn serve_hyper(
     let io = match tls {
         None => Either::Left(stream),
         Some(acceptor) => {
+            // The handshake and the connection below are boxed: inline, their states would
+            // size this task for all of them at once (8.2 KB against 1.2 KB, for every
+            // connection that comes through here, plain HTTP/2 included).
             let handshake = tokio::select! {
-                done = acceptor.accept(stream) => done,
+                done = Box::pin(acceptor.accept(stream)) => done,
                 _ = &mut deadline => return tracing::debug!(%remote, "TLS handshake timed out"),
             };
             match handshake {
@@ -377,14 +380,18 @@ async fn serve_hyper(
         if over_tls {
             req.extensions_mut().insert(api::OverTls);
         }
-        api::handle(req, state.clone(), remote)
+        // Boxed: hyper keeps a request's future inline for as long as the connection (HTTP/1.1)
+        // or the stream's task (HTTP/2) lives, also once an SSE response is streaming, and
+        // `handle` is much larger than the body it returns.
+        Box::pin(api::handle(req, state.clone(), remote))
     });
-    let conn = watcher.watch(
-        builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned(),
+    let mut conn = Box::pin(
+        watcher.watch(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned(),
+        ),
     );
-    tokio::pin!(conn);
     let result = tokio::select! {
         result = &mut conn => result,
         _ = &mut deadline, if !started.load(Ordering::Relaxed) => {
