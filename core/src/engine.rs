@@ -925,9 +925,11 @@ impl Engine {
                 return;
             }
             let window_covers = match (self.recent_floor, read_from) {
-                (None, _) => true,
-                (Some(floor), Some(r)) => r >= floor,
+                (None, None) => true,
                 (Some(_), None) => false,
+                (floor, Some(r)) => {
+                    floor.is_none_or(|floor| r >= floor) && window_knows(&self.recent, floor, r)
+                }
             };
             if !window_covers {
                 replay.awaiting = true;
@@ -1225,6 +1227,19 @@ where
 
 fn reset_type() -> EventType {
     EventType::from_static(RESET_EVENT)
+}
+
+/// Whether `r` is a position the recent window (`recent`, above `floor`) knows: one of its
+/// events, its floor, or (with no floor: it holds the whole history) a position before all
+/// of them. Any other id within its range is one this server never had, such as events a
+/// shared log lost before this server read them: whether the client missed something is
+/// then for the log to say, with its floor, not for the window.
+fn window_knows(recent: &VecDeque<Arc<Entry>>, floor: Option<EventId>, r: EventId) -> bool {
+    if floor == Some(r) {
+        return true;
+    }
+    let at = recent.partition_point(|e| e.event.id < r);
+    recent.get(at).is_some_and(|e| e.event.id == r) || (floor.is_none() && at == 0)
 }
 
 /// A `herald.reset` notice for a client that resumed from `last`. Its id moves the client's

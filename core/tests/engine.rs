@@ -868,6 +868,39 @@ fn a_shared_publish_is_checked_and_counted_but_gets_no_id_here() {
 }
 
 #[test]
+fn a_resume_from_an_id_this_server_never_read_is_decided_by_the_shared_log_not_its_window() {
+    // Redis came back without 11-0 and 12-0, which another server had read and delivered.
+    // This one had read 10-0, then 20-0 after the loss: its window seems to cover 11-0.
+    let mut sim = Sim::new(EngineConfig::default());
+    let events = replicated(&[(10, "t"), (20, "t")]);
+    sim.log.extend(events[1..].iter().cloned());
+    sim.engine.handle_replicated(events, sim.now);
+    sim.drain();
+    sim.auto_history = false;
+    // A position it read is served from the window, as always.
+    let known = sim.connect(&["t"], None, Some(EventId::new(10, 0)));
+    assert!(sim.history_requests.is_empty());
+    assert_eq!(sim.received_ids(known), ["20-0"]);
+
+    let c = sim.connect(&["t"], None, Some(EventId::new(11, 0)));
+    assert_eq!(sim.history_requests.len(), 1, "the log is asked");
+    assert!(sim.received_ids(c).is_empty());
+    // The page comes with the log's bounds, whose floor the other server raised to 12-0.
+    sim.engine.handle_log_bounds(LogBounds {
+        oldest: Some(EventId::new(20, 0)),
+        floor: Some(EventId::new(12, 0)),
+        events: 1,
+        bytes: 0,
+    });
+    sim.serve_history();
+    sim.drain();
+    let got = sim.received(c);
+    let types: Vec<&str> = got.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["herald.reset", "message"], "{}", sim.raw(c));
+    assert_eq!(got[1].last_event_id, "20-0");
+}
+
+#[test]
 fn a_gap_in_the_shared_log_closes_subscribers_and_their_resume_says_what_they_missed() {
     let mut sim = Sim::new(EngineConfig::default());
     sim.engine
