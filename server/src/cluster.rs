@@ -17,7 +17,7 @@ use herald_core::{Event, EventId, LogBounds, PublishRequest};
 use tokio::sync::oneshot;
 
 use crate::hub::PublishFailure;
-use crate::log::{LogMetrics, REDIS_COMMAND_TIMEOUT, RedisLog, codec};
+use crate::log::{EventLog, LogMetrics, REDIS_COMMAND_TIMEOUT, RedisLog, codec};
 use crate::redis::{Connection, RedisError, Value};
 use crate::worker::{Batches, Looping, Stop, Worker};
 
@@ -30,9 +30,16 @@ use crate::worker::{Batches, Looping, Stop, Worker};
 /// behind) and be skipped, and a client resuming from before the lost events would get
 /// what is left as if nothing were missing. `heal` moves the stream's last id up to `seen`
 /// and records `seen` as its highest deleted id, so new ids come after it and such resumes
-/// are told that events were lost (`herald.reset`), as after retention. Returns 1 if it
-/// healed (else 0), and the stream's floor (its highest deleted id) afterwards, read in the
-/// same `XINFO` that told whether to heal.
+/// are told that events were lost (`herald.reset`), as after retention.
+///
+/// Instances read at their own pace, so the first to heal may have read less than another
+/// (by the few events that were in flight), and new entries may follow before that other
+/// one looks. It then finds the stream past `seen` but `seen` itself gone, although
+/// retention did not remove it (the floor is below it): it raises the floor to `seen`, so
+/// resumes from the events that only it had read are told too.
+///
+/// Returns 1 if it healed (else 0), and the stream's floor (its highest deleted id) and
+/// last id afterwards, read in the same `XINFO` that told whether to heal.
 macro_rules! heal_lua {
     () => {
         r"
@@ -52,14 +59,21 @@ local function heal(stream, seen)
       if info[i] == 'max-deleted-entry-id' then floor = info[i + 1] end
     end
   end
-  if seen == '0-0' or not older(top, seen) then return 0, floor end
+  if seen == '0-0' then return 0, floor, top end
+  if not older(top, seen) then
+    if not older(floor, seen) or #redis.call('XRANGE', stream, seen, seen) > 0 then
+      return 0, floor, top
+    end
+    redis.call('XSETID', stream, top, 'MAXDELETEDID', seen)
+    return 1, seen, top
+  end
   if exists then
     redis.call('XSETID', stream, seen, 'MAXDELETEDID', seen)
   else
     redis.call('XADD', stream, seen, 'e', '')
     redis.call('XDEL', stream, seen)
   end
-  return 1, seen
+  return 1, seen, seen
 end
 "
     };
@@ -72,7 +86,12 @@ end
 /// KEYS[1]: the stream. KEYS[2], when the publish has a key: where that key's event id is
 /// kept. ARGV[1]: the event record. ARGV[2]: how long a key is remembered, in seconds.
 /// ARGV[3]: the last id this instance has read (`0-0` for none): the new id comes after it
-/// even if Redis lost the stream's end (see [`heal_lua`]).
+/// even if Redis lost the stream's end (see [`heal_lua`]). ARGV[4]: this instance's clock, in
+/// unix milliseconds: the new id's milliseconds are at least that (and at least the stream's
+/// last id's), not Redis's clock alone. After a loss, another instance may have read ids
+/// above the healed `seen` without this one knowing; ids minted by a clock that has moved
+/// on since still come after them when Redis's own clock is behind (a promoted replica on
+/// another machine).
 ///
 /// No `MAXLEN` here: trimming that way does not record what it removed, and resets need the
 /// highest removed id, so retention deletes with `XDEL` ([`crate::log::RedisLog`]'s trim).
@@ -83,8 +102,11 @@ if KEYS[2] then
   local seen = redis.call('GET', KEYS[2])
   if seen then return {seen, 1} end
 end
-heal(KEYS[1], ARGV[3])
-local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+local _, _, top = heal(KEYS[1], ARGV[3])
+local ms = ARGV[4]
+local top_ms = string.match(top, '^(%d+)-')
+if tonumber(top_ms) > tonumber(ms) then ms = top_ms end
+local id = redis.call('XADD', KEYS[1], ms .. '-*', 'e', ARGV[1])
 if KEYS[2] then
   redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 end
@@ -189,6 +211,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
         let mut commands = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
         let seen = log.highest_read().unwrap_or(EventId::MIN).to_string();
+        let now = crate::hub::wall_ms().to_string();
         for Job { req, reply } in jobs.drain(..) {
             let key = req
                 .idempotency_key
@@ -209,7 +232,12 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                         Some(key) => vec![b"2".to_vec(), stream, key.into_bytes()],
                         None => vec![b"1".to_vec(), stream],
                     };
-                    args.extend([record, ttl.as_bytes().to_vec(), seen.as_bytes().to_vec()]);
+                    args.extend([
+                        record,
+                        ttl.as_bytes().to_vec(),
+                        seen.as_bytes().to_vec(),
+                        now.as_bytes().to_vec(),
+                    ]);
                     commands.push(args);
                     replies.push(reply);
                 }
@@ -395,6 +423,10 @@ pub enum Tail {
     /// while this instance was cut off from Redis): `Engine::handle_log_bounds` with these
     /// fresh bounds, then `Engine::handle_log_gap`.
     Gap(LogBounds),
+    /// The stream's floor rose to an id this instance had already passed (another instance
+    /// found events it had read lost, see [`heal_lua`]): `Engine::handle_log_bounds`, so
+    /// that resumes from below it are told at once, also from the recent window.
+    Bounds(LogBounds),
 }
 
 /// Tails the shared stream on a dedicated thread and hands each batch of new events, in
@@ -477,10 +509,24 @@ fn read_loop(
         }
         if matches!(
             step,
-            Ok(Step::Idle { healed: true } | Step::Read { healed: true, .. })
+            Ok(Step::Idle { healed: true, .. } | Step::Read { healed: true, .. })
         ) {
             tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared stream ended before events this instance already read (Redis restarted without persistence, or a replica that lacked them took over): its ids now continue after them, and clients resuming from before them are told they missed events");
             dirty = true;
+        }
+        // A floor that rose (not past what this instance has read: that is a gap, below) is
+        // the engine's too at once, not at the next once-a-second refresh: a resume from
+        // below it is then told, even when the recent window seems to cover it.
+        let floor = match &step {
+            Ok(Step::Idle { floor, .. }) => *floor,
+            Ok(Step::Read { floor, gap, .. }) => floor.filter(|_| !gap),
+            Err(_) => None,
+        };
+        if floor.is_some_and(|floor| log.bounds().floor.is_none_or(|known| floor > known)) {
+            match log.refresh_bounds() {
+                Ok(bounds) => deliver(Tail::Bounds(bounds)),
+                Err(error) => tracing::debug!(%error, "cannot read the shared log's bounds"),
+            }
         }
         match step {
             Ok(Step::Idle { .. }) => {}
@@ -533,6 +579,8 @@ enum Step {
     Idle {
         /// The stream had forgotten events already read, and was healed.
         healed: bool,
+        /// The highest id ever removed from the stream, if any.
+        floor: Option<EventId>,
     },
     /// Entries after the last id read.
     Read {
@@ -543,6 +591,8 @@ enum Step {
         gap: bool,
         /// The stream had forgotten events already read, and was healed.
         healed: bool,
+        /// The highest id ever removed from the stream, if any.
+        floor: Option<EventId>,
     },
 }
 
@@ -592,7 +642,7 @@ fn read_step(
             stream,
             after.as_bytes(),
         ])?;
-        return Ok(Step::Idle { healed });
+        return Ok(Step::Idle { healed, floor });
     }
     let gap = floor.is_some_and(|floor| last.is_none_or(|last| floor > last));
     let (events, read_to) = log.decode_entries(entries);
@@ -601,6 +651,7 @@ fn read_step(
         read_to,
         gap,
         healed,
+        floor,
     })
 }
 
@@ -668,5 +719,97 @@ mod tests {
             .unwrap();
         let next: EventId = next.as_str().unwrap().parse().unwrap();
         assert!(next > EventId::new(9, 3), "{next}");
+    }
+
+    #[test]
+    fn a_reader_that_read_past_a_lower_heal_raises_the_floor_to_what_it_read() {
+        let Some(config) = redis_or_skip("a_reader_that_read_past_a_lower_heal") else {
+            return;
+        };
+        let key = unique_key("heal-past");
+        let _cleanup = Cleanup(&config, &key);
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        // Redis came back empty; an instance that had read to 3-0 healed first, and a publish
+        // followed (10-0). This reader had read to 7-0: 4-0 to 7-0 are lost too.
+        let k = key.as_bytes();
+        conn.query(&[b"XADD", k, b"3-0", b"e", b""]).unwrap();
+        conn.query(&[b"XDEL", k, b"3-0"]).unwrap();
+        conn.query(&[b"XADD", k, b"10-0", b"e", b"x"]).unwrap();
+        let mut script = Script::new(READ_SCRIPT);
+        let mut read = |conn: &mut Connection, seen: &str| {
+            let from = format!("({seen}");
+            let args: [&[u8]; 5] = [b"1", k, from.as_bytes(), b"10", seen.as_bytes()];
+            script.run(conn, &args).unwrap().into_array().unwrap()
+        };
+        let answer = read(&mut conn, "7-0");
+        assert_eq!(answer[0].as_str(), Some("7-0"), "the floor: {answer:?}");
+        assert_eq!(answer[2].as_int(), Some(1), "healed: {answer:?}");
+        let entries = answer[1].clone().into_array().unwrap();
+        assert_eq!(entries.len(), 1, "the new entry is still read: {answer:?}");
+        assert_eq!(xinfo_field(&mut conn, &key, "last-generated-id"), "10-0");
+        assert_eq!(xinfo_field(&mut conn, &key, "max-deleted-entry-id"), "7-0");
+        // Once is enough, and readers at or below the floor, or at an entry that is still
+        // there, change nothing.
+        for seen in ["7-0", "3-0", "10-0"] {
+            let answer = read(&mut conn, seen);
+            assert_eq!(answer[2].as_int(), Some(0), "{seen}: {answer:?}");
+        }
+        assert_eq!(xinfo_field(&mut conn, &key, "max-deleted-entry-id"), "7-0");
+    }
+
+    #[test]
+    fn what_retention_removed_is_not_taken_for_a_loss() {
+        let Some(config) = redis_or_skip("what_retention_removed_is_not_a_loss") else {
+            return;
+        };
+        let key = unique_key("heal-trim");
+        let _cleanup = Cleanup(&config, &key);
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        let k = key.as_bytes();
+        for id in ["5-0", "7-0", "10-0"] {
+            conn.query(&[b"XADD", k, id.as_bytes(), b"e", b"x"])
+                .unwrap();
+        }
+        // Retention deletes the oldest entries, the last one this reader read among them.
+        conn.query(&[b"XDEL", k, b"5-0", b"7-0"]).unwrap();
+        let mut script = Script::new(READ_SCRIPT);
+        for seen in ["7-0", "5-0", "10-0"] {
+            let from = format!("({seen}");
+            let args: [&[u8]; 5] = [b"1", k, from.as_bytes(), b"10", seen.as_bytes()];
+            let answer = script.run(&mut conn, &args).unwrap().into_array().unwrap();
+            assert_eq!(answer[0].as_str(), Some("7-0"), "{seen}: {answer:?}");
+            assert_eq!(answer[2].as_int(), Some(0), "{seen}: {answer:?}");
+        }
+        assert_eq!(xinfo_field(&mut conn, &key, "last-generated-id"), "10-0");
+    }
+
+    #[test]
+    fn a_publish_takes_an_id_no_lower_than_its_instance_clock_nor_the_streams_last_id() {
+        let Some(config) = redis_or_skip("a_publish_takes_an_id_no_lower_than") else {
+            return;
+        };
+        let key = unique_key("append-clock");
+        let _cleanup = Cleanup(&config, &key);
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        let mut script = Script::new(APPEND_SCRIPT);
+        let mut append = |seen: &str, now: &str| {
+            let args: [&[u8]; 6] = [
+                b"1",
+                key.as_bytes(),
+                b"record",
+                b"60",
+                seen.as_bytes(),
+                now.as_bytes(),
+            ];
+            let answer = script.run(&mut conn, &args).unwrap();
+            appended_id(&answer).unwrap().to_string()
+        };
+        // An empty Redis under an instance that had read to 9-3, with a clock at 8 ms: the
+        // heal puts the stream at 9-3 and the id follows it.
+        assert_eq!(append("9-3", "8"), "9-4");
+        // Redis's clock (now) is far ahead of these ids, yet the instance's clock decides.
+        assert_eq!(append("9-4", "1000"), "1000-0");
+        // A clock behind the stream's last id: the stream's decides.
+        assert_eq!(append("1000-0", "900"), "1000-1");
     }
 }

@@ -495,6 +495,7 @@ impl Driver {
                 self.drain();
                 self.connect_deferred(true);
             }
+            Command::Replicated(Tail::Bounds(bounds)) => self.engine.handle_log_bounds(bounds),
             Command::Replicated(Tail::Gap(bounds)) => {
                 // The floor that revealed the gap must be the engine's too, so the clients'
                 // resumes are told what they missed.

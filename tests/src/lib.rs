@@ -434,11 +434,16 @@ impl Herald {
 
     /// Sends SIGTERM (a graceful shutdown); see [`Herald::wait_exit`].
     pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` to the running server (SIGSTOP and SIGCONT freeze and thaw it).
+    pub fn signal(&self, signal: libc::c_int) {
         let pid = self.pid().expect("the server is running");
         let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
         // SAFETY: kill(2) with a pid of our own child and a valid signal number.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
     }
 
     /// Waits (bounded) for the server to exit on its own; `None` if it still runs.

@@ -718,9 +718,7 @@ async fn an_instance_that_was_away_while_retention_removed_unread_events_makes_i
     );
 
     // Instance a stops reading while b publishes and retention removes what a never read.
-    let pid = i32::try_from(a.pid().expect("a runs")).expect("a pid");
-    // SAFETY: signalling a child process this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    a.signal(libc::SIGSTOP);
     let mut published = Vec::new();
     for n in 2..=6 {
         published.push(b.publish_ok(json!({"topics": ["t"], "data": n})).await);
@@ -733,8 +731,7 @@ async fn an_instance_that_was_away_while_retention_removed_unread_events_makes_i
             == Some(2)
     })
     .await;
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    a.signal(libc::SIGCONT);
     assert!(trimmed, "b's retention trims the stream to 2 events");
 
     // The client does not silently skip to the retained events: its stream is closed...
@@ -922,6 +919,80 @@ async fn after_redis_loses_the_stream_ids_keep_rising_and_resumes_from_before_th
     let reset: Value = serde_json::from_str(&got[0].data).expect("the reset notice is JSON");
     assert_eq!(reset["reason"], "history_truncated", "{reset}");
     assert_eq!(ids(&got[1..]), [after], "{}", resumed.raw_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_the_stream_a_resume_from_what_only_one_instance_had_read_is_told() {
+    let Some(mut redis) = OwnRedis::start("after_redis_loses_the_stream_a_resume_from_what_only")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let a = Herald::start(&["--dev", "--redis", &url]);
+    let b = Herald::start(&["--dev", "--redis", &url]);
+    let mut on_a = a.events().topic("t").open().await;
+    let mut on_b = b.events().topic("t").open().await;
+    let mut read = Vec::new();
+    for n in 0..2 {
+        read.push(a.publish_ok(json!({"topics": ["t"], "data": n})).await);
+    }
+    assert_eq!(ids(&on_a.events_until(2, WAIT).await), read);
+    assert_eq!(ids(&on_b.events_until(2, WAIT).await), read);
+
+    // b falls behind: a reads two more events that b has not read when Redis comes back
+    // empty. b, thawed first, heals the stream to the last id it had read and publishes.
+    b.signal(libc::SIGSTOP);
+    let mut only_a = Vec::new();
+    for n in 2..4 {
+        only_a.push(a.publish_ok(json!({"topics": ["t"], "data": n})).await);
+    }
+    assert_eq!(ids(&on_a.events_until(2, WAIT).await), only_a);
+    a.signal(libc::SIGSTOP);
+    redis.restart();
+    b.signal(libc::SIGCONT);
+    let after = publish_once_redis_is_back(&b, json!({"topics": ["t"], "data": "after"})).await;
+    a.signal(libc::SIGCONT);
+    // a goes on with the new event (nothing it had delivered was lost for its subscriber).
+    assert_eq!(
+        ids(&on_a.events_until(1, WAIT).await),
+        std::slice::from_ref(&after),
+        "{}",
+        on_a.raw_text()
+    );
+
+    // A client that had the first of a's two events resumes: the second is gone, and it is
+    // told so rather than carrying on as if nothing were missing.
+    let mut resumed = b.events().topic("t").last_event_id(&only_a[0]).open().await;
+    let got = resumed.events_until(2, WAIT).await;
+    assert_eq!(got[0].event_type, "herald.reset", "{}", resumed.raw_text());
+    assert_eq!(
+        ids(&got[1..]),
+        std::slice::from_ref(&after),
+        "{}",
+        resumed.raw_text()
+    );
+    // One that had both misses nothing: no notice.
+    let mut complete = a.events().topic("t").last_event_id(&only_a[1]).open().await;
+    let got = complete.events_until(1, WAIT).await;
+    assert_eq!(
+        ids(&got),
+        std::slice::from_ref(&after),
+        "{}",
+        complete.raw_text()
+    );
+    // One that had neither resumes from an event b did read: once b has seen the floor a
+    // raised (within a read step), it is told too.
+    let told = eventually(WAIT, || async {
+        let mut s = b.events().topic("t").last_event_id(&read[1]).open().await;
+        let got = s.events_until(1, Duration::from_secs(1)).await;
+        got.first().is_some_and(|e| e.event_type == "herald.reset")
+    })
+    .await;
+    assert!(
+        told,
+        "a resume from {} on b is told what it missed",
+        read[1]
+    );
 }
 
 /// Three `redis-server --cluster-enabled yes` masters of the test's own, joined into one Redis
