@@ -673,6 +673,19 @@ mod tests {
         info[at + 1].as_str().unwrap().to_owned()
     }
 
+    /// Runs the read script as a reader that has read to `seen`: `[floor, entries, healed]`.
+    fn read_as(script: &mut Script, conn: &mut Connection, key: &str, seen: &str) -> Vec<Value> {
+        let from = format!("({seen}");
+        let args: [&[u8]; 5] = [
+            b"1",
+            key.as_bytes(),
+            from.as_bytes(),
+            b"10",
+            seen.as_bytes(),
+        ];
+        script.run(conn, &args).unwrap().into_array().unwrap()
+    }
+
     #[test]
     fn a_script_the_node_does_not_have_runs_from_its_source() {
         let Some(config) = redis_or_skip("a_script_the_node_does_not_have") else {
@@ -702,16 +715,13 @@ mod tests {
         conn.query(&[b"XADD", key.as_bytes(), b"5-0", b"e", b"x"])
             .unwrap();
         let mut script = Script::new(READ_SCRIPT);
-        let mut read = |seen: &[u8]| {
-            let args: [&[u8]; 5] = [b"1", key.as_bytes(), b"(9-3", b"10", seen];
-            script.run(&mut conn, &args).unwrap().into_array().unwrap()
-        };
-        let answer = read(b"9-3");
+        let mut read = |seen: &str| read_as(&mut script, &mut conn, &key, seen);
+        let answer = read("9-3");
         assert_eq!(answer[0].as_str(), Some("9-3"), "the floor: {answer:?}");
         assert_eq!(answer[2].as_int(), Some(1), "healed: {answer:?}");
         // Healing is done once; a reader that has read less changes nothing.
-        assert_eq!(read(b"9-3")[2].as_int(), Some(0));
-        assert_eq!(read(b"7-0")[2].as_int(), Some(0));
+        assert_eq!(read("9-3")[2].as_int(), Some(0));
+        assert_eq!(read("7-0")[2].as_int(), Some(0));
         assert_eq!(xinfo_field(&mut conn, &key, "last-generated-id"), "9-3");
         assert_eq!(xinfo_field(&mut conn, &key, "max-deleted-entry-id"), "9-3");
         let next = conn
@@ -736,12 +746,7 @@ mod tests {
         conn.query(&[b"XDEL", k, b"3-0"]).unwrap();
         conn.query(&[b"XADD", k, b"10-0", b"e", b"x"]).unwrap();
         let mut script = Script::new(READ_SCRIPT);
-        let mut read = |conn: &mut Connection, seen: &str| {
-            let from = format!("({seen}");
-            let args: [&[u8]; 5] = [b"1", k, from.as_bytes(), b"10", seen.as_bytes()];
-            script.run(conn, &args).unwrap().into_array().unwrap()
-        };
-        let answer = read(&mut conn, "7-0");
+        let answer = read_as(&mut script, &mut conn, &key, "7-0");
         assert_eq!(answer[0].as_str(), Some("7-0"), "the floor: {answer:?}");
         assert_eq!(answer[2].as_int(), Some(1), "healed: {answer:?}");
         let entries = answer[1].clone().into_array().unwrap();
@@ -751,7 +756,7 @@ mod tests {
         // Once is enough, and readers at or below the floor, or at an entry that is still
         // there, change nothing.
         for seen in ["7-0", "3-0", "10-0"] {
-            let answer = read(&mut conn, seen);
+            let answer = read_as(&mut script, &mut conn, &key, seen);
             assert_eq!(answer[2].as_int(), Some(0), "{seen}: {answer:?}");
         }
         assert_eq!(xinfo_field(&mut conn, &key, "max-deleted-entry-id"), "7-0");
@@ -774,9 +779,7 @@ mod tests {
         conn.query(&[b"XDEL", k, b"5-0", b"7-0"]).unwrap();
         let mut script = Script::new(READ_SCRIPT);
         for seen in ["7-0", "5-0", "10-0"] {
-            let from = format!("({seen}");
-            let args: [&[u8]; 5] = [b"1", k, from.as_bytes(), b"10", seen.as_bytes()];
-            let answer = script.run(&mut conn, &args).unwrap().into_array().unwrap();
+            let answer = read_as(&mut script, &mut conn, &key, seen);
             assert_eq!(answer[0].as_str(), Some("7-0"), "{seen}: {answer:?}");
             assert_eq!(answer[2].as_int(), Some(0), "{seen}: {answer:?}");
         }
