@@ -142,6 +142,13 @@ const MAX_KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 const BOUNDS_REFRESH: Duration = Duration::from_secs(1);
 /// The longest pause between attempts to reach Redis again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// After Redis lost events and the stream was healed where this instance stands, how long it
+/// waits before delivering what follows. Another instance may have read further (the events
+/// in flight when Redis lost them); within this time it has reconnected and looked (it tries
+/// again at least every [`MAX_BACKOFF`]) and raised the floor to what it read. This instance
+/// then sees the floor above its own position: a gap, so its subscribers are closed and told
+/// on their resume, rather than going on past those events without a word.
+const HEAL_GRACE: Duration = Duration::from_millis(2_500);
 
 /// Where a publish's answer goes.
 pub type PublishReply = oneshot::Sender<Result<EventId, PublishFailure>>;
@@ -474,6 +481,8 @@ fn read_loop(
     let mut failing = false;
     let mut refreshed = Instant::now();
     let mut dirty = false;
+    // The floor the previous step saw (`None` before the first step).
+    let mut floor_before: Option<Option<EventId>> = None;
     while !stop.is_set() {
         if conn.is_none() {
             match open_reader(log) {
@@ -511,21 +520,35 @@ fn read_loop(
             step,
             Ok(Step::Idle { healed: true, .. } | Step::Read { healed: true, .. })
         ) {
-            tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared stream ended before events this instance already read (Redis restarted without persistence, or a replica that lacked them took over): its ids now continue after them, and clients resuming from before them are told they missed events");
+            tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared stream lost events this instance already read (Redis restarted without persistence, or a replica that lacked them took over): its ids now continue after them, and clients resuming from before them are told they missed events");
             dirty = true;
         }
         // A floor that rose (not past what this instance has read: that is a gap, below) is
         // the engine's too at once, not at the next once-a-second refresh: a resume from
         // below it is then told, even when the recent window seems to cover it.
-        let floor = match &step {
-            Ok(Step::Idle { floor, .. }) => *floor,
-            Ok(Step::Read { floor, gap, .. }) => floor.filter(|_| !gap),
-            Err(_) => None,
+        let (floor, gap) = match &step {
+            Ok(Step::Idle { floor, .. }) => (*floor, false),
+            Ok(Step::Read { floor, gap, .. }) => (*floor, *gap),
+            Err(_) => (None, false),
         };
-        if floor.is_some_and(|floor| log.bounds().floor.is_none_or(|known| floor > known)) {
+        if !gap && floor.is_some_and(|f| log.bounds().floor.is_none_or(|known| f > known)) {
             match log.refresh_bounds() {
                 Ok(bounds) => deliver(Tail::Bounds(bounds)),
                 Err(error) => tracing::debug!(%error, "cannot read the shared log's bounds"),
+            }
+        }
+        if step.is_ok() {
+            // The floor just rose to exactly where this instance stands: Redis lost events
+            // and the stream was healed here (by this instance's read or publish, or by one
+            // that stood at the same id). Hold what follows for others to raise it further.
+            let healed_here = last.is_some()
+                && floor == last
+                && floor_before.is_some_and(|before| before < floor);
+            floor_before = Some(floor);
+            if healed_here {
+                tracing::info!(grace = ?HEAL_GRACE, "holding new events of the shared stream so that instances that read further can mark what was lost");
+                stop.sleep(HEAL_GRACE);
+                continue;
             }
         }
         match step {
