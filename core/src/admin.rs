@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::conn::ConnId;
+use crate::conn::{ConnId, Protocol};
 use crate::history::LogBounds;
 
 /// Running totals since the engine started.
@@ -67,6 +67,43 @@ impl NodeInfo {
     }
 }
 
+/// Connections open now, by how they came: HTTP version, and TLS or not. An HTTP/1.1
+/// browser holds one of its six connections per origin for each stream; over HTTP/2 its
+/// streams share one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transports {
+    /// HTTP/1.1 without TLS.
+    pub http1: u64,
+    /// HTTP/1.1 over TLS.
+    pub http1_tls: u64,
+    /// HTTP/2 without TLS (prior knowledge).
+    pub http2: u64,
+    /// HTTP/2 over TLS: browsers of an HTTPS deployment.
+    pub http2_tls: u64,
+}
+
+impl Transports {
+    /// The count for connections speaking `protocol`, over TLS or not.
+    pub fn count_mut(&mut self, protocol: Protocol, tls: bool) -> &mut u64 {
+        match (protocol, tls) {
+            (Protocol::Http1, false) => &mut self.http1,
+            (Protocol::Http1, true) => &mut self.http1_tls,
+            (Protocol::Http2, false) => &mut self.http2,
+            (Protocol::Http2, true) => &mut self.http2_tls,
+        }
+    }
+
+    /// Each of the four counts with its protocol and TLS flag.
+    pub fn each(&self) -> [(Protocol, bool, u64); 4] {
+        [
+            (Protocol::Http1, false, self.http1),
+            (Protocol::Http1, true, self.http1_tls),
+            (Protocol::Http2, false, self.http2),
+            (Protocol::Http2, true, self.http2_tls),
+        ]
+    }
+}
+
 /// A sample of the engine's state, sent on the admin stream every tick.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -84,6 +121,9 @@ pub struct Stats {
     pub topics: u64,
     /// What the log holds, as last reported by the driver.
     pub log: LogBounds,
+    /// Connections open now, by HTTP version and TLS (absent from older servers' samples).
+    #[serde(default)]
+    pub transports: Transports,
 }
 
 /// One connection, as shown in the admin table.

@@ -283,6 +283,7 @@ pub struct Engine {
     idempotency: HashMap<Arc<str>, EventId>,
     idempotency_order: VecDeque<Arc<str>>,
     counters: Counters,
+    transports: crate::admin::Transports,
     outputs: VecDeque<Output>,
     keepalive: Comment,
 }
@@ -320,6 +321,7 @@ impl Engine {
             idempotency: HashMap::new(),
             idempotency_order: VecDeque::new(),
             counters: Counters::default(),
+            transports: crate::admin::Transports::default(),
             outputs: VecDeque::new(),
             keepalive,
         }
@@ -456,6 +458,7 @@ impl Engine {
         self.by_id.insert(id, slot);
         self.counters.connections_total += 1;
         self.counters.connections = self.by_id.len() as u64;
+        *self.transports.count_mut(req.protocol, req.tls) += 1;
 
         // A first connection also gets a checkpoint: an id-only block (no message) naming
         // where its stream starts. A browser that then drops before any event arrives
@@ -783,6 +786,7 @@ impl Engine {
             pending: self.pending.len() as u64,
             topics: (self.topics.len() + self.prefixes.len()) as u64,
             log: self.log,
+            transports: self.transports,
         }
     }
 
@@ -1093,6 +1097,8 @@ impl Engine {
             }
         }
         self.counters.connections = self.by_id.len() as u64;
+        let open = self.transports.count_mut(c.meta.protocol, c.meta.tls);
+        *open = open.saturating_sub(1);
         Some(c)
     }
 

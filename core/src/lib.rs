@@ -44,7 +44,9 @@ pub mod id;
 pub mod parser;
 pub mod topic;
 
-pub use admin::{AdminEvent, ConnectionInfo, Counters, NodeInfo, Snapshot, Stats, TopicInfo};
+pub use admin::{
+    AdminEvent, ConnectionInfo, Counters, NodeInfo, Snapshot, Stats, TopicInfo, Transports,
+};
 pub use conn::{CloseReason, ConnId, ConnectRequest, Protocol};
 pub use engine::{
     ConnectError, Engine, EngineConfig, Output, PublishError, PublishOutcome, PublishRequest,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use herald_core::{
     CloseReason, ConnectError, ConnectRequest, ConnectionInfo, EngineConfig, Event, EventId,
-    EventType, HistoryRequest, LogBounds, Parser, Protocol, PublishError, PublishRequest, Target,
-    TopicPattern, UserId,
+    EventType, HistoryRequest, LogBounds, Parser, Protocol, PublishError, PublishRequest, Stats,
+    Target, TopicPattern, Transports, UserId,
 };
 use support::{Sim, ids, read_log, topics, users};
 
@@ -765,6 +765,20 @@ fn the_snapshot_lists_connections_topics_and_counters() {
     );
     assert_eq!(snap.stats.counters.delivered, 2);
     assert_eq!(snap.stats.counters.connections, 2);
+    // The same two, counted by how they came; a closed one is no longer counted.
+    let by_transport = |sim: &Sim| {
+        let t = sim.engine.stats(sim.now).transports;
+        (t.http1, t.http1_tls, t.http2, t.http2_tls)
+    };
+    assert_eq!(by_transport(&sim), (1, 0, 0, 1));
+    sim.engine.handle_disconnect(b, sim.now);
+    sim.drain();
+    assert_eq!(by_transport(&sim), (1, 0, 0, 0));
+    // A sample from a server that did not report them yet still reads.
+    let mut old = serde_json::to_value(sim.engine.stats(sim.now)).unwrap();
+    old.as_object_mut().unwrap().remove("transports");
+    let old: Stats = serde_json::from_value(old).unwrap();
+    assert_eq!(old.transports, Transports::default());
 }
 
 #[test]

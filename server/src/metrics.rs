@@ -142,5 +142,45 @@ pub fn render(stats: &Stats, log: &LogMetricsSnapshot, corrupt_records: u64) -> 
         "Seconds since the server started.",
         stats.uptime_ms as f64 / 1e3,
     );
+    let _ = writeln!(
+        out,
+        "# HELP herald_connections_by_transport Connections open now, by HTTP version and TLS.\n\
+         # TYPE herald_connections_by_transport gauge"
+    );
+    for (protocol, tls, open) in stats.transports.each() {
+        let _ = writeln!(
+            out,
+            "herald_connections_by_transport{{protocol=\"{protocol}\",tls=\"{tls}\"}} {open}"
+        );
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{Protocol, Transports};
+
+    #[test]
+    fn connections_are_also_counted_by_transport_with_labels() {
+        let mut stats = Stats {
+            transports: Transports {
+                http1: 7,
+                http2_tls: 3,
+                ..Transports::default()
+            },
+            ..Stats::default()
+        };
+        *stats.transports.count_mut(Protocol::Http1, true) += 1;
+        let text = render(&stats, &LogMetricsSnapshot::default(), 0);
+        for line in [
+            "# TYPE herald_connections_by_transport gauge",
+            "herald_connections_by_transport{protocol=\"HTTP/1.1\",tls=\"false\"} 7",
+            "herald_connections_by_transport{protocol=\"HTTP/1.1\",tls=\"true\"} 1",
+            "herald_connections_by_transport{protocol=\"HTTP/2\",tls=\"false\"} 0",
+            "herald_connections_by_transport{protocol=\"HTTP/2\",tls=\"true\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+    }
 }

@@ -1156,6 +1156,7 @@ pub(crate) mod tests {
                 events: 1234,
                 bytes: 5 << 20,
             },
+            ..Stats::default()
         }
     }
 

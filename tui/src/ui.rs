@@ -172,6 +172,26 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(Paragraph::new(log_line), log);
 }
 
+/// The server's open connections by HTTP version, and how many of them are over TLS:
+/// `" HTTP/1.1 4680 · HTTP/2 320 · TLS 300 "`. `None` when the server reports none (an older
+/// server, or nobody connected).
+fn fmt_transports(t: &herald_core::Transports) -> Option<String> {
+    let (http1, http2, tls) = (
+        t.http1 + t.http1_tls,
+        t.http2 + t.http2_tls,
+        t.http1_tls + t.http2_tls,
+    );
+    if http1 + http2 == 0 {
+        return None;
+    }
+    let mut mix = format!(" HTTP/1.1 {http1} · HTTP/2 {http2}");
+    if tls > 0 {
+        mix.push_str(&format!(" · TLS {tls}"));
+    }
+    mix.push(' ');
+    Some(mix)
+}
+
 fn draw_rate(frame: &mut Frame, name: &str, rate: &crate::app::Rate, color: Color, area: Rect) {
     let value = rate.last().map_or_else(|| "—".to_owned(), fmt_count);
     let text = format!("{name} {value:>6} ");
@@ -250,7 +270,14 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     } else if app.link != LinkState::Live && !app.connections.is_empty() {
         title.push(Span::styled("· as last seen ", Style::new().yellow()));
     }
-    let block = Block::bordered().title(Line::from(title));
+    let mut block = Block::bordered().title(Line::from(title));
+    if let Some(mix) = app
+        .stats
+        .as_ref()
+        .and_then(|s| fmt_transports(&s.transports))
+    {
+        block = block.title_top(Line::styled(mix, Style::new().dim()).right_aligned());
+    }
     let inner = block.inner(area);
 
     if app.filter_editing {
@@ -1161,6 +1188,29 @@ mod tests {
             })),
         );
         assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn the_connections_view_shows_how_the_servers_connections_came() {
+        let mut app = busy_app(10);
+        assert!(!render(&mut app, 100, 24).contains("HTTP/2"));
+        let mut sample = stats(3700, 0, 0);
+        sample.transports = herald_core::Transports {
+            http1: 6,
+            http1_tls: 1,
+            http2: 0,
+            http2_tls: 3,
+        };
+        server(
+            &mut app,
+            ServerMsg::Admin(Box::new(AdminEvent::Stats(sample))),
+        );
+        let screen = render(&mut app, 100, 24);
+        let title = screen
+            .lines()
+            .find(|l| l.contains("Connections 10"))
+            .unwrap_or_default();
+        assert!(title.contains("HTTP/1.1 7 · HTTP/2 3 · TLS 4"), "{screen}");
     }
 
     #[test]

@@ -51,6 +51,23 @@ async fn http2_with_prior_knowledge_and_http1_share_a_port_and_both_receive() {
         [("HTTP/1.1", false), ("HTTP/2", false), ("HTTP/2", false)],
         "{rows:?}"
     );
+    // And counted so, in the stats the console reads and in the metrics.
+    let stats = herald.call(http::Method::GET, "/admin/stats").send().await;
+    assert_eq!(
+        stats.json()["stats"]["transports"],
+        json!({"http1": 1, "http1_tls": 0, "http2": 2, "http2_tls": 0}),
+        "{}",
+        stats.text()
+    );
+    let metrics = herald
+        .call(http::Method::GET, "/metrics")
+        .send()
+        .await
+        .text();
+    assert!(
+        metrics.contains("herald_connections_by_transport{protocol=\"HTTP/2\",tls=\"false\"} 2"),
+        "{metrics}"
+    );
 
     // Closing one stream leaves the other on the same connection working.
     drop(tab1);
@@ -180,6 +197,18 @@ async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1()
         transports(rows),
         [("HTTP/1.1", true), ("HTTP/2", true)],
         "{table}"
+    );
+    let out = run_bounded(
+        std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "10"])
+            .arg(herald.url("/admin/stats")),
+        Duration::from_secs(15),
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("JSON stats");
+    assert_eq!(
+        stats["stats"]["transports"],
+        json!({"http1": 0, "http1_tls": 1, "http2": 0, "http2_tls": 1}),
+        "{stats}"
     );
 
     let id = curl_publish(
