@@ -481,8 +481,7 @@ fn read_loop(
     let mut failing = false;
     let mut refreshed = Instant::now();
     let mut dirty = false;
-    // The floor the previous step saw (`None` before the first step).
-    let mut floor_before: Option<Option<EventId>> = None;
+    let mut floors = FloorWatch::default();
     while !stop.is_set() {
         if conn.is_none() {
             match open_reader(log) {
@@ -523,33 +522,12 @@ fn read_loop(
             tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared stream lost events this instance already read (Redis restarted without persistence, or a replica that lacked them took over): its ids now continue after them, and clients resuming from before them are told they missed events");
             dirty = true;
         }
-        // A floor that rose (not past what this instance has read: that is a gap, below) is
-        // the engine's too at once, not at the next once-a-second refresh: a resume from
-        // below it is then told, even when the recent window seems to cover it.
-        let (floor, gap) = match &step {
-            Ok(Step::Idle { floor, .. }) => (*floor, false),
-            Ok(Step::Read { floor, gap, .. }) => (*floor, *gap),
-            Err(_) => (None, false),
-        };
-        if !gap && floor.is_some_and(|f| log.bounds().floor.is_none_or(|known| f > known)) {
-            match log.refresh_bounds() {
-                Ok(bounds) => deliver(Tail::Bounds(bounds)),
-                Err(error) => tracing::debug!(%error, "cannot read the shared log's bounds"),
-            }
-        }
-        if step.is_ok() {
-            // The floor just rose to exactly where this instance stands: Redis lost events
-            // and the stream was healed here (by this instance's read or publish, or by one
-            // that stood at the same id). Hold what follows for others to raise it further.
-            let healed_here = last.is_some()
-                && floor == last
-                && floor_before.is_some_and(|before| before < floor);
-            floor_before = Some(floor);
-            if healed_here {
-                tracing::info!(grace = ?HEAL_GRACE, "holding new events of the shared stream so that instances that read further can mark what was lost");
-                stop.sleep(HEAL_GRACE);
-                continue;
-            }
+        if let Ok(step) = &step
+            && floors.watch(step, last, log, &mut deliver)
+        {
+            tracing::info!(grace = ?HEAL_GRACE, "holding new events of the shared stream so that instances that read further can mark what was lost");
+            stop.sleep(HEAL_GRACE);
+            continue;
         }
         match step {
             Ok(Step::Idle { .. }) => {}
@@ -593,6 +571,45 @@ fn read_loop(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// What the reader makes of the stream's floor at each step, besides gaps.
+#[derive(Default)]
+struct FloorWatch {
+    /// The floor the previous step saw (`None` before the first step).
+    before: Option<Option<EventId>>,
+}
+
+impl FloorWatch {
+    /// Use after each successful step, before handling its entries; `last` is the last id
+    /// this instance has read. A floor that rose without passing `last` (passing it is a
+    /// gap) becomes the engine's at once, not at the next once-a-second refresh: a resume
+    /// from below it is then told, even when the recent window seems to cover it. Returns
+    /// true when the floor just rose to exactly `last`: Redis lost events and the stream
+    /// was healed here (by this instance's read or publish, or by one that stood at the
+    /// same id), so what follows is held for [`HEAL_GRACE`].
+    fn watch(
+        &mut self,
+        step: &Step,
+        last: Option<EventId>,
+        log: &RedisLog,
+        deliver: &mut impl FnMut(Tail),
+    ) -> bool {
+        let (floor, gap) = match step {
+            Step::Idle { floor, .. } => (*floor, false),
+            Step::Read { floor, gap, .. } => (*floor, *gap),
+        };
+        if !gap && floor.is_some_and(|f| log.bounds().floor.is_none_or(|known| f > known)) {
+            match log.refresh_bounds() {
+                Ok(bounds) => deliver(Tail::Bounds(bounds)),
+                Err(error) => tracing::debug!(%error, "cannot read the shared log's bounds"),
+            }
+        }
+        let healed_here =
+            last.is_some() && floor == last && self.before.is_some_and(|before| before < floor);
+        self.before = Some(floor);
+        healed_here
     }
 }
 
