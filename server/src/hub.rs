@@ -323,7 +323,9 @@ struct Driver {
     shutdown_reply: Option<oneshot::Sender<()>>,
 }
 
-/// Unix milliseconds now; ids are minted from it.
+/// Unix milliseconds now: ids are minted from it, retention's age and a cluster publish's
+/// lowest id are measured against it. 0 if the clock reads before 1970 (which disables
+/// trimming by age rather than trimming everything).
 pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -1,7 +1,7 @@
 //! How much history the log keeps, and the background thread that trims the rest.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use herald_core::EventId;
 
@@ -46,14 +46,6 @@ pub struct TrimReport {
     pub more: bool,
 }
 
-/// The wall clock in unix milliseconds (0 if the clock reads before 1970, which disables
-/// trimming by age rather than trimming everything).
-pub(super) fn now_wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Runs retention in the background: every `interval`, trim steps of [`TRIM_STEP`] until the
 /// log is within its limits. Start one per log; stop it before dropping the log.
 pub struct Trimmer {
@@ -75,7 +67,7 @@ impl Trimmer {
             let mut pause = interval;
             while !stop.sleep(pause) {
                 pause = interval;
-                match log.trim(now_wall_ms(), TRIM_STEP) {
+                match log.trim(crate::hub::wall_ms(), TRIM_STEP) {
                     Ok(report) => {
                         if report.removed > 0 {
                             on_trim(report);
