@@ -386,13 +386,6 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let sources = sys::source_addresses(sub_addr.ip(), args.subscribers, sys::ephemeral_ports());
 
-    let server_before = match args.server_pid {
-        Some(pid) => Some(
-            sys::sample_process(pid)
-                .with_context(|| format!("cannot read /proc/{pid} (--server-pid)"))?,
-        ),
-        None => None,
-    };
     let progress = Progress {
         enabled: std::io::stderr().is_terminal(),
     };
@@ -401,7 +394,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
 
     // Connect.
-    let before_connect = Sample::take(None)?;
+    let before_connect = Sample::take(args.server_pid)?;
     let connect_start_us = shared.now_us();
     let mut subscribers = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
@@ -428,7 +421,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         }
     }
     progress.clear();
-    let after_connect = Sample::take(None)?;
+    let after_connect = Sample::take(args.server_pid)?;
     let connected = shared.connected.load(Ordering::Relaxed);
     let connect_failed = shared.failed.load(Ordering::Relaxed);
     let connect_error = shared
@@ -520,10 +513,15 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     report.client_cpu_s = seconds(idle.client_ticks, end.client_ticks);
     report.machine_busy_cores =
         seconds(idle.machine_ticks, end.machine_ticks).map(|s| s / report.phase_s);
-    if let (Some(pid), Some(before), Some(idle), Some(end)) =
-        (args.server_pid, server_before, idle.server, end.server)
-    {
+    if let (Some(pid), Some(before), Some(connected_at), Some(idle), Some(end)) = (
+        args.server_pid,
+        before_connect.server,
+        after_connect.server,
+        idle.server,
+        end.server,
+    ) {
         let cpu_s = end.cpu_ticks.saturating_sub(idle.cpu_ticks) as f64 / ticks;
+        let connect_cpu_s = connected_at.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks;
         report.server = Some(ServerUsage {
             pid,
             rss_before_kib: before.rss_kib,
@@ -531,6 +529,8 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
             rss_per_connection_bytes: Some(
                 (idle.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / connected as f64,
             ),
+            connect_cpu_s: Some(connect_cpu_s),
+            cpu_per_connection_us: Some(connect_cpu_s * 1e6 / connected as f64),
             cpu_s,
             cpu_per_delivery_us: (report.deliveries > 0)
                 .then(|| cpu_s * 1e6 / report.deliveries as f64),

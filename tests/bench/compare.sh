@@ -253,6 +253,7 @@ def get(r, path):
 FIGURES = [
     ("connect all (s)", "connect_s", "{:.3f}", "median"),
     ("load generator CPU while connecting (s)", "connect_client_cpu_s", "{:.3f}", "median"),
+    ("server CPU per connection (µs)", "server.cpu_per_connection_us", "{:.1f}", "median"),
     ("deliveries/s", "deliveries_per_s", "{:,.0f}", "median"),
     ("latency p50 (ms)", "latency_ms.p50", "{:.2f}", "median"),
     ("latency p90 (ms)", "latency_ms.p90", "{:.2f}", "median"),

@@ -62,6 +62,12 @@ pub struct ServerUsage {
     pub rss_after_kib: u64,
     /// (after - before) / connected subscribers, bytes.
     pub rss_per_connection_bytes: Option<f64>,
+    /// User + system CPU seconds while the subscribers connected (from the first attempt
+    /// until every attempt had its answer).
+    pub connect_cpu_s: Option<f64>,
+    /// `connect_cpu_s` per connected subscriber, microseconds: what accepting a subscriber
+    /// costs the server (TCP accept, request, registration, response head).
+    pub cpu_per_connection_us: Option<f64>,
     /// User + system CPU seconds over the publish phase.
     pub cpu_s: f64,
     /// `cpu_s` per delivery, microseconds.
@@ -278,12 +284,14 @@ impl Report {
         if let Some(u) = &self.server {
             let _ = writeln!(
                 s,
-                "server        pid {}: RSS {} KiB -> {} KiB, {} per idle connection; CPU {:.3} s, {} per delivery",
+                "server        pid {}: RSS {} KiB -> {} KiB, {} per idle connection; CPU {} per connection; CPU {:.3} s, {} per delivery",
                 u.pid,
                 u.rss_before_kib,
                 u.rss_after_kib,
                 u.rss_per_connection_bytes
                     .map_or_else(|| "-".to_owned(), |b| format!("{:.1} KB", b / 1000.0)),
+                u.cpu_per_connection_us
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.1} µs")),
                 u.cpu_s,
                 u.cpu_per_delivery_us
                     .map_or_else(|| "-".to_owned(), |c| format!("{c:.3} µs"))
@@ -388,6 +396,8 @@ mod tests {
                 rss_before_kib: 1000,
                 rss_after_kib: 1016,
                 rss_per_connection_bytes: Some(8192.0),
+                connect_cpu_s: Some(0.002),
+                cpu_per_connection_us: Some(2000.0),
                 cpu_s: 0.01,
                 cpu_per_delivery_us: Some(2.0),
                 busy_cores: Some(0.02),
