@@ -67,6 +67,32 @@ impl NodeInfo {
     }
 }
 
+/// The median and 99th percentile of a latency over a recent window, as the driver measured
+/// it (estimated from histogram buckets, so a figure is within its bucket's width).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quantiles {
+    /// Observations in the window.
+    pub count: u64,
+    /// The median, microseconds.
+    pub p50_us: u64,
+    /// The 99th percentile, microseconds.
+    pub p99_us: u64,
+}
+
+/// The server's own view of how fast it works, over the last `window_ms`: each figure is
+/// `None` when nothing was observed in that window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    /// How long the figures look back, milliseconds.
+    pub window_ms: u64,
+    /// A publish, from its request having been read until the event was durable and its id
+    /// answered.
+    pub publish: Option<Quantiles>,
+    /// A subscriber's queued events, from entering its empty queue until written to its
+    /// connection.
+    pub delivery: Option<Quantiles>,
+}
+
 /// Connections open now, by how they came: HTTP version, and TLS or not. An HTTP/1.1
 /// browser holds one of its six connections per origin for each stream; over HTTP/2 its
 /// streams share one.
@@ -124,6 +150,10 @@ pub struct Stats {
     /// Connections open now, by HTTP version and TLS (absent from older servers' samples).
     #[serde(default)]
     pub transports: Transports,
+    /// Publish and delivery latency as the server measured them (absent from older servers'
+    /// samples).
+    #[serde(default)]
+    pub latency: Latency,
 }
 
 /// One connection, as shown in the admin table.

@@ -284,6 +284,8 @@ pub struct Engine {
     idempotency_order: VecDeque<Arc<str>>,
     counters: Counters,
     transports: crate::admin::Transports,
+    /// The driver's latest latency figures, passed through to the stats.
+    latency: crate::admin::Latency,
     outputs: VecDeque<Output>,
     keepalive: Comment,
 }
@@ -322,6 +324,7 @@ impl Engine {
             idempotency_order: VecDeque::new(),
             counters: Counters::default(),
             transports: crate::admin::Transports::default(),
+            latency: crate::admin::Latency::default(),
             outputs: VecDeque::new(),
             keepalive,
         }
@@ -733,6 +736,11 @@ impl Engine {
         self.log = bounds;
     }
 
+    /// The driver measured its publish and delivery latency: shown in the stats from now on.
+    pub fn handle_latency(&mut self, latency: crate::admin::Latency) {
+        self.latency = latency;
+    }
+
     /// Runs the coarse timer: keep-alives, expired credentials, the admin stats sample.
     /// Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -787,6 +795,7 @@ impl Engine {
             topics: (self.topics.len() + self.prefixes.len()) as u64,
             log: self.log,
             transports: self.transports,
+            latency: self.latency,
         }
     }
 

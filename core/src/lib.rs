@@ -45,7 +45,8 @@ pub mod parser;
 pub mod topic;
 
 pub use admin::{
-    AdminEvent, ConnectionInfo, Counters, NodeInfo, Snapshot, Stats, TopicInfo, Transports,
+    AdminEvent, ConnectionInfo, Counters, Latency, NodeInfo, Quantiles, Snapshot, Stats, TopicInfo,
+    Transports,
 };
 pub use conn::{CloseReason, ConnId, ConnectRequest, Protocol};
 pub use engine::{

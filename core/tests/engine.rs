@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use herald_core::{
     CloseReason, ConnectError, ConnectRequest, ConnectionInfo, EngineConfig, Event, EventId,
-    EventType, HistoryRequest, LogBounds, Parser, Protocol, PublishError, PublishRequest, Stats,
-    Target, TopicPattern, Transports, UserId,
+    EventType, HistoryRequest, Latency, LogBounds, Parser, Protocol, PublishError, PublishRequest,
+    Quantiles, Stats, Target, TopicPattern, Transports, UserId,
 };
 use support::{Sim, ids, read_log, topics, users};
 
@@ -719,6 +719,41 @@ fn admin_streams_see_connections_publishes_and_stats_but_no_user_events() {
     assert_eq!(gone["reason"], "kicked");
     // Ordinary subscribers cannot name the admin topic at all.
     assert!(TopicPattern::parse("$herald/admin").is_err());
+}
+
+#[test]
+fn the_stats_samples_carry_the_latency_the_driver_measured() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let mut req = ConnectRequest::new(vec![]);
+    req.admin = true;
+    let admin = sim.engine.handle_connect(req, sim.now).unwrap();
+    sim.drain();
+    assert_eq!(sim.engine.stats(sim.now).latency, Latency::default());
+    let latency = Latency {
+        window_ms: 10_000,
+        publish: Some(Quantiles {
+            count: 12,
+            p50_us: 1_700,
+            p99_us: 4_000,
+        }),
+        delivery: None,
+    };
+    sim.engine.handle_latency(latency);
+    assert_eq!(sim.engine.stats(sim.now).latency, latency);
+    sim.advance(Duration::from_secs(1));
+    let sample = sim
+        .received(admin)
+        .into_iter()
+        .find(|e| e.event_type == "stats")
+        .expect("a stats sample");
+    let sample: serde_json::Value = serde_json::from_str(&sample.data).unwrap();
+    assert_eq!(sample["latency"]["publish"]["p99_us"], 4_000, "{sample}");
+    assert_eq!(sample["latency"]["delivery"], serde_json::Value::Null);
+    // A sample from a server that did not measure it still reads.
+    let mut old = sample;
+    old.as_object_mut().unwrap().remove("latency");
+    let old: Stats = serde_json::from_value(old).unwrap();
+    assert_eq!(old.latency, Latency::default());
 }
 
 #[test]

@@ -547,6 +547,8 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
                 ApiError::bad_request(format!("could not read the body: {e}"))
             }
         })?;
+    // Publish latency is the server's part: from here, the request read, to the answer.
+    let read_at = std::time::Instant::now();
     let bytes = body.to_bytes();
     // serde would read an array positionally into the fields and answer in terms of them.
     if let Some(&first) = bytes.iter().find(|b| !b.is_ascii_whitespace())
@@ -595,10 +597,10 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
         idempotency_key: body.idempotency_key,
     };
     match state.hub.publish(request).await {
-        Ok(id) => Ok(json_response(
-            StatusCode::OK,
-            &json!({ "id": id.to_string() }),
-        )),
+        Ok(id) => Ok({
+            crate::latency::PUBLISH.observe(read_at.elapsed());
+            json_response(StatusCode::OK, &json!({ "id": id.to_string() }))
+        }),
         Err(PublishFailure::Rejected(e)) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ PublishFailure::Log(_)) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -618,6 +620,7 @@ async fn metrics_response(state: &AppState) -> Result<Response<Body>, ApiError> 
         &stats,
         &state.log_metrics.snapshot(),
         state.log.corrupt_records(),
+        &crate::latency::LatencyCounts::now(),
     );
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(text))));
     r.headers_mut().insert(

@@ -232,6 +232,7 @@ impl Hub {
             sender: sender.clone(),
             shutting_down: false,
             shutdown_reply: None,
+            latency: crate::latency::Window::new(std::time::Instant::now()),
         };
         let task = tokio::spawn(driver.run(rx));
         (
@@ -321,6 +322,8 @@ struct Driver {
     sender: HubSender,
     shutting_down: bool,
     shutdown_reply: Option<oneshot::Sender<()>>,
+    /// The recent publish and delivery latency, for the stats samples.
+    latency: crate::latency::Window,
 }
 
 /// Unix milliseconds now: ids are minted from it, retention's age and a cluster publish's
@@ -419,7 +422,12 @@ impl Driver {
                     // Cheap (counters and one B-tree descent, or a cached copy): keeps stats
                     // and reset decisions current between retention steps.
                     self.engine.handle_log_bounds(self.log.bounds());
-                    self.engine.handle_timeout(std::time::Instant::now());
+                    let now = std::time::Instant::now();
+                    let counts = crate::latency::LatencyCounts::now();
+                    if let Some(latency) = self.latency.update(now, counts) {
+                        self.engine.handle_latency(latency);
+                    }
+                    self.engine.handle_timeout(now);
                     self.drain();
                     self.connect_deferred(false);
                 }
@@ -570,7 +578,7 @@ impl Driver {
             {
                 let kind = herald_core::EventType::new("snapshot").ok();
                 if let Some(kind) = kind {
-                    q.push(frame::encode_ephemeral(&kind, &json));
+                    q.push(frame::encode_ephemeral(&kind, &json), now);
                 }
             }
         }
@@ -610,16 +618,16 @@ impl Driver {
     }
 
     fn drain(&mut self) {
+        let now = std::time::Instant::now();
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { conn, frame } => {
                     let Some(queue) = self.queues.get(&conn) else {
                         continue;
                     };
-                    if queue.push(frame) == Push::Overflow {
+                    if queue.push(frame, now) == Push::Overflow {
                         tracing::debug!(%conn, "slow consumer");
-                        self.engine
-                            .handle_queue_overflow(conn, std::time::Instant::now());
+                        self.engine.handle_queue_overflow(conn, now);
                     }
                 }
                 Output::Close { conn, reason } => {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod hub;
+pub mod latency;
 pub mod log;
 pub mod metrics;
 pub mod nodes;

@@ -4,10 +4,16 @@ use std::fmt::Write;
 
 use herald_core::Stats;
 
+use crate::latency::{BOUNDS_US, Counts, EXPORTED_US, LatencyCounts};
 use crate::log::LogMetricsSnapshot;
 
 /// Renders the metrics page.
-pub fn render(stats: &Stats, log: &LogMetricsSnapshot, corrupt_records: u64) -> String {
+pub fn render(
+    stats: &Stats,
+    log: &LogMetricsSnapshot,
+    corrupt_records: u64,
+    latency: &LatencyCounts,
+) -> String {
     let c = &stats.counters;
     let mut out = String::with_capacity(2048);
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
@@ -153,7 +159,43 @@ pub fn render(stats: &Stats, log: &LogMetricsSnapshot, corrupt_records: u64) -> 
             "herald_connections_by_transport{{protocol=\"{protocol}\",tls=\"{tls}\"}} {open}"
         );
     }
+    histogram(
+        &mut out,
+        "publish_seconds",
+        "Publishes, from the request read until the event was durable and its id answered.",
+        &latency.publish,
+    );
+    histogram(
+        &mut out,
+        "delivery_seconds",
+        "Subscribers' queued events, from entering an empty queue (at fan-out, once durable, \
+         or a replay page) until written to the connection.",
+        &latency.delivery,
+    );
     out
+}
+
+/// One histogram in Prometheus's text form: cumulative buckets, sum and count.
+fn histogram(out: &mut String, name: &str, help: &str, counts: &Counts) {
+    let _ = writeln!(
+        out,
+        "# HELP herald_{name} {help}\n# TYPE herald_{name} histogram"
+    );
+    let mut cumulative = 0;
+    for (bound, n) in BOUNDS_US.iter().zip(&counts.buckets) {
+        cumulative += n;
+        if EXPORTED_US.contains(bound) {
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "herald_{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "herald_{name}_bucket{{le=\"+Inf\"}} {}\nherald_{name}_sum {}\nherald_{name}_count {}",
+        counts.count(),
+        counts.sum_us as f64 / 1e6,
+        counts.count()
+    );
 }
 
 #[cfg(test)]
@@ -172,7 +214,12 @@ mod tests {
             ..Stats::default()
         };
         *stats.transports.count_mut(Protocol::Http1, true) += 1;
-        let text = render(&stats, &LogMetricsSnapshot::default(), 0);
+        let text = render(
+            &stats,
+            &LogMetricsSnapshot::default(),
+            0,
+            &LatencyCounts::default(),
+        );
         for line in [
             "# TYPE herald_connections_by_transport gauge",
             "herald_connections_by_transport{protocol=\"HTTP/1.1\",tls=\"false\"} 7",
@@ -182,5 +229,46 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn latency_histograms_have_cumulative_buckets_a_sum_and_a_count() {
+        let h = crate::latency::Histogram::new();
+        for us in [80, 90, 2_000, 40_000_000] {
+            h.observe(std::time::Duration::from_micros(us));
+        }
+        let latency = LatencyCounts {
+            delivery: h.counts(),
+            ..LatencyCounts::default()
+        };
+        let text = render(
+            &Stats::default(),
+            &LogMetricsSnapshot::default(),
+            0,
+            &latency,
+        );
+        for line in [
+            "# TYPE herald_delivery_seconds histogram",
+            "herald_delivery_seconds_bucket{le=\"0.0001\"} 2",
+            "herald_delivery_seconds_bucket{le=\"0.001\"} 2",
+            "herald_delivery_seconds_bucket{le=\"0.0025\"} 3",
+            "herald_delivery_seconds_bucket{le=\"10\"} 3",
+            "herald_delivery_seconds_bucket{le=\"+Inf\"} 4",
+            "herald_delivery_seconds_bucket{le=\"0.00025\"} 2",
+            "herald_delivery_seconds_sum 40.00217",
+            "herald_delivery_seconds_count 4",
+            "# TYPE herald_publish_seconds histogram",
+            "herald_publish_seconds_bucket{le=\"+Inf\"} 0",
+            "herald_publish_seconds_count 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        // Only the exported bounds, in order: 16 and +Inf.
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("herald_delivery_seconds_bucket"))
+            .count();
+        assert_eq!(buckets, 17, "{text}");
+        assert!(!text.contains("le=\"0.00015\""), "{text}");
     }
 }

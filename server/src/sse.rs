@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use herald_core::ConnId;
@@ -39,6 +40,9 @@ struct Inner {
     direct: Option<Direct>,
     handed: bool,
     scheduled: bool,
+    /// When the oldest frame queued now was pushed (into an empty queue): how long the
+    /// subscriber's events wait here is measured from it ([`crate::latency::DELIVERY`]).
+    since: Option<Instant>,
 }
 
 /// The socket a writer thread may write to, and that writer.
@@ -73,8 +77,8 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `frame` unless that would pass the limit.
-    pub fn push(self: &Arc<Self>, frame: Bytes) -> Push {
+    /// Queues `frame`, made at `now`, unless that would pass the limit.
+    pub fn push(self: &Arc<Self>, frame: Bytes, now: Instant) -> Push {
         let (waker, writer) = {
             let mut inner = self.lock();
             if inner.closed {
@@ -89,6 +93,7 @@ impl Queue {
             }
             inner.bytes += frame.len();
             inner.frames.push_back(frame);
+            inner.since.get_or_insert(now);
             inner.wake_consumer()
         };
         if let Some(w) = waker {
@@ -107,6 +112,7 @@ impl Queue {
             if let Some(frame) = last {
                 inner.bytes += frame.len();
                 inner.frames.push_back(frame);
+                inner.since.get_or_insert_with(Instant::now);
             }
             inner.closed = true;
             // The task writes what is left and ends the stream.
@@ -124,6 +130,7 @@ impl Queue {
             let mut inner = self.lock();
             inner.frames.clear();
             inner.bytes = 0;
+            inner.since = None;
             inner.closed = true;
             inner.handed = true;
             inner.waker.take()
@@ -188,6 +195,7 @@ impl Queue {
                     inner.frames.pop_front();
                 }
                 if inner.frames.is_empty() {
+                    inner.written();
                     return;
                 }
                 if n > 0 || sent == 0 {
@@ -220,6 +228,7 @@ impl Queue {
             }
             1 => {
                 inner.bytes = 0;
+                inner.written();
                 Poll::Ready(inner.frames.pop_front())
             }
             _ => {
@@ -228,6 +237,7 @@ impl Queue {
                     chunk.extend_from_slice(&frame);
                 }
                 inner.bytes = 0;
+                inner.written();
                 Poll::Ready(Some(chunk.freeze()))
             }
         }
@@ -235,6 +245,13 @@ impl Queue {
 }
 
 impl Inner {
+    /// Everything queued went to the connection (written, or taken by its writer).
+    fn written(&mut self) {
+        if let Some(since) = self.since.take() {
+            crate::latency::DELIVERY.observe(since.elapsed());
+        }
+    }
+
     /// After a push: who must write it, the connection's task (its waker) or a writer thread
     /// (the queue was idle and is now scheduled on it).
     fn wake_consumer(&mut self) -> (Option<Waker>, Option<Arc<Shard>>) {
@@ -351,14 +368,26 @@ mod tests {
     #[test]
     fn a_full_queue_refuses_frames_and_a_closed_one_ends() {
         let q = Arc::new(Queue::new(10));
-        assert_eq!(q.push(Bytes::from_static(b"12345678")), Push::Queued);
-        assert_eq!(q.push(Bytes::from_static(b"12345")), Push::Overflow);
+        assert_eq!(
+            q.push(Bytes::from_static(b"12345678"), Instant::now()),
+            Push::Queued
+        );
+        assert_eq!(
+            q.push(Bytes::from_static(b"12345"), Instant::now()),
+            Push::Overflow
+        );
         // A frame that would fit is refused too: after the refused one it would be a gap.
-        assert_eq!(q.push(Bytes::from_static(b"x")), Push::Closed);
+        assert_eq!(
+            q.push(Bytes::from_static(b"x"), Instant::now()),
+            Push::Closed
+        );
         assert_eq!(q.queued_bytes(), 8);
         assert!(q.is_closed());
         q.close(Some(Bytes::from_static(b"bye")));
-        assert_eq!(q.push(Bytes::from_static(b"x")), Push::Closed);
+        assert_eq!(
+            q.push(Bytes::from_static(b"x"), Instant::now()),
+            Push::Closed
+        );
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
         // Everything queued comes out as one chunk, then the end.
@@ -372,7 +401,10 @@ mod tests {
     #[test]
     fn one_oversized_frame_still_gets_through_an_empty_queue() {
         let q = Arc::new(Queue::new(4));
-        assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Queued);
+        assert_eq!(
+            q.push(Bytes::from_static(b"123456"), Instant::now()),
+            Push::Queued
+        );
     }
 
     mod direct {
@@ -405,9 +437,9 @@ mod tests {
             let (a, mut b) = pair();
             let q = Arc::new(Queue::new(1 << 20));
             // Queued before the stream started: sent once attached.
-            q.push(Bytes::from_static(b"data: 1\n\n"));
+            q.push(Bytes::from_static(b"data: 1\n\n"), Instant::now());
             let _guard = q.attach(a.as_raw_fd(), writers.assign());
-            q.push(Bytes::from_static(b"data: 2\n\n"));
+            q.push(Bytes::from_static(b"data: 2\n\n"), Instant::now());
             assert_eq!(read_exactly(&mut b, 18), b"data: 1\n\ndata: 2\n\n");
             // Nothing for the task to write.
             assert_eq!(poll(&q), Poll::Pending);
@@ -421,8 +453,8 @@ mod tests {
             let q = Arc::new(Queue::new(64 << 20));
             let _guard = q.attach(a.as_raw_fd(), writers.assign());
             let big = Bytes::from(vec![b'x'; 8 << 20]);
-            q.push(big.clone());
-            q.push(Bytes::from_static(b"end"));
+            q.push(big.clone(), Instant::now());
+            q.push(Bytes::from_static(b"end"), Instant::now());
             // The writer fills the socket and hands over the rest.
             let rest = loop {
                 match poll(&q) {
@@ -442,7 +474,7 @@ mod tests {
             assert!(got[..8 << 20].iter().all(|&c| c == b'x') && got.ends_with(b"end"));
             // Emptied by the task: direct writes resume.
             assert_eq!(poll(&q), Poll::Pending);
-            q.push(Bytes::from_static(b"again"));
+            q.push(Bytes::from_static(b"again"), Instant::now());
             assert_eq!(read_exactly(&mut b, 5), b"again");
         }
 
@@ -462,7 +494,7 @@ mod tests {
             let q = Arc::new(Queue::new(1 << 20));
             drop(q.attach(a.as_raw_fd(), writers.assign()));
             drop(guard);
-            q.push(Bytes::from_static(b"data: late\n\n"));
+            q.push(Bytes::from_static(b"data: late\n\n"), Instant::now());
             assert_eq!(
                 poll(&q),
                 Poll::Ready(Some(Bytes::from_static(b"data: late\n\n")))

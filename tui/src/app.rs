@@ -1156,6 +1156,19 @@ pub(crate) mod tests {
                 events: 1234,
                 bytes: 5 << 20,
             },
+            latency: herald_core::Latency {
+                window_ms: 10_000,
+                publish: Some(herald_core::Quantiles {
+                    count: 300,
+                    p50_us: 1_650,
+                    p99_us: 4_100,
+                }),
+                delivery: Some(herald_core::Quantiles {
+                    count: 4_800,
+                    p50_us: 210,
+                    p99_us: 12_400,
+                }),
+            },
             ..Stats::default()
         }
     }

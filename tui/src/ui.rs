@@ -21,7 +21,7 @@ use crate::app::{
 };
 use crate::event::{LinkState, View};
 
-const HEADER_HEIGHT: u16 = 5;
+const HEADER_HEIGHT: u16 = 6;
 const TABS_HEIGHT: u16 = 1;
 const STATUS_HEIGHT: u16 = 1;
 /// Body borders (2) and the table's column header (1).
@@ -98,7 +98,7 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
         .title(Line::styled(link_text, link_style).alignment(Alignment::Right));
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let [first, rates, log] = Layout::vertical([Constraint::Length(1); 3]).areas(inner);
+    let [first, rates, log, latency] = Layout::vertical([Constraint::Length(1); 4]).areas(inner);
 
     let stats = app.stats.as_ref();
     let first_line = match (&app.link, stats) {
@@ -170,6 +170,49 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
         ]),
     };
     frame.render_widget(Paragraph::new(log_line), log);
+    frame.render_widget(Paragraph::new(latency_line(stats)), latency);
+}
+
+/// `publish p50 1.6 ms p99 2.4 ms   delivery p50 210 µs p99 38 ms   (last 10s)`: the
+/// server's own measure, over its recent window; `—` for a figure with nothing in the window.
+fn latency_line(stats: Option<&herald_core::Stats>) -> Line<'static> {
+    let Some(l) = stats.map(|s| s.latency) else {
+        return Line::styled("latency —", Style::new().dim());
+    };
+    if l.window_ms == 0 && l.publish.is_none() && l.delivery.is_none() {
+        // An older server, or one that has not measured a window yet.
+        return Line::styled("latency —", Style::new().dim());
+    }
+    let mut spans = Vec::new();
+    for (name, figure) in [("publish ", l.publish), ("   delivery ", l.delivery)] {
+        spans.push(label(name));
+        match figure {
+            None => spans.push(Span::raw("—")),
+            Some(q) => {
+                let slow = if q.p99_us >= 1_000_000 {
+                    Style::new().yellow().bold()
+                } else {
+                    Style::new().bold()
+                };
+                spans.push(label("p50 "));
+                spans.push(Span::styled(fmt_micros(q.p50_us), Style::new().bold()));
+                spans.push(label(" p99 "));
+                spans.push(Span::styled(fmt_micros(q.p99_us), slow));
+            }
+        }
+    }
+    spans.push(label(&format!("   (last {})", fmt_duration(l.window_ms))));
+    Line::from(spans)
+}
+
+/// `180 µs`, `1.6 ms`, `38 ms`, `2.5 s`.
+pub fn fmt_micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..10_000 => format!("{:.1} ms", us as f64 / 1e3),
+        10_000..1_000_000 => format!("{} ms", (us + 500) / 1_000),
+        _ => format!("{:.1} s", us as f64 / 1e6),
+    }
 }
 
 /// The server's open connections by HTTP version, and how many of them are over TLS:
@@ -1211,6 +1254,60 @@ mod tests {
             .find(|l| l.contains("Connections 10"))
             .unwrap_or_default();
         assert!(title.contains("HTTP/1.1 7 · HTTP/2 3 · TLS 4"), "{screen}");
+    }
+
+    #[test]
+    fn the_header_shows_the_servers_own_latency_over_its_window() {
+        let mut app = busy_app(10);
+        let mut sample = stats(3700, 0, 0);
+        // A server older than these figures.
+        sample.latency = herald_core::Latency::default();
+        server(
+            &mut app,
+            ServerMsg::Admin(Box::new(AdminEvent::Stats(sample.clone()))),
+        );
+        let screen = render(&mut app, 100, 24);
+        assert!(screen.contains("latency —"), "{screen}");
+        sample.latency = herald_core::Latency {
+            window_ms: 10_000,
+            publish: Some(herald_core::Quantiles {
+                count: 40,
+                p50_us: 1_620,
+                p99_us: 2_400,
+            }),
+            delivery: None,
+        };
+        server(
+            &mut app,
+            ServerMsg::Admin(Box::new(AdminEvent::Stats(sample.clone()))),
+        );
+        let screen = render(&mut app, 100, 24);
+        assert!(
+            screen.contains("publish p50 1.6 ms p99 2.4 ms   delivery —   (last 10s)"),
+            "{screen}"
+        );
+        sample.latency.delivery = Some(herald_core::Quantiles {
+            count: 4000,
+            p50_us: 180,
+            p99_us: 38_400,
+        });
+        server(
+            &mut app,
+            ServerMsg::Admin(Box::new(AdminEvent::Stats(sample))),
+        );
+        let screen = render(&mut app, 100, 24);
+        assert!(screen.contains("delivery p50 180 µs p99 38 ms"), "{screen}");
+    }
+
+    #[test]
+    fn latencies_read_in_the_unit_that_suits_them() {
+        assert_eq!(fmt_micros(0), "0 µs");
+        assert_eq!(fmt_micros(999), "999 µs");
+        assert_eq!(fmt_micros(1_000), "1.0 ms");
+        assert_eq!(fmt_micros(9_949), "9.9 ms");
+        assert_eq!(fmt_micros(38_400), "38 ms");
+        assert_eq!(fmt_micros(999_499), "999 ms");
+        assert_eq!(fmt_micros(2_500_000), "2.5 s");
     }
 
     #[test]

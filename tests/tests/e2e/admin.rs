@@ -1,9 +1,12 @@
 //! The operator's view: the connections list, disconnecting one, the admin event stream,
 //! health and metrics.
 
+use std::time::Duration;
+
 use herald_tests::{End, Herald, WAIT, eventually, mint_token};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "admin-secret";
 
@@ -246,5 +249,87 @@ async fn health_and_prometheus_metrics_are_served() {
     assert!(
         index.text().contains("EventSource"),
         "the page subscribes with EventSource"
+    );
+}
+
+#[tokio::test]
+async fn the_server_measures_how_long_publishes_and_deliveries_take() {
+    // A queue large enough that the reader below is kept waiting, not cut off.
+    let herald = Herald::start(&["--dev", "--queue-bytes", "67108864"]);
+    // A subscriber that reads nothing for a while: the sockets' buffers take a few MB (up to
+    // 4 MiB of send buffer here) of the 12 MB published below, the rest waits in its queue.
+    let mut tcp = tokio::net::TcpStream::connect(herald.addr())
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /events?topic=slow HTTP/1.1\r\nHost: herald\r\n\r\n")
+        .await
+        .expect("request");
+    assert!(
+        eventually(WAIT, || async { herald.connections().await.len() == 1 }).await,
+        "the subscriber is connected"
+    );
+    let big = "x".repeat(400_000);
+    let mut last = String::new();
+    for _ in 0..30 {
+        last = herald
+            .publish_ok(json!({"topics": ["slow"], "data": big}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let end = format!("id: {last}\n");
+    // Only the last bytes read are searched for the last event's id: 12 MB come through.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = tokio::time::timeout(WAIT, async {
+        while !tail.windows(end.len()).any(|w| w == end.as_bytes()) {
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the stream ended early");
+            tail.drain(..tail.len().saturating_sub(end.len()));
+            tail.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "every event arrives once the subscriber reads"
+    );
+
+    let text = herald.call(Method::GET, "/metrics").send().await.text();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert_eq!(value("herald_publish_seconds_count"), 30, "{text}");
+    let deliveries = value("herald_delivery_seconds_count");
+    assert!(deliveries >= 2, "{text}");
+    // The events queued while the subscriber did not read waited well over a second.
+    assert!(
+        deliveries > value("herald_delivery_seconds_bucket{le=\"1\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE herald_delivery_seconds histogram"),
+        "{text}"
+    );
+
+    // The stats samples (and so the console) show the same over their window.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (mut latency, mut seen) = (Value::Null, false);
+    while !seen && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stats = herald.call(Method::GET, "/admin/stats").send().await.json();
+        latency = stats["stats"]["latency"].clone();
+        seen = latency["delivery"]["p99_us"]
+            .as_u64()
+            .is_some_and(|p99| p99 >= 1_000_000);
+    }
+    assert!(seen, "{latency}\n{text}");
+    assert_eq!(latency["publish"]["count"], 30, "{latency}");
+    assert!(
+        latency["window_ms"].as_u64().is_some_and(|w| w > 0),
+        "{latency}"
     );
 }
