@@ -130,7 +130,31 @@ const MAX_IOV: usize = 64;
 /// Writes `frames` (in order) to `fd` with one non-blocking `sendmsg`: how many bytes went
 /// out (possibly fewer than offered), or `None` when none could, because the socket's buffer
 /// is full or the connection is broken (its task finds out which on its own write).
+///
+/// A lone frame (every delivery of a paced fan-out) goes with `send` instead, which skips
+/// copying in a message header and an iovec: 2 to 3% less server CPU per delivery at 10,000
+/// subscribers and 10 events/s (BENCHMARKS.md).
 pub fn send(fd: RawFd, frames: &std::collections::VecDeque<Bytes>) -> Option<usize> {
+    if frames.len() == 1 {
+        let frame = &frames[0];
+        loop {
+            // SAFETY: as below; the buffer is a live `Bytes` borrowed for this call.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Some(n as usize);
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return None;
+            }
+        }
+    }
     let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
