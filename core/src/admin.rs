@@ -187,6 +187,10 @@ pub struct ConnectionInfo {
     pub admin: bool,
     /// Bytes queued for it but not yet written (filled in by the driver, which owns queues).
     pub queued_bytes: u64,
+    /// How long the oldest of them has waited, in milliseconds (filled in by the driver; 0
+    /// with nothing queued, and from servers older than this field).
+    #[serde(default)]
+    pub queued_ms: u64,
 }
 
 /// One topic or pattern with its subscribers.

@@ -855,6 +855,7 @@ impl Engine {
             replaying: c.replay.is_some(),
             admin: c.meta.admin,
             queued_bytes: 0,
+            queued_ms: 0,
         })
     }
 

@@ -611,7 +611,11 @@ impl Driver {
         let mut snap = self.engine.snapshot(now);
         for row in &mut snap.connections {
             if let Some(q) = self.queues.get(&row.id) {
-                row.queued_bytes = q.queued_bytes() as u64;
+                let (bytes, since) = q.waiting();
+                row.queued_bytes = bytes as u64;
+                row.queued_ms = since.map_or(0, |t| {
+                    u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+                });
             }
         }
         snap

@@ -145,6 +145,15 @@ impl Queue {
         self.lock().bytes
     }
 
+    /// Bytes queued, and since when the oldest of them has waited (`None` when empty).
+    pub fn waiting(&self) -> (usize, Option<Instant>) {
+        let inner = self.lock();
+        (
+            inner.bytes,
+            inner.since.filter(|_| !inner.frames.is_empty()),
+        )
+    }
+
     /// True once the stream was ended by the server.
     pub fn is_closed(&self) -> bool {
         self.lock().closed

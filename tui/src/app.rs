@@ -1130,6 +1130,7 @@ pub(crate) mod tests {
             replaying: false,
             admin: false,
             queued_bytes: if id.is_multiple_of(10) { 4096 } else { 0 },
+            queued_ms: if id.is_multiple_of(10) { 1_250 } else { 0 },
         }
     }
 

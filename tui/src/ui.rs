@@ -205,6 +205,21 @@ fn latency_line(stats: Option<&herald_core::Stats>) -> Line<'static> {
     Line::from(spans)
 }
 
+/// A connection's queue counts as stuck once its oldest event has waited this long.
+const STUCK_MS: u64 = 1_000;
+
+/// `0`, `4.0 KiB (oldest 120 ms)`, `2.0 MiB (oldest 3.4 s)`.
+fn fmt_queued(c: &ConnectionInfo) -> String {
+    if c.queued_bytes == 0 {
+        return "0".to_owned();
+    }
+    format!(
+        "{} (oldest {})",
+        fmt_bytes(c.queued_bytes),
+        fmt_micros(c.queued_ms.saturating_mul(1_000))
+    )
+}
+
 /// `180 µs`, `1.6 ms`, `38 ms`, `2.5 s`.
 pub fn fmt_micros(us: u64) -> String {
     match us {
@@ -393,6 +408,9 @@ fn conn_row(c: &ConnectionInfo, wide: bool) -> Row<'static> {
     };
     let queue = if c.replaying {
         Cell::from("replay").yellow()
+    } else if c.queued_bytes > 0 && c.queued_ms >= STUCK_MS {
+        // Its events have waited a second or more: a client that does not keep up.
+        Cell::from(fmt_bytes(c.queued_bytes)).red().bold()
     } else if c.queued_bytes > 0 {
         Cell::from(fmt_bytes(c.queued_bytes)).yellow()
     } else {
@@ -769,7 +787,7 @@ fn draw_detail(
                     "Last id",
                     c.last_id.clone().unwrap_or_else(|| "—".to_owned()),
                 ),
-                ("Queued", fmt_bytes(c.queued_bytes)),
+                ("Queued", fmt_queued(c)),
                 ("Topics", c.topics.join(", ")),
             ];
             // The topics line is last and may wrap onto more rows.
@@ -1297,6 +1315,41 @@ mod tests {
         );
         let screen = render(&mut app, 100, 24);
         assert!(screen.contains("delivery p50 180 µs p99 38 ms"), "{screen}");
+    }
+
+    #[test]
+    fn a_queue_whose_oldest_event_waited_a_second_shows_red_and_a_young_one_yellow() {
+        let mut app = busy_app(20);
+        let (width, height) = (100, 40);
+        app.update(Action::Resize { width, height });
+        app.sync();
+        let colour_of_queue = |app: &App, id: &str| {
+            let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+            terminal.draw(|frame| draw(frame, app)).unwrap();
+            let buffer = terminal.backend().buffer().clone();
+            let row = (0..height)
+                .find(|&y| {
+                    let line: String = (0..width).map(|x| buffer[(x, y)].symbol()).collect();
+                    line.trim_start_matches(['│', ' ', '▶'])
+                        .starts_with(&format!("{id} "))
+                        && line.contains("4.0 KiB")
+                })
+                .unwrap_or_else(|| panic!("no row for connection {id}"));
+            let line: String = (0..width).map(|x| buffer[(x, row)].symbol()).collect();
+            let column = line.find("4.0 KiB").unwrap();
+            // Byte offset to cell index: the box-drawing characters before it are 3 bytes.
+            let x = line[..column].chars().count() as u16;
+            buffer[(x, row)].fg
+        };
+        // Connections 10 and 20 have 4 KiB queued; 10 for 1.25 s (see `conn`).
+        assert_eq!(colour_of_queue(&app, "10"), Color::Red);
+        let mut young = conn(20, Some("bob"), &["orders"]);
+        young.queued_ms = 40;
+        server(
+            &mut app,
+            ServerMsg::Admin(Box::new(AdminEvent::Connected(young))),
+        );
+        assert_eq!(colour_of_queue(&app, "20"), Color::Yellow);
     }
 
     #[test]

@@ -276,6 +276,11 @@ async fn the_server_measures_how_long_publishes_and_deliveries_take() {
             .await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The connections list shows how much is queued for it, and for how long.
+    let rows = herald.connections().await;
+    assert!(rows[0]["queued_bytes"].as_u64().unwrap() > 0, "{rows:?}");
+    let waited = rows[0]["queued_ms"].as_u64().unwrap();
+    assert!((1_000..60_000).contains(&waited), "{rows:?}");
     let end = format!("id: {last}\n");
     // Only the last bytes read are searched for the last event's id: 12 MB come through.
     let mut tail: Vec<u8> = Vec::new();
