@@ -736,6 +736,12 @@ impl Engine {
         self.log = bounds;
     }
 
+    /// The driver refused a subscriber before it got here (in a cluster, its user's streams
+    /// on the other instances reach the limit): counted with the engine's own refusals.
+    pub fn handle_refused(&mut self) {
+        self.counters.refused += 1;
+    }
+
     /// The driver measured its publish and delivery latency: shown in the stats from now on.
     pub fn handle_latency(&mut self, latency: crate::admin::Latency) {
         self.latency = latency;

@@ -52,6 +52,9 @@ pub struct AppState {
     pub writers: crate::writer::Writers,
     /// Who serves this deployment.
     pub nodes: Arc<crate::nodes::Nodes>,
+    /// In cluster mode with `--max-connections-per-user`: each user's streams over every
+    /// instance.
+    pub user_cap: Option<crate::user_cap::UserCap>,
 }
 
 /// Routes one request. Never fails: errors are JSON responses.
@@ -469,6 +472,23 @@ pub async fn open_stream(
         let left = exp.saturating_sub(unix_now());
         std::time::Instant::now() + Duration::from_secs(left)
     });
+    // In cluster mode a user's place is taken across the cluster first (the engine then
+    // checks this instance's own count, which is never more).
+    let lease = match (&state.user_cap, &identity.user) {
+        (Some(cap), Some(user)) if !admin => match cap.admit(user.as_str()).await {
+            Some(lease) => Some(lease),
+            None => {
+                state.hub.sender().refused();
+                let e = ConnectError::TooManyForUser {
+                    user: user.to_string(),
+                    limit: cap.limit(),
+                };
+                tracing::info!(%remote, "{e}");
+                return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+            }
+        },
+        _ => None,
+    };
     let connect = ConnectRequest {
         patterns,
         user: identity.user.clone(),
@@ -485,7 +505,12 @@ pub async fn open_stream(
         .await
         .map_err(|_| unavailable())?
     {
-        Ok(sub) => Ok(Opened::Stream(sub.body)),
+        Ok(mut sub) => {
+            if let Some(lease) = lease {
+                sub.body.hold(Box::new(lease));
+            }
+            Ok(Opened::Stream(sub.body))
+        }
         Err(e @ ConnectError::TooManyTopics { .. }) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ ConnectError::TooManyForUser { .. }) => {
             tracing::info!(%remote, "{e}");

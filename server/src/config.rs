@@ -61,8 +61,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Most subscriber streams one user (a token's `sub`, or `?user=` in dev mode) may hold
-    /// at once; beyond it a new one is refused with 429 (counted per instance; admin streams
-    /// and anonymous subscribers are not counted) [default: no limit].
+    /// at once; beyond it a new one is refused with 429. With `--redis`, counted over every
+    /// live instance of the cluster (on this instance alone while Redis cannot be reached).
+    /// Admin streams and anonymous subscribers are not counted [default: no limit].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
     pub max_connections_per_user: Option<usize>,
     /// This instance's name in `GET /admin/nodes` and the console's Nodes view; give each

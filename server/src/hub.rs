@@ -137,6 +137,7 @@ enum Command {
         reply: oneshot::Sender<bool>,
     },
     Bounds(LogBounds),
+    Refused,
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -156,6 +157,12 @@ impl HubSender {
     /// Reports that a subscriber's body was dropped (the client went away).
     pub fn disconnected(&self, conn: ConnId) {
         let _ = self.0.send(Command::Disconnect(conn));
+    }
+
+    /// A subscriber was refused before it reached the engine (its user's streams across a
+    /// cluster): counted with the engine's own refusals.
+    pub fn refused(&self) {
+        let _ = self.0.send(Command::Refused);
     }
 
     /// Reports the log's bounds after a retention step.
@@ -542,6 +549,7 @@ impl Driver {
                 let _ = reply.send(self.engine.handle_kick(conn, now));
             }
             Command::Bounds(bounds) => self.engine.handle_log_bounds(bounds),
+            Command::Refused => self.engine.handle_refused(),
             Command::Shutdown { reply } => {
                 self.shutting_down = true;
                 self.engine.handle_shutdown(now);

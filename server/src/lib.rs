@@ -17,6 +17,7 @@ pub mod server;
 pub mod sse;
 pub mod stream_h1;
 pub mod tls;
+pub mod user_cap;
 mod worker;
 pub mod writer;
 

@@ -120,6 +120,17 @@ impl Nodes {
         &self.name
     }
 
+    /// This process's token in the registry: what tells its reports, and its share of each
+    /// user's streams ([`crate::user_cap`]), from another process's.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// In cluster mode, the registry's hash of the live instances' tokens by name.
+    pub fn tokens_key(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|r| r.owners_key.as_str())
+    }
+
     /// True in cluster mode.
     pub fn is_cluster(&self) -> bool {
         self.cluster.is_some()

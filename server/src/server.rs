@@ -108,10 +108,24 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .node_name
         .clone()
         .unwrap_or_else(|| crate::nodes::node_name(local.port()));
-    let nodes = crate::nodes::Nodes::new(name, shared_log);
+    let nodes = crate::nodes::Nodes::new(name, shared_log.clone());
     let heartbeat = tokio::spawn(nodes.clone().run(hub.clone()));
+    let user_cap = match (
+        shared_log,
+        config.max_connections_per_user,
+        nodes.tokens_key(),
+    ) {
+        (Some(log), Some(limit), Some(tokens)) => Some(crate::user_cap::UserCap::start(
+            log,
+            tokens.to_owned(),
+            nodes.instance().to_owned(),
+            limit,
+        )),
+        _ => None,
+    };
     let state = Arc::new(AppState {
         nodes: nodes.clone(),
+        user_cap,
         log_metrics: hub.log_metrics(),
         hub: hub.clone(),
         jwt,

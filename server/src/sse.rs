@@ -305,12 +305,24 @@ pub struct SseBody {
     conn: ConnId,
     queue: Arc<Queue>,
     hub: HubSender,
+    /// What must last as long as the stream (its user's place in a cluster-wide count).
+    held: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
 }
 
 impl SseBody {
     /// The body for connection `conn`, fed by `queue`.
     pub fn new(conn: ConnId, queue: Arc<Queue>, hub: HubSender) -> Self {
-        Self { conn, queue, hub }
+        Self {
+            conn,
+            queue,
+            hub,
+            held: None,
+        }
+    }
+
+    /// Keeps `value` until the stream ends: dropped with the body.
+    pub fn hold(&mut self, value: Box<dyn std::fmt::Debug + Send + Sync>) {
+        self.held = Some(value);
     }
 }
 

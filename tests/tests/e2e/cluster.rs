@@ -200,6 +200,61 @@ async fn a_client_behind_the_shared_retention_is_told_it_missed_events() {
     assert_eq!(ids(&got[1..]), published[3..], "{}", resumed.raw_text());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_streams_are_capped_across_the_instances_and_a_closed_one_frees_its_place() {
+    let Some(redis) = cluster("a_users_streams_are_capped_across_the_instances") else {
+        return;
+    };
+    let args = redis.serve_args(&["--max-connections-per-user", "2"]);
+    let a = Herald::start(&args);
+    let b = Herald::start(&args);
+    let alice = |h: &Herald| h.events().topic("t").query("user", "alice");
+    let first = alice(&a).open().await;
+    let mut second = alice(&b).open().await;
+    // One stream on each instance: neither takes a third, though each holds only one.
+    for via in [&a, &b] {
+        let third = alice(via).connect().await;
+        assert_eq!(
+            third.status(),
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            third.raw_text()
+        );
+        let error = third.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(error.contains("alice") && error.contains('2'), "{error}");
+    }
+    // Another user has places of his own.
+    let mut bob = b.events().topic("t").query("user", "bob").open().await;
+    let metrics = a.call(http::Method::GET, "/metrics").send().await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "herald_connections_refused_total 1"),
+        "a counts its refusal: {metrics}"
+    );
+
+    // Closing the stream on a frees its place for b.
+    drop(first);
+    let freed = eventually(WAIT, || async {
+        alice(&b).connect().await.status() == http::StatusCode::OK
+    })
+    .await;
+    assert!(
+        freed,
+        "alice never got her place back on b after closing a stream on a"
+    );
+    let id = b
+        .publish_ok(json!({"users": ["alice", "bob"], "data": "hi"}))
+        .await;
+    for sub in [&mut second, &mut bob] {
+        let event = sub.next_event(WAIT).await.expect("the event");
+        assert_eq!(event.last_event_id, id);
+    }
+}
+
 /// Runs `herald serve --dev` with `extra`, which must make it exit at start-up; returns what
 /// it printed on stderr.
 fn serve_fails(extra: &[&str]) -> String {

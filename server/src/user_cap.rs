@@ -1,0 +1,413 @@
+//! `--max-connections-per-user` across a cluster.
+//!
+//! Outside cluster mode the engine counts each user's streams. In cluster mode one user's
+//! streams may be spread over every instance, so each instance also keeps its count of each
+//! user's streams in Redis: one hash per user (`{prefix}:user-streams:{user}`) with a field per
+//! instance process. A new stream is admitted only if the sum over the live instances (those
+//! in the node registry) stays within the limit; checking and counting are one script, so two
+//! instances cannot both take a user's last place.
+//!
+//! A field holds its instance's count itself, not a change to it, and only that instance
+//! writes it, one batch at a time (this module's task). So an update that Redis lost (it
+//! restarted without its data, or was away) is made good by the next batch that touches that
+//! user, and every [`RESYNC`] for all of them. The fields of an instance that stopped
+//! reporting to the registry are not counted, and are removed when next seen (two live
+//! instances under one name, which the registry warns about, share one entry there: one of
+//! them is not counted). While Redis cannot be reached, streams are admitted on this
+//! instance's own count alone (the engine's).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::log::RedisLog;
+use crate::redis::{RedisError, Value};
+
+/// How often every count this instance holds is written again.
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// A user's hash expires this long after an instance last wrote it (each resync renews it).
+const KEY_LIFETIME: Duration = Duration::from_secs(90);
+/// The most users one script call takes.
+const BATCH: usize = 500;
+
+/// Sets this instance's count for each user and answers how many new streams each may open.
+///
+/// KEYS[1]: the node registry's tokens (a hash, name to token). KEYS[2..]: the users' hashes.
+/// ARGV[1]: this instance's token. ARGV[2]: the limit. ARGV[3]: the hashes' lifetime, ms.
+/// Then for the j-th user (KEYS[j + 1]): this instance's count before (ARGV[2 + 2j]) and how
+/// many new streams it asks for (ARGV[3 + 2j]). Answers each user's grant; this instance's
+/// count for that user becomes before + grant.
+const ADMIT_SCRIPT: &str = r"
+local live = {}
+local owners = redis.call('HGETALL', KEYS[1])
+for i = 2, #owners, 2 do live[owners[i]] = true end
+local me, limit, lifetime = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out = {}
+for j = 1, #KEYS - 1 do
+  local key = KEYS[j + 1]
+  local held = tonumber(ARGV[2 + 2 * j])
+  local want = tonumber(ARGV[3 + 2 * j])
+  local others = 0
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    if fields[i] ~= me then
+      if live[fields[i]] then
+        others = others + tonumber(fields[i + 1])
+      else
+        redis.call('HDEL', key, fields[i])
+      end
+    end
+  end
+  local grant = math.max(0, math.min(want, limit - others - held))
+  if held + grant > 0 then
+    redis.call('HSET', key, me, held + grant)
+    redis.call('PEXPIRE', key, lifetime)
+  else
+    redis.call('HDEL', key, me)
+  end
+  out[#out + 1] = grant
+end
+return out
+";
+
+/// The cluster-wide count of each user's streams, as seen from this instance.
+#[derive(Debug)]
+pub struct UserCap {
+    ops: mpsc::UnboundedSender<Op>,
+    limit: usize,
+}
+
+#[derive(Debug)]
+enum Op {
+    Admit {
+        user: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Release(String),
+}
+
+/// One admitted stream's place in its user's count; dropping it gives the place back.
+#[derive(Debug)]
+pub struct Lease {
+    user: String,
+    ops: mpsc::UnboundedSender<Op>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.ops.send(Op::Release(std::mem::take(&mut self.user)));
+    }
+}
+
+/// Where the counts live: the keys and this instance's token.
+struct Keys {
+    log: Arc<RedisLog>,
+    owners: String,
+    users: String,
+    instance: String,
+    limit: usize,
+}
+
+impl UserCap {
+    /// Starts counting on the current runtime. `owners` is the node registry's hash of live
+    /// instances' tokens, `instance` this process's token in it.
+    pub fn start(log: Arc<RedisLog>, owners: String, instance: String, limit: usize) -> Self {
+        let (ops, rx) = mpsc::unbounded_channel();
+        let keys = Keys {
+            users: format!("{}:user-streams:", log.prefix()),
+            log,
+            owners,
+            instance,
+            limit,
+        };
+        tokio::spawn(run(keys, rx, ops.clone()));
+        Self { ops, limit }
+    }
+
+    /// The most streams one user may hold across the cluster.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A place for one more of `user`'s streams, or `None` when the user's streams on the
+    /// live instances already reach the limit.
+    pub async fn admit(&self, user: &str) -> Option<Lease> {
+        let (reply, granted) = oneshot::channel();
+        let user = user.to_owned();
+        self.ops
+            .send(Op::Admit {
+                user: user.clone(),
+                reply,
+            })
+            .ok()?;
+        // A stopped counter (the server is shutting down) admits nobody.
+        granted.await.ok()?.then(|| Lease {
+            user,
+            ops: self.ops.clone(),
+        })
+    }
+}
+
+async fn run(keys: Keys, mut rx: mpsc::UnboundedReceiver<Op>, ops: mpsc::UnboundedSender<Op>) {
+    let keys = Arc::new(keys);
+    let mut held: HashMap<String, u64> = HashMap::new();
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
+    let mut unreachable = false;
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            op = rx.recv() => {
+                let Some(op) = op else { return };
+                batch.push(op);
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = resync.tick() => {}
+        }
+        // Releases first: a place given back in this batch may be taken in it.
+        let mut wants: Vec<(String, Vec<oneshot::Sender<bool>>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let resyncing = batch.is_empty();
+        for op in batch {
+            let user = match op {
+                Op::Release(user) => {
+                    if let Some(n) = held.get_mut(&user) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            held.remove(&user);
+                        }
+                    }
+                    user
+                }
+                Op::Admit { user, reply } => {
+                    let slot = *index.entry(user.clone()).or_insert_with(|| {
+                        wants.push((user.clone(), Vec::new()));
+                        wants.len() - 1
+                    });
+                    wants[slot].1.push(reply);
+                    continue;
+                }
+            };
+            if !index.contains_key(&user) {
+                index.insert(user.clone(), wants.len());
+                wants.push((user, Vec::new()));
+            }
+        }
+        if resyncing {
+            wants = held.keys().map(|u| (u.clone(), Vec::new())).collect();
+        }
+        for chunk in wants.chunks_mut(BATCH) {
+            let asked: Vec<(String, u64, u64)> = chunk
+                .iter()
+                .map(|(user, replies)| {
+                    let before = held.get(user).copied().unwrap_or(0);
+                    (user.clone(), before, replies.len() as u64)
+                })
+                .collect();
+            let answer = {
+                let keys = keys.clone();
+                tokio::task::spawn_blocking(move || keys.admit(&asked)).await
+            };
+            let grants: Vec<u64> = match answer {
+                Ok(Ok(grants)) if grants.len() == chunk.len() => {
+                    if unreachable {
+                        tracing::info!("counting users' streams in Redis again");
+                        unreachable = false;
+                    }
+                    grants
+                }
+                failed => {
+                    if !unreachable {
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            Ok(Ok(_)) => "a short answer".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::warn!(
+                            "cannot count users' streams across the cluster ({why}); \
+                             each instance admits on its own count until Redis answers"
+                        );
+                        unreachable = true;
+                    }
+                    chunk.iter().map(|(_, r)| r.len() as u64).collect()
+                }
+            };
+            for ((user, replies), grant) in chunk.iter_mut().zip(grants) {
+                for (i, reply) in replies.drain(..).enumerate() {
+                    let admitted = (i as u64) < grant;
+                    if admitted {
+                        *held.entry(user.clone()).or_default() += 1;
+                    }
+                    if reply.send(admitted).is_err() && admitted {
+                        // The stream's client left while it waited: its place goes back.
+                        let _ = ops.send(Op::Release(user.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Keys {
+    /// Runs [`ADMIT_SCRIPT`] for `(user, count before, new streams asked)`: each one's grant.
+    fn admit(&self, asked: &[(String, u64, u64)]) -> Result<Vec<u64>, RedisError> {
+        let user_keys: Vec<String> = asked
+            .iter()
+            .map(|(user, _, _)| format!("{}{user}", self.users))
+            .collect();
+        let numbers: Vec<String> = asked
+            .iter()
+            .flat_map(|(_, before, want)| [before.to_string(), want.to_string()])
+            .collect();
+        let numkeys = (1 + user_keys.len()).to_string();
+        let limit = self.limit.to_string();
+        let lifetime = KEY_LIFETIME.as_millis().to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"EVAL",
+            ADMIT_SCRIPT.as_bytes(),
+            numkeys.as_bytes(),
+            self.owners.as_bytes(),
+        ];
+        args.extend(user_keys.iter().map(|k| k.as_bytes()));
+        args.extend([
+            self.instance.as_bytes(),
+            limit.as_bytes(),
+            lifetime.as_bytes(),
+        ]);
+        args.extend(numbers.iter().map(|n| n.as_bytes()));
+        match self.log.with_connection(|conn| conn.query(&args))? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+                    other => Err(RedisError::Protocol(format!(
+                        "unexpected grant from the user count script: {other:?}"
+                    ))),
+                })
+                .collect(),
+            other => Err(RedisError::Protocol(format!(
+                "unexpected answer from the user count script: {other:?}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{RedisLogConfig, Retention};
+    use crate::redis::tests::{Cleanup, redis_or_skip, unique_key};
+
+    fn open(test: &str) -> Option<Arc<RedisLog>> {
+        let redis = redis_or_skip(test)?;
+        Some(Arc::new(
+            RedisLog::open(&RedisLogConfig {
+                redis,
+                prefix: unique_key("users"),
+                retention: Retention::default(),
+            })
+            .unwrap(),
+        ))
+    }
+
+    fn keys(log: &Arc<RedisLog>, instance: &str, limit: usize) -> Keys {
+        Keys {
+            log: log.clone(),
+            owners: format!("{}:nodes-owner", log.prefix()),
+            users: format!("{}:user-streams:", log.prefix()),
+            instance: instance.to_owned(),
+            limit,
+        }
+    }
+
+    fn query(log: &RedisLog, args: &[&str]) -> Value {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        log.with_connection(|c| c.query(&args)).unwrap()
+    }
+
+    fn ask(keys: &Keys, asked: &[(&str, u64, u64)]) -> Vec<u64> {
+        let asked: Vec<(String, u64, u64)> = asked
+            .iter()
+            .map(|&(user, before, want)| (user.to_owned(), before, want))
+            .collect();
+        keys.admit(&asked).unwrap()
+    }
+
+    #[test]
+    fn live_instances_share_a_users_limit_and_a_gone_ones_streams_do_not_count() {
+        let Some(log) = open("live_instances_share_a_users_limit") else {
+            return;
+        };
+        let (a, b) = (keys(&log, "A", 3), keys(&log, "B", 3));
+        let alice = format!("{}alice", a.users);
+        let bob = format!("{}bob", a.users);
+        let redis = log.redis().clone();
+        let _cleanup = [
+            Cleanup(&redis, &a.owners),
+            Cleanup(&redis, &alice),
+            Cleanup(&redis, &bob),
+        ];
+        query(&log, &["HSET", &a.owners, "a:1", "A", "b:2", "B"]);
+
+        assert_eq!(ask(&a, &[("alice", 0, 2)]), [2]);
+        assert_eq!(ask(&b, &[("alice", 0, 2)]), [1], "A holds 2 of 3");
+        assert_eq!(ask(&b, &[("alice", 1, 1)]), [0]);
+        // A gives one back (its count is now 1), and B may take it; bob is counted apart.
+        assert_eq!(ask(&a, &[("alice", 1, 0), ("bob", 0, 4)]), [0, 3]);
+        assert_eq!(ask(&b, &[("alice", 1, 1)]), [1]);
+        assert_eq!(
+            query(&log, &["HGET", &alice, "B"]),
+            Value::Data(b"2".to_vec())
+        );
+        assert!(matches!(query(&log, &["PTTL", &alice]), Value::Int(ms) if ms > 0));
+
+        // An instance that left the registry: what it held is not counted, and is removed.
+        query(&log, &["HDEL", &a.owners, "b:2"]);
+        assert_eq!(ask(&a, &[("alice", 1, 5)]), [2]);
+        assert_eq!(query(&log, &["HEXISTS", &alice, "B"]), Value::Int(0));
+        // An instance that holds none has no field.
+        assert_eq!(ask(&a, &[("bob", 0, 0)]), [0]);
+        assert_eq!(query(&log, &["HEXISTS", &bob, "A"]), Value::Int(0));
+    }
+
+    #[tokio::test]
+    async fn a_place_given_back_by_dropping_its_lease_can_be_taken_again() {
+        let Some(log) = open("a_place_given_back") else {
+            return;
+        };
+        let owners = format!("{}:nodes-owner", log.prefix());
+        let alice = format!("{}:user-streams:alice", log.prefix());
+        let bob = format!("{}:user-streams:bob", log.prefix());
+        let redis = log.redis().clone();
+        let _cleanup = [
+            Cleanup(&redis, &owners),
+            Cleanup(&redis, &alice),
+            Cleanup(&redis, &bob),
+        ];
+        // Another live instance holds one of alice's two places.
+        query(&log, &["HSET", &owners, "b:2", "B"]);
+        query(&log, &["HSET", &alice, "B", "1"]);
+        let cap = UserCap::start(log.clone(), owners.clone(), "A".into(), 2);
+        let first = cap.admit("alice").await.expect("one place is free");
+        assert!(cap.admit("alice").await.is_none(), "both places are taken");
+        assert!(
+            cap.admit("bob").await.is_some(),
+            "bob has places of his own"
+        );
+        drop(first);
+        let again = cap.admit("alice").await;
+        assert!(again.is_some(), "the place came back");
+        assert_eq!(
+            query(&log, &["HGET", &alice, "A"]),
+            Value::Data(b"1".to_vec())
+        );
+    }
+}
