@@ -1168,6 +1168,12 @@ impl Subscriber {
         self.end = Some(end);
     }
 
+    /// Asserts that the next event, within [`WAIT`], has id `id`.
+    pub async fn expect_event_id(&mut self, id: &str) {
+        let event = self.next_event(WAIT).await.expect("the event");
+        assert_eq!(event.last_event_id, id, "{}", self.raw_text());
+    }
+
     /// The next event, waiting at most `timeout`; `None` on timeout or when the stream ends.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<ParsedEvent> {
         let deadline = tokio::time::Instant::now() + timeout;

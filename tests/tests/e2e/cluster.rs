@@ -249,10 +249,8 @@ async fn a_users_streams_are_capped_across_the_instances_and_a_closed_one_frees_
     let id = b
         .publish_ok(json!({"users": ["alice", "bob"], "data": "hi"}))
         .await;
-    for sub in [&mut second, &mut bob] {
-        let event = sub.next_event(WAIT).await.expect("the event");
-        assert_eq!(event.last_event_id, id);
-    }
+    second.expect_event_id(&id).await;
+    bob.expect_event_id(&id).await;
 }
 
 /// Runs `herald serve --dev` with `extra`, which must make it exit at start-up; returns what

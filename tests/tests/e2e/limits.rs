@@ -195,10 +195,8 @@ async fn a_user_over_the_per_user_cap_gets_429_and_room_back_when_a_stream_ends(
     let id = herald
         .publish_ok(json!({"users": ["alice", "bob"], "data": "hi"}))
         .await;
-    for sub in [&mut second, &mut bob] {
-        let event = sub.next_event(WAIT).await.expect("the event");
-        assert_eq!(event.last_event_id, id);
-    }
+    second.expect_event_id(&id).await;
+    bob.expect_event_id(&id).await;
 }
 
 #[tokio::test]
