@@ -1168,6 +1168,23 @@ impl Subscriber {
         self.end = Some(end);
     }
 
+    /// Asserts that this stream was refused by the per-user cap: 429, with an error naming
+    /// `user` and `limit`.
+    pub fn assert_over_user_cap(&self, user: &str, limit: usize) {
+        assert_eq!(
+            self.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            self.raw_text()
+        );
+        let error = self.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            error.contains(user) && error.contains(&limit.to_string()),
+            "{}",
+            self.raw_text()
+        );
+    }
+
     /// Asserts that the next event, within [`WAIT`], has id `id`.
     pub async fn expect_event_id(&mut self, id: &str) {
         let event = self.next_event(WAIT).await.expect("the event");

@@ -213,18 +213,7 @@ async fn a_users_streams_are_capped_across_the_instances_and_a_closed_one_frees_
     let mut second = alice(&b).open().await;
     // One stream on each instance: neither takes a third, though each holds only one.
     for via in [&a, &b] {
-        let third = alice(via).connect().await;
-        assert_eq!(
-            third.status(),
-            http::StatusCode::TOO_MANY_REQUESTS,
-            "{}",
-            third.raw_text()
-        );
-        let error = third.json()["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        assert!(error.contains("alice") && error.contains('2'), "{error}");
+        alice(via).connect().await.assert_over_user_cap("alice", 2);
     }
     // Another user has places of his own.
     let mut bob = b.events().topic("t").query("user", "bob").open().await;
