@@ -430,8 +430,9 @@ impl Driver {
                     // and reset decisions current between retention steps.
                     self.engine.handle_log_bounds(self.log.bounds());
                     let now = std::time::Instant::now();
-                    let counts = crate::latency::LatencyCounts::now();
-                    if let Some(latency) = self.latency.update(now, counts) {
+                    if let Some(latency) =
+                        self.latency.update(now, crate::latency::LatencyCounts::now)
+                    {
                         self.engine.handle_latency(latency);
                     }
                     self.engine.handle_timeout(now);

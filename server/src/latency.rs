@@ -230,14 +230,19 @@ impl Window {
         }
     }
 
-    /// Takes `counts` as the sample for `now` (at most one a [`STEP`]) and answers the
+    /// Takes `counts()` as the sample for `now` (at most one a [`STEP`]) and answers the
     /// figures over the window that ends with it; `None` until there is something new to say.
-    pub fn update(&mut self, now: Instant, counts: LatencyCounts) -> Option<Latency> {
+    pub fn update(
+        &mut self,
+        now: Instant,
+        counts: impl FnOnce() -> LatencyCounts,
+    ) -> Option<Latency> {
         if let Some((last, _)) = self.samples.back()
             && now.saturating_duration_since(*last) < STEP
         {
             return None;
         }
+        let counts = counts();
         self.samples.push_back((now, counts));
         // Keep the newest sample at least WINDOW old: the window's start.
         while self.samples.len() > 2 && now.saturating_duration_since(self.samples[1].0) >= WINDOW {
@@ -344,29 +349,29 @@ mod tests {
             h.observe(Duration::from_millis(400));
         }
         assert_eq!(
-            window.update(t0 + Duration::from_millis(500), counts(&h)),
+            window.update(t0 + Duration::from_millis(500), || counts(&h)),
             None,
             "at most one sample a second"
         );
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let slow = window.update(at(2), counts(&h)).unwrap();
+        let slow = window.update(at(2), || counts(&h)).unwrap();
         assert_eq!(slow.window_ms, 2_000, "from the start");
         assert_eq!(slow.delivery.unwrap().count, 10);
         assert_eq!(slow.publish, None);
         for s in 3..=11 {
             h.observe(Duration::from_micros(200));
-            window.update(at(s), counts(&h)).unwrap();
+            window.update(at(s), || counts(&h)).unwrap();
         }
-        let later = window.update(at(12), counts(&h)).unwrap();
+        let later = window.update(at(12), || counts(&h)).unwrap();
         assert_eq!(later.window_ms, 10_000, "from the sample at 2 s");
         let delivery = later.delivery.unwrap();
         assert_eq!(delivery.count, 9, "the slow ones fell out of the window");
         assert!(delivery.p99_us <= 250, "{delivery:?}");
         // Nothing new for ten seconds: no figure, rather than a stale one.
         for s in 13..=22 {
-            window.update(at(s), counts(&h)).unwrap();
+            window.update(at(s), || counts(&h)).unwrap();
         }
-        assert_eq!(window.update(at(23), counts(&h)).unwrap().delivery, None);
+        assert_eq!(window.update(at(23), || counts(&h)).unwrap().delivery, None);
     }
 
     #[test]

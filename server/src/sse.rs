@@ -77,7 +77,8 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `frame`, made at `now`, unless that would pass the limit.
+    /// Queues `frame` unless that would pass the limit. `now` is the caller's clock (read once
+    /// for a whole fan-out): how long the frame waits here is measured from it.
     pub fn push(self: &Arc<Self>, frame: Bytes, now: Instant) -> Push {
         let (waker, writer) = {
             let mut inner = self.lock();
