@@ -88,8 +88,8 @@ pub struct Latency {
     /// A publish, from its request having been read until the event was durable and its id
     /// answered.
     pub publish: Option<Quantiles>,
-    /// A subscriber's queued events, from entering its empty queue until written to its
-    /// connection.
+    /// What is queued for a subscriber (events, keep-alives), from entering its empty queue
+    /// until written to its connection.
     pub delivery: Option<Quantiles>,
 }
 

@@ -1,10 +1,11 @@
 //! What the server measures of its own latency, for `/metrics` and the operator console:
 //! - [`PUBLISH`]: a publish, from its request having been read until the event is durable and
 //!   its id answered (or until it is answered from the idempotency memory);
-//! - [`DELIVERY`]: a subscriber's queued events, from the first of them entering its empty
-//!   queue (at fan-out, right after the log made the event durable, or when a replay page was
-//!   read) until the queue was written out to the socket, or taken by the HTTP/2 or TLS
-//!   connection that writes it. A subscriber that reads slowly shows here.
+//! - [`DELIVERY`]: what is queued for a subscriber (events, and the keep-alives of a quiet
+//!   stream), from the first of it entering the empty queue (at fan-out, right after the log
+//!   made the event durable, or when a replay page was read) until the queue was written out
+//!   to the socket, or taken by the HTTP/2 or TLS connection that writes it. A subscriber that
+//!   reads slowly shows here once its queue is written.
 //!
 //! Both are histograms with fixed buckets, recorded lock-free from any thread. Each thread
 //! counts into one of a few cache-line-sized shards, so writer threads on different cores do

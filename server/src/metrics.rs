@@ -168,8 +168,8 @@ pub fn render(
     histogram(
         &mut out,
         "delivery_seconds",
-        "Subscribers' queued events, from entering an empty queue (at fan-out, once durable, \
-         or a replay page) until written to the connection.",
+        "What is queued for subscribers (events, keep-alives), from entering an empty queue (at \
+         fan-out, once durable, or a replay page) until written to the connection.",
         &latency.delivery,
     );
     out
