@@ -31,6 +31,13 @@ pub const RESYNC: Duration = Duration::from_secs(30);
 const KEY_LIFETIME: Duration = Duration::from_secs(90);
 /// The most users one script call takes.
 const BATCH: usize = 500;
+/// After Redis failed to answer, how long admissions go by this instance's own count without
+/// asking it again (each try may wait for the command timeout).
+const BACKOFF: Duration = Duration::from_secs(5);
+
+/// Sets this instance's counts for `(user, count before, new streams asked)` and answers each
+/// one's grant: the Redis script, or a stand-in in tests.
+type Count = dyn Fn(&[(String, u64, u64)]) -> Result<Vec<u64>, RedisError> + Send + Sync;
 
 /// Sets this instance's count for each user and answers how many new streams each may open.
 ///
@@ -114,7 +121,6 @@ impl UserCap {
     /// Starts counting on the current runtime. `owners` is the node registry's hash of live
     /// instances' tokens, `instance` this process's token in it.
     pub fn start(log: Arc<RedisLog>, owners: String, instance: String, limit: usize) -> Self {
-        let (ops, rx) = mpsc::unbounded_channel();
         let keys = Keys {
             users: format!("{}:user-streams:", log.prefix()),
             log,
@@ -122,7 +128,15 @@ impl UserCap {
             instance,
             limit,
         };
-        tokio::spawn(run(keys, rx, ops.clone()));
+        Self::start_with(
+            Arc::new(move |asked: &[(String, u64, u64)]| keys.admit(asked)),
+            limit,
+        )
+    }
+
+    fn start_with(count: Arc<Count>, limit: usize) -> Self {
+        let (ops, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(count, rx, ops.clone()));
         Self { ops, limit }
     }
 
@@ -150,13 +164,17 @@ impl UserCap {
     }
 }
 
-async fn run(keys: Keys, mut rx: mpsc::UnboundedReceiver<Op>, ops: mpsc::UnboundedSender<Op>) {
-    let keys = Arc::new(keys);
+async fn run(
+    count: Arc<Count>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    ops: mpsc::UnboundedSender<Op>,
+) {
     let mut held: HashMap<String, u64> = HashMap::new();
     let mut resync = tokio::time::interval(RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
-    let mut unreachable = false;
+    // Since when Redis has not answered, if it has not.
+    let mut unreachable: Option<tokio::time::Instant> = None;
     loop {
         let mut batch = Vec::new();
         tokio::select! {
@@ -212,32 +230,35 @@ async fn run(keys: Keys, mut rx: mpsc::UnboundedReceiver<Op>, ops: mpsc::Unbound
                     (user.clone(), before, replies.len() as u64)
                 })
                 .collect();
-            let answer = {
-                let keys = keys.clone();
-                tokio::task::spawn_blocking(move || keys.admit(&asked)).await
-            };
-            let grants: Vec<u64> = match answer {
-                Ok(Ok(grants)) if grants.len() == chunk.len() => {
-                    if unreachable {
-                        tracing::info!("counting users' streams in Redis again");
-                        unreachable = false;
+            let own_count = || chunk.iter().map(|(_, r)| r.len() as u64).collect();
+            // Within the back-off only the resync asks Redis: admissions do not wait on it.
+            let grants: Vec<u64> = match unreachable {
+                Some(since) if !resyncing && since.elapsed() < BACKOFF => own_count(),
+                _ => {
+                    let count = count.clone();
+                    match tokio::task::spawn_blocking(move || count(&asked)).await {
+                        Ok(Ok(grants)) if grants.len() == chunk.len() => {
+                            if unreachable.take().is_some() {
+                                tracing::info!("counting users' streams in Redis again");
+                            }
+                            grants
+                        }
+                        failed => {
+                            let why = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                Ok(Ok(_)) => "a short answer".to_owned(),
+                                Err(e) => e.to_string(),
+                            };
+                            if unreachable.is_none() {
+                                tracing::warn!(
+                                    "cannot count users' streams across the cluster ({why}); \
+                                     each instance admits on its own count until Redis answers"
+                                );
+                            }
+                            unreachable = Some(tokio::time::Instant::now());
+                            own_count()
+                        }
                     }
-                    grants
-                }
-                failed => {
-                    if !unreachable {
-                        let why = match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            Ok(Ok(_)) => "a short answer".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        tracing::warn!(
-                            "cannot count users' streams across the cluster ({why}); \
-                             each instance admits on its own count until Redis answers"
-                        );
-                        unreachable = true;
-                    }
-                    chunk.iter().map(|(_, r)| r.len() as u64).collect()
                 }
             };
             for ((user, replies), grant) in chunk.iter_mut().zip(grants) {
@@ -376,6 +397,31 @@ mod tests {
         // An instance that holds none has no field.
         assert_eq!(ask(&a, &[("bob", 0, 0)]), [0]);
         assert_eq!(query(&log, &["HEXISTS", &bob, "A"]), Value::Int(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_redis_streams_are_admitted_at_once_and_redis_is_asked_again_after_a_while() {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count: Arc<Count> = {
+            let asked = asked.clone();
+            Arc::new(move |_: &[(String, u64, u64)]| {
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(RedisError::Protocol("Redis is away".into()))
+            })
+        };
+        let cap = UserCap::start_with(count, 1);
+        let asked = move || asked.load(std::sync::atomic::Ordering::SeqCst);
+        // Admitted on this instance's count (the engine's own cap still applies to it).
+        let first = cap.admit("alice").await;
+        assert!(first.is_some());
+        assert_eq!(asked(), 1);
+        // Within the back-off Redis is not asked again.
+        let second = cap.admit("bob").await;
+        assert!(second.is_some());
+        assert_eq!(asked(), 1);
+        tokio::time::advance(BACKOFF).await;
+        assert!(cap.admit("carol").await.is_some());
+        assert_eq!(asked(), 2);
     }
 
     #[tokio::test]
