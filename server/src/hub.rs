@@ -109,12 +109,17 @@ pub struct Subscriber {
     pub body: SseBody,
 }
 
+/// A subscriber waiting to be registered.
+#[derive(Debug)]
+struct PendingConnect {
+    req: ConnectRequest,
+    snapshot: bool,
+    reply: ConnectReply,
+}
+
 enum Command {
-    Connect {
-        req: ConnectRequest,
-        snapshot: bool,
-        reply: ConnectReply,
-    },
+    /// Subscribers to register, in the order they asked.
+    Connect(Vec<PendingConnect>),
     Disconnect(ConnId),
     Publish {
         req: PublishRequest,
@@ -176,6 +181,8 @@ impl HubSender {
 pub struct Hub {
     tx: HubSender,
     log_metrics: Arc<LogMetrics>,
+    /// Connects on their way to the hub together (see [`Hub::connect`]).
+    connects: Arc<std::sync::Mutex<Vec<PendingConnect>>>,
 }
 
 /// The hub is gone (the server is stopping).
@@ -246,6 +253,7 @@ impl Hub {
             Hub {
                 tx: sender,
                 log_metrics,
+                connects: Arc::default(),
             },
             task,
         )
@@ -273,12 +281,30 @@ impl Hub {
         req: ConnectRequest,
         snapshot: bool,
     ) -> Result<Result<Subscriber, ConnectError>, HubGone> {
-        self.ask(|reply| Command::Connect {
-            req,
-            snapshot,
-            reply,
-        })
-        .await
+        let (reply, rx) = oneshot::channel();
+        let first = {
+            let mut pending = crate::lock(&self.connects);
+            pending.push(PendingConnect {
+                req,
+                snapshot,
+                reply,
+            });
+            pending.len() == 1
+        };
+        if first {
+            // The connects that are ready on this thread go together: the hub's thread wakes
+            // (and takes the core from this one) once for all of them rather than once each.
+            // In a burst of 10,000 connects that is a third as many wake-ups, and about 1 µs
+            // less server CPU per connection (BENCHMARKS.md).
+            let pending = self.connects.clone();
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let batch = std::mem::take(&mut *crate::lock(&pending));
+                let _ = tx.0.send(Command::Connect(batch));
+            });
+        }
+        rx.await.map_err(|_| HubGone)
     }
 
     /// Publishes and waits until the event is durable.
@@ -447,27 +473,30 @@ impl Driver {
     fn handle(&mut self, cmd: Command) -> bool {
         let now = std::time::Instant::now();
         match cmd {
-            Command::Connect {
-                req,
-                snapshot,
-                reply,
-            } => {
-                let seen = self.engine.last_id().unwrap_or(EventId::MIN);
-                let unread = req.last_id.is_some_and(|last| last > seen);
-                let room = self.deferred.len() < self.engine.config().max_connections;
-                if unread && room && matches!(self.appender, Some(Appender::Cluster { .. })) {
-                    // Another instance gave the client an id this one's reader has not
-                    // reached yet (they are milliseconds apart): wait for it rather than
-                    // call the id unknown.
-                    self.deferred.push(Deferred {
-                        until: Instant::now() + self.config.catch_up_wait,
-                        req,
-                        snapshot,
-                        reply,
-                    });
-                    return false;
+            Command::Connect(batch) => {
+                for PendingConnect {
+                    req,
+                    snapshot,
+                    reply,
+                } in batch
+                {
+                    let seen = self.engine.last_id().unwrap_or(EventId::MIN);
+                    let unread = req.last_id.is_some_and(|last| last > seen);
+                    let room = self.deferred.len() < self.engine.config().max_connections;
+                    if unread && room && matches!(self.appender, Some(Appender::Cluster { .. })) {
+                        // Another instance gave the client an id this one's reader has not
+                        // reached yet (they are milliseconds apart): wait for it rather than
+                        // call the id unknown.
+                        self.deferred.push(Deferred {
+                            until: Instant::now() + self.config.catch_up_wait,
+                            req,
+                            snapshot,
+                            reply,
+                        });
+                        continue;
+                    }
+                    self.connect(req, snapshot, reply, now);
                 }
-                self.connect(req, snapshot, reply, now);
             }
             Command::Disconnect(conn) => {
                 if self.queues.remove(&conn).is_some() {
@@ -724,6 +753,7 @@ mod tests {
         let hub = Hub {
             tx: HubSender(tx),
             log_metrics: Arc::default(),
+            connects: Arc::default(),
         };
         (hub, rx)
     }
