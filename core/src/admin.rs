@@ -52,6 +52,9 @@ pub struct NodeInfo {
     /// How long ago it reported, by the shared registry's clock (0 for the answering server
     /// outside cluster mode).
     pub seen_ms_ago: u64,
+    /// Its publish and delivery latency when it reported (absent from older servers' reports).
+    #[serde(default)]
+    pub latency: Latency,
 }
 
 impl NodeInfo {
@@ -63,6 +66,7 @@ impl NodeInfo {
             counters: stats.counters,
             committed_id: stats.committed_id.clone(),
             seen_ms_ago: 0,
+            latency: stats.latency,
         }
     }
 }

@@ -331,11 +331,25 @@ mod tests {
         let b = Nodes::new("b:2".into(), Some(log));
         let mut stats = Stats::default();
         stats.counters.connections = 3;
+        stats.latency.delivery = Some(herald_core::Quantiles {
+            count: 9,
+            p50_us: 200,
+            p99_us: 1_500,
+        });
         b.heartbeat(&stats).unwrap();
         a.heartbeat(&Stats::default()).unwrap();
         let seen = a.list(&Stats::default());
         assert_eq!(names(&seen), ["a:1", "b:2"]);
         assert_eq!(seen[1].counters.connections, 3);
+        assert_eq!(
+            seen[1].latency, stats.latency,
+            "its latency comes with its report"
+        );
+        // A report from a server older than the latency figures still reads.
+        let mut old = serde_json::to_value(&seen[1]).unwrap();
+        old.as_object_mut().unwrap().remove("latency");
+        let old: NodeInfo = serde_json::from_value(old).unwrap();
+        assert_eq!(old.latency, herald_core::Latency::default());
 
         // Redis out of reach for longer than the timeout: the last answer has aged out.
         if let Some(long_ago) = Instant::now().checked_sub(NODE_TIMEOUT + HEARTBEAT) {

@@ -1246,6 +1246,16 @@ pub(crate) mod tests {
                     },
                     committed_id: Some("1700000000000-41".to_owned()),
                     seen_ms_ago: if name == me { 0 } else { 400 },
+                    // A node that delivers nothing has no figure; a busy one a slow tail.
+                    latency: herald_core::Latency {
+                        window_ms: 10_000,
+                        delivery: (delivered > 0).then_some(herald_core::Quantiles {
+                            count: delivered * 10,
+                            p50_us: 300,
+                            p99_us: if connections > 1000 { 1_400_000 } else { 9_000 },
+                        }),
+                        ..herald_core::Latency::default()
+                    },
                 },
             )
             .collect();

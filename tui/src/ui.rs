@@ -534,12 +534,23 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
             true => Style::new().yellow(),
             false => Style::new(),
         };
+        // Its slowest deliveries: which instance has subscribers that do not keep up.
+        let p99 = n.info.latency.delivery.map(|q| q.p99_us);
+        let p99_style = match p99.is_some_and(|us| us >= STUCK_MS * 1_000) {
+            true => Style::new().yellow(),
+            false => Style::new(),
+        };
         Row::new(vec![
             Cell::from(name),
             right(fmt_duration(n.info.uptime_ms)),
             right(fmt_count(c.connections)),
             right(rate(n.published_rate)),
             right(rate(n.delivered_rate)),
+            Cell::from(
+                Line::from(p99.map_or_else(|| "—".to_owned(), fmt_micros))
+                    .alignment(Alignment::Right)
+                    .style(p99_style),
+            ),
             Cell::from(
                 n.info
                     .committed_id
@@ -559,6 +570,7 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
         right("Conns".to_owned()),
         right("Publ/s".to_owned()),
         right("Deliv/s".to_owned()),
+        right("Deliv p99".to_owned()),
         Cell::from("Last id"),
         right("Seen".to_owned()),
     ];
@@ -568,6 +580,7 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(7),
         Constraint::Length(7),
         Constraint::Length(8),
+        Constraint::Length(9),
         Constraint::Length(19),
         Constraint::Length(6),
     ];
