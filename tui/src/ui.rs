@@ -189,7 +189,7 @@ fn latency_line(stats: Option<&herald_core::Stats>) -> Line<'static> {
         match figure {
             None => spans.push(Span::raw("—")),
             Some(q) => {
-                let slow = if q.p99_us >= 1_000_000 {
+                let slow = if q.p99_us >= STUCK_MS * 1_000 {
                     Style::new().yellow().bold()
                 } else {
                     Style::new().bold()
@@ -205,7 +205,8 @@ fn latency_line(stats: Option<&herald_core::Stats>) -> Line<'static> {
     Line::from(spans)
 }
 
-/// A connection's queue counts as stuck once its oldest event has waited this long.
+/// A connection's queue counts as stuck once its oldest event has waited this long, and a
+/// delivery p99 this long is shown as a warning.
 const STUCK_MS: u64 = 1_000;
 
 /// `0`, `4.0 KiB (oldest 120 ms)`, `2.0 MiB (oldest 3.4 s)`.
