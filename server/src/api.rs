@@ -476,41 +476,45 @@ pub async fn open_stream(
     // checks this instance's own count, which is never more).
     let lease = match (&state.user_cap, &identity.user) {
         (Some(cap), Some(user)) if !admin => match cap.admit(user.as_str()).await {
-            Some(lease) => Some(lease),
+            Some(lease) => Ok(Some(lease)),
             None => {
                 state.hub.sender().refused();
-                let e = ConnectError::TooManyForUser {
+                Err(ConnectError::TooManyForUser {
                     user: user.to_string(),
                     limit: cap.limit(),
-                };
-                tracing::info!(%remote, "{e}");
-                return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+                })
             }
         },
-        _ => None,
+        _ => Ok(None),
     };
-    let connect = ConnectRequest {
-        patterns,
-        user: identity.user.clone(),
-        last_id,
-        remote: Some(remote.to_string()),
-        protocol: peer.protocol,
-        tls: peer.tls,
-        expires_at,
-        admin,
-    };
-    match state
-        .hub
-        .connect(connect, admin)
-        .await
-        .map_err(|_| unavailable())?
-    {
-        Ok(mut sub) => {
-            if let Some(lease) = lease {
-                sub.body.hold(Box::new(lease));
-            }
-            Ok(Opened::Stream(sub.body))
+    let connected = match lease {
+        Err(refused) => Err(refused),
+        Ok(lease) => {
+            let connect = ConnectRequest {
+                patterns,
+                user: identity.user.clone(),
+                last_id,
+                remote: Some(remote.to_string()),
+                protocol: peer.protocol,
+                tls: peer.tls,
+                expires_at,
+                admin,
+            };
+            let connected = state
+                .hub
+                .connect(connect, admin)
+                .await
+                .map_err(|_| unavailable())?;
+            connected.map(|mut sub| {
+                if let Some(lease) = lease {
+                    sub.body.hold(Box::new(lease));
+                }
+                sub
+            })
         }
+    };
+    match connected {
+        Ok(sub) => Ok(Opened::Stream(sub.body)),
         Err(e @ ConnectError::TooManyTopics { .. }) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ ConnectError::TooManyForUser { .. }) => {
             tracing::info!(%remote, "{e}");

@@ -190,12 +190,13 @@ async fn run(
             }
             _ = resync.tick() => {}
         }
-        // Releases first: a place given back in this batch may be taken in it.
+        // Every user the batch touches, in order, with the admissions it asks for. Releases
+        // count at once: a place given back in this batch may be taken in it.
         let mut wants: Vec<(String, Vec<oneshot::Sender<bool>>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let resyncing = batch.is_empty();
         for op in batch {
-            let user = match op {
+            let (user, reply) = match op {
                 Op::Release(user) => {
                     if let Some(n) = held.get_mut(&user) {
                         *n = n.saturating_sub(1);
@@ -203,21 +204,15 @@ async fn run(
                             held.remove(&user);
                         }
                     }
-                    user
+                    (user, None)
                 }
-                Op::Admit { user, reply } => {
-                    let slot = *index.entry(user.clone()).or_insert_with(|| {
-                        wants.push((user.clone(), Vec::new()));
-                        wants.len() - 1
-                    });
-                    wants[slot].1.push(reply);
-                    continue;
-                }
+                Op::Admit { user, reply } => (user, Some(reply)),
             };
-            if !index.contains_key(&user) {
-                index.insert(user.clone(), wants.len());
+            let slot = *index.entry(user.clone()).or_insert_with(|| {
                 wants.push((user, Vec::new()));
-            }
+                wants.len() - 1
+            });
+            wants[slot].1.extend(reply);
         }
         if resyncing {
             wants = held.keys().map(|u| (u.clone(), Vec::new())).collect();

@@ -135,25 +135,13 @@ const MAX_IOV: usize = 64;
 /// copying in a message header and an iovec: 2 to 3% less server CPU per delivery at 10,000
 /// subscribers and 10 events/s (BENCHMARKS.md).
 pub fn send(fd: RawFd, frames: &std::collections::VecDeque<Bytes>) -> Option<usize> {
+    const FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY (both calls): `fd` is open for the duration of the call: the caller holds the
+    // queue's lock, and the connection's task clears the fd under that lock before closing it.
     if frames.len() == 1 {
         let frame = &frames[0];
-        loop {
-            // SAFETY: as below; the buffer is a live `Bytes` borrowed for this call.
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                return Some(n as usize);
-            }
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return None;
-            }
-        }
+        // SAFETY: the buffer is a live `Bytes` borrowed for this call.
+        return retrying(|| unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), FLAGS) });
     }
     let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
@@ -170,10 +158,14 @@ pub fn send(fd: RawFd, frames: &std::collections::VecDeque<Bytes>) -> Option<usi
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = count as _;
+    // SAFETY: `msg` describes the iovecs above.
+    retrying(|| unsafe { libc::sendmsg(fd, &msg, FLAGS) })
+}
+
+/// Runs a non-blocking send until a signal does not interrupt it: the bytes sent, or `None`.
+fn retrying(mut call: impl FnMut() -> isize) -> Option<usize> {
     loop {
-        // SAFETY: `fd` is open for the duration of the call: the caller holds the queue's
-        // lock, and the connection's task clears the fd under that lock before closing it.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let n = call();
         if n >= 0 {
             return Some(n as usize);
         }
