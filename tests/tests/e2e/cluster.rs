@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use herald_core::ParsedEvent;
 use herald_tests::{
-    Herald, RedisPrefix, TestCerts, WAIT, eventually, herald_bin, run_bounded, skip, test_certs,
-    test_redis,
+    Herald, RedisPrefix, Subscriber, TestCerts, WAIT, eventually, herald_bin, run_bounded, skip,
+    test_certs, test_redis,
 };
 use serde_json::{Value, json};
 
@@ -1016,14 +1016,7 @@ async fn after_redis_loses_the_stream_a_resume_from_what_only_one_instance_had_r
     // A client that had the first of a's two events resumes: the second is gone, and it is
     // told so rather than carrying on as if nothing were missing.
     let mut resumed = b.events().topic("t").last_event_id(&only_a[0]).open().await;
-    let got = resumed.events_until(2, WAIT).await;
-    assert_eq!(got[0].event_type, "herald.reset", "{}", resumed.raw_text());
-    assert_eq!(
-        ids(&got[1..]),
-        std::slice::from_ref(&after),
-        "{}",
-        resumed.raw_text()
-    );
+    assert_reset_then(&mut resumed, &after).await;
     // One that had both misses nothing: no notice.
     let mut complete = a.events().topic("t").last_event_id(&only_a[1]).open().await;
     let got = complete.events_until(1, WAIT).await;
@@ -1035,14 +1028,14 @@ async fn after_redis_loses_the_stream_a_resume_from_what_only_one_instance_had_r
     );
     // So is b's subscriber when it comes back with the last id it had.
     let mut back = b.events().topic("t").last_event_id(&read[1]).open().await;
-    let got = back.events_until(2, WAIT).await;
-    assert_eq!(got[0].event_type, "herald.reset", "{}", back.raw_text());
-    assert_eq!(
-        ids(&got[1..]),
-        std::slice::from_ref(&after),
-        "{}",
-        back.raw_text()
-    );
+    assert_reset_then(&mut back, &after).await;
+}
+
+/// Asserts that a resumed stream is told `herald.reset` first, then gets the event `id`.
+async fn assert_reset_then(sub: &mut Subscriber, id: &str) {
+    let got = sub.events_until(2, WAIT).await;
+    assert_eq!(got[0].event_type, "herald.reset", "{}", sub.raw_text());
+    assert_eq!(ids(&got[1..]), [id], "{}", sub.raw_text());
 }
 
 /// Three `redis-server --cluster-enabled yes` masters of the test's own, joined into one Redis

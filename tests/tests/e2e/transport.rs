@@ -147,6 +147,18 @@ impl Curl {
     }
 }
 
+/// `GET url` with curl (trusting the test certificate), answered with JSON.
+fn curl_json(url: &str) -> Value {
+    let out = run_bounded(
+        std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "10"])
+            .arg(url),
+        Duration::from_secs(15),
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{url}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 fn curl_publish(url: &str, body: &Value) -> String {
     let out = run_bounded(
         std::process::Command::new("curl")
@@ -185,26 +197,14 @@ async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1()
     for curl in [&mut h2, &mut h1] {
         assert_eq!(curl.live().await, "0-0");
     }
-    let out = run_bounded(
-        std::process::Command::new("curl")
-            .args(["-sk", "--max-time", "10"])
-            .arg(herald.url("/admin/connections")),
-        Duration::from_secs(15),
-    );
-    let table: Value = serde_json::from_slice(&out.stdout).expect("a JSON table");
+    let table = curl_json(&herald.url("/admin/connections"));
     let rows = table["connections"].as_array().expect("connections");
     assert_eq!(
         transports(rows),
         [("HTTP/1.1", true), ("HTTP/2", true)],
         "{table}"
     );
-    let out = run_bounded(
-        std::process::Command::new("curl")
-            .args(["-sk", "--max-time", "10"])
-            .arg(herald.url("/admin/stats")),
-        Duration::from_secs(15),
-    );
-    let stats: Value = serde_json::from_slice(&out.stdout).expect("JSON stats");
+    let stats = curl_json(&herald.url("/admin/stats"));
     assert_eq!(
         stats["stats"]["transports"],
         json!({"http1": 0, "http1_tls": 1, "http2": 0, "http2_tls": 1}),
