@@ -34,7 +34,7 @@ pub struct EngineConfig {
     pub keepalive: Duration,
     /// The coarse timer: keep-alives, token expiry and admin stats run once per tick.
     pub tick: Duration,
-    /// Most connections open at once.
+    /// Most subscriber connections open at once (admin streams are not counted or refused).
     pub max_connections: usize,
     /// Most subscriber connections one user may hold at once (admin streams and anonymous
     /// subscribers are not counted); `None` for no limit.
@@ -381,7 +381,9 @@ impl Engine {
 
     /// [`Engine::handle_connect`] but for the count of refusals.
     fn admit(&mut self, req: ConnectRequest, now: Instant) -> Result<ConnId, ConnectError> {
-        if self.by_id.len() >= self.config.max_connections {
+        // Admin streams neither count nor wait: an operator can look at a full server.
+        let subscribers = self.by_id.len() - self.admins.len();
+        if !req.admin && subscribers >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections {
                 limit: self.config.max_connections,
             });

@@ -637,13 +637,20 @@ fn limits_on_connections_and_topics_are_errors() {
             .handle_connect(ConnectRequest::new(many), sim.now),
         Err(ConnectError::TooManyTopics { count: 3, limit: 2 })
     );
-    sim.connect(&["a"], None, None);
+    let first = sim.connect(&["a"], None, None);
     assert_eq!(
         sim.engine
             .handle_connect(ConnectRequest::new(vec![]), sim.now),
         Err(ConnectError::TooManyConnections { limit: 1 })
     );
     assert_eq!(sim.engine.counters().refused, 2);
+    // An operator still gets in, and takes no subscriber's place.
+    let mut admin = ConnectRequest::new(vec![]);
+    admin.admin = true;
+    let admin = sim.engine.handle_connect(admin, sim.now).unwrap();
+    sim.engine.handle_disconnect(first, sim.now);
+    sim.connect(&["a"], None, None);
+    assert!(sim.engine.is_connected(admin));
 }
 
 #[test]

@@ -43,6 +43,7 @@ fn config(dir: &std::path::Path, fsync: FsyncPolicy) -> LogConfig {
             max_events: u64::MAX,
             max_age: Duration::MAX,
             max_bytes: u64::MAX,
+            max_keys: u64::MAX,
         },
     }
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub dev: bool,
     /// Publish body limit.
     pub max_body: usize,
+    /// Time a publisher has to send its body (the header timeout).
+    pub body_timeout: Duration,
     /// `retry:` base for refusals.
     pub retry_ms: u64,
     /// CORS allow-list.
@@ -76,6 +78,8 @@ pub async fn handle(
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// For a 405: the methods the resource answers, sent as `Allow`.
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -84,6 +88,17 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path} (allowed: {allow})"),
+            )
         }
     }
 
@@ -102,7 +117,12 @@ impl ApiError {
     }
 
     fn into_response(self) -> Response<Body> {
-        json_response(self.status, &json!({ "error": self.message }))
+        let mut r = json_response(self.status, &json!({ "error": self.message }));
+        if let Some(allow) = self.allow {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        r
     }
 }
 
@@ -144,6 +164,14 @@ async fn route(
         return Ok(preflight());
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let allow = allowed_methods(&segments);
+    // A HEAD is answered as a GET whose body hyper leaves out. Streams have no head to give
+    // short of subscribing, so they answer GET only.
+    let method = if method == Method::HEAD && allow.is_some_and(|a| a.contains("HEAD")) {
+        Method::GET
+    } else {
+        method
+    };
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => Ok(index()),
         (&Method::GET, ["healthz"]) => match state.hub.health(HEALTH_BOUND).await {
@@ -219,16 +247,24 @@ async fn route(
                 &json!({ "stats": snap.stats, "topics": snap.topics }),
             ))
         }
-        (_, [""] | ["healthz"] | ["metrics"] | ["events"] | ["publish"] | ["admin", ..]) => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            ))
+        _ => Err(match allow {
+            Some(allow) => ApiError::method_not_allowed(&method, &path, allow),
+            None => ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        }),
+    }
+}
+
+/// The methods an endpoint answers (a 405's `Allow`), or `None` when there is no such
+/// endpoint.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        [""] | ["healthz"] | ["metrics"] | ["admin", "connections" | "nodes" | "stats"] => {
+            Some("GET, HEAD, OPTIONS")
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {path}"),
-        )),
+        ["admin", "connections", _] => Some("GET, HEAD, DELETE, OPTIONS"),
+        ["events"] | ["admin", "events"] => Some("GET, OPTIONS"),
+        ["publish"] => Some("POST, OPTIONS"),
+        _ => None,
     }
 }
 
@@ -273,35 +309,49 @@ pub fn cors_allows(state: &AppState, origin: &str) -> bool {
 }
 
 fn apply_cors(state: &AppState, origin: Option<HeaderValue>, response: &mut Response<Body>) {
+    let h = response.headers_mut();
+    // With an allow-list every answer depends on the Origin, also one without CORS headers
+    // (a cache must not give it to an allowed origin).
+    if !state.cors_origins.is_empty() {
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
     let Some(origin) = origin else { return };
     if !origin.to_str().is_ok_and(|o| cors_allows(state, o)) {
         return;
     }
-    let h = response.headers_mut();
     // With credentials the exact origin must be echoed, never `*`.
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.insert(
         header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
         HeaderValue::from_static("true"),
     );
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
-fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
+/// The query's names and values, decoded; a 400 if one is not UTF-8 once decoded (rather than
+/// a name with U+FFFD in it, which other bytes would map to as well).
+fn query_pairs(uri: &http::Uri) -> Result<Vec<(String, String)>, ApiError> {
     let Some(q) = uri.query() else {
-        return Vec::new();
+        return Ok(Vec::new());
+    };
+    let decode = |part: &str| {
+        percent_decode(part).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "the query part {part:?} is not UTF-8 once percent-decoded"
+            ))
+        })
     };
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
+            Ok((decode(k)?, decode(v)?))
         })
         .collect()
 }
 
-/// Decodes `%XX` and `+` in a query component; invalid escapes stay as they are.
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` and `+` in a query component (invalid escapes stay as they are); `None` when
+/// the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -322,7 +372,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 fn unix_now() -> u64 {
@@ -344,7 +394,9 @@ fn identify(
     let token = token_from(headers, query_token);
     match (&state.jwt, token) {
         (Some(key), Some(token)) => Ok(key.identify(&token, unix_now())?),
-        (_, None) if state.dev => {
+        // Dev mode without a secret verifies no token, so one sent anyway (a stale cookie)
+        // changes nothing: `?user=` still names the subscriber.
+        (None, _) | (_, None) if state.dev => {
             let user = query
                 .iter()
                 .find(|(k, _)| k == "user")
@@ -355,13 +407,12 @@ fn identify(
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             Ok(Identity::dev(user))
         }
-        (None, Some(_)) => Ok(Identity::dev(None)),
-        (Some(_), None) | (None, None) => Err(AuthError::Missing.into()),
+        (Some(_), None) | (None, _) => Err(AuthError::Missing.into()),
     }
 }
 
 fn require_admin(req: &Request<Incoming>, state: &AppState) -> Result<Identity, ApiError> {
-    let id = identify(req.headers(), state, &query_pairs(req.uri()))?;
+    let id = identify(req.headers(), state, &query_pairs(req.uri())?)?;
     if !id.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -428,7 +479,7 @@ pub async fn open_stream(
     admin: bool,
 ) -> Result<Opened, ApiError> {
     let remote = peer.addr;
-    let query = query_pairs(uri);
+    let query = query_pairs(uri)?;
     let identity = identify(headers, state, &query)?;
     if admin && !identity.admin {
         return Err(ApiError::new(
@@ -468,9 +519,10 @@ pub async fn open_stream(
                 .map_err(|e| ApiError::bad_request(format!("invalid Last-Event-ID: {e}")))?,
         ),
     };
-    let expires_at = identity.expires_unix.map(|exp| {
+    // A token whose expiry lies beyond what the clock can represent never expires.
+    let expires_at = identity.expires_unix.and_then(|exp| {
         let left = exp.saturating_sub(unix_now());
-        std::time::Instant::now() + Duration::from_secs(left)
+        std::time::Instant::now().checked_add(Duration::from_secs(left))
     });
     // In cluster mode a user's place is taken across the cluster first (the engine then
     // checks this instance's own count, which is never more).
@@ -552,26 +604,72 @@ struct PublishBody {
     broadcast: bool,
     #[serde(default)]
     event: Option<String>,
-    data: serde_json::Value,
+    /// Kept as written: a value parsed and printed again would lose the digits of large
+    /// numbers and the order of keys.
+    data: Box<serde_json::value::RawValue>,
     #[serde(default)]
     idempotency_key: Option<String>,
 }
 
+/// What subscribers receive for a publish's `data` (valid JSON, as written): a string's text,
+/// anything else as written without the whitespace between its tokens.
+fn event_data(json: &str) -> Result<String, serde_json::Error> {
+    if json.starts_with('"') {
+        return serde_json::from_str(json);
+    }
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
 async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Body>, ApiError> {
-    let query = query_pairs(req.uri());
+    let query = query_pairs(req.uri())?;
     let identity = identify(req.headers(), state, &query)?;
     let limit = state.max_body;
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let timeout = state.body_timeout;
+    let body = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+            )
+        })?
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is larger than {limit} bytes"),
-                )
+                too_large()
             } else {
                 ApiError::bad_request(format!("could not read the body: {e}"))
             }
@@ -615,10 +713,8 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
         None | Some("") => None,
         Some(t) => Some(EventType::new(t).map_err(bad)?),
     };
-    let data = match body.data {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    };
+    let data = event_data(body.data.get())
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let request = PublishRequest {
         target,
         event_type,
@@ -661,14 +757,34 @@ async fn metrics_response(state: &AppState) -> Result<Response<Body>, ApiError> 
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{event_data, percent_decode};
+
+    #[test]
+    fn event_data_is_a_strings_text_or_the_json_as_written_without_whitespace() {
+        let data = |json: &str| event_data(json).unwrap();
+        assert_eq!(data(r#""two\nlines \u00e9""#), "two\nlines é");
+        // Digits, exponents, key order and repeated keys as sent: nothing goes through f64.
+        assert_eq!(
+            data("{ \"id\" : 98765432109876543210,\n \"b\": 1e2, \"a\": -0, \"a\": 1.5e-400 }"),
+            r#"{"id":98765432109876543210,"b":1e2,"a":-0,"a":1.5e-400}"#
+        );
+        // Whitespace inside strings stays, escaped quotes do not end them.
+        assert_eq!(
+            data("[ \"a b\", \"say \\\" hi \", \"\\\\\" , null ]"),
+            r#"["a b","say \" hi ","\\",null]"#
+        );
+    }
 
     #[test]
     fn query_components_are_percent_decoded() {
-        assert_eq!(percent_decode("news%2F*"), "news/*");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("caf%C3%A9"), "café");
+        let decoded = |s| percent_decode(s).unwrap();
+        assert_eq!(decoded("news%2F*"), "news/*");
+        assert_eq!(decoded("a+b"), "a b");
+        assert_eq!(decoded("100%"), "100%");
+        assert_eq!(decoded("%zz%4"), "%zz%4");
+        assert_eq!(decoded("caf%C3%A9"), "café");
+        // Not UTF-8: refused, not turned into U+FFFD (which %fe would then name as well).
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("caf%C3"), None);
     }
 }

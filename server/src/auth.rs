@@ -276,9 +276,8 @@ pub fn token_from(headers: &http::HeaderMap, query_token: Option<&str>) -> Optio
     if let Some(auth) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        && let Some(t) = auth
-            .strip_prefix("Bearer ")
-            .or_else(|| auth.strip_prefix("bearer "))
+        && let Some((scheme, t)) = auth.trim_start().split_once(' ')
+        && scheme.eq_ignore_ascii_case("bearer")
     {
         return Some(t.trim().to_owned());
     }
@@ -375,5 +374,10 @@ mod tests {
         assert_eq!(token_from(&headers, Some("q")), Some("c".into()));
         headers.insert(http::header::AUTHORIZATION, "Bearer h".parse().unwrap());
         assert_eq!(token_from(&headers, Some("q")), Some("h".into()));
+        // The scheme's name is case-insensitive (RFC 9110, 11.1); another scheme is no token.
+        headers.insert(http::header::AUTHORIZATION, "BEARER  u".parse().unwrap());
+        assert_eq!(token_from(&headers, None), Some("u".into()));
+        headers.insert(http::header::AUTHORIZATION, "Basic b".parse().unwrap());
+        assert_eq!(token_from(&headers, None), Some("c".into()));
     }
 }

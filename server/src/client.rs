@@ -8,12 +8,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// Sends `body` as JSON with `method` to `url` and returns the status and the JSON answer.
+/// Sends `body` (JSON text) with `method` to `url` and returns the status and the JSON answer.
 pub async fn request_json(
     method: http::Method,
     url: &str,
     token: Option<&str>,
-    body: Option<serde_json::Value>,
+    body: Option<String>,
 ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = http::Request::builder().method(method).uri(url);
@@ -23,7 +23,7 @@ pub async fn request_json(
     let payload = match body {
         Some(v) => {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
-            Bytes::from(v.to_string())
+            Bytes::from(v)
         }
         None => Bytes::new(),
     };

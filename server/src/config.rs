@@ -57,7 +57,8 @@ pub struct ServeArgs {
     #[serde(deserialize_with = "duration_text")]
     pub trim_interval: Option<Duration>,
     /// Most subscriber connections at once; beyond it new subscribers are told to retry
-    /// later [default: 50000].
+    /// later. Admin streams (the console) are not counted, so an operator can watch a full
+    /// server [default: 50000].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Most subscriber streams one user (a token's `sub`, or `?user=` in dev mode) may hold
@@ -88,7 +89,7 @@ pub struct ServeArgs {
     /// Reconnection delay sent to clients as `retry:`, in ms [default: 3000].
     #[arg(long, env = "HERALD_RETRY_MS")]
     pub retry_ms: Option<u64>,
-    /// Time a client has to send its request headers [default: 10s].
+    /// Time a client has to send its request headers, and a publisher its body [default: 10s].
     #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration)]
     #[serde(deserialize_with = "duration_text")]
     pub header_timeout: Option<Duration>,
@@ -249,6 +250,7 @@ impl ServeArgs {
             max_events: s.retain_events.unwrap_or(defaults.max_events),
             max_age: s.retain_age.unwrap_or(defaults.max_age),
             max_bytes: s.retain_bytes.unwrap_or(defaults.max_bytes),
+            max_keys: defaults.max_keys,
         };
         let tls = cert_and_key(("--tls-cert", s.tls_cert), ("--tls-key", s.tls_key))?;
         let redis_tls_files = ClientFiles {

@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use herald_server::auth::{Claims, Grants, JwtKey, PublishGrant};
 use herald_server::config::{ServeArgs, parse_duration};
-use serde_json::json;
+use serde_json::value::RawValue;
 
 /// Herald: publish events over HTTP, deliver them to browsers over Server-Sent Events, and
 /// replay what a reconnecting client missed from a durable log.
@@ -154,20 +154,31 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let data: serde_json::Value = serde_json::from_str(&args.data)
-        .unwrap_or_else(|_| serde_json::Value::String(args.data.clone()));
-    let mut body = json!({
-        "topics": args.topics,
-        "users": args.users,
-        "broadcast": args.broadcast,
-        "data": data,
-    });
-    if let Some(e) = args.event {
-        body["event"] = json!(e);
+    /// The publish body; `data` goes out as the user wrote it (a JSON value parsed and printed
+    /// again would lose the digits of large numbers and the order of keys).
+    #[derive(serde::Serialize)]
+    struct Body {
+        topics: Vec<String>,
+        users: Vec<String>,
+        broadcast: bool,
+        data: Box<RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
     }
-    if let Some(k) = args.idempotency_key {
-        body["idempotency_key"] = json!(k);
-    }
+    let data = match RawValue::from_string(args.data.trim().to_owned()) {
+        Ok(json) => json,
+        Err(_) => serde_json::value::to_raw_value(&args.data)?,
+    };
+    let body = serde_json::to_string(&Body {
+        topics: args.topics,
+        users: args.users,
+        broadcast: args.broadcast,
+        data,
+        event: args.event,
+        idempotency_key: args.idempotency_key,
+    })?;
     let url = format!("{}/publish", args.url.trim_end_matches('/'));
     let (status, answer) = herald_server::client::request_json(
         http::Method::POST,

@@ -131,6 +131,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         jwt,
         dev: config.dev,
         max_body: config.max_body,
+        body_timeout: config.header_timeout,
         retry_ms: config.retry_ms,
         cors_origins: config.cors_origins.clone(),
         log: log.clone(),

@@ -22,6 +22,8 @@ use crate::api::{self, ApiError, AppState, Opened};
 
 /// The longest request head accepted on this path.
 const MAX_HEAD: usize = 16 * 1024;
+/// Most header lines in the request head: hyper's limit, which every other request meets.
+const MAX_HEADERS: usize = 100;
 
 /// A write that cannot make progress for this long means the client is gone.
 const WRITE_STALL: Duration = Duration::from_secs(30);
@@ -110,7 +112,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError> {
             return Err(HeadError::Io);
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut slots);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {

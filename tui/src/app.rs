@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use herald_core::{AdminEvent, ConnId, ConnectionInfo, NodeInfo, Snapshot, Stats, TopicInfo};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::event::{Action, ApiError, Edit, LinkState, NodesAnswer, ServerMsg, View};
 
@@ -40,7 +41,36 @@ pub struct PublishBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
     /// The data: a JSON value, or a JSON string whose text is sent as is.
-    pub data: Value,
+    pub data: JsonText,
+}
+
+/// A JSON value sent as it was typed: parsed and printed again, it would lose the digits of
+/// large numbers and the order of keys.
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<RawValue>);
+
+impl JsonText {
+    /// The value `text` holds, if it is JSON.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text.trim().to_owned()).map(Self)
+    }
+
+    /// `text` as a JSON string.
+    pub fn string(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(text).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 /// What keys mean right now; [`crate::event::key_action`] reads it.
@@ -425,7 +455,12 @@ impl ComposeForm {
             TargetKind::User => (Vec::new(), targets, false),
             TargetKind::Broadcast => (Vec::new(), Vec::new(), true),
         };
-        let data = self.data_value()?;
+        self.data_value()?;
+        let data = match self.format {
+            DataFormat::Text => JsonText::string(&self.data.value),
+            DataFormat::Json => JsonText::parse(&self.data.value),
+        }
+        .map_err(|e| format!("data is not valid JSON: {e}"))?;
         let event = self.event_type.value.trim();
         Ok(PublishBody {
             topics,
@@ -1525,7 +1560,7 @@ pub(crate) mod tests {
             users: Vec::new(),
             broadcast: false,
             event: Some("order.created".to_owned()),
-            data: serde_json::json!({"id": 42}),
+            data: JsonText::parse("{\"id\": 42}").unwrap(),
         };
         assert_eq!(app.update(Action::Submit), Some(Command::Publish(expected)));
         assert_eq!(app.update(Action::Submit), None, "no double send");
@@ -1544,7 +1579,7 @@ pub(crate) mod tests {
         let Some(Command::Publish(body)) = app.update(Action::Submit) else {
             panic!("not sent")
         };
-        assert_eq!(body.data, Value::String("{\"id\": 42}".to_owned()));
+        assert_eq!(body.data.as_str(), r#""{\"id\": 42}""#);
     }
 
     #[test]

@@ -756,7 +756,7 @@ mod tests {
             users: Vec::new(),
             broadcast: false,
             event: None,
-            data: serde_json::json!({"n": 1}),
+            data: crate::app::JsonText::parse(r#"{"n": 1}"#).unwrap(),
         };
         let ok = r#"{"id":"1700000000000-3"}"#;
         let bad = r#"{"error":"invalid topic \"a b\""}"#;

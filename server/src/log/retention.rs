@@ -21,6 +21,10 @@ pub struct Retention {
     pub max_age: Duration,
     /// Most bytes of stored records kept (keys and encoded records, not sled's overhead).
     pub max_bytes: u64,
+    /// Most publishers' idempotency keys kept, the newest: as many as the engine remembers,
+    /// so a retry is answered the same before and after a restart, whether or not its event
+    /// is still retained.
+    pub max_keys: u64,
 }
 
 impl Default for Retention {
@@ -29,6 +33,7 @@ impl Default for Retention {
             max_events: 1_000_000,
             max_age: Duration::from_secs(7 * 24 * 60 * 60),
             max_bytes: 1 << 30,
+            max_keys: herald_core::EngineConfig::default().idempotency_keys as u64,
         }
     }
 }
@@ -42,7 +47,8 @@ pub struct TrimReport {
     pub bytes: u64,
     /// The retention floor after this step: the highest id ever removed.
     pub floor: Option<EventId>,
-    /// True when the step stopped at its bound and more events are over the limits.
+    /// True when the step stopped at its bound and more events (or idempotency keys) are
+    /// over the limits.
     pub more: bool,
 }
 

@@ -104,6 +104,8 @@ struct Totals {
     floor: Option<EventId>,
     events: u64,
     bytes: u64,
+    /// Idempotency keys held (counted at open, not stored).
+    keys: u64,
 }
 
 impl Totals {
@@ -130,9 +132,9 @@ pub struct SledLog {
     pub(super) by_user: sled::Tree,
     pub(super) broadcast: sled::Tree,
     pub(super) meta: sled::Tree,
-    /// Publishers' idempotency keys, under the id of the event they published (so they are
-    /// trimmed with it).
-    keys: sled::Tree,
+    /// Publishers' idempotency keys, under the id of the event they published; the newest
+    /// `Retention::max_keys` are kept, whether their events are or not.
+    pub(super) keys: sled::Tree,
     /// sled's data file, fsynced after sled's own flush: sled syncs with `sync_file_range`,
     /// which neither flushes the device cache nor the file's metadata (its length).
     db_file: File,
@@ -243,6 +245,7 @@ impl SledLog {
             floor,
             events: events_total,
             bytes: bytes_total,
+            keys: keys.len() as u64,
         };
 
         let db_path = dir.join("db");
@@ -520,7 +523,6 @@ impl EventLog for SledLog {
                 break;
             }
             writes.events.remove(&key[..]);
-            writes.keys.remove(&key[..]);
             match codec::decode_event(id, &value) {
                 Ok(event) => names.add(&event),
                 // Without its targets its index entries cannot be found; those it alone holds
@@ -536,6 +538,23 @@ impl EventLog for SledLog {
         }
         if let (true, Some(floor)) = (report.removed > 0, totals.floor) {
             self.remove_index_entries(&names, floor, &mut writes)?;
+        }
+        // The oldest idempotency keys beyond their limit, at most `max_step` of them too.
+        let excess = totals.keys.saturating_sub(limits.max_keys);
+        let mut keys_removed = 0;
+        for item in self.keys.iter().keys() {
+            if keys_removed == excess {
+                break;
+            }
+            if keys_removed == max_step as u64 {
+                report.more = true;
+                break;
+            }
+            writes.keys.remove(item?);
+            keys_removed += 1;
+        }
+        totals.keys -= keys_removed;
+        if report.removed > 0 || keys_removed > 0 {
             self.commit(&writes, &totals)?;
             *lock(&self.totals) = totals;
         }
@@ -576,6 +595,7 @@ impl AppendLog for SledLog {
         for (id, key) in keys {
             writes.keys.insert(&id.to_bytes()[..], key.as_bytes());
         }
+        totals.keys += keys.len() as u64;
         self.commit(&writes, &totals)?;
         if self.fsync == FsyncPolicy::EveryBatch {
             self.sync()?;

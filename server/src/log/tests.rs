@@ -685,9 +685,9 @@ fn fsync_policies_parse_from_their_flag_values() {
 }
 
 #[test]
-fn idempotency_keys_are_kept_across_a_reopen_and_trimmed_with_their_events() {
+fn idempotency_keys_are_kept_across_a_reopen_and_outlive_their_events_up_to_their_own_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = keeping(dir.path(), 2);
+    let mut cfg = keeping(dir.path(), 2);
     let key = |n: u64, k: &str| (id(n), Arc::<str>::from(k));
     {
         let log = open_log(&cfg).unwrap();
@@ -702,9 +702,28 @@ fn idempotency_keys_are_kept_across_a_reopen_and_trimmed_with_their_events() {
     assert_eq!(log.idempotency_keys(10).unwrap(), both);
     // The newest ones first when there are more than asked for.
     assert_eq!(log.idempotency_keys(1).unwrap(), both[1..]);
-    // Retention keeps 2 events: event 1 goes, and its key with it.
+    // Retention keeps 2 events: event 1 goes, its key stays (a retry is still answered
+    // with its id, as the engine does until it restarts).
     assert_eq!(log.trim(0, 10).unwrap().removed, 1);
+    assert_eq!(log.idempotency_keys(10).unwrap(), both);
+    drop(log);
+    // Keeping one key: the oldest goes, in steps of at most `max_step`, across a reopen.
+    cfg.retention.max_keys = 1;
+    let log = open_log(&cfg).unwrap();
+    assert_eq!(log.idempotency_keys(10).unwrap(), both);
+    let step = log.trim(0, 10).unwrap();
+    assert_eq!((step.removed, step.more), (0, false));
     assert_eq!(log.idempotency_keys(10).unwrap(), both[1..]);
+    log.append(&[event(4, &["a"], &[], false)], &[key(4, "fourth")])
+        .unwrap();
+    log.append(&[event(5, &["a"], &[], false)], &[key(5, "fifth")])
+        .unwrap();
+    assert!(log.trim(0, 1).unwrap().more, "two keys over, one per step");
+    log.trim(0, 1).unwrap();
+    assert_eq!(
+        log.idempotency_keys(10).unwrap(),
+        vec![(id(5), "fifth".to_owned())]
+    );
 }
 
 #[test]

@@ -195,6 +195,47 @@ async fn publishing_without_the_right_to_is_403() {
 }
 
 #[tokio::test]
+async fn a_token_expiring_past_the_clocks_range_streams_and_the_schemes_case_does_not_matter() {
+    let herald = server();
+    // An `exp` later than the server's clock can count to: a stream that never expires,
+    // not a dropped connection.
+    let forever = sign_jwt(
+        SECRET,
+        &json!({"sub": "alice", "exp": u64::MAX, "herald": {"subscribe": ["orders"]}}),
+    );
+    let mut sub = herald
+        .events()
+        .topic("orders")
+        .header("authorization", &format!("BEARER {forever}"))
+        .open()
+        .await;
+    let (status, answer) = herald
+        .publish_as(&publisher(), json!({"topics": ["orders"], "data": "hello"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let event = sub.next_event(WAIT).await.expect("the event");
+    assert_eq!(event.data, "hello");
+}
+
+#[tokio::test]
+async fn in_dev_mode_a_stray_token_does_not_hide_the_user_named_in_the_query() {
+    let herald = Herald::start(&["--dev"]);
+    // A cookie left over from a production deployment on the same host.
+    let mut sub = herald
+        .events()
+        .topic("orders")
+        .query("user", "zed")
+        .header("cookie", "herald_token=stale")
+        .open()
+        .await;
+    herald
+        .publish_ok(json!({"users": ["zed"], "data": "hi zed"}))
+        .await;
+    let event = sub.next_event(WAIT).await.expect("zed's event");
+    assert_eq!(event.data, "hi zed");
+}
+
+#[tokio::test]
 async fn a_token_in_the_query_or_the_herald_token_cookie_works_like_a_bearer_token() {
     let herald = server();
     let token = alice();

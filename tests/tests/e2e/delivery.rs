@@ -1,6 +1,9 @@
 //! Publish and subscribe: by topic, by pattern, by user (several tabs), and broadcast.
 
-use herald_tests::{Herald, WAIT, mint_token};
+use std::process::Command;
+
+use herald_tests::{Herald, WAIT, herald_bin, mint_token, run_bounded};
+use http::{Method, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
@@ -24,6 +27,46 @@ async fn a_subscriber_receives_events_published_to_its_topic_and_no_others() {
     );
     assert_eq!(event.last_event_id, id);
     assert_eq!(sub.last_event_id(), id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_data_arrives_as_written_less_whitespace_from_the_api_and_the_cli() {
+    let herald = Herald::start(&["--dev"]);
+    let mut sub = herald.events().topic("t").open().await;
+    // Written by hand: a JSON library would have rounded the number before it was sent.
+    let body = br#"{"topics": ["t"], "data": { "id" : 98765432109876543210, "z": 1e2, "a": [-0, 1.5e-400] }}"#;
+    let reply = herald
+        .call(Method::POST, "/publish")
+        .raw_body("application/json", body.to_vec())
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let mut cli = Command::new(herald_bin());
+    cli.args([
+        "publish",
+        "--url",
+        &herald.url(""),
+        "--topic",
+        "t",
+        "--data",
+    ])
+    .arg(r#"{"n": 18446744073709551616, "b": 2, "a": 1}"#);
+    let out = run_bounded(&mut cli, WAIT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let events = sub.events_until(2, WAIT).await;
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(
+        data,
+        [
+            r#"{"id":98765432109876543210,"z":1e2,"a":[-0,1.5e-400]}"#,
+            r#"{"n":18446744073709551616,"b":2,"a":1}"#
+        ]
+    );
 }
 
 #[tokio::test]

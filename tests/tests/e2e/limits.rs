@@ -108,6 +108,56 @@ async fn a_publish_with_bad_json_or_no_target_is_400_json() {
 }
 
 #[tokio::test]
+async fn head_works_like_get_a_wrong_method_is_405_with_allow_and_an_unknown_path_404() {
+    let herald = Herald::start(&["--dev"]);
+    // What uptime checks send.
+    for path in ["/", "/healthz", "/metrics", "/admin/stats"] {
+        let reply = herald.call(Method::HEAD, path).send().await;
+        assert_eq!(reply.status, StatusCode::OK, "HEAD {path}");
+        assert!(reply.body.is_empty(), "HEAD {path}: {}", reply.text());
+    }
+    let cases = [
+        (Method::PUT, "/publish", "POST, OPTIONS"),
+        (Method::POST, "/healthz", "GET, HEAD, OPTIONS"),
+        (
+            Method::POST,
+            "/admin/connections/1",
+            "GET, HEAD, DELETE, OPTIONS",
+        ),
+        // A stream has no head to give short of subscribing.
+        (Method::HEAD, "/events", "GET, OPTIONS"),
+    ];
+    for (method, path, allow) in cases {
+        let reply = herald.call(method.clone(), path).send().await;
+        assert_eq!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(reply.header("allow"), Some(allow), "{method} {path}");
+        if method != Method::HEAD {
+            assert!(reply.json()["error"].is_string(), "{}", reply.text());
+        }
+    }
+    for path in ["/admin", "/admin/nothing", "/admin/connections/1/more"] {
+        let reply = herald.call(Method::GET, path).send().await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(reply.json()["error"].is_string(), "{}", reply.text());
+    }
+    // Bytes that are not UTF-8 once decoded name no topic (rather than U+FFFD, which %fe
+    // would name too), on the direct stream path and through hyper alike.
+    for path in ["/events?topic=%ff", "//events?topic=%fe"] {
+        let reply = herald.call(Method::GET, path).send().await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        let error = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(error.contains("UTF-8"), "{path}: {}", reply.text());
+    }
+}
+
+#[tokio::test]
 async fn over_the_connection_cap_a_subscriber_gets_200_with_retry_and_the_stream_ends() {
     let herald = Herald::start(&["--dev", "--max-connections", "2"]);
     let first = herald.events().topic("t").open().await;
@@ -130,9 +180,22 @@ async fn over_the_connection_cap_a_subscriber_gets_200_with_retry_and_the_stream
     );
     assert!(third.next_event(WAIT).await.is_none());
 
+    // The operator's console still gets in: admin streams are not counted.
+    let mut console = herald.admin_events().open().await;
+    let snapshot = console
+        .next_event(WAIT)
+        .await
+        .expect("the console's snapshot");
+    assert_eq!(snapshot.event_type, "snapshot");
+    drop(console);
+
     // A slot frees up when a subscriber leaves.
     drop(first);
-    let freed = eventually(WAIT, || async { herald.connections().await.len() == 1 }).await;
+    let freed = eventually(WAIT, || async {
+        let connections = herald.connections().await;
+        connections.len() == 1 && connections[0]["topics"] == json!(["t"])
+    })
+    .await;
     assert!(freed, "the server never noticed the first subscriber leave");
     let mut fourth = herald.events().topic("t").open().await;
     let id = herald
@@ -244,6 +307,37 @@ async fn assert_cut_off(herald: &Herald, cases: Vec<(&str, TcpStream)>) {
         .await;
     let event = patient.next_event(WAIT).await.expect("the event");
     assert_eq!(event.last_event_id, id);
+}
+
+#[tokio::test]
+async fn a_body_declared_over_the_limit_is_refused_unread_and_a_stalled_one_times_out_with_408() {
+    let herald = Herald::start(&["--dev", "--max-body", "1024", "--header-timeout", "1s"]);
+    let cases = [
+        // Refused from its Content-Length alone: the 100 GB never have to be sent.
+        (
+            &b"POST /publish HTTP/1.1\r\nhost: h\r\ncontent-length: 100000000000\r\n\r\n"[..],
+            "413 Payload Too Large",
+            "larger than 1024 bytes",
+        ),
+        (
+            b"POST /publish HTTP/1.1\r\nhost: h\r\ncontent-length: 100\r\n\r\n{\"topics\"",
+            "408 Request Timeout",
+            "did not arrive within 1 s",
+        ),
+    ];
+    for (request, status, error) in cases {
+        let mut tcp = half_open(&herald, request).await;
+        let answer = read_until_closed(&mut tcp, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{status}: no answer, still open"));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(answer.contains(error), "{answer}");
+        assert!(answer.contains("application/json"), "{answer}");
+    }
 }
 
 #[tokio::test]

@@ -319,6 +319,36 @@ async fn a_publish_retried_after_a_kill_9_and_restart_keeps_its_id_and_is_not_de
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_after_retention_removed_its_event_and_a_restart_is_not_published_twice()
+{
+    let mut herald = Herald::start(&["--dev", "--retain-events", "2", "--trim-interval", "100ms"]);
+    let keyed = json!({"topics": ["t"], "data": "once", "idempotency_key": "order-18"});
+    let first = herald.publish_ok(keyed.clone()).await;
+    for n in 0..3 {
+        herald.publish_ok(json!({"topics": ["t"], "data": n})).await;
+    }
+    let log = |herald: &Herald| {
+        let call = herald.call(Method::GET, "/admin/stats");
+        async move { call.send().await.json()["stats"]["log"].clone() }
+    };
+    let trimmed = eventually(WAIT, || async { log(&herald).await["events"] == 2 }).await;
+    assert!(trimmed, "retention never trimmed: {}", log(&herald).await);
+
+    // A clean stop, so the trim is on disk too (after a kill -9 sled may bring back what it
+    // had not flushed, and the key with it).
+    herald.terminate();
+    assert!(herald.wait_exit(WAIT).is_some(), "the server did not stop");
+    herald.restart();
+    let retried = herald.publish_ok(keyed).await;
+    assert_eq!(retried, first, "the retry is answered with the original id");
+    let stats = herald.call(Method::GET, "/admin/stats").send().await.json();
+    assert_eq!(
+        stats["stats"]["counters"]["published"], 0,
+        "nothing was published again: {stats}"
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_got_no_event_before_a_crash_resumes_from_its_checkpoint() {
     let mut herald = Herald::start(&["--dev"]);
