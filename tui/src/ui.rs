@@ -28,8 +28,19 @@ const STATUS_HEIGHT: u16 = 1;
 const BODY_CHROME: u16 = 3;
 /// Below this the layout cannot hold together; a notice is drawn instead.
 const MIN_SIZE: (u16, u16) = (60, 16);
-/// At this width the connections table also shows the remote address.
-const WIDE: u16 = 100;
+/// The connections table's fixed columns.
+const ID_WIDTH: u16 = 6;
+const USER_WIDTH: u16 = 10;
+const REMOTE_WIDTH: u16 = 21;
+const AGE_WIDTH: u16 = 7;
+const SENT_WIDTH: u16 = 6;
+const LAST_ID_WIDTH: u16 = 16;
+/// `1023.9 KiB`, the longest size [`fmt_bytes`] writes below 1024 TiB.
+const QUEUE_WIDTH: u16 = 10;
+/// The Topics column keeps at least this much; Last id gives way first.
+const TOPICS_MIN: u16 = 12;
+/// Remote is shown only while Topics keeps this much (`news/eu,news/us` whole).
+const TOPICS_WITH_REMOTE: u16 = 16;
 
 const SELECTED: &str = "▶ ";
 
@@ -102,13 +113,15 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
 
     let stats = app.stats.as_ref();
     let first_line = match (&app.link, stats) {
-        (LinkState::Down { error, retry_ms }, _) => Line::from(vec![
-            Span::styled(error.clone(), Style::new().red()),
-            Span::styled(
-                format!("  (retrying in {})", fmt_duration(*retry_ms)),
-                Style::new().dim(),
-            ),
-        ]),
+        (LinkState::Down { error, retry_ms }, _) => {
+            // The retry figure is kept whole; the reason gives way if the line is short.
+            let retry = format!("  (retrying in {})", fmt_duration(*retry_ms));
+            let room = usize::from(first.width).saturating_sub(retry.chars().count());
+            Line::from(vec![
+                Span::styled(ellipsize(error, room), Style::new().red()),
+                Span::styled(retry, Style::new().dim()),
+            ])
+        }
         (_, None) => Line::styled("waiting for the first stats sample…", Style::new().dim()),
         (_, Some(s)) => {
             let c = &s.counters;
@@ -117,30 +130,47 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
             } else {
                 Style::new()
             };
-            let mut spans = vec![
-                label("up "),
-                Span::raw(fmt_duration(s.uptime_ms)),
-                label("   connections "),
-                Span::styled(c.connections.to_string(), Style::new().bold()),
-                Span::styled(
-                    format!(" ({} total)", c.connections_total),
-                    Style::new().dim(),
+            let mut figures = vec![
+                Figure::new("up", "up", 3, vec![Span::raw(fmt_duration(s.uptime_ms))]),
+                Figure::new(
+                    "connections",
+                    "conns",
+                    0,
+                    vec![Span::styled(c.connections.to_string(), Style::new().bold())],
                 ),
-                label("   topics "),
-                Span::raw(s.topics.to_string()),
+                Figure::attached(
+                    5,
+                    vec![Span::styled(
+                        format!("({} total)", c.connections_total),
+                        Style::new().dim(),
+                    )],
+                ),
+                Figure::new("topics", "topics", 4, vec![Span::raw(s.topics.to_string())]),
             ];
             if let Some((_, true)) = &app.node_self {
-                spans.push(label("   nodes "));
-                spans.push(Span::raw(app.nodes.len().to_string()));
+                figures.push(Figure::new(
+                    "nodes",
+                    "nodes",
+                    6,
+                    vec![Span::raw(app.nodes.len().to_string())],
+                ));
             }
-            spans.push(label("   slow closes "));
-            spans.push(Span::styled(c.slow_consumer_closes.to_string(), slow_style));
+            figures.push(Figure::new(
+                "slow closes",
+                "slow",
+                1,
+                vec![Span::styled(c.slow_consumer_closes.to_string(), slow_style)],
+            ));
             // Limits that turned subscribers away: shown once it has happened.
             if c.refused > 0 {
-                spans.push(label("   refused "));
-                spans.push(Span::styled(c.refused.to_string(), Style::new().yellow()));
+                figures.push(Figure::new(
+                    "refused",
+                    "refused",
+                    2,
+                    vec![Span::styled(c.refused.to_string(), Style::new().yellow())],
+                ));
             }
-            Line::from(spans)
+            fit_line(&figures, first.width)
         }
     };
     frame.render_widget(Paragraph::new(first_line), first);
@@ -148,34 +178,130 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
     let [left, middle, right] = Layout::horizontal([Constraint::Fill(1); 3])
         .spacing(2)
         .areas(rates);
-    draw_rate(frame, "published/s", &app.published, Color::Cyan, left);
-    draw_rate(frame, "delivered/s", &app.delivered, Color::Magenta, middle);
-    draw_rate(frame, "connections", &app.open, Color::Green, right);
+    draw_rate(frame, RATE_LABELS[0], &app.published, Color::Cyan, left);
+    draw_rate(
+        frame,
+        RATE_LABELS[1],
+        &app.delivered,
+        Color::Magenta,
+        middle,
+    );
+    draw_rate(frame, RATE_LABELS[2], &app.open, Color::Green, right);
 
     let log_line = match stats {
         None => Line::styled("log —", Style::new().dim()),
-        Some(s) => Line::from(vec![
-            label("log "),
-            Span::raw(plural(s.log.events, "event")),
-            label(" · "),
-            Span::raw(fmt_bytes(s.log.bytes)),
-            label("   oldest "),
-            Span::raw(
-                s.log
-                    .oldest
-                    .map_or_else(|| "—".to_owned(), |id| id.to_string()),
-            ),
-            label("   last "),
-            Span::raw(s.last_id.clone().unwrap_or_else(|| "—".to_owned())),
-        ]),
+        Some(s) => {
+            let size = |events: String| {
+                vec![
+                    Span::raw(events),
+                    label(" · "),
+                    Span::raw(fmt_bytes(s.log.bytes)),
+                ]
+            };
+            let oldest = s
+                .log
+                .oldest
+                .map_or_else(|| "—".to_owned(), |id| id.to_string());
+            let last = s.last_id.clone().unwrap_or_else(|| "—".to_owned());
+            let events = if s.log.events == 1 { "event" } else { "events" };
+            fit_line(
+                &[
+                    Figure {
+                        short: with_label(
+                            "log",
+                            size(format!("{} {events}", fmt_count(s.log.events))),
+                        ),
+                        ..Figure::new("log", "log", 0, size(plural(s.log.events, "event")))
+                    },
+                    Figure::new("oldest", "oldest", 2, vec![Span::raw(oldest)]),
+                    Figure::new("last", "last", 1, vec![Span::raw(last)]),
+                ],
+                log.width,
+            )
+        }
     };
     frame.render_widget(Paragraph::new(log_line), log);
-    frame.render_widget(Paragraph::new(latency_line(stats)), latency);
+    frame.render_widget(Paragraph::new(latency_line(stats, latency.width)), latency);
+}
+
+/// One figure of a header line, shown whole or not at all (a cut number reads as another
+/// number): its spans with the full label and with a short one.
+struct Figure {
+    full: Vec<Span<'static>>,
+    short: Vec<Span<'static>>,
+    /// Which figures give way first when the line is short: the highest rank.
+    rank: u8,
+    /// Follows the previous figure after one space, as part of it (`(5017 total)`).
+    attached: bool,
+}
+
+impl Figure {
+    fn new(name: &str, short: &str, rank: u8, value: Vec<Span<'static>>) -> Self {
+        Self {
+            full: with_label(name, value.clone()),
+            short: with_label(short, value),
+            rank,
+            attached: false,
+        }
+    }
+
+    fn attached(rank: u8, value: Vec<Span<'static>>) -> Self {
+        Self {
+            full: value.clone(),
+            short: value,
+            rank,
+            attached: true,
+        }
+    }
+}
+
+fn with_label(name: &str, value: Vec<Span<'static>>) -> Vec<Span<'static>> {
+    let mut spans = vec![label(&format!("{name} "))];
+    spans.extend(value);
+    spans
+}
+
+/// `figures` on one line of `width` columns, each whole: as many figures as fit (the
+/// highest ranks leave first), then the roomiest spacing and labels that fit.
+fn fit_line(figures: &[Figure], width: u16) -> Line<'static> {
+    let width = usize::from(width);
+    let mut by_rank: Vec<u8> = figures.iter().map(|f| f.rank).collect();
+    by_rank.sort_unstable();
+    for kept in (1..=by_rank.len()).rev() {
+        let highest = by_rank[kept - 1];
+        let shown: Vec<&Figure> = figures.iter().filter(|f| f.rank <= highest).collect();
+        for (short, gap) in [(false, "   "), (false, "  "), (true, "  ")] {
+            let mut spans = Vec::new();
+            for (i, f) in shown.iter().enumerate() {
+                if i > 0 {
+                    spans.push(Span::raw(if f.attached { " " } else { gap }));
+                }
+                spans.extend(if short { &f.short } else { &f.full }.iter().cloned());
+            }
+            let line = Line::from(spans);
+            if line.width() <= width {
+                return line;
+            }
+        }
+    }
+    Line::default()
+}
+
+/// `text` in at most `width` columns, ending in `…` when it had to be cut.
+fn ellipsize(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    if width > 0 {
+        cut.push('…');
+    }
+    cut
 }
 
 /// `publish p50 1.6 ms p99 2.4 ms   delivery p50 210 µs p99 38 ms   (last 10s)`: the
 /// server's own measure, over its recent window; `—` for a figure with nothing in the window.
-fn latency_line(stats: Option<&herald_core::Stats>) -> Line<'static> {
+fn latency_line(stats: Option<&herald_core::Stats>, width: u16) -> Line<'static> {
     let Some(l) = stats.map(|s| s.latency) else {
         return Line::styled("latency —", Style::new().dim());
     };
@@ -183,26 +309,39 @@ fn latency_line(stats: Option<&herald_core::Stats>) -> Line<'static> {
         // An older server, or one that has not measured a window yet.
         return Line::styled("latency —", Style::new().dim());
     }
-    let mut spans = Vec::new();
-    for (name, figure) in [("publish ", l.publish), ("   delivery ", l.delivery)] {
-        spans.push(label(name));
-        match figure {
-            None => spans.push(Span::raw("—")),
+    let figure = |name: &str, short: &str, rank: u8, figure: Option<herald_core::Quantiles>| {
+        let value = match figure {
+            None => vec![Span::raw("—")],
             Some(q) => {
                 let slow = if q.p99_us >= STUCK_MS * 1_000 {
                     Style::new().yellow().bold()
                 } else {
                     Style::new().bold()
                 };
-                spans.push(label("p50 "));
-                spans.push(Span::styled(fmt_micros(q.p50_us), Style::new().bold()));
-                spans.push(label(" p99 "));
-                spans.push(Span::styled(fmt_micros(q.p99_us), slow));
+                vec![
+                    label("p50 "),
+                    Span::styled(fmt_micros(q.p50_us), Style::new().bold()),
+                    label(" p99 "),
+                    Span::styled(fmt_micros(q.p99_us), slow),
+                ]
             }
-        }
-    }
-    spans.push(label(&format!("   (last {})", fmt_duration(l.window_ms))));
-    Line::from(spans)
+        };
+        Figure::new(name, short, rank, value)
+    };
+    let window = Figure {
+        full: vec![label(&format!("(last {})", fmt_duration(l.window_ms)))],
+        short: vec![label(&format!("(last {})", fmt_duration(l.window_ms)))],
+        rank: 2,
+        attached: false,
+    };
+    fit_line(
+        &[
+            figure("publish", "publ", 0, l.publish),
+            figure("delivery", "deliv", 1, l.delivery),
+            window,
+        ],
+        width,
+    )
 }
 
 /// A connection's queue counts as stuck once its oldest event has waited this long, and a
@@ -251,16 +390,45 @@ fn fmt_transports(t: &herald_core::Transports) -> Option<String> {
     Some(mix)
 }
 
-fn draw_rate(frame: &mut Frame, name: &str, rate: &crate::app::Rate, color: Color, area: Rect) {
+/// The three rates' labels, in full and short for a narrow header.
+const RATE_LABELS: [(&str, &str); 3] = [
+    ("published/s", "publ/s"),
+    ("delivered/s", "deliv/s"),
+    ("connections", "conns"),
+];
+
+/// Sparkline columns a rate keeps before its label is shortened.
+const MIN_SPARK: usize = 3;
+
+fn draw_rate(
+    frame: &mut Frame,
+    (name, short): (&str, &str),
+    rate: &crate::app::Rate,
+    color: Color,
+    area: Rect,
+) {
     let value = rate.last().map_or_else(|| "—".to_owned(), fmt_count);
-    let text = format!("{name} {value:>6} ");
-    let width = u16::try_from(text.chars().count()).unwrap_or(u16::MAX);
+    let value = format!(" {value:>6} ");
+    let room = usize::from(area.width);
+    let value_width = value.chars().count();
+    // The value is never cut: the label shortens, then goes, before it would be.
+    let name = [name, short]
+        .into_iter()
+        .find(|n| n.chars().count() + value_width + MIN_SPARK <= room)
+        .or_else(|| (short.chars().count() + value_width <= room).then_some(short))
+        .unwrap_or("");
+    let value = if name.is_empty() {
+        value.trim_start().to_owned()
+    } else {
+        value
+    };
+    let width = u16::try_from(name.chars().count() + value.chars().count()).unwrap_or(u16::MAX);
     let [label_area, spark_area] =
         Layout::horizontal([Constraint::Length(width), Constraint::Fill(1)]).areas(area);
     frame.render_widget(
         Paragraph::new(Line::from(vec![
             label(name),
-            Span::styled(format!(" {value:>6} "), Style::new().bold()),
+            Span::styled(value, Style::new().bold()),
         ])),
         label_area,
     );
@@ -348,31 +516,35 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
         frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), area.y));
     }
 
-    let wide = area.width >= WIDE;
+    let columns = ConnColumns::for_width(area.width);
     let mut header = vec!["ID", "User", "Topics"];
     let mut widths = vec![
-        Constraint::Length(6),
-        Constraint::Length(10),
+        Constraint::Length(ID_WIDTH),
+        Constraint::Length(USER_WIDTH),
         Constraint::Fill(1),
     ];
-    if wide {
+    if columns.remote {
         header.push("Remote");
-        widths.push(Constraint::Length(21));
+        widths.push(Constraint::Length(REMOTE_WIDTH));
     }
-    header.extend(["Age", "Sent", "Last id", "Queue"]);
+    header.extend(["Age", "Sent"]);
     widths.extend([
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(16),
-        Constraint::Length(7),
+        Constraint::Length(AGE_WIDTH),
+        Constraint::Length(SENT_WIDTH),
     ]);
+    if columns.last_id {
+        header.push("Last id");
+        widths.push(Constraint::Length(LAST_ID_WIDTH));
+    }
+    header.push("Queue");
+    widths.push(Constraint::Length(QUEUE_WIDTH));
 
     let visible = usize::from(inner.height.saturating_sub(1));
     let (start, end, selected) = window(app.conn_nav, rows.len(), visible);
     let table_rows = rows[start..end]
         .iter()
         .filter_map(|id| app.connections.get(id))
-        .map(|c| conn_row(c, wide));
+        .map(|c| conn_row(c, columns));
 
     let empty = rows.is_empty();
     let selected = (!empty).then_some(selected);
@@ -396,7 +568,7 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     }
 }
 
-fn conn_row(c: &ConnectionInfo, wide: bool) -> Row<'static> {
+fn conn_row(c: &ConnectionInfo, columns: ConnColumns) -> Row<'static> {
     let user = match (&c.user, c.admin) {
         (Some(user), _) => Cell::from(user.clone()),
         (None, true) => Cell::from("(admin)").dim(),
@@ -418,16 +590,46 @@ fn conn_row(c: &ConnectionInfo, wide: bool) -> Row<'static> {
         Cell::from("0").dim()
     };
     let mut cells = vec![Cell::from(c.id.to_string()), user, topics];
-    if wide {
+    if columns.remote {
         cells.push(Cell::from(c.remote.clone().unwrap_or_default()));
     }
     cells.extend([
         Cell::from(fmt_duration(c.connected_ms)),
         Cell::from(fmt_count(c.events_sent)),
-        Cell::from(c.last_id.clone().unwrap_or_else(|| "—".to_owned())),
-        queue,
     ]);
+    if columns.last_id {
+        cells.push(Cell::from(
+            c.last_id.clone().unwrap_or_else(|| "—".to_owned()),
+        ));
+    }
+    cells.push(queue);
     Row::new(cells)
+}
+
+/// The connections table's optional columns at some width.
+#[derive(Clone, Copy, Debug)]
+struct ConnColumns {
+    last_id: bool,
+    remote: bool,
+}
+
+impl ConnColumns {
+    /// What fits in a table `width` columns wide (borders included) with Topics kept
+    /// readable: an operator needs to know what a connection listens to more than its
+    /// last id, and that more than its address.
+    fn for_width(width: u16) -> Self {
+        // Borders, the selection marker, and one space between columns.
+        let marker = u16::try_from(Span::raw(SELECTED).width()).unwrap_or(u16::MAX);
+        let room = width.saturating_sub(2).saturating_sub(marker);
+        let fixed = [ID_WIDTH, USER_WIDTH, AGE_WIDTH, SENT_WIDTH, QUEUE_WIDTH]
+            .iter()
+            .map(|w| w + 1)
+            .sum::<u16>();
+        let last_id = fixed + LAST_ID_WIDTH + 1 + TOPICS_MIN <= room;
+        let remote =
+            last_id && fixed + LAST_ID_WIDTH + REMOTE_WIDTH + 2 + TOPICS_WITH_REMOTE <= room;
+        Self { last_id, remote }
+    }
 }
 
 /// The rows to draw for a selection in a list of `len` rows with `visible` rows of room:
@@ -1375,6 +1577,160 @@ mod tests {
         assert_eq!(fmt_micros(38_400), "38 ms");
         assert_eq!(fmt_micros(999_499), "999 ms");
         assert_eq!(fmt_micros(2_500_000), "2.5 s");
+    }
+
+    /// A server with large figures everywhere: 123456 connections, 99999 published/s.
+    fn big_figures_app() -> App {
+        let mut app = live_app();
+        let big = |uptime_s: u64, k: u64| {
+            let mut s = stats(uptime_s, 99_999 * k, 88_888 * k);
+            s.counters.committed = 99_999 * k;
+            s.counters.connections = 123_456;
+            s.counters.connections_total = 7_654_321;
+            s.counters.slow_consumer_closes = 4_321;
+            s.counters.refused = 77;
+            s.topics = 9_876;
+            s.log.events = 123_456_789;
+            s.log.bytes = 1_023 << 30;
+            s.last_id = Some("1700000000000-12345".to_owned());
+            s.latency.publish = Some(herald_core::Quantiles {
+                count: 300,
+                p50_us: 999_000,
+                p99_us: 12_500_000,
+            });
+            s.latency.delivery = Some(herald_core::Quantiles {
+                count: 300,
+                p50_us: 998_000,
+                p99_us: 1_500_000,
+            });
+            s
+        };
+        for k in 0..3 {
+            server(
+                &mut app,
+                ServerMsg::Admin(Box::new(AdminEvent::Stats(big(3_600 + k, k)))),
+            );
+        }
+        app
+    }
+
+    /// The header's four text rows, without the borders and padding.
+    fn header_rows(screen: &str) -> Vec<String> {
+        screen
+            .lines()
+            .skip(1)
+            .take(4)
+            .map(|l| l.trim_matches('"').trim_matches('│').trim().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn header_figures_are_shown_whole_or_not_at_all_at_every_width() {
+        let mut app = big_figures_app();
+        // Every figure the header may show; a token with a digit must be one of them whole.
+        let figures = [
+            "1h00m",
+            "123456",
+            "(7654321",
+            "total)",
+            "9876",
+            "4321",
+            "77",
+            "100.0k",
+            "88.9k",
+            "123.5k",
+            "123456789",
+            "123.5M",
+            "1023.0",
+            "1699999000000-0",
+            "1700000000000-12345",
+            "999",
+            "12.5",
+            "998",
+            "1.5",
+            "10s)",
+            "p50",
+            "p99",
+        ];
+        for width in [60, 61, 62, 70, 80, 100] {
+            let screen = render(&mut app, width, 16);
+            let rows = header_rows(&screen);
+            for token in rows.iter().flat_map(|r| r.split_whitespace()) {
+                if token.chars().any(|c| c.is_ascii_digit()) {
+                    assert!(
+                        figures.contains(&token),
+                        "{token:?} is cut at width {width}:\n{screen}"
+                    );
+                }
+            }
+            let header = rows.join("\n");
+            // What must be there at any width: the live figures and the warnings.
+            for must in [
+                "123456 ",
+                "100.0k",
+                "88.9k",
+                "123.5k",
+                "4321",
+                "77",
+                "1700000000000-12345",
+            ] {
+                assert!(
+                    header.contains(must),
+                    "no {must:?} at width {width}:\n{screen}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn header_at_the_minimum_width() {
+        let mut app = big_figures_app();
+        assert_snapshot!(render(&mut app, 60, 16));
+    }
+
+    #[test]
+    fn the_queue_column_holds_the_longest_size_with_its_unit() {
+        let mut app = busy_app(3);
+        for (id, queued_ms) in [(4, 0), (5, 5_000)] {
+            // 1023.9 KiB, the longest size the formatter writes; connection 5 is stuck.
+            let mut big = conn(id, Some("bob"), &["orders"]);
+            big.queued_bytes = 1_048_476;
+            big.queued_ms = queued_ms;
+            server(
+                &mut app,
+                ServerMsg::Admin(Box::new(AdminEvent::Connected(big))),
+            );
+        }
+        for width in [60, 80, 100, 120] {
+            let screen = render(&mut app, width, 16);
+            let full = screen.lines().filter(|l| l.contains("1023.9 KiB")).count();
+            assert_eq!(full, 2, "width {width}:\n{screen}");
+        }
+    }
+
+    #[test]
+    fn a_narrow_connections_table_keeps_topics_and_drops_last_id_first() {
+        let mut app = busy_app(20);
+        for width in [60, 70, 80, 99, 100, 120] {
+            let screen = render(&mut app, width, 16);
+            let head = screen
+                .lines()
+                .find(|l| l.contains("ID ") && l.contains("User"))
+                .unwrap_or_default();
+            assert!(head.contains("Topics"), "width {width}:\n{screen}");
+            assert!(
+                screen.contains("news/eu,news/us") || !head.contains("Last id"),
+                "topics squeezed for Last id at width {width}:\n{screen}"
+            );
+        }
+        let narrow = render(&mut app, 60, 16);
+        assert!(!narrow.contains("Last id"), "{narrow}");
+        assert!(narrow.contains("prices/*"), "{narrow}");
+        let wide = render(&mut app, 120, 16);
+        assert!(
+            wide.contains("Last id") && wide.contains("Remote"),
+            "{wide}"
+        );
     }
 
     #[test]
