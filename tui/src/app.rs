@@ -155,6 +155,8 @@ pub enum TopicSort {
     Name,
     /// Subscriber count.
     Subscribers,
+    /// Events published to it.
+    Events,
     /// Recent event rate.
     Rate,
 }
@@ -163,7 +165,8 @@ impl TopicSort {
     fn next(self) -> Self {
         match self {
             Self::Name => Self::Subscribers,
-            Self::Subscribers => Self::Rate,
+            Self::Subscribers => Self::Events,
+            Self::Events => Self::Rate,
             Self::Rate => Self::Name,
         }
     }
@@ -1087,6 +1090,7 @@ impl App {
         match self.topic_sort {
             TopicSort::Name => self.topics.sort_by(|a, b| a.info.topic.cmp(&b.info.topic)),
             TopicSort::Subscribers => self.topics.sort_by_key(|t| t.info.subscribers),
+            TopicSort::Events => self.topics.sort_by_key(|t| t.info.events),
             TopicSort::Rate => self.topics.sort_by(|a, b| {
                 let (a, b) = (a.rate.unwrap_or(0.0), b.rate.unwrap_or(0.0));
                 a.total_cmp(&b)
@@ -1696,6 +1700,44 @@ pub(crate) mod tests {
         assert_eq!(app.topics[0].rate, None);
         server(&mut app, poll(12, 150));
         assert_eq!(app.topics[0].rate, Some(25.0));
+    }
+
+    #[test]
+    fn the_topics_sort_key_visits_every_column_shown() {
+        let mut app = App::new("x");
+        let topic = |name: &str, subscribers, events| TopicInfo {
+            topic: name.to_owned(),
+            subscribers,
+            events,
+        };
+        let poll = |s, k: u64| ServerMsg::StatsPoll {
+            stats: Box::new(stats(s, 0, 0)),
+            topics: vec![
+                // Most events, least traffic now; most subscribers; fastest.
+                topic("archive", 1, 1_000_000 + k),
+                topic("busy", 500, 10 + k),
+                topic("chat", 2, 100 + 100 * k),
+            ],
+        };
+        server(&mut app, poll(10, 0));
+        server(&mut app, poll(11, 1));
+        app.update(Action::ShowView(View::Topics));
+        let first = |app: &App| app.topics[0].info.topic.clone();
+        let mut order = vec![(app.topic_sort, first(&app))];
+        for _ in 0..4 {
+            app.update(Action::CycleSort);
+            order.push((app.topic_sort, first(&app)));
+        }
+        assert_eq!(
+            order,
+            [
+                (TopicSort::Name, "archive".to_owned()),
+                (TopicSort::Subscribers, "busy".to_owned()),
+                (TopicSort::Events, "archive".to_owned()),
+                (TopicSort::Rate, "chat".to_owned()),
+                (TopicSort::Name, "archive".to_owned()),
+            ]
+        );
     }
 
     #[test]

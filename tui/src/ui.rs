@@ -651,7 +651,8 @@ fn draw_topics(frame: &mut Frame, app: &App, area: Rect) {
     let sort_name = match app.topic_sort {
         TopicSort::Name => "name",
         TopicSort::Subscribers => "subscribers",
-        TopicSort::Rate => "rate",
+        TopicSort::Events => "events",
+        TopicSort::Rate => "events/s",
     };
     let title = Line::from(vec![
         Span::styled(format!(" Topics {}", app.topics.len()), Style::new().bold()),
@@ -1277,7 +1278,7 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
     ),
     (
         "Topics",
-        &[("s  r", "sort by name, subscribers, rate  /  reverse")],
+        &[("s  r", "sort by the next column  /  reverse the order")],
     ),
     (
         "Feed",
