@@ -1057,7 +1057,15 @@ fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rec
 
 fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
     let form = &app.compose;
-    let area = popup_area(area, 76, 12);
+    // The check and the server's answer wrap: the popup grows to show them whole.
+    let text_width = usize::from(area.width.min(COMPOSE_WIDTH).saturating_sub(4));
+    let (check_text, check_style) = compose_check(form);
+    let (result_text, result_style) = compose_result(form);
+    let check_lines = wrap_words(&check_text, text_width);
+    let result_lines = wrap_words(&result_text, text_width);
+    let grown = check_lines.len() + result_lines.len();
+    let height = u16::try_from(10 + grown).unwrap_or(u16::MAX);
+    let area = popup_area(area, COMPOSE_WIDTH, height);
     frame.render_widget(Clear, area);
     let block = Block::bordered()
         .title(" Compose an event ".bold())
@@ -1065,8 +1073,20 @@ fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
         .padding(Padding::horizontal(1));
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let [kind, target, event, format, data, _, check, result, _, keys] =
-        Layout::vertical([Constraint::Length(1); 10]).areas(inner);
+    let rows = |lines: &[String]| Constraint::Length(u16::try_from(lines.len()).unwrap_or(1));
+    let [kind, target, event, format, data, _, check, result, _, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+        rows(&check_lines),
+        rows(&result_lines),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(inner);
 
     let choice = |options: &[&str], chosen: usize| {
         let mut spans = Vec::new();
@@ -1147,42 +1167,16 @@ fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
         data,
     );
 
-    let data_check = form.data_value();
-    let check_line = match (&data_check, form.format) {
-        (Ok(_), DataFormat::Text) => Line::styled(
-            "✓ sent as a JSON string: the text as typed",
-            Style::new().green(),
-        ),
-        (Ok(value), DataFormat::Json) => Line::styled(
-            format!("✓ valid JSON ({})", json_kind(value)),
-            Style::new().green(),
-        ),
-        (Err(_), _) if form.data.value.is_empty() => Line::styled(
-            "data: type JSON, or choose “Data as: text”",
-            Style::new().dim(),
-        ),
-        (Err(why), _) => Line::styled(format!("✗ {why}"), Style::new().red()),
+    let lines = |texts: Vec<String>, style: Style| {
+        Text::from(
+            texts
+                .into_iter()
+                .map(|t| Line::styled(t, style))
+                .collect::<Vec<_>>(),
+        )
     };
-    frame.render_widget(Paragraph::new(check_line), check);
-
-    let result_line = match &form.outcome {
-        Outcome::None => Line::raw(""),
-        Outcome::Invalid(why) if data_check.as_ref().err() == Some(why) => Line::styled(
-            "✗ not sent: fix the JSON, or switch “Data as” to text",
-            Style::new().red().bold(),
-        ),
-        Outcome::Invalid(why) => {
-            Line::styled(format!("✗ not sent: {why}"), Style::new().red().bold())
-        }
-        Outcome::Sending => Line::styled("… sending", Style::new().yellow()),
-        Outcome::Sent(id) => {
-            Line::styled(format!("✓ published, id {id}"), Style::new().green().bold())
-        }
-        Outcome::Failed(why) => {
-            Line::styled(format!("✗ not published: {why}"), Style::new().red().bold())
-        }
-    };
-    frame.render_widget(Paragraph::new(result_line), result);
+    frame.render_widget(Paragraph::new(lines(check_lines, check_style)), check);
+    frame.render_widget(Paragraph::new(lines(result_lines, result_style)), result);
     frame.render_widget(
         Paragraph::new(keys_line(&[
             ("Tab/↑↓", "field"),
@@ -1192,6 +1186,70 @@ fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
         ])),
         keys,
     );
+}
+
+/// The compose popup's width, on a terminal wide enough.
+const COMPOSE_WIDTH: u16 = 76;
+
+/// What the data field holds, as the form sees it while typing.
+fn compose_check(form: &crate::app::ComposeForm) -> (String, Style) {
+    match (form.data_value(), form.format) {
+        (Ok(_), DataFormat::Text) => (
+            "✓ sent as a JSON string: the text as typed".to_owned(),
+            Style::new().green(),
+        ),
+        (Ok(value), DataFormat::Json) => (
+            format!("✓ valid JSON ({})", json_kind(&value)),
+            Style::new().green(),
+        ),
+        (Err(_), _) if form.data.value.is_empty() => (
+            "data: type JSON, or choose “Data as: text”".to_owned(),
+            Style::new().dim(),
+        ),
+        (Err(why), _) => (format!("✗ {why}"), Style::new().red()),
+    }
+}
+
+/// What became of the last send: nothing yet, refused, on its way, or the server's answer.
+fn compose_result(form: &crate::app::ComposeForm) -> (String, Style) {
+    let failed = Style::new().red().bold();
+    match &form.outcome {
+        Outcome::None => (String::new(), Style::new()),
+        Outcome::Invalid(why) if form.data_value().as_ref().err() == Some(why) => (
+            "✗ not sent: fix the JSON, or switch “Data as” to text".to_owned(),
+            failed,
+        ),
+        Outcome::Invalid(why) => (format!("✗ not sent: {why}"), failed),
+        Outcome::Sending => ("… sending".to_owned(), Style::new().yellow()),
+        Outcome::Sent(id) => (format!("✓ published, id {id}"), Style::new().green().bold()),
+        Outcome::Failed(why) => (format!("✗ not published: {why}"), failed),
+    }
+}
+
+/// `text` in lines of at most `width` columns, broken between words (a word longer than a
+/// line is broken where it must be); always at least one line.
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        let used = line.chars().count();
+        if used > 0 && used + 1 + word.len() <= width {
+            line.push(' ');
+            line.extend(word);
+            continue;
+        }
+        if used > 0 {
+            lines.push(std::mem::take(&mut line));
+        }
+        while word.len() > width {
+            lines.push(word.drain(..width).collect());
+        }
+        line.extend(word);
+    }
+    lines.push(line);
+    lines
 }
 
 const LABEL_WIDTH: u16 = 10;
@@ -1824,6 +1882,42 @@ mod tests {
     }
 
     #[test]
+    fn a_long_server_error_in_the_compose_form_wraps_whole() {
+        let message = "topic \"news/*\" contains '*': events go to exact topics; \
+                       patterns are for subscribing (GET /events?topic=news/*)";
+        let mut app = busy_app(3);
+        app.update(Action::OpenCompose);
+        app.update(Action::NextField);
+        type_text(&mut app, "news/*");
+        app.update(Action::NextField);
+        app.update(Action::NextField);
+        app.update(Action::NextField);
+        type_text(&mut app, "{}");
+        app.update(Action::Submit);
+        server(
+            &mut app,
+            ServerMsg::Published(Err(ApiError {
+                status: Some(400),
+                message: message.to_owned(),
+            })),
+        );
+        for (width, height) in [(60, 16), (80, 24)] {
+            let screen = render(&mut app, width, height);
+            // The popup's words in reading order, whatever the borders around them.
+            let words = screen.replace(['│', '"'], " ");
+            let words: Vec<&str> = words.split_whitespace().collect();
+            let wanted = format!("✗ not published: 400: {message}");
+            let wanted = wanted.replace('"', " ");
+            let wanted: Vec<&str> = wanted.split_whitespace().collect();
+            assert!(
+                words.windows(wanted.len()).any(|w| w == wanted.as_slice()),
+                "{width}x{height}:\n{screen}"
+            );
+        }
+        assert_snapshot!(render(&mut app, 60, 16));
+    }
+
+    #[test]
     fn disconnected() {
         let mut app = busy_app(12);
         server(
@@ -2003,5 +2097,8 @@ mod tests {
         assert_eq!(fmt_duration(245_000), "4m05s");
         assert_eq!(fmt_duration(7_380_000), "2h03m");
         assert_eq!(fmt_duration(273_600_000), "3d04h");
+        assert_eq!(wrap_words("", 10), [""]);
+        assert_eq!(wrap_words("a bc def", 4), ["a bc", "def"]);
+        assert_eq!(wrap_words("abcdefgh ij", 3), ["abc", "def", "gh", "ij"]);
     }
 }
