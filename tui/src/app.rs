@@ -586,6 +586,8 @@ pub struct App {
     pub popup: Popup,
     /// The key list is shown over everything.
     pub show_help: bool,
+    /// Lines of the key list scrolled past (it may be taller than the terminal).
+    pub help_scroll: usize,
     /// The compose form.
     pub compose: ComposeForm,
     /// The status bar's message.
@@ -630,6 +632,7 @@ impl App {
             view: View::default(),
             popup: Popup::None,
             show_help: false,
+            help_scroll: 0,
             compose: ComposeForm::default(),
             status: None,
             size: (80, 24),
@@ -731,6 +734,7 @@ impl App {
             Action::Resize { width, height } => {
                 self.size = (width, height);
                 self.rows_dirty = true;
+                self.scroll_help(0);
                 None
             }
             key => {
@@ -747,7 +751,10 @@ impl App {
     fn handle_key(&mut self, action: Action) -> Option<Command> {
         match action {
             Action::Quit => self.should_quit = true,
-            Action::ToggleHelp => self.show_help = !self.show_help,
+            Action::ToggleHelp => {
+                self.show_help = !self.show_help;
+                self.help_scroll = 0;
+            }
             Action::NextView => {
                 self.show_view(View::ALL[(self.view.index() + 1) % View::ALL.len()]);
             }
@@ -757,6 +764,10 @@ impl App {
             }
             Action::ShowView(view) => self.show_view(view),
             Action::Move(delta) => self.move_by(delta),
+            Action::Page(pages) if self.show_help => {
+                let (page, _) = crate::ui::help_window(self.size);
+                self.scroll_help(pages * page.max(1) as isize);
+            }
             Action::Page(pages) => {
                 let page = self.page_rows().max(1) as isize;
                 self.move_by(pages * page);
@@ -817,6 +828,10 @@ impl App {
     }
 
     fn move_by(&mut self, delta: isize) {
+        if self.show_help {
+            self.scroll_help(delta);
+            return;
+        }
         let page = self.page_rows();
         match self.view {
             View::Connections => self.conn_nav.move_by(delta, self.rows.len(), page),
@@ -836,6 +851,12 @@ impl App {
                 self.feed_scroll = self.feed_scroll.saturating_add_signed(delta).min(max);
             }
         }
+    }
+
+    /// Scrolls the key list by `delta` lines, within what the terminal leaves hidden.
+    fn scroll_help(&mut self, delta: isize) {
+        let (_, hidden) = crate::ui::help_window(self.size);
+        self.help_scroll = self.help_scroll.saturating_add_signed(delta).min(hidden);
     }
 
     fn cycle_sort(&mut self) {

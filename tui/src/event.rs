@@ -249,6 +249,13 @@ pub fn key_action(mode: Mode, key: &KeyEvent) -> Option<Action> {
         Mode::Normal(view) => normal_key(view, key),
         Mode::Help => match key.code {
             KeyCode::Esc | KeyCode::Char('?' | 'q') | KeyCode::Enter => Some(Action::ToggleHelp),
+            // The key list may be taller than the terminal: it scrolls.
+            KeyCode::Up | KeyCode::Char('k') => Some(Action::Move(-1)),
+            KeyCode::Down | KeyCode::Char('j') => Some(Action::Move(1)),
+            KeyCode::PageUp => Some(Action::Page(-1)),
+            KeyCode::PageDown => Some(Action::Page(1)),
+            KeyCode::Home | KeyCode::Char('g') => Some(Action::Top),
+            KeyCode::End | KeyCode::Char('G') => Some(Action::Bottom),
             _ => None,
         },
         Mode::Detail => match key.code {
@@ -402,6 +409,20 @@ mod tests {
             Some(Action::TogglePause)
         );
         assert_eq!(key_action(Mode::Normal(View::Topics), &space), None);
+    }
+
+    #[test]
+    fn the_help_scrolls_with_the_movement_keys() {
+        for (code, action) in [
+            (KeyCode::Down, Action::Move(1)),
+            (KeyCode::Char('k'), Action::Move(-1)),
+            (KeyCode::PageDown, Action::Page(1)),
+            (KeyCode::Home, Action::Top),
+            (KeyCode::Char('G'), Action::Bottom),
+            (KeyCode::Esc, Action::ToggleHelp),
+        ] {
+            assert_eq!(key_action(Mode::Help, &key(code)), Some(action), "{code:?}");
+        }
     }
 
     #[test]

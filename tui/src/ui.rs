@@ -83,7 +83,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Popup::Compose => draw_compose(frame, app, area),
     }
     if app.show_help {
-        draw_help(frame, area);
+        draw_help(frame, app, area);
     }
 }
 
@@ -1356,27 +1356,72 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
-fn draw_help(frame: &mut Frame, area: Rect) {
-    let rows: usize = HELP.iter().map(|(_, keys)| keys.len() + 1).sum();
-    let height = u16::try_from(rows + 2).unwrap_or(u16::MAX);
-    let area = popup_area(area, 76, height);
-    frame.render_widget(Clear, area);
-    let block = Block::bordered()
-        .title(" Keys ".bold())
-        .title(Line::from(" Esc closes ").alignment(Alignment::Right))
-        .border_style(Style::new().cyan())
-        .padding(Padding::horizontal(1));
+/// The key list's width, on a terminal wide enough.
+const HELP_WIDTH: u16 = 76;
+/// The key column of the key list.
+const HELP_KEY_WIDTH: usize = 21;
+
+/// The key list in lines of at most `width` columns: what a key does wraps under itself.
+fn help_lines(width: usize) -> Vec<Line<'static>> {
+    let what_width = width.saturating_sub(HELP_KEY_WIDTH).max(10);
     let mut lines = Vec::new();
     for (section, keys) in HELP {
         lines.push(Line::styled(*section, Style::new().bold().underlined()));
         for (key, what) in *keys {
-            lines.push(Line::from(vec![
-                Span::styled(format!("  {key:<19}"), Style::new().cyan().bold()),
-                Span::raw(*what),
-            ]));
+            let key = format!("  {key:<w$}", w = HELP_KEY_WIDTH - 2);
+            for (i, part) in wrap_words(what, what_width).into_iter().enumerate() {
+                let key = if i == 0 {
+                    key.clone()
+                } else {
+                    " ".repeat(HELP_KEY_WIDTH)
+                };
+                lines.push(Line::from(vec![
+                    Span::styled(key, Style::new().cyan().bold()),
+                    Span::raw(part),
+                ]));
+            }
         }
     }
-    frame.render_widget(Paragraph::new(Text::from(lines)).block(block), area);
+    lines
+}
+
+/// The key list's popup on a terminal of `size`.
+fn help_area(size: Rect) -> (Rect, Vec<Line<'static>>) {
+    let width = HELP_WIDTH.min(size.width);
+    let lines = help_lines(usize::from(width.saturating_sub(4)));
+    let height = u16::try_from(lines.len() + 2).unwrap_or(u16::MAX);
+    (popup_area(size, width, height), lines)
+}
+
+/// How many lines of the key list a terminal of `size` (columns, rows) shows at once, and
+/// how many stay hidden: how far it can scroll.
+pub fn help_window((width, height): (u16, u16)) -> (usize, usize) {
+    let (area, lines) = help_area(Rect::new(0, 0, width, height));
+    let visible = usize::from(area.height.saturating_sub(2));
+    (visible, lines.len().saturating_sub(visible))
+}
+
+fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
+    let (area, lines) = help_area(area);
+    let total = lines.len();
+    let visible = usize::from(area.height.saturating_sub(2));
+    let scroll = app.help_scroll.min(total.saturating_sub(visible));
+    frame.render_widget(Clear, area);
+    let mut block = Block::bordered()
+        .title(" Keys ".bold())
+        .title(Line::from(" Esc closes ").alignment(Alignment::Right))
+        .border_style(Style::new().cyan())
+        .padding(Padding::horizontal(1));
+    if total > visible {
+        // Taller than the terminal: say where we are and how to see the rest.
+        let last = (scroll + visible).min(total);
+        block = block.title_bottom(
+            Line::from(format!(" {}–{last} of {total} · ↑↓ scroll ", scroll + 1))
+                .alignment(Alignment::Right),
+        );
+    }
+    let shown: Vec<Line> = lines.into_iter().skip(scroll).take(visible).collect();
+    frame.render_widget(Paragraph::new(Text::from(shown)).block(block), area);
 }
 
 fn plural(n: u64, noun: &str) -> String {
@@ -2045,6 +2090,42 @@ mod tests {
         let mut app = busy_app(3);
         app.update(Action::ToggleHelp);
         assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn the_help_reads_whole_at_the_minimum_size_by_scrolling() {
+        let mut app = busy_app(3);
+        app.update(Action::ToggleHelp);
+        let (width, height) = (60, 16);
+        let mut screens = vec![render(&mut app, width, height)];
+        assert!(screens[0].contains("↑↓ scroll"), "{}", screens[0]);
+        for _ in 0..40 {
+            app.update(Action::Move(1));
+            screens.push(render(&mut app, width, height));
+        }
+        // Scrolling stops at the last line.
+        assert_eq!(screens[39], screens[40]);
+        let words_of = |text: &str| {
+            text.replace(['│', '"'], " ")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let shown: Vec<Vec<String>> = screens.iter().map(|s| words_of(s)).collect();
+        for (section, keys) in HELP {
+            for (key, what) in *keys {
+                let wanted = words_of(&format!("{key} {what}"));
+                assert!(
+                    shown
+                        .iter()
+                        .any(|words| words.windows(wanted.len()).any(|w| w == wanted)),
+                    "{section}: {key} {what} is never shown whole"
+                );
+            }
+        }
+        assert_snapshot!("help_at_the_minimum_size_scrolled_to_the_end", &screens[40]);
+        app.update(Action::Top);
+        assert_eq!(render(&mut app, width, height), screens[0]);
     }
 
     #[test]
