@@ -1031,10 +1031,19 @@ fn draw_detail(
 fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rect) {
     let area = popup_area(area, 58, 7);
     frame.render_widget(Clear, area);
+    // Named as the table names it: a user, and the admin stream for what has no topics.
     let who = app.connections.get(&id).map_or_else(String::new, |c| {
-        let user = c.user.as_deref().unwrap_or("anonymous");
-        let remote = c.remote.as_deref().unwrap_or("?");
-        format!(" ({user}, {remote})")
+        let mut parts = Vec::new();
+        match (&c.user, c.admin) {
+            (Some(user), _) => parts.push(user.as_str()),
+            (None, false) => parts.push("anonymous"),
+            (None, true) => {}
+        }
+        if c.admin {
+            parts.push("admin stream");
+        }
+        parts.push(c.remote.as_deref().unwrap_or("?"));
+        format!(" ({})", parts.join(", "))
     });
     let block = Block::bordered()
         .title(" Disconnect? ".bold())
@@ -1891,6 +1900,31 @@ mod tests {
         app.update(Action::Move(1));
         app.update(Action::AskDisconnect);
         assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn the_disconnect_confirmation_names_an_admin_stream_as_the_table_does() {
+        let mut app = busy_app(2);
+        let mut console = conn(3, None, &[]);
+        console.admin = true;
+        console.remote = Some("127.0.0.1:44786".to_owned());
+        server(
+            &mut app,
+            ServerMsg::Admin(Box::new(AdminEvent::Connected(console))),
+        );
+        app.update(Action::Bottom);
+        let table = render(&mut app, 80, 24);
+        assert!(
+            table.contains("(admin)") && table.contains("admin stream"),
+            "{table}"
+        );
+        app.update(Action::AskDisconnect);
+        let screen = render(&mut app, 80, 24);
+        assert!(
+            screen.contains("Close connection 3 (admin stream, 127.0.0.1:44786)?"),
+            "{screen}"
+        );
+        assert!(!screen.contains("anonymous"), "{screen}");
     }
 
     #[test]
