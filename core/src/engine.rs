@@ -724,7 +724,9 @@ impl Engine {
         for (id, frame) in frames {
             self.send_event(slot, id, frame, true, now);
         }
-        self.replay_step(slot, now);
+        // The next page comes from the log, after the driver has paced it against the
+        // connection's queue (a page from the window now would go out unpaced).
+        self.replay_step(slot, now, false);
     }
 
     /// The log could not answer a history read for `conn`: it is closed, and retries by
@@ -908,13 +910,14 @@ impl Engine {
                 reset_sent: truncated,
             }));
         }
-        self.replay_step(slot, now);
+        self.replay_step(slot, now, true);
     }
 
-    /// Advances a replay as far as it can without the log: serves the range from the recent
-    /// window, asks the log for what the window lacks, and when the range is done releases
-    /// the held live events (or, if they overflowed, replays them from the log too).
-    fn replay_step(&mut self, slot: u32, now: Instant) {
+    /// Advances a replay as far as it can without the log: serves the range's first page from
+    /// the recent window (`window`: at the start of the replay, when the connection's queue
+    /// is empty), asks the log for the rest, and when the range is done releases the held
+    /// live events (or, if they overflowed, replays them from the log too).
+    fn replay_step(&mut self, slot: u32, now: Instant, window: bool) {
         loop {
             let Some(c) = self.slots[slot as usize].as_mut() else {
                 return;
@@ -953,7 +956,7 @@ impl Engine {
                     floor.is_none_or(|floor| r >= floor) && window_knows(&self.recent, floor, r)
                 }
             };
-            if !window_covers {
+            if !window || !window_covers {
                 replay.awaiting = true;
                 self.load_history(slot, read_from, through);
                 return;

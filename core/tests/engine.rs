@@ -287,6 +287,33 @@ fn a_replay_larger_than_a_page_is_read_in_pages() {
 }
 
 #[test]
+fn a_replay_goes_out_one_page_per_driver_round_trip_even_from_the_window() {
+    // Pages of one event: the driver paces each against the connection's queue.
+    let mut sim = Sim::new(EngineConfig {
+        history_page_bytes: 1,
+        ..EngineConfig::default()
+    });
+    let published: Vec<EventId> = (0..4)
+        .map(|i| sim.publish_topic("t", &i.to_string()))
+        .collect();
+    sim.auto_history = false;
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    // The first page from the window; the rest waits for the driver's go (a history request),
+    // however much of it the window holds.
+    assert_eq!(sim.received_ids(c), ids(&published[1..2]));
+    for n in 2..4 {
+        assert_eq!(sim.history_requests.len(), 1, "one page at a time");
+        let req = sim.history_requests.remove(0);
+        let page = read_log(&sim.log, &req);
+        sim.engine.handle_history(c, page, sim.now);
+        sim.drain();
+        assert_eq!(sim.received_ids(c), ids(&published[1..=n]));
+    }
+    let after = sim.publish_topic("t", "after");
+    assert_eq!(sim.received_ids(c).last(), Some(&after.to_string()));
+}
+
+#[test]
 fn held_events_that_overflow_are_replayed_from_the_log_instead() {
     let config = EngineConfig {
         recent_events: 1,

@@ -78,7 +78,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_BODY")]
     pub max_body: Option<usize>,
     /// Bytes queued for one subscriber before it is closed as too slow (it reconnects and
-    /// replays) [default: 4194304].
+    /// replays); the queue takes one more event when under it, however large
+    /// [default: 4194304].
     #[arg(long, env = "HERALD_QUEUE_BYTES")]
     pub queue_bytes: Option<usize>,
     /// Keep-alive interval on idle streams: a comment, with the stream's resume point as its

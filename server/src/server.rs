@@ -47,13 +47,19 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     let store = open_store(&config).await?;
     let log = store.log();
+    let defaults = EngineConfig::default();
     let engine_config = EngineConfig {
         retry_ms: config.retry_ms,
         keepalive: config.keepalive,
         max_connections: config.max_connections,
         max_connections_per_user: config.max_connections_per_user,
         max_topics_per_connection: config.max_topics,
-        ..EngineConfig::default()
+        // A replay's pages, and the live events it releases at its end, must fit the
+        // connection's queue with room to spare (the hub reads the next page once the queue is
+        // half empty), or a small --queue-bytes would close every resume as too slow.
+        history_page_bytes: defaults.history_page_bytes.min(config.queue_bytes / 4),
+        held_bytes: defaults.held_bytes.min(config.queue_bytes / 4),
+        ..defaults
     };
     let key_limit = engine_config.idempotency_keys;
     let mut engine = Engine::new(engine_config, log.last_id(), log.bounds(), Instant::now());

@@ -36,6 +36,8 @@ struct Inner {
     frames: VecDeque<Bytes>,
     bytes: usize,
     closed: bool,
+    /// Ended by [`Queue::abort`]: what was queued, and what the socket still holds, is dropped.
+    aborted: bool,
     waker: Option<Waker>,
     direct: Option<Direct>,
     handed: bool,
@@ -85,10 +87,13 @@ impl Queue {
             if inner.closed {
                 return Push::Closed;
             }
-            if inner.bytes + frame.len() > self.limit && !inner.frames.is_empty() {
-                // Nothing more goes in, not even a smaller frame that would fit: the client
-                // would get it after a gap (the refused frame), and resume past what it
-                // missed. The hub aborts the stream next; the client replays from the log.
+            if inner.bytes >= self.limit {
+                // Full: the client is too slow. (A queue under its limit takes a frame
+                // whatever its size, so an event larger than the limit still reaches a client
+                // that keeps up, after the `retry:` or another event.) Nothing more goes in,
+                // not even a frame that would fit later: the client would get it after a gap
+                // and resume past what it missed. The hub aborts the stream next; the client
+                // replays from the log.
                 inner.closed = true;
                 return Push::Overflow;
             }
@@ -133,6 +138,7 @@ impl Queue {
             inner.bytes = 0;
             inner.since = None;
             inner.closed = true;
+            inner.aborted = true;
             inner.handed = true;
             inner.waker.take()
         };
@@ -153,6 +159,17 @@ impl Queue {
             inner.bytes,
             inner.since.filter(|_| !inner.frames.is_empty()),
         )
+    }
+
+    /// Ready once the stream was aborted ([`Queue::abort`]).
+    fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.lock();
+        if inner.aborted {
+            Poll::Ready(())
+        } else {
+            inner.register(cx);
+            Poll::Pending
+        }
     }
 
     /// True once the stream was ended by the server.
@@ -334,6 +351,17 @@ impl SseBody {
         std::future::poll_fn(|cx| self.queue.poll_take(cx)).await
     }
 
+    /// Waits until the server aborts the stream (a slow consumer): a write in progress is not
+    /// worth finishing, the client replays what it missed when it reconnects.
+    pub async fn aborted(&self) {
+        std::future::poll_fn(|cx| self.queue.poll_aborted(cx)).await;
+    }
+
+    /// True once the server aborted the stream.
+    pub fn is_aborted(&self) -> bool {
+        self.queue.lock().aborted
+    }
+
     /// Takes what is queued now, if anything, without waiting.
     pub fn take_queued(&mut self) -> Option<Bytes> {
         match self
@@ -391,11 +419,17 @@ mod tests {
     fn a_full_queue_refuses_frames_and_a_closed_one_ends() {
         let q = Arc::new(Queue::new(10));
         assert_eq!(
-            q.push(Bytes::from_static(b"12345678"), Instant::now()),
+            q.push(Bytes::from_static(b"1"), Instant::now()),
+            Push::Queued
+        );
+        // Under the limit a frame goes in whatever its size: one larger than the whole
+        // limit still reaches a client that keeps up.
+        assert_eq!(
+            q.push(Bytes::from_static(b"2345678901234"), Instant::now()),
             Push::Queued
         );
         assert_eq!(
-            q.push(Bytes::from_static(b"12345"), Instant::now()),
+            q.push(Bytes::from_static(b"5"), Instant::now()),
             Push::Overflow
         );
         // A frame that would fit is refused too: after the refused one it would be a gap.
@@ -403,7 +437,7 @@ mod tests {
             q.push(Bytes::from_static(b"x"), Instant::now()),
             Push::Closed
         );
-        assert_eq!(q.queued_bytes(), 8);
+        assert_eq!(q.queued_bytes(), 14);
         assert!(q.is_closed());
         q.close(Some(Bytes::from_static(b"bye")));
         assert_eq!(
@@ -415,7 +449,7 @@ mod tests {
         // Everything queued comes out as one chunk, then the end.
         assert_eq!(
             q.poll_take(&mut cx),
-            Poll::Ready(Some(Bytes::from_static(b"12345678bye")))
+            Poll::Ready(Some(Bytes::from_static(b"12345678901234bye")))
         );
         assert_eq!(q.poll_take(&mut cx), Poll::Ready(None));
     }

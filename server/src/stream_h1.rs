@@ -198,15 +198,26 @@ async fn stream_events(
     drop(head);
     // Declared after `stream`, so dropped before it: the writer stops using the socket first.
     let _direct = body.attach_direct(std::os::fd::AsRawFd::as_raw_fd(&stream), writer);
-    let (mut rd, mut wr) = stream.split();
+    // A client that stopped reading leaves what the socket holds unsent: reset rather than
+    // close, or the kernel keeps the socket and its buffers (megabytes) until the client
+    // reads or gives up, beyond --max-connections.
+    let reset = |stream: &TcpStream| {
+        let _ = stream.set_zero_linger();
+    };
     let mut probe = [0u8; 64];
     loop {
+        let (mut rd, mut wr) = stream.split();
         tokio::select! {
             chunk = body.next_chunk() => {
                 let Some(chunk) = chunk else { break };
-                match tokio::time::timeout(WRITE_STALL, wr.write_all(&chunk)).await {
-                    Ok(Ok(())) => {}
-                    _ => return,
+                // A slow consumer is aborted while its write waits: it need not wait longer.
+                tokio::select! {
+                    written = tokio::time::timeout(WRITE_STALL, wr.write_all(&chunk)) => {
+                        if !matches!(written, Ok(Ok(()))) {
+                            return reset(&stream);
+                        }
+                    }
+                    () = body.aborted() => return reset(&stream),
                 }
             }
             read = rd.read(&mut probe) => match read {
@@ -216,7 +227,11 @@ async fn stream_events(
             },
         }
     }
-    let _ = wr.shutdown().await;
+    if body.is_aborted() {
+        reset(&stream);
+    } else {
+        let _ = stream.shutdown().await;
+    }
 }
 
 #[cfg(test)]

@@ -207,6 +207,93 @@ async fn over_the_connection_cap_a_subscriber_gets_200_with_retry_and_the_stream
     }
 }
 
+/// Bytes the kernel holds unsent in TCP sockets whose local port is `port` (Linux:
+/// `/proc/net/tcp`), whether a process still has them open or not.
+fn unsent_bytes_from(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            let tx_queue = fields.get(4)?.split(':').next()?;
+            (u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| u64::from_str_radix(tx_queue, 16).ok())
+                .flatten()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_a_gap() {
+    let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
+    // A client whose small receive window fills at once, and that then reads nothing.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut tcp = socket.connect(herald.addr()).await.expect("connect");
+    tcp.write_all(b"GET /events?topic=slow HTTP/1.1\r\nHost: herald\r\n\r\n")
+        .await
+        .expect("request");
+    assert!(
+        eventually(WAIT, || async { herald.connections().await.len() == 1 }).await,
+        "the subscriber is connected"
+    );
+
+    // Far more than its queue and the sockets' buffers (a few MB) can take.
+    let big = "x".repeat(100_000);
+    let mut ids = Vec::new();
+    for _ in 0..80 {
+        ids.push(
+            herald
+                .publish_ok(json!({"topics": ["slow"], "data": big}))
+                .await,
+        );
+    }
+    let stats = || async {
+        herald.call(Method::GET, "/admin/stats").send().await.json()["stats"]["counters"].clone()
+    };
+    let closed = eventually(WAIT, || async {
+        stats().await["slow_consumer_closes"] == 1
+    })
+    .await;
+    assert!(closed, "not closed as too slow: {}", stats().await);
+    // Its socket goes at once with the megabytes it holds: a reset, not a close that leaves
+    // the kernel holding them until the client reads, so such clients cannot pile up past
+    // --max-connections.
+    let port = herald.addr().port();
+    let released = eventually(Duration::from_secs(3), || async {
+        unsent_bytes_from(port) == 0
+    })
+    .await;
+    assert!(
+        released,
+        "{} bytes still wait for the slow client",
+        unsent_bytes_from(port)
+    );
+
+    // The client gets what had reached it, then the reset, and resumes from there.
+    let got = read_until_closed(&mut tcp, WAIT)
+        .await
+        .expect("the connection ends");
+    let body = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(&got[..0], |head| &got[head + 4..]);
+    let mut parser = herald_core::Parser::new();
+    let before = parser.feed(body).len();
+    assert!(before < ids.len(), "it got every event before the reset");
+    let mut resumed = herald
+        .events()
+        .topic("slow")
+        .last_event_id(parser.last_event_id())
+        .open()
+        .await;
+    let rest = resumed.events_until(ids.len() - before, WAIT).await;
+    let rest: Vec<&str> = rest.iter().map(|e| e.last_event_id.as_str()).collect();
+    assert_eq!(rest, ids[before..], "{}", resumed.raw_text());
+}
+
 #[tokio::test]
 async fn a_user_over_the_per_user_cap_gets_429_and_room_back_when_a_stream_ends() {
     let herald = Herald::start(&["--dev", "--max-connections-per-user", "2"]);
