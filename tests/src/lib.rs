@@ -511,6 +511,25 @@ impl Herald {
     pub async fn connections(&self) -> Vec<Value> {
         self.client.connections_as(None).await
     }
+
+    /// A subscriber to `topic` (`--dev`) on a bare socket that reads only when the test reads
+    /// it, with a receive buffer of `recv_buffer` bytes if given; returned once it is the
+    /// server's only connection.
+    pub async fn stalled_subscriber(&self, topic: &str, recv_buffer: Option<u32>) -> TcpStream {
+        use tokio::io::AsyncWriteExt as _;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        }
+        let mut tcp = socket.connect(self.addr()).await.expect("connect");
+        let request = format!("GET /events?topic={topic} HTTP/1.1\r\nHost: herald\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.expect("request");
+        assert!(
+            eventually(WAIT, || async { self.connections().await.len() == 1 }).await,
+            "the subscriber is connected"
+        );
+        tcp
+    }
 }
 
 impl Drop for Herald {

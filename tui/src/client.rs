@@ -322,7 +322,8 @@ fn describe_request_error(error: &hyper_util::client::legacy::Error) -> String {
         innermost = source;
     }
     if error.is_connect() && innermost.to_string().contains("certificate") {
-        format!("the server's certificate is not trusted: {innermost} (give its CA with --ca-file)")
+        // The remedy first: a narrow header cuts the end of a long reason.
+        format!("the server's certificate is not trusted (give its CA with --ca-file): {innermost}")
     } else if error.is_connect() {
         format!("cannot reach the server: {innermost}")
     } else {

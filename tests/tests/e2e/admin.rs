@@ -6,7 +6,7 @@ use std::time::Duration;
 use herald_tests::{End, Herald, WAIT, eventually, mint_token};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const SECRET: &str = "admin-secret";
 
@@ -258,16 +258,7 @@ async fn the_server_measures_how_long_publishes_and_deliveries_take() {
     let herald = Herald::start(&["--dev", "--queue-bytes", "67108864"]);
     // A subscriber that reads nothing for a while: the sockets' buffers take a few MB (up to
     // 4 MiB of send buffer here) of the 12 MB published below, the rest waits in its queue.
-    let mut tcp = tokio::net::TcpStream::connect(herald.addr())
-        .await
-        .expect("connect");
-    tcp.write_all(b"GET /events?topic=slow HTTP/1.1\r\nHost: herald\r\n\r\n")
-        .await
-        .expect("request");
-    assert!(
-        eventually(WAIT, || async { herald.connections().await.len() == 1 }).await,
-        "the subscriber is connected"
-    );
+    let mut tcp = herald.stalled_subscriber("slow", None).await;
     let big = "x".repeat(400_000);
     let mut last = String::new();
     for _ in 0..30 {

@@ -229,16 +229,7 @@ fn unsent_bytes_from(port: u16) -> u64 {
 async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_a_gap() {
     let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
     // A client whose small receive window fills at once, and that then reads nothing.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut tcp = socket.connect(herald.addr()).await.expect("connect");
-    tcp.write_all(b"GET /events?topic=slow HTTP/1.1\r\nHost: herald\r\n\r\n")
-        .await
-        .expect("request");
-    assert!(
-        eventually(WAIT, || async { herald.connections().await.len() == 1 }).await,
-        "the subscriber is connected"
-    );
+    let mut tcp = herald.stalled_subscriber("slow", Some(4096)).await;
 
     // Far more than its queue and the sockets' buffers (a few MB) can take.
     let big = "x".repeat(100_000);
