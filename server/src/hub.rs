@@ -384,8 +384,10 @@ impl Driver {
         self.finish(&mut rx);
     }
 
-    /// Flushes the log and answers every publisher still waiting: those whose events the
-    /// final flush made durable get their ids, the rest an error.
+    /// Flushes the log, delivers what the final flush made durable, then ends every stream
+    /// and answers every publisher still waiting: those whose events were made durable get
+    /// their ids (and their subscribers had the events before their streams ended), the rest
+    /// an error.
     fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
         self.shutting_down = true;
         // Blocking here is deliberate: the hub runs on the control runtime's one thread
@@ -402,10 +404,13 @@ impl Driver {
         // Their replies are dropped: those clients hear that the server is stopping.
         self.deferred.clear();
         while let Ok(cmd) = rx.try_recv() {
-            if let Command::Commit(_) = cmd {
+            if let Command::Commit(_) | Command::Replicated(_) = cmd {
                 self.handle(cmd);
             }
         }
+        // Only now: a stream ended before the last commits would not have had them.
+        self.engine.handle_shutdown(std::time::Instant::now());
+        self.drain();
         for (_, replies) in std::mem::take(&mut self.waiters) {
             for reply in replies {
                 let _ = reply.send(Err(PublishFailure::ShuttingDown));
@@ -581,9 +586,9 @@ impl Driver {
             Command::Bounds(bounds) => self.engine.handle_log_bounds(bounds),
             Command::Refused => self.engine.handle_refused(),
             Command::Shutdown { reply } => {
+                // Publishes are refused from here; `finish` ends the streams once the log
+                // has committed (and they have been sent) what it was given before.
                 self.shutting_down = true;
-                self.engine.handle_shutdown(now);
-                self.drain();
                 self.shutdown_reply = Some(reply);
                 return true;
             }
@@ -746,6 +751,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::LogError;
+    use herald_core::{EngineConfig, Event, Target};
 
     /// A hub handle whose task is the returned receiver (or nothing, once it is dropped).
     fn detached() -> (Hub, mpsc::UnboundedReceiver<Command>) {
@@ -783,5 +790,107 @@ mod tests {
         });
         assert_eq!(hub.health(bound).await.unwrap().uptime_ms, 7);
         answering.await.unwrap();
+    }
+
+    /// A log that holds every append until it is opened, and keeps nothing.
+    #[derive(Default)]
+    struct GatedLog {
+        open: std::sync::Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl GatedLog {
+        fn open(&self) {
+            *crate::lock(&self.open) = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl EventLog for GatedLog {
+        fn read(&self, _: &herald_core::HistoryRequest) -> Result<HistoryPage, LogError> {
+            Ok(HistoryPage::default())
+        }
+        fn last_id(&self) -> Option<EventId> {
+            None
+        }
+        fn bounds(&self) -> LogBounds {
+            LogBounds::default()
+        }
+        fn trim(&self, _: u64, _: usize) -> Result<crate::log::TrimReport, LogError> {
+            Ok(crate::log::TrimReport::default())
+        }
+        fn corrupt_records(&self) -> u64 {
+            0
+        }
+    }
+
+    impl AppendLog for GatedLog {
+        fn append(&self, _: &[Arc<Event>], _: &[(EventId, Arc<str>)]) -> Result<(), LogError> {
+            let mut open = crate::lock(&self.open);
+            while !*open {
+                open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+            }
+            Ok(())
+        }
+        fn idempotency_keys(&self, _: usize) -> Result<Vec<(EventId, String)>, LogError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_shutdown_what_the_last_flush_commits_reaches_the_open_streams_before_they_end() {
+        let log = Arc::new(GatedLog::default());
+        let now = std::time::Instant::now();
+        let engine = Engine::new(EngineConfig::default(), None, LogBounds::default(), now);
+        let (hub, task) = Hub::start(engine, Store::Local(log.clone()), HubConfig::default());
+        let topics = vec![herald_core::TopicPattern::parse("t").unwrap()];
+        let mut sub = hub
+            .connect(ConnectRequest::new(topics), false)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Published before the shutdown, durable only once the shutdown has begun.
+        let target = Target {
+            topics: vec![herald_core::Topic::new("t").unwrap()],
+            users: Vec::new(),
+            broadcast: false,
+        };
+        let publisher = hub.clone();
+        let published = tokio::spawn(async move {
+            publisher
+                .publish(PublishRequest::new(target, "last words"))
+                .await
+        });
+        let metrics = hub.log_metrics();
+        while metrics.snapshot().enqueued == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stopper = hub.clone();
+        let stopped = tokio::spawn(async move { stopper.shutdown().await });
+        // Time for the hub to take the shutdown (an early opening would only hide the case).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        log.open();
+
+        let id = published.await.unwrap().expect("acknowledged");
+        stopped
+            .await
+            .unwrap()
+            .expect("the hub answered the shutdown");
+        let mut stream = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), sub.body.next_chunk())
+            .await
+            .expect("the stream ends")
+        {
+            stream.extend_from_slice(&chunk);
+        }
+        let stream = String::from_utf8(stream).unwrap();
+        let event = format!("id: {id}\ndata: last words\n\n");
+        let at = stream.find(&event).unwrap_or_else(|| panic!("{stream:?}"));
+        assert!(
+            stream[at + event.len()..].starts_with("retry: "),
+            "the event, then the end: {stream:?}"
+        );
+        task.await.unwrap();
     }
 }

@@ -140,7 +140,8 @@ pub trait EventLog: Send + Sync + 'static {
 pub trait AppendLog: EventLog {
     /// Writes `batch` (ids strictly ascending, above every id already held) atomically, with
     /// the idempotency `keys` of those of its events that had one; on `Ok` the events are
-    /// durable as far as the [`FsyncPolicy`] promises. A key is kept as long as its event.
+    /// durable as far as the [`FsyncPolicy`] promises. The newest keys are kept, up to
+    /// [`Retention::max_keys`], whether their events still are or not.
     fn append(&self, batch: &[Arc<Event>], keys: &[(EventId, Arc<str>)]) -> Result<(), LogError>;
 
     /// The idempotency keys of the newest `limit` events that had one, ascending by id: hand
