@@ -29,10 +29,18 @@ pub struct ServeArgs {
     /// Directory of the embedded event log [default: ./herald-data].
     #[arg(long, env = "HERALD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Development mode: no authentication, anyone on this machine may subscribe, publish
-    /// and administer, and `?user=` names a subscriber. Never use it in production.
-    #[arg(long, env = "HERALD_DEV")]
-    pub dev: bool,
+    /// Development mode: no authentication, anyone who can reach the server may subscribe,
+    /// publish and administer, and `?user=` names a subscriber. Never use it in production.
+    /// `--dev=false` (or HERALD_DEV=false) turns off a `dev = true` of the config file.
+    #[arg(
+        long,
+        env = "HERALD_DEV",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dev: Option<bool>,
     /// Secret for HS256 tokens (required unless --dev).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -105,6 +113,7 @@ pub struct ServeArgs {
         env = "HERALD_CORS_ORIGIN",
         value_delimiter = ','
     )]
+    #[serde(alias = "cors_origin")]
     pub cors_origins: Vec<String>,
     /// TLS certificate chain (PEM); with --tls-key serves HTTPS with HTTP/2.
     #[arg(long, env = "HERALD_TLS_CERT")]
@@ -217,6 +226,30 @@ pub enum ConfigError {
     /// A value is out of range or malformed.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// The CORS allow-list, each entry trimmed (`a, b` in an environment variable) and checked:
+/// a browser sends its origin as `scheme://host[:port]`, so anything else (`*`, a path, a
+/// trailing slash) would never match and silently allow nothing.
+fn origins(list: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    list.iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            let host = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .unwrap_or("");
+            if host.is_empty() || host.contains(['/', '*', ' ', '?', '#']) {
+                Err(ConfigError::Invalid(format!(
+                    "cors-origin {o:?} is not an origin: write it as the browser sends it, \
+                     scheme, host and port only (https://app.example.com)"
+                )))
+            } else {
+                Ok(o.to_owned())
+            }
+        })
+        .collect()
 }
 
 /// Parses `500ms`, `15s`, `10m`, `12h`, `7d` (a bare number is seconds).
@@ -337,7 +370,7 @@ impl ServeArgs {
                 fsync: s.fsync.unwrap_or_default(),
                 retention,
             },
-            dev: s.dev,
+            dev: s.dev.unwrap_or(false),
             jwt_secret: s.jwt_secret.filter(|s| !s.is_empty()),
             trim_interval: s.trim_interval.unwrap_or(Duration::from_secs(10)),
             max_connections: s.max_connections.unwrap_or(50_000),
@@ -350,19 +383,27 @@ impl ServeArgs {
             retry_ms: s.retry_ms.unwrap_or(3_000),
             header_timeout: s.header_timeout.unwrap_or(Duration::from_secs(10)),
             shutdown_timeout: s.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
-            cors_origins: s.cors_origins,
+            cors_origins: origins(s.cors_origins)?,
             tls,
             backlog: s.backlog.unwrap_or(4096),
         };
         if config.max_connections == 0
             || config.max_connections_per_user == Some(0)
             || config.max_topics == 0
+            || config.max_body == 0
             || config.queue_bytes < 1024
         {
             return Err(ConfigError::Invalid(
-                "max-connections, max-connections-per-user and max-topics must be at least 1, \
-                 queue-bytes at least 1024"
+                "max-connections, max-connections-per-user, max-topics and max-body must be at \
+                 least 1, queue-bytes at least 1024"
                     .into(),
+            ));
+        }
+        // A log that keeps nothing could replay nothing: every resume would be a reset.
+        let kept = &config.log.retention;
+        if kept.max_events == 0 || kept.max_bytes == 0 || kept.max_age.is_zero() {
+            return Err(ConfigError::Invalid(
+                "retain-events, retain-bytes and retain-age must be more than zero".into(),
             ));
         }
         if let Some(name) = &config.node_name
@@ -390,7 +431,7 @@ impl ServeArgs {
             config: self.config,
             listen: self.listen.or(file.listen),
             data_dir: self.data_dir.or(file.data_dir),
-            dev: self.dev || file.dev,
+            dev: self.dev.or(file.dev),
             jwt_secret: self.jwt_secret.or(file.jwt_secret),
             fsync: self.fsync.or(file.fsync),
             retain_events: self.retain_events.or(file.retain_events),
@@ -547,6 +588,83 @@ mod tests {
         write("redis = \"redis://h\"\nfsync = \"never\"\n");
         let err = args.resolve().unwrap_err().to_string();
         assert!(err.contains("--fsync"), "{err}");
+    }
+
+    #[test]
+    fn dev_mode_from_the_file_can_be_turned_off_and_cors_origins_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "dev = true\ncors_origin = [\" https://a.example\"]\n",
+        )
+        .unwrap();
+        let with = |dev: Option<bool>| ServeArgs {
+            config: Some(path.clone()),
+            jwt_secret: Some("s".into()),
+            dev,
+            ..ServeArgs::default()
+        };
+        let from_file = with(None).resolve().unwrap();
+        assert!(from_file.dev);
+        // The flag's key name works in the file too, and the entry is trimmed.
+        assert_eq!(from_file.cors_origins, ["https://a.example"]);
+        assert!(
+            !with(Some(false)).resolve().unwrap().dev,
+            "--dev=false wins"
+        );
+
+        let cors = |origins: &[&str]| {
+            ServeArgs {
+                cors_origins: origins.iter().map(|o| o.to_string()).collect(),
+                ..ServeArgs::default()
+            }
+            .resolve()
+            .map(|c| c.cors_origins)
+        };
+        assert_eq!(
+            cors(&["https://a.example", " http://b.example:8080", ""]).unwrap(),
+            ["https://a.example", "http://b.example:8080"]
+        );
+        for bad in [
+            "*",
+            "https://c.example/",
+            "c.example",
+            "https://",
+            "https://c.example/app",
+        ] {
+            let err = cors(&[bad]).unwrap_err().to_string();
+            assert!(err.contains("not an origin"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn settings_that_would_leave_the_server_half_working_are_refused() {
+        let zero = [
+            ServeArgs {
+                max_body: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                retain_events: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                retain_bytes: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                retain_age: Some(Duration::ZERO),
+                ..ServeArgs::default()
+            },
+        ];
+        for args in zero {
+            let err = args.clone().resolve().unwrap_err().to_string();
+            assert!(
+                err.contains("zero") || err.contains("at least 1"),
+                "{args:?}: {err}"
+            );
+        }
     }
 
     #[test]

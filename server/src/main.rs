@@ -116,7 +116,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let secret = match args.jwt_secret {
+    // An empty secret (an empty `$(...)`, say) is no secret: the server refuses it too.
+    let secret = match args.jwt_secret.filter(|s| !s.is_empty()) {
         Some(s) => s,
         None => {
             let from_file = ServeArgs {
