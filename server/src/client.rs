@@ -1,22 +1,83 @@
-//! A small HTTP client for the CLI (`herald publish`): one request, JSON in and out.
+//! A small HTTP client for the CLI (`herald publish`): one request over one HTTP/1.1
+//! connection, plain or TLS, JSON in and out.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
-/// Sends `body` (JSON text) with `method` to `url` and returns the status and the JSON answer.
+use crate::tls::{ClientFiles, client_config};
+
+/// The longest wait for each step: connecting, the answer, its body.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Sends `body` (JSON text) with `method` to `url` (`http://` or `https://`, trusting the
+/// system's roots and `ca_file`) and returns the status and the JSON answer.
 pub async fn request_json(
     method: http::Method,
     url: &str,
     token: Option<&str>,
     body: Option<String>,
+    ca_file: Option<&Path>,
 ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder().method(method).uri(url);
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("invalid URL {url:?}"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => bail!("invalid URL {url:?}: it must start with http:// or https://"),
+    };
+    let host = uri
+        .host()
+        .with_context(|| format!("invalid URL {url:?}: no host"))?;
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect((bare_host, port)))
+        .await
+        .with_context(|| format!("cannot reach {url} within 30 s"))?
+        .with_context(|| format!("cannot reach {url}"))?;
+    let io: Box<dyn Io> = if tls {
+        let files = ClientFiles {
+            ca_file: ca_file.map(Path::to_path_buf),
+            identity: None,
+        };
+        let mut config = client_config(&files)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(bare_host.to_owned())
+            .with_context(|| format!("`{bare_host}` is not a name a certificate can hold"))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .with_context(|| {
+                format!("TLS with {url} failed (a private CA's certificate goes in --ca-file)")
+            })?;
+        Box::new(stream)
+    } else {
+        Box::new(tcp)
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .with_context(|| format!("cannot speak HTTP to {url}"))?;
+    let driver = tokio::spawn(conn);
+
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host, |a| a.as_str());
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, authority);
     if let Some(t) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -30,15 +91,16 @@ pub async fn request_json(
     let req = req
         .body(Full::new(payload))
         .with_context(|| format!("invalid URL {url:?}"))?;
-    let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+    let res = tokio::time::timeout(TIMEOUT, sender.send_request(req))
         .await
         .with_context(|| format!("no answer from {url} within 30 s"))?
-        .with_context(|| format!("cannot reach {url}"))?;
+        .with_context(|| format!("{url} closed the connection without an answer"))?;
     let status = res.status();
-    let bytes = tokio::time::timeout(Duration::from_secs(30), res.into_body().collect())
+    let bytes = tokio::time::timeout(TIMEOUT, res.into_body().collect())
         .await
         .context("timed out reading the answer")??
         .to_bytes();
+    driver.abort();
     let value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(_) if bytes.is_empty() => serde_json::Value::Null,

@@ -84,6 +84,9 @@ struct PublishArgs {
     /// Makes retries safe: the same key returns the first publish's id.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// For an `https://` URL: PEM certificates to trust besides the system's (a private CA).
+    #[arg(long, env = "HERALD_CA_FILE", value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -186,6 +189,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         &url,
         args.token.as_deref(),
         Some(body),
+        args.ca_file.as_deref(),
     )
     .await?;
     if !status.is_success() {
@@ -195,12 +199,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             .unwrap_or("unknown error");
         bail!("{status}: {message}");
     }
-    println!(
-        "{}",
-        answer
-            .get("id")
-            .and_then(|i| i.as_str())
-            .unwrap_or_default()
-    );
+    let id = answer
+        .get("id")
+        .and_then(|i| i.as_str())
+        .with_context(|| format!("{url} answered {status} without an id: {answer}"))?;
+    println!("{id}");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use herald_tests::{H2Connection, Herald, HttpsHerald, WAIT, run_bounded};
+use herald_tests::{H2Connection, Herald, HttpsHerald, WAIT, herald_bin, run_bounded};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -219,4 +219,29 @@ async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1()
         assert_eq!(curl.line_starting("id: ").await, format!("id: {id}"));
         assert_eq!(curl.line_starting("data: ").await, "data: over tls");
     }
+
+    // `herald publish` speaks HTTPS too, trusting the test CA through --ca-file.
+    let mut cli = std::process::Command::new(herald_bin());
+    cli.args(["publish", "--url", &herald.url(""), "--ca-file", &https.ca])
+        .args(["--topic", "t", "--data", "from the cli"]);
+    let out = run_bounded(&mut cli, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    for curl in [&mut h2, &mut h1] {
+        assert_eq!(curl.line_starting("id: ").await, format!("id: {id}"));
+        assert_eq!(curl.line_starting("data: ").await, "data: from the cli");
+    }
+    // Without it the test CA is not trusted, and the error says where it goes.
+    let mut untrusting = std::process::Command::new(herald_bin());
+    untrusting
+        .args(["publish", "--url", &herald.url(""), "--topic", "t"])
+        .args(["--data", "x"])
+        .env_remove("HERALD_CA_FILE");
+    let out = run_bounded(&mut untrusting, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--ca-file"),
+        "{stderr}"
+    );
 }
