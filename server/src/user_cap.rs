@@ -16,7 +16,7 @@
 //! them is not counted). While Redis cannot be reached, streams are admitted on this
 //! instance's own count alone (the engine's).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +170,10 @@ async fn run(
     ops: mpsc::UnboundedSender<Op>,
 ) {
     let mut held: HashMap<String, u64> = HashMap::new();
+    // Users whose count Redis may not have: its last write failed or was skipped. The resync
+    // writes them too, also those whose count went to zero meanwhile (which `held` forgets),
+    // or their stale places would count for as long as the user's hash lives.
+    let mut unwritten: HashSet<String> = HashSet::new();
     let mut resync = tokio::time::interval(RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -215,7 +219,8 @@ async fn run(
             wants[slot].1.extend(reply);
         }
         if resyncing {
-            wants = held.keys().map(|u| (u.clone(), Vec::new())).collect();
+            let users: HashSet<&String> = held.keys().chain(&unwritten).collect();
+            wants = users.into_iter().map(|u| (u.clone(), Vec::new())).collect();
         }
         for chunk in wants.chunks_mut(BATCH) {
             let asked: Vec<(String, u64, u64)> = chunk
@@ -228,13 +233,19 @@ async fn run(
             let own_count = || chunk.iter().map(|(_, r)| r.len() as u64).collect();
             // Within the back-off only the resync asks Redis: admissions do not wait on it.
             let grants: Vec<u64> = match unreachable {
-                Some(since) if !resyncing && since.elapsed() < BACKOFF => own_count(),
+                Some(since) if !resyncing && since.elapsed() < BACKOFF => {
+                    unwritten.extend(chunk.iter().map(|(user, _)| user.clone()));
+                    own_count()
+                }
                 _ => {
                     let count = count.clone();
                     match tokio::task::spawn_blocking(move || count(&asked)).await {
                         Ok(Ok(grants)) if grants.len() == chunk.len() => {
                             if unreachable.take().is_some() {
                                 tracing::info!("counting users' streams in Redis again");
+                            }
+                            for (user, _) in chunk.iter() {
+                                unwritten.remove(user);
                             }
                             grants
                         }
@@ -251,6 +262,7 @@ async fn run(
                                 );
                             }
                             unreachable = Some(tokio::time::Instant::now());
+                            unwritten.extend(chunk.iter().map(|(user, _)| user.clone()));
                             own_count()
                         }
                     }
@@ -417,6 +429,38 @@ mod tests {
         tokio::time::advance(BACKOFF).await;
         assert!(cap.admit("carol").await.is_some());
         assert_eq!(asked(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_given_back_while_redis_was_away_is_written_at_the_next_resync() {
+        let away = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let count: Arc<Count> = {
+            let (away, written) = (away.clone(), written.clone());
+            Arc::new(move |asked: &[(String, u64, u64)]| {
+                if away.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(RedisError::Protocol("Redis is away".into()));
+                }
+                crate::lock(&written).extend(asked.iter().cloned());
+                Ok(asked.iter().map(|(_, _, want)| *want).collect())
+            })
+        };
+        let cap = UserCap::start_with(count, 2);
+        let lease = cap.admit("alice").await.expect("a place");
+        away.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(lease);
+        // Let the release reach Redis, and fail there.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        away.store(false, std::sync::atomic::Ordering::SeqCst);
+        crate::lock(&written).clear();
+        tokio::time::sleep(RESYNC).await;
+        // Alice holds nothing here any more, and Redis is told so (a count of 0 removes the
+        // field), rather than keep her old place counted.
+        assert_eq!(
+            *crate::lock(&written),
+            [("alice".to_owned(), 0, 0)],
+            "what the resync wrote"
+        );
     }
 
     #[tokio::test]
