@@ -120,7 +120,8 @@ pub struct BenchArgs {
     pub http2: bool,
 }
 
-/// Runs the benchmark on its own multi-threaded runtime and prints the report.
+/// Runs the benchmark on its own multi-threaded runtime and prints the report; fails (after
+/// printing it) when no publish succeeded, since such a run measured nothing.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -133,7 +134,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report.render());
     }
-    Ok(())
+    match report.nothing_measured() {
+        Some(reason) => bail!(reason),
+        None => Ok(()),
+    }
 }
 
 /// What the subscribers, the publisher and the coordinator share.
@@ -501,18 +505,23 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let ticks = sys::ticks_per_second();
     let seconds =
         |from: Option<u64>, to: Option<u64>| Some(to?.saturating_sub(from?) as f64 / ticks);
+    let cpus = sys::cpu_count();
+    let cores = |from: Option<u64>, to: Option<u64>, wall_s: f64| {
+        sys::busy_cores(to?.saturating_sub(from?), ticks, wall_s, cpus)
+    };
     let connect_wall = after_connect
         .at
         .duration_since(before_connect.at)
         .as_secs_f64();
     report.connect_client_cpu_s = seconds(before_connect.client_ticks, after_connect.client_ticks);
-    report.connect_machine_busy_cores =
-        seconds(before_connect.machine_ticks, after_connect.machine_ticks)
-            .map(|s| s / connect_wall);
+    report.connect_machine_busy_cores = cores(
+        before_connect.machine_ticks,
+        after_connect.machine_ticks,
+        connect_wall,
+    );
     report.phase_s = end.at.duration_since(idle.at).as_secs_f64();
     report.client_cpu_s = seconds(idle.client_ticks, end.client_ticks);
-    report.machine_busy_cores =
-        seconds(idle.machine_ticks, end.machine_ticks).map(|s| s / report.phase_s);
+    report.machine_busy_cores = cores(idle.machine_ticks, end.machine_ticks, report.phase_s);
     if let (Some(pid), Some(before), Some(connected_at), Some(idle), Some(end)) = (
         args.server_pid,
         before_connect.server,
@@ -534,7 +543,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
             cpu_s,
             cpu_per_delivery_us: (report.deliveries > 0)
                 .then(|| cpu_s * 1e6 / report.deliveries as f64),
-            busy_cores: (report.phase_s > 0.0).then(|| cpu_s / report.phase_s),
+            busy_cores: cores(Some(idle.cpu_ticks), Some(end.cpu_ticks), report.phase_s),
         });
     }
     Ok(report)

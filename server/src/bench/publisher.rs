@@ -198,13 +198,13 @@ async fn connect(addr: SocketAddr, tls: Option<&Tls>) -> Result<SendRequest<Full
     let open = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            .map_err(|e| format!("cannot reach the server at {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
         secure(tcp, tls).await
     };
     let stream = tokio::time::timeout(PUBLISH_TIMEOUT, open)
         .await
-        .map_err(|_| format!("cannot connect to {addr} within {PUBLISH_TIMEOUT:?}"))??;
+        .map_err(|_| format!("cannot reach the server at {addr} within {PUBLISH_TIMEOUT:?}"))??;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
@@ -264,7 +264,7 @@ async fn publish_one(
             let text = String::from_utf8_lossy(&body);
             (Some(format!("status {status}: {}", text.trim())), true)
         }
-        Ok(Err(e)) => (Some(format!("publish failed: {e}")), false),
+        Ok(Err(e)) => (Some(exchange_error(&e)), false),
         Err(_) => (Some(format!("no answer within {PUBLISH_TIMEOUT:?}")), false),
     };
     ledger.answered(
@@ -277,4 +277,64 @@ async fn publish_one(
         shared,
     );
     reusable
+}
+
+/// Says why a publish exchange failed. hyper words a connection the server closed (or a
+/// server that went away mid-run) in its own terms ("channel closed", "connection closed
+/// before message completed"); the report says what happened instead.
+fn exchange_error(e: &hyper::Error) -> String {
+    if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
+        "the server closed the connection (is it still running?)".to_owned()
+    } else {
+        format!("publish failed: {e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publishing connection whose server end is already gone, as when the server dies.
+    async fn closed_connection() -> SendRequest<Full<Bytes>> {
+        let (client, server) = tokio::io::duplex(1024);
+        drop(server);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("an HTTP/1.1 handshake needs no bytes from the server");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+    }
+
+    fn plan() -> PublishPlan {
+        PublishPlan {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            tls: None,
+            authority: "127.0.0.1:9".into(),
+            path: "/publish".into(),
+            body: Template::parse(super::super::DEFAULT_BODY_TEMPLATE),
+            url: "http://127.0.0.1:9".into(),
+            topic: "bench".into(),
+            headers: Vec::new(),
+            payload: 16,
+            events: 1,
+            rate: 0.0,
+            max_connections: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_to_a_server_that_closed_the_connection_says_so() {
+        let (plan, shared, ledger) = (plan(), Shared::new(1, 1), Ledger::default());
+        let mut sender = closed_connection().await;
+        let reusable = publish_one(&plan, &mut sender, 0, &shared, &ledger).await;
+        assert!(!reusable);
+        let records = ledger.records();
+        let error = records[0].error.as_deref().expect("a failed publish");
+        assert_eq!(
+            error,
+            "the server closed the connection (is it still running?)"
+        );
+    }
 }

@@ -73,6 +73,8 @@ pub struct ServerUsage {
     /// `cpu_s` per delivery, microseconds.
     pub cpu_per_delivery_us: Option<f64>,
     /// `cpu_s` over the phase's wall time: near 1 when one core's worth of work is the limit.
+    /// At most the machine's CPU count, and `None` when the phase was shorter than 10 clock
+    /// ticks (see [`super::sys::busy_cores`]).
     pub busy_cores: Option<f64>,
 }
 
@@ -102,7 +104,8 @@ pub struct Report {
     /// CPU seconds this load generator used while connecting (a connect phase near `connect_s`
     /// is bound by the load generator, not the server).
     pub connect_client_cpu_s: Option<f64>,
-    /// Cores the whole machine kept busy while connecting.
+    /// Cores the whole machine kept busy while connecting; at most its CPU count, and `None`
+    /// when connecting took less than 10 clock ticks (see [`super::sys::busy_cores`]).
     pub connect_machine_busy_cores: Option<f64>,
     /// Publishes answered with a 2xx.
     pub published: u32,
@@ -150,7 +153,9 @@ pub struct Report {
     /// CPU seconds this load generator used over the phase.
     pub client_cpu_s: Option<f64>,
     /// Cores the whole machine kept busy over the phase (server, load generator and anything
-    /// else running): tells a saturated server from a crowded machine.
+    /// else running): tells a saturated server from a crowded machine. At most its CPU count,
+    /// and `None` when the phase was shorter than 10 clock ticks (see
+    /// [`super::sys::busy_cores`]).
     pub machine_busy_cores: Option<f64>,
     /// The first few events some subscribers lack.
     pub missing: Vec<Missing>,
@@ -163,6 +168,21 @@ fn ms(value: Option<f64>) -> String {
 }
 
 impl Report {
+    /// Why the run measured nothing, when it did not: no publish succeeded, so there were no
+    /// deliveries to time (the figures are still worth printing, for the errors in them).
+    /// `None` when at least one event was published, even if others failed.
+    pub fn nothing_measured(&self) -> Option<String> {
+        if self.published > 0 {
+            return None;
+        }
+        Some(format!(
+            "no publish succeeded ({} of {} failed), so nothing was measured; first error: {}",
+            self.publish_failed,
+            self.events,
+            self.publish_error.as_deref().unwrap_or("none recorded")
+        ))
+    }
+
     /// The human-readable rendering (several lines).
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -403,6 +423,33 @@ mod tests {
                 busy_cores: Some(0.02),
             }),
         }
+    }
+
+    #[test]
+    fn a_run_where_no_publish_succeeded_measured_nothing_and_says_why() {
+        let mut report = sample();
+        report.published = 0;
+        report.publish_failed = 3;
+        report.publish_error = Some("status 400 Bad Request: missing data".into());
+        let error = report.nothing_measured().expect("an error");
+        assert!(
+            error.contains("no publish succeeded (3 of 3 failed)"),
+            "{error}"
+        );
+        assert!(
+            error.contains("status 400 Bad Request: missing data"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_run_where_some_publishes_failed_still_measured_something() {
+        assert_eq!(sample().nothing_measured(), None);
+        let mut report = sample();
+        report.published = 1;
+        report.publish_failed = 2;
+        report.publish_error = Some("status 413 Payload Too Large".into());
+        assert_eq!(report.nothing_measured(), None);
     }
 
     #[test]

@@ -217,6 +217,36 @@ pub fn ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
+/// The shortest window, in clock ticks, over which a tick count is turned into busy cores: a
+/// count can be off by about a tick at each end, which over a 5 ms window (half a tick) would
+/// read as several cores.
+pub const MIN_BUSY_WINDOW_TICKS: f64 = 10.0;
+
+/// How many cores `busy_ticks` (CPU clock ticks, summed over cores) kept busy over `wall_s`
+/// seconds, for the report's `*busy_cores` figures.
+///
+/// `None` ("-" in the report, null in JSON) when the window is shorter than
+/// [`MIN_BUSY_WINDOW_TICKS`] (100 ms at the usual 100 ticks per second): too short to say.
+/// Over longer windows the tick rounding can still overshoot a little, so the figure is capped
+/// at `cpus`, the most a machine (or a process on it) can keep busy.
+pub fn busy_cores(busy_ticks: u64, ticks_per_s: f64, wall_s: f64, cpus: usize) -> Option<f64> {
+    let long_enough = wall_s * ticks_per_s >= MIN_BUSY_WINDOW_TICKS;
+    long_enough.then(|| (busy_ticks as f64 / ticks_per_s / wall_s).min(cpus.max(1) as f64))
+}
+
+/// The CPUs online: what /proc/stat's aggregate line sums over.
+pub fn cpu_count() -> usize {
+    #[cfg(unix)]
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    #[cfg(not(unix))]
+    let online = 0;
+    match usize::try_from(online) {
+        Ok(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
 /// CPU time the whole machine spent busy (all cores, anything but idle and I/O wait), in
 /// clock ticks.
 pub fn machine_busy_ticks() -> Option<u64> {
@@ -274,6 +304,24 @@ mod tests {
         let stat = "cpu  100 5 50 1000 20 3 7 2 0 0\ncpu0 50 2 25 500 10 1 3 1 0 0\n";
         assert_eq!(busy_ticks(stat), Some(167));
         assert_eq!(busy_ticks("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn busy_cores_are_not_guessed_from_a_window_of_a_few_ticks() {
+        // The tester's case: 3 ticks (30 ms) counted over a 10.6 ms connect phase read as
+        // 2.82 cores on a 2-core machine.
+        assert_eq!(busy_cores(3, 100.0, 0.0106, 2), None);
+        assert_eq!(busy_cores(0, 100.0, 0.0, 2), None);
+        assert_eq!(busy_cores(9, 100.0, 0.099, 2), None);
+    }
+
+    #[test]
+    fn busy_cores_never_pass_the_cpu_count() {
+        assert_eq!(busy_cores(23, 100.0, 0.1, 2), Some(2.0));
+        assert_eq!(busy_cores(150, 100.0, 1.0, 2), Some(1.5));
+        assert_eq!(busy_cores(10, 1000.0, 0.01, 4), Some(1.0));
+        assert_eq!(busy_cores(50, 100.0, 0.5, 0), Some(1.0));
+        assert!(cpu_count() >= 1);
     }
 
     #[test]

@@ -105,3 +105,26 @@ fn the_load_generator_measures_an_https_server_it_is_told_to_trust() {
     // HTTP/2 negotiated by ALPN.
     complete_report(&bench(&url, &["--ca-file", &https.ca, "--http2"]));
 }
+
+#[test]
+fn a_run_where_no_publish_succeeded_fails_and_still_prints_its_report() {
+    let herald = Herald::start(&["--dev"]);
+    // A body without `data`: the server answers every publish with 400.
+    let out = bench(
+        &herald.url(""),
+        &["--body-template", r#"{"topics":["{topic}"]}"#],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exited 0 having published nothing: {stderr}"
+    );
+    assert!(stderr.contains("no publish succeeded"), "{stderr}");
+    assert!(stderr.contains("status 400"), "{stderr}");
+    // Scripts still get the report, with the failures in it.
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["published"], 0, "{report}");
+    assert_eq!(report["publish_failed"], 10, "{report}");
+    assert_eq!(report["deliveries"], 0, "{report}");
+}
