@@ -38,8 +38,9 @@ use crate::worker::{Batches, Looping, Stop, Worker};
 /// retention did not remove it (the floor is below it): it raises the floor to `seen`, so
 /// resumes from the events that only it had read are told too.
 ///
-/// Returns 1 if it healed (else 0), and the stream's floor (its highest deleted id) and
-/// last id afterwards, read in the same `XINFO` that told whether to heal.
+/// Returns 1 if it healed (else 0), and the stream's floor (its highest deleted id), last id
+/// and count of entries ever added afterwards, read in the same `XINFO` that told whether to
+/// heal.
 macro_rules! heal_lua {
     () => {
         r"
@@ -51,29 +52,31 @@ local function older(a, b)
 end
 local function heal(stream, seen)
   local exists = redis.call('EXISTS', stream) == 1
-  local top, floor = '0-0', '0-0'
+  local top, floor, added = '0-0', '0-0', 0
   if exists then
     local info = redis.call('XINFO', 'STREAM', stream)
     for i = 1, #info, 2 do
       if info[i] == 'last-generated-id' then top = info[i + 1] end
       if info[i] == 'max-deleted-entry-id' then floor = info[i + 1] end
+      if info[i] == 'entries-added' then added = info[i + 1] end
     end
   end
-  if seen == '0-0' then return 0, floor, top end
+  if seen == '0-0' then return 0, floor, top, added end
   if not older(top, seen) then
     if not older(floor, seen) or #redis.call('XRANGE', stream, seen, seen) > 0 then
-      return 0, floor, top
+      return 0, floor, top, added
     end
     redis.call('XSETID', stream, top, 'MAXDELETEDID', seen)
-    return 1, seen, top
+    return 1, seen, top, added
   end
   if exists then
     redis.call('XSETID', stream, seen, 'MAXDELETEDID', seen)
   else
     redis.call('XADD', stream, seen, 'e', '')
     redis.call('XDEL', stream, seen)
+    added = 1
   end
-  return 1, seen, seen
+  return 1, seen, seen, added
 end
 "
     };
@@ -115,16 +118,17 @@ return {id, 0}
 );
 
 /// The entries after an id (ARGV[1]: `(id`, or `-` for all; at most ARGV[2]) and, read in the
-/// same atomic step, the highest id ever removed from the stream: `[floor, entries, healed]`.
+/// same atomic step, the highest id ever removed from the stream and how many entries it
+/// was ever given: `[floor, entries, healed, added]`.
 /// Retention removes the oldest entries first, so a floor above the last id read means
 /// entries were removed before this reader saw them. ARGV[3]: the last id read (`0-0` for
 /// none); if the stream ends before it, it is healed first ([`heal_lua`]) and `healed` is 1.
 const READ_SCRIPT: &str = concat!(
     heal_lua!(),
     r"
-local healed, floor = heal(KEYS[1], ARGV[3])
+local healed, floor, _, added = heal(KEYS[1], ARGV[3])
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
-return {floor, entries, healed}
+return {floor, entries, healed, added}
 "
 );
 
@@ -594,6 +598,8 @@ fn read_loop(
 struct FloorWatch {
     /// The floor the previous step saw (`None` before the first step).
     before: Option<Option<EventId>>,
+    /// How many entries the stream had ever been given at the previous step.
+    added_before: Option<u64>,
 }
 
 impl FloorWatch {
@@ -603,7 +609,10 @@ impl FloorWatch {
     /// from below it is then told, even when the recent window seems to cover it. Returns
     /// true when the floor just rose to exactly `last`: Redis lost events and the stream
     /// was healed here (by this instance's read or publish, or by one that stood at the
-    /// same id), so what follows is held for [`HEAL_GRACE`].
+    /// same id), so what follows is held for [`HEAL_GRACE`]. Retention that removed every
+    /// entry up to `last` raises the floor to it too; it is told apart by the stream's count
+    /// of entries ever added, which only a loss sets back (a healed stream counts again from
+    /// one).
     fn watch(
         &mut self,
         step: &Step,
@@ -611,9 +620,15 @@ impl FloorWatch {
         log: &RedisLog,
         deliver: &mut impl FnMut(Tail),
     ) -> bool {
-        let (floor, gap) = match step {
-            Step::Idle { floor, .. } => (*floor, false),
-            Step::Read { floor, gap, .. } => (*floor, *gap),
+        let (floor, gap, added, read) = match step {
+            Step::Idle { floor, added, .. } => (*floor, false, *added, 0),
+            Step::Read {
+                floor,
+                gap,
+                added,
+                read,
+                ..
+            } => (*floor, *gap, *added, *read),
         };
         if !gap && floor.is_some_and(|f| log.bounds().floor.is_none_or(|known| f > known)) {
             match log.refresh_bounds() {
@@ -621,9 +636,18 @@ impl FloorWatch {
                 Err(error) => tracing::debug!(%error, "cannot read the shared log's bounds"),
             }
         }
-        let healed_here =
-            last.is_some() && floor == last && self.before.is_some_and(|before| before < floor);
+        // Every entry added since the previous step is read in this one (it comes after
+        // `last`); a stream that has been given fewer than that lost some.
+        let lost = match (self.added_before, added) {
+            (Some(before), Some(now)) => now < before.saturating_add(read),
+            _ => true,
+        };
+        let healed_here = last.is_some()
+            && floor == last
+            && self.before.is_some_and(|before| before < floor)
+            && lost;
         self.before = Some(floor);
+        self.added_before = added;
         healed_here
     }
 }
@@ -636,6 +660,8 @@ enum Step {
         healed: bool,
         /// The highest id ever removed from the stream, if any.
         floor: Option<EventId>,
+        /// How many entries the stream was ever given (Redis's `entries-added`).
+        added: Option<u64>,
     },
     /// Entries after the last id read.
     Read {
@@ -648,6 +674,10 @@ enum Step {
         healed: bool,
         /// The highest id ever removed from the stream, if any.
         floor: Option<EventId>,
+        /// How many entries the stream was ever given (Redis's `entries-added`).
+        added: Option<u64>,
+        /// How many entries this step read (decoded or not).
+        read: u64,
     },
 }
 
@@ -683,6 +713,10 @@ fn read_step(
         .filter(|&floor| floor != EventId::MIN);
     let entries = parts.next().and_then(Value::into_array).unwrap_or_default();
     let healed = parts.next().and_then(|h| h.as_int()) == Some(1);
+    let added = parts
+        .next()
+        .and_then(|a| a.as_int())
+        .and_then(|a| u64::try_from(a).ok());
     if entries.is_empty() {
         let block = READ_BLOCK.as_millis().to_string();
         let after = last.unwrap_or(EventId::MIN).to_string();
@@ -697,9 +731,14 @@ fn read_step(
             stream,
             after.as_bytes(),
         ])?;
-        return Ok(Step::Idle { healed, floor });
+        return Ok(Step::Idle {
+            healed,
+            floor,
+            added,
+        });
     }
     let gap = floor.is_some_and(|floor| last.is_none_or(|last| floor > last));
+    let read = entries.len() as u64;
     let (events, read_to) = log.decode_entries(entries);
     Ok(Step::Read {
         events,
@@ -707,6 +746,8 @@ fn read_step(
         gap,
         healed,
         floor,
+        added,
+        read,
     })
 }
 
@@ -755,7 +796,7 @@ mod tests {
         script.sha = Some(b"0123456789abcdef0123456789abcdef01234567".to_vec());
         let args: [&[u8]; 5] = [b"1", key.as_bytes(), b"-", b"10", b"0-0"];
         let answer = script.run(&mut conn, &args).unwrap().into_array().unwrap();
-        assert_eq!(answer.len(), 3, "{answer:?}");
+        assert_eq!(answer.len(), 4, "{answer:?}");
     }
 
     #[test]
@@ -815,6 +856,59 @@ mod tests {
             assert_eq!(answer[2].as_int(), Some(0), "{seen}: {answer:?}");
         }
         assert_eq!(xinfo_field(&mut conn, &key, "max-deleted-entry-id"), "7-0");
+    }
+
+    #[test]
+    fn a_reader_holds_after_a_loss_healed_where_it_stands_but_not_after_retention_took_all() {
+        let Some(config) = redis_or_skip("a_reader_holds_after_a_loss") else {
+            return;
+        };
+        let log = RedisLog::open(&crate::log::RedisLogConfig {
+            redis: config.clone(),
+            prefix: unique_key("floors"),
+            retention: crate::log::Retention::default(),
+        })
+        .unwrap();
+        let key = log.stream_key().to_owned();
+        let _cleanup = Cleanup(&config, &key);
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        let mut script = Script::new(READ_SCRIPT);
+        let k = key.as_bytes();
+        let last = Some(EventId::new(7, 0));
+        let mut deliver = |_: Tail| {};
+        let mut steps = |floors: &mut FloorWatch, conn: &mut Connection| {
+            let step = read_step(conn, &log, &mut script, last).unwrap();
+            floors.watch(&step, last, &log, &mut deliver)
+        };
+        let fill = |conn: &mut Connection| {
+            conn.query(&[b"DEL", k]).unwrap();
+            for id in ["5-0", "7-0"] {
+                conn.query(&[b"XADD", k, id.as_bytes(), b"e", b"x"])
+                    .unwrap();
+            }
+        };
+
+        // Retention removes everything, the last entry read among it: the floor rises to it.
+        fill(&mut conn);
+        let mut floors = FloorWatch::default();
+        assert!(!steps(&mut floors, &mut conn));
+        conn.query(&[b"XDEL", k, b"5-0", b"7-0"]).unwrap();
+        assert!(!steps(&mut floors, &mut conn), "retention is no loss");
+
+        // Redis loses the stream, and another instance that had read to 7-0 too heals it.
+        fill(&mut conn);
+        let mut floors = FloorWatch::default();
+        assert!(!steps(&mut floors, &mut conn));
+        conn.query(&[b"DEL", k]).unwrap();
+        let mut other = Script::new(READ_SCRIPT);
+        assert_eq!(
+            read_as(&mut other, &mut conn, &key, "7-0")[2].as_int(),
+            Some(1)
+        );
+        assert!(
+            steps(&mut floors, &mut conn),
+            "a loss healed where it stands"
+        );
     }
 
     #[test]
