@@ -10,7 +10,9 @@
 // Last-Event-ID and shows up in the restarted server's GET /admin/connections.
 // A second page follows a quiet topic that never gets an event before its connection is cut
 // (an operator's DELETE /admin/connections/{id}); an event published while it waits to
-// reconnect must still reach it, through the checkpoint id its stream started with.
+// reconnect must still reach it, through the checkpoint id its stream started with. Then it
+// publishes through its own form: an event type typed after it connected, and JSON data that
+// must arrive as typed.
 //
 // With HERALD_BROWSER_TLS_CERT and HERALD_BROWSER_TLS_KEY the server speaks HTTPS with them,
 // and the page's streams must arrive over HTTP/2, as a browser's do from a production
@@ -474,6 +476,24 @@ async function main() {
     `the quiet page shows ${JSON.stringify(quietEvents)}, want only ${quietId}`,
   );
   log(`the quiet page reconnected with its checkpoint ${lastIdBefore} and got ${quietId}`);
+
+  // 8. the page's own publish form: a type typed after the page connected is shown, and JSON
+  // data goes out as typed (a parse and re-serialization would round the number and re-sort
+  // the keys)
+  await quiet.fill("#ptopic", QUIET_TOPIC);
+  await quiet.fill("#ptype", "order.typed");
+  await quiet.fill("#pdata", '{"n": 12345678901234567890, "b": 1, "2": 0}');
+  await quiet.click("#publish");
+  const typed = '{"n":12345678901234567890,"b":1,"2":0}';
+  const formSeen = await waitForData(quiet, [typed], DELIVERY_TIMEOUT_MS);
+  const formEvents = formSeen.events.filter((e) => e.data === typed);
+  check(
+    formEvents.length === 1 && formEvents[0].type === "order.typed",
+    `the page's own publish shows as ${JSON.stringify(formEvents)}, want one order.typed event`,
+  );
+  const published = (await quiet.textContent("#presult"))?.trim() ?? "";
+  check(published === `published ${formEvents[0].id}`, `the publish form says ${JSON.stringify(published)}`);
+  log(`the page published ${formEvents[0].id} of a type typed after it connected, its JSON as typed`);
   console.log(
     `PASS: chromium (streams over ${STREAM_PROTOCOL}) reconnected by itself (Last-Event-ID ${lastIdBefore}, ${reconnects.length} retr${reconnects.length === 1 ? "y" : "ies"}, ` +
       `${viaReplay ? "after" : "before"} the 3 post-restart publishes${viaReplay ? ", so they came by replay" : ""}) ` +
