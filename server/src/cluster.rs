@@ -132,8 +132,6 @@ return {floor, entries, healed, added}
 "
 );
 
-/// The publisher checks a connection idle this long with a PING before appending on it.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Most publishes sent to Redis in one pipeline.
 const MAX_BATCH: usize = 1_024;
 /// How long one `XREAD` waits for new entries; also how quickly the reader notices a stop.
@@ -216,7 +214,6 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
         .max(1)
         .to_string();
     let mut conn: Option<Connection> = None;
-    let mut used = Instant::now();
     let mut jobs = Vec::new();
     while incoming.next(|job| {
         jobs.push(job);
@@ -265,7 +262,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
             continue;
         }
         let started = Instant::now();
-        let results = append_all(&mut conn, &mut used, log, &mut script, &commands);
+        let results = append_all(&mut conn, log, &mut script, &commands);
         let latency = started.elapsed();
         let (mut stored, mut failed) = (0u64, 0u64);
         match results {
@@ -409,27 +406,15 @@ impl Script {
 /// opening it first if needed.
 fn append_all(
     conn: &mut Option<Connection>,
-    used: &mut Instant,
     log: &RedisLog,
     script: &mut Script,
     commands: &[Vec<Vec<u8>>],
 ) -> Result<Vec<Result<Value, String>>, RedisError> {
-    // A connection idle for a while may have been closed by Redis (its `timeout`, a proxy's
-    // idle limit) or have outlived a Redis restart. Appends sent on it would fail, and could
-    // not be retried safely (were they stored?); a PING can.
-    if used.elapsed() >= IDLE_CHECK
-        && let Some(c) = conn
-        && c.query(&[b"PING"]).is_err()
-    {
-        *conn = None;
-    }
     let c = match conn {
         Some(c) => c,
         None => conn.insert(Connection::open(log.redis(), REDIS_COMMAND_TIMEOUT)?),
     };
-    let results = script.run_all(c, commands);
-    *used = Instant::now();
-    results
+    script.run_all(c, commands)
 }
 
 /// The id in the append script's `[id, duplicate]` answer.

@@ -780,7 +780,13 @@ pub struct Connection {
     read_timeout: Option<Duration>,
     /// With Sentinel: the [`Sentinels`] epoch of the master this connection reached.
     epoch: u64,
+    /// When its last exchange ended (or it opened).
+    used: Instant,
 }
+
+/// A connection idle this long is checked before its next command: Redis (its `timeout`), a
+/// proxy's idle limit or a restart may have closed it meanwhile.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// The most `MOVED` redirects one command follows (a slot moves once; more means the cluster
 /// is still being resharded, and the caller's retry comes later).
@@ -874,6 +880,7 @@ impl Connection {
             timeout,
             read_timeout: Some(timeout),
             epoch: 0,
+            used: Instant::now(),
         };
         if let Some(password) = &config.password {
             match &config.username {
@@ -1001,10 +1008,33 @@ impl Connection {
         let host = self.redirect_host(host)?;
         tracing::info!(%host, port, "Redis Cluster moved Herald's keys; following");
         *lock(&self.config.moved_to) = Some((host, port));
+        self.reopen()
+    }
+
+    /// Replaces this connection with a new one from the same configuration (and read
+    /// timeout).
+    fn reopen(&mut self) -> Result<(), RedisError> {
         let read_timeout = self.read_timeout;
         *self = Connection::open(&self.config, self.timeout)?;
         self.set_read_timeout(read_timeout)?;
         Ok(())
+    }
+
+    /// True when the server closed this connection while it sat idle for [`IDLE_CHECK`] or
+    /// more: its end of the socket is closed, or has bytes nobody asked for (a TLS
+    /// `close_notify`). A command sent on it would fail, and one that changes data could not
+    /// be retried safely (did it run?); a new connection can be used at once.
+    fn closed_while_idle(&self) -> bool {
+        if self.used.elapsed() < IDLE_CHECK {
+            return false;
+        }
+        let tcp = self.stream.get_ref().tcp();
+        if tcp.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let peeked = tcp.peek(&mut [0u8; 1]);
+        let restored = tcp.set_nonblocking(false).is_ok();
+        !restored || !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// The host of a redirect: an empty one means "the node you asked" (only the port
@@ -1030,8 +1060,13 @@ impl Connection {
             let message = "Sentinel named a new master since this connection opened";
             return Err(io::Error::new(io::ErrorKind::ConnectionAborted, message).into());
         }
+        if self.closed_while_idle() {
+            tracing::debug!("Redis closed an idle connection; opening another");
+            self.reopen()?;
+        }
         let result = run(self);
         self.broken = matches!(&result, Err(error) if error.is_connection_error());
+        self.used = Instant::now();
         result
     }
 
@@ -1883,6 +1918,29 @@ pub(crate) mod tests {
             "{timed_out:?}"
         );
         assert_ne!(client_id(), first);
+    }
+
+    #[test]
+    fn a_connection_redis_closed_while_it_was_idle_is_replaced_before_its_next_command() {
+        let Some(config) = redis_or_skip("a_connection_redis_closed_while_it_was_idle") else {
+            return;
+        };
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        let id = conn.query(&[b"CLIENT", b"ID"]).unwrap().as_int().unwrap();
+        // What Redis's `timeout` does to an idle client; only this test's connection goes.
+        let mut other = Connection::open(&config, TIMEOUT).unwrap();
+        let killed = other
+            .query(&[b"CLIENT", b"KILL", b"ID", id.to_string().as_bytes()])
+            .unwrap();
+        assert_eq!(killed.as_int(), Some(1));
+        std::thread::sleep(IDLE_CHECK + Duration::from_millis(100));
+        let replaced = conn.query(&[b"CLIENT", b"ID"]).unwrap().as_int().unwrap();
+        assert_ne!(replaced, id);
+        // A connection in use is left alone.
+        assert_eq!(
+            conn.query(&[b"CLIENT", b"ID"]).unwrap().as_int(),
+            Some(replaced)
+        );
     }
 
     #[test]
