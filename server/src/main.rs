@@ -136,6 +136,11 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         herald_core::TopicPattern::parse(p)
             .with_context(|| format!("invalid topic pattern {p:?}"))?;
     }
+    // `exp` is in whole seconds: a shorter ttl would be a token that is already expired.
+    anyhow::ensure!(
+        args.ttl >= Duration::from_secs(1),
+        "--ttl must be at least 1s (a token's expiry is in whole seconds)"
+    );
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let publish = if args.publish {
         PublishGrant::All(true)
@@ -146,7 +151,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     };
     let claims = Claims {
         sub: args.sub,
-        exp: now + args.ttl.as_secs().max(1),
+        exp: now + args.ttl.as_secs() + u64::from(args.ttl.subsec_nanos() > 0),
         herald: Grants {
             subscribe: args.subscribe,
             publish,

@@ -276,7 +276,7 @@ impl HttpsHerald {
 }
 
 /// Keeps the child's environment free of the runner's `HERALD_*` settings.
-fn clear_herald_env(cmd: &mut Command) {
+pub fn clear_herald_env(cmd: &mut Command) {
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("HERALD_") {
             cmd.env_remove(name);

@@ -1251,7 +1251,7 @@ pub(crate) mod tests {
         app.sync();
     }
 
-    fn admin(app: &mut App, event: AdminEvent) {
+    pub fn admin(app: &mut App, event: AdminEvent) {
         server(app, ServerMsg::Admin(Box::new(event)));
     }
 

@@ -394,15 +394,30 @@ async fn run_stream(http: Http, to_app: mpsc::Sender<ServerMsg>, live: watch::Se
             .map_or(Duration::ZERO, Duration::from_millis)
             .min(Duration::from_secs(60));
         let delay = backoff(failures).max(server_retry);
-        let down = LinkState::Down {
-            error: ended.error,
-            retry_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-        };
-        if to_app.send(ServerMsg::Link(down)).await.is_err() {
+        if !count_down(&to_app, &ended.error, delay).await {
             return;
         }
-        sleep(delay).await;
     }
+}
+
+/// Shows the link as down with the time left before the next attempt, once a second, and
+/// returns after `delay`; false when the app is gone.
+async fn count_down(to_app: &mpsc::Sender<ServerMsg>, error: &str, delay: Duration) -> bool {
+    const TICK: Duration = Duration::from_secs(1);
+    let mut left = delay;
+    while !left.is_zero() {
+        let down = LinkState::Down {
+            error: error.to_owned(),
+            retry_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+        };
+        if to_app.send(ServerMsg::Link(down)).await.is_err() {
+            return false;
+        }
+        let step = left.min(TICK);
+        sleep(step).await;
+        left -= step;
+    }
+    true
 }
 
 /// How one admin stream ended.
@@ -714,6 +729,14 @@ mod tests {
             ServerMsg::Link(LinkState::Down {
                 error: "the server went silent for 0.2s".to_owned(),
                 retry_ms: 4000,
+            })
+        );
+        // The time left counts down while the client waits.
+        assert_eq!(
+            next(&mut rx).await,
+            ServerMsg::Link(LinkState::Down {
+                error: "the server went silent for 0.2s".to_owned(),
+                retry_ms: 3000,
             })
         );
         server.abort();

@@ -34,7 +34,11 @@ const USER_WIDTH: u16 = 10;
 const REMOTE_WIDTH: u16 = 21;
 const AGE_WIDTH: u16 = 7;
 const SENT_WIDTH: u16 = 6;
-const LAST_ID_WIDTH: u16 = 16;
+/// Event id columns are at least this wide (`1764000000000-12`) and grow, up to
+/// [`ID_MAX_WIDTH`], to the longest id in the table, so a busy millisecond's three- or
+/// four-digit sequence is shown whole.
+const ID_MIN_WIDTH: u16 = 16;
+const ID_MAX_WIDTH: u16 = 24;
 /// `1023.9 KiB`, the longest size [`fmt_bytes`] writes below 1024 TiB.
 const QUEUE_WIDTH: u16 = 10;
 /// The Topics column keeps at least this much; Last id gives way first.
@@ -516,7 +520,11 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
         frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), area.y));
     }
 
-    let columns = ConnColumns::for_width(area.width);
+    let last_id_width = id_width(rows.iter().filter_map(|id| {
+        let c = app.connections.get(id)?;
+        c.last_id.as_deref()
+    }));
+    let columns = ConnColumns::for_width(area.width, last_id_width);
     let mut header = vec!["ID", "User", "Topics"];
     let mut widths = vec![
         Constraint::Length(ID_WIDTH),
@@ -534,7 +542,7 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     ]);
     if columns.last_id {
         header.push("Last id");
-        widths.push(Constraint::Length(LAST_ID_WIDTH));
+        widths.push(Constraint::Length(columns.last_id_width));
     }
     header.push("Queue");
     widths.push(Constraint::Length(QUEUE_WIDTH));
@@ -610,6 +618,7 @@ fn conn_row(c: &ConnectionInfo, columns: ConnColumns) -> Row<'static> {
 #[derive(Clone, Copy, Debug)]
 struct ConnColumns {
     last_id: bool,
+    last_id_width: u16,
     remote: bool,
 }
 
@@ -617,7 +626,7 @@ impl ConnColumns {
     /// What fits in a table `width` columns wide (borders included) with Topics kept
     /// readable: an operator needs to know what a connection listens to more than its
     /// last id, and that more than its address.
-    fn for_width(width: u16) -> Self {
+    fn for_width(width: u16, last_id_width: u16) -> Self {
         // Borders, the selection marker, and one space between columns.
         let marker = u16::try_from(Span::raw(SELECTED).width()).unwrap_or(u16::MAX);
         let room = width.saturating_sub(2).saturating_sub(marker);
@@ -625,11 +634,23 @@ impl ConnColumns {
             .iter()
             .map(|w| w + 1)
             .sum::<u16>();
-        let last_id = fixed + LAST_ID_WIDTH + 1 + TOPICS_MIN <= room;
+        let last_id = fixed + last_id_width + 1 + TOPICS_MIN <= room;
         let remote =
-            last_id && fixed + LAST_ID_WIDTH + REMOTE_WIDTH + 2 + TOPICS_WITH_REMOTE <= room;
-        Self { last_id, remote }
+            last_id && fixed + last_id_width + REMOTE_WIDTH + 2 + TOPICS_WITH_REMOTE <= room;
+        Self {
+            last_id,
+            last_id_width,
+            remote,
+        }
     }
+}
+
+/// The width of an event id column that shows `ids` whole (within the bounds above).
+fn id_width<'a>(ids: impl Iterator<Item = &'a str>) -> u16 {
+    let widest = ids.map(|id| Span::raw(id).width()).max().unwrap_or(0);
+    u16::try_from(widest)
+        .unwrap_or(u16::MAX)
+        .clamp(ID_MIN_WIDTH, ID_MAX_WIDTH)
 }
 
 /// The rows to draw for a selection in a list of `len` rows with `visible` rows of room:
@@ -834,10 +855,11 @@ fn draw_feed(frame: &mut Frame, app: &App, area: Rect) {
         .map(|entry| feed_row(&entry.event));
     let header = Row::new(vec!["Id", "Target", "Event", "Rcpt", "Data"])
         .style(Style::new().bold().underlined());
+    let id_width = id_width(app.feed_shown().map(|entry| entry.event.id.as_str()));
     let table = Table::new(
         rows,
         [
-            Constraint::Length(16),
+            Constraint::Length(id_width),
             Constraint::Length(16),
             Constraint::Length(14),
             Constraint::Length(5),
@@ -1506,7 +1528,7 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::*;
-    use crate::app::tests::{conn, nodes_answer, published, stats};
+    use crate::app::tests::{admin, conn, nodes_answer, published, stats};
     use crate::event::{Action, ApiError, Edit, ServerMsg};
 
     fn render(app: &mut App, width: u16, height: u16) -> String {
@@ -1844,6 +1866,30 @@ mod tests {
             wide.contains("Last id") && wide.contains("Remote"),
             "{wide}"
         );
+    }
+
+    #[test]
+    fn event_ids_with_long_sequences_are_shown_whole() {
+        let long = "1700000000000-12345";
+        let mut app = busy_app(3);
+        let mut busy = conn(2, Some("erin"), &["orders"]);
+        busy.last_id = Some(long.to_owned());
+        admin(&mut app, AdminEvent::Connected(busy));
+        let screen = render(&mut app, 120, 16);
+        assert!(screen.contains(long), "{screen}");
+
+        admin(
+            &mut app,
+            AdminEvent::Published(published(long, &["orders"], "{}")),
+        );
+        admin(
+            &mut app,
+            AdminEvent::Published(published("1700000000001-0", &["orders"], "{}")),
+        );
+        app.update(Action::ShowView(View::Feed));
+        let screen = render(&mut app, 80, 24);
+        assert!(screen.contains(long), "{screen}");
+        assert!(screen.contains("1700000000001-0 "), "{screen}");
     }
 
     #[test]

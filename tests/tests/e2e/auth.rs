@@ -345,3 +345,39 @@ async fn a_stream_is_closed_when_its_token_expires() {
     let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
     assert_eq!(data, ["before", "after"]);
 }
+
+#[test]
+fn herald_token_refuses_what_would_be_no_token() {
+    let token = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(herald_tests::herald_bin());
+        cmd.arg("token").args(args).env("RUST_BACKTRACE", "0");
+        herald_tests::clear_herald_env(&mut cmd);
+        herald_tests::run_bounded(&mut cmd, WAIT)
+    };
+    // Expired on issue: `exp` is in whole seconds.
+    let out = token(&["--jwt-secret", SECRET, "--sub", "a", "--ttl", "500ms"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--ttl must be at least 1s"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Signed with nothing.
+    let out = token(&["--jwt-secret", "", "--sub", "a"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no JWT secret"), "{stderr}");
+
+    // A fraction of a second is rounded up, never down.
+    let before = unix_now();
+    let minted = mint_token(SECRET, &["--sub", "a", "--ttl", "1500ms"]);
+    let payload = minted.split('.').nth(1).expect("a JWT has three parts");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .expect("base64url"),
+    )
+    .expect("JSON claims");
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert!(
+        (before + 2..=unix_now() + 2).contains(&exp),
+        "exp {exp}, issued at {before}"
+    );
+}
