@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::FrameBuilder;
 use crate::id::EventId;
-use crate::topic::{TopicPattern, UserId};
+use crate::topic::{EventType, TopicPattern, UserId};
 
 /// A connection's id, unique for the life of the engine (never reused).
 #[derive(
@@ -88,6 +89,9 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// The event type of the last block of a stream the server ends ([`CloseReason::notice`]).
+pub const CLOSED_EVENT: &str = "herald.closed";
+
 /// Why the engine closed a connection (carried by [`crate::Output::Close`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +112,21 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// The last block of a stream the server closes, which a page can listen for
+    /// (`herald.closed`, data `{"reason":"token_expired"}`) to tell why it ended: a page
+    /// whose token expired fetches a new one before it reconnects, since a reconnect with
+    /// the old one is refused with a 401, and a native `EventSource` never retries after
+    /// that. The block also carries `retry:`, the delay before the client comes back. It has
+    /// no `id:`, so the client's resume point is unchanged.
+    pub fn notice(self, retry_ms: u64) -> bytes::Bytes {
+        let data = format!(r#"{{"reason":"{}"}}"#, self.as_str());
+        FrameBuilder::with_capacity(data.len() + 64)
+            .retry(retry_ms)
+            .event_type(&EventType::from_static(CLOSED_EVENT))
+            .data(&data)
+            .finish()
+    }
+
     /// A short, stable name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

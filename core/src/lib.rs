@@ -48,7 +48,7 @@ pub use admin::{
     AdminEvent, ConnectionInfo, Counters, Latency, NodeInfo, Quantiles, Snapshot, Stats, TopicInfo,
     Transports,
 };
-pub use conn::{CloseReason, ConnId, ConnectRequest, Protocol};
+pub use conn::{CLOSED_EVENT, CloseReason, ConnId, ConnectRequest, Protocol};
 pub use engine::{
     ConnectError, Engine, EngineConfig, Output, PublishError, PublishOutcome, PublishRequest,
 };

@@ -4,7 +4,9 @@
 //! Rule numbers refer to `SSE_SPEC_NOTES.md`.
 
 use herald_core::frame::{encode_comment, encode_event, encode_retry};
-use herald_core::{Comment, Event, EventId, EventType, ParsedEvent, Parser, Target};
+use herald_core::{
+    CLOSED_EVENT, CloseReason, Comment, Event, EventId, EventType, ParsedEvent, Parser, Target,
+};
 use proptest::prelude::*;
 
 /// Feeds `bytes` cut at `cuts` (any values; taken modulo the length), then ends the stream.
@@ -362,6 +364,38 @@ fn rule_16_a_block_without_data_fires_nothing_and_empty_data_fires_an_empty_mess
     assert_eq!(parser.feed(b"id: 1\nretry: 9\nevent: x\n\n"), []);
     assert_eq!((parser.last_event_id(), parser.retry()), ("1", Some(9)));
     assert_eq!(parser.feed(b"data:\n\n"), [message("", "1")]);
+}
+
+#[test]
+fn a_closed_stream_says_why_and_when_to_come_back_without_moving_the_resume_point() {
+    let mut parser = Parser::new();
+    parser.feed(b"id: 1-0\ndata: a\n\n");
+    let notice = CloseReason::TokenExpired.notice(2500);
+    let events = parser.feed(&notice);
+    assert_eq!(
+        events,
+        [ParsedEvent {
+            event_type: CLOSED_EVENT.to_owned(),
+            data: r#"{"reason":"token_expired"}"#.to_owned(),
+            last_event_id: "1-0".to_owned(),
+        }]
+    );
+    assert_eq!(
+        (parser.last_event_id(), parser.retry()),
+        ("1-0", Some(2500))
+    );
+    // Every reason is a JSON object a page can read.
+    for reason in [
+        CloseReason::SlowConsumer,
+        CloseReason::Kicked,
+        CloseReason::Shutdown,
+        CloseReason::LogUnavailable,
+        CloseReason::LogGap,
+    ] {
+        let event = Parser::new().feed(&reason.notice(1)).remove(0);
+        let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(data["reason"], reason.as_str());
+    }
 }
 
 #[test]

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{AuthError, Identity, JwtKey, token_from};
+use crate::auth::{AuthError, Carrier, Identity, JwtKey, token_from};
 use crate::hub::{Hub, PublishFailure, jittered_retry};
 use crate::log::{EventLog, LogMetrics};
 use crate::metrics;
@@ -383,17 +383,24 @@ fn unix_now() -> u64 {
 
 /// The caller's identity: dev mode trusts everyone; otherwise a valid token is required.
 fn identify(
-    headers: &http::HeaderMap,
+    request: (&Method, &http::Uri, &http::HeaderMap),
     state: &AppState,
     query: &[(String, String)],
 ) -> Result<Identity, ApiError> {
+    let (method, uri, headers) = request;
     let query_token = query
         .iter()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.as_str());
     let token = token_from(headers, query_token);
     match (&state.jwt, token) {
-        (Some(key), Some(token)) => Ok(key.identify(&token, unix_now())?),
+        (Some(key), Some((token, carrier))) => {
+            let identity = key.identify(&token, unix_now())?;
+            if carrier == Carrier::Cookie && !method.is_safe() {
+                check_cookie_origin(uri, headers, state)?;
+            }
+            Ok(identity)
+        }
         // Dev mode without a secret verifies no token, so one sent anyway (a stale cookie)
         // changes nothing: `?user=` still names the subscriber.
         (None, _) | (_, None) if state.dev => {
@@ -411,8 +418,44 @@ fn identify(
     }
 }
 
+/// A publish or an admin change carried by the cookie, which the browser also adds to a form
+/// or a `fetch` another page sends (same-site pages included, as another port on the host is):
+/// it must come from this server's own origin or one on the CORS list. A request without
+/// `Origin` (not from a browser page) is let through.
+fn check_cookie_origin(
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    state: &AppState,
+) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    // An HTTP/2 request names its host in the URI, an HTTP/1.1 one in `Host`.
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST)?.to_str().ok());
+    let own = origin
+        .split_once("://")
+        .zip(host)
+        .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host));
+    if own || cors_allows(state, origin) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "refused a {} cookie sent from {origin:?}, a page that is neither this server's \
+             nor in --cors-origin (send the token as Authorization: Bearer, or allow the origin)",
+            crate::auth::TOKEN_COOKIE
+        ),
+    ))
+}
+
 fn require_admin(req: &Request<Incoming>, state: &AppState) -> Result<Identity, ApiError> {
-    let id = identify(req.headers(), state, &query_pairs(req.uri())?)?;
+    let request = (req.method(), req.uri(), req.headers());
+    let id = identify(request, state, &query_pairs(req.uri())?)?;
     if !id.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -480,7 +523,7 @@ pub async fn open_stream(
 ) -> Result<Opened, ApiError> {
     let remote = peer.addr;
     let query = query_pairs(uri)?;
-    let identity = identify(headers, state, &query)?;
+    let identity = identify((&Method::GET, uri, headers), state, &query)?;
     if admin && !identity.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -641,7 +684,7 @@ fn event_data(json: &str) -> Result<String, serde_json::Error> {
 
 async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Body>, ApiError> {
     let query = query_pairs(req.uri())?;
-    let identity = identify(req.headers(), state, &query)?;
+    let identity = identify((req.method(), req.uri(), req.headers()), state, &query)?;
     let limit = state.max_body;
     let too_large = || {
         ApiError::new(

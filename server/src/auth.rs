@@ -271,15 +271,35 @@ fn header_json_input(token: &str) -> &str {
     token.rsplit_once('.').map_or(token, |(input, _)| input)
 }
 
-/// Finds the token in `Authorization: Bearer`, then the cookie, then `token` in the query.
-pub fn token_from(headers: &http::HeaderMap, query_token: Option<&str>) -> Option<String> {
+/// Where a request's token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// `Authorization: Bearer`.
+    Header,
+    /// `?token=` in the URL.
+    Query,
+    /// The `herald_token` cookie, which a browser adds by itself, also to a request another
+    /// site's page makes.
+    Cookie,
+}
+
+/// Finds the token in `Authorization: Bearer`, then `token` in the query, then the cookie: a
+/// token the request names beats the one the browser adds by itself (a stale cookie must not
+/// hide a fresh `?token=`, since a page cannot remove an HttpOnly cookie).
+pub fn token_from(
+    headers: &http::HeaderMap,
+    query_token: Option<&str>,
+) -> Option<(String, Carrier)> {
     if let Some(auth) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         && let Some((scheme, t)) = auth.trim_start().split_once(' ')
         && scheme.eq_ignore_ascii_case("bearer")
     {
-        return Some(t.trim().to_owned());
+        return Some((t.trim().to_owned(), Carrier::Header));
+    }
+    if let Some(t) = query_token {
+        return Some((t.to_owned(), Carrier::Query));
     }
     for cookie in headers.get_all(http::header::COOKIE) {
         let Ok(cookie) = cookie.to_str() else {
@@ -289,11 +309,11 @@ pub fn token_from(headers: &http::HeaderMap, query_token: Option<&str>) -> Optio
             if let Some((name, value)) = pair.trim().split_once('=')
                 && name == TOKEN_COOKIE
             {
-                return Some(value.to_owned());
+                return Some((value.to_owned(), Carrier::Cookie));
             }
         }
     }
-    query_token.map(str::to_owned)
+    None
 }
 
 #[cfg(test)]
@@ -367,17 +387,34 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_found_in_header_cookie_and_query_in_that_order() {
+    fn tokens_are_found_in_header_query_and_cookie_in_that_order() {
         let mut headers = http::HeaderMap::new();
-        assert_eq!(token_from(&headers, Some("q")), Some("q".into()));
+        assert_eq!(token_from(&headers, None), None);
         headers.insert(http::header::COOKIE, "a=1; herald_token=c".parse().unwrap());
-        assert_eq!(token_from(&headers, Some("q")), Some("c".into()));
+        assert_eq!(
+            token_from(&headers, None),
+            Some(("c".into(), Carrier::Cookie))
+        );
+        // A token the request names beats the cookie the browser adds.
+        assert_eq!(
+            token_from(&headers, Some("q")),
+            Some(("q".into(), Carrier::Query))
+        );
         headers.insert(http::header::AUTHORIZATION, "Bearer h".parse().unwrap());
-        assert_eq!(token_from(&headers, Some("q")), Some("h".into()));
+        assert_eq!(
+            token_from(&headers, Some("q")),
+            Some(("h".into(), Carrier::Header))
+        );
         // The scheme's name is case-insensitive (RFC 9110, 11.1); another scheme is no token.
         headers.insert(http::header::AUTHORIZATION, "BEARER  u".parse().unwrap());
-        assert_eq!(token_from(&headers, None), Some("u".into()));
+        assert_eq!(
+            token_from(&headers, None),
+            Some(("u".into(), Carrier::Header))
+        );
         headers.insert(http::header::AUTHORIZATION, "Basic b".parse().unwrap());
-        assert_eq!(token_from(&headers, None), Some("c".into()));
+        assert_eq!(
+            token_from(&headers, None),
+            Some(("c".into(), Carrier::Cookie))
+        );
     }
 }

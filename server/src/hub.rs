@@ -686,7 +686,7 @@ impl Driver {
                         CloseReason::SlowConsumer => queue.abort(),
                         _ => {
                             let retry = jittered_retry(self.config.retry_ms, conn.0);
-                            queue.close(Some(frame::encode_retry(retry)));
+                            queue.close(Some(reason.notice(retry)));
                         }
                     }
                 }
@@ -887,8 +887,10 @@ mod tests {
         let stream = String::from_utf8(stream).unwrap();
         let event = format!("id: {id}\ndata: last words\n\n");
         let at = stream.find(&event).unwrap_or_else(|| panic!("{stream:?}"));
+        let end = &stream[at + event.len()..];
         assert!(
-            stream[at + event.len()..].starts_with("retry: "),
+            end.starts_with("retry: ")
+                && end.ends_with("event: herald.closed\ndata: {\"reason\":\"shutdown\"}\n\n"),
             "the event, then the end: {stream:?}"
         );
         task.await.unwrap();

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{ConnId, ConnectionInfo, Parser, Stats, TopicInfo};
+use herald_core::{CLOSED_EVENT, ConnId, ConnectionInfo, Parser, Stats, TopicInfo};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -468,6 +468,8 @@ async fn read_stream(
 
     let mut body = response.into_body();
     let mut got_events = false;
+    // The reason the server gave in its `herald.closed` notice, if it sent one.
+    let mut closed = None;
     let end = |error: String, got_events: bool| Some(StreamEnd { got_events, error });
     loop {
         let idle = http.config.timeouts.stream_idle;
@@ -476,7 +478,7 @@ async fn read_stream(
                 let why = format!("the server went silent for {}", secs(idle));
                 return end(why, got_events);
             }
-            Ok(None) => return end("the server closed the admin stream".to_owned(), got_events),
+            Ok(None) => return end(closed_because(closed.as_deref()), got_events),
             Ok(Some(Err(e))) => {
                 let why = describe_body_error(&e);
                 return end(format!("the admin stream broke: {why}"), got_events);
@@ -487,6 +489,12 @@ async fn read_stream(
             continue;
         };
         for event in parser.feed(&data) {
+            if event.event_type == CLOSED_EVENT {
+                closed = serde_json::from_str::<serde_json::Value>(&event.data)
+                    .ok()
+                    .and_then(|v| v["reason"].as_str().map(str::to_owned));
+                continue;
+            }
             let Some(msg) = admin_message(&event) else {
                 continue;
             };
@@ -497,6 +505,19 @@ async fn read_stream(
             }
             to_app.send(msg).await.ok()?;
         }
+    }
+}
+
+/// What the console says when the server ended the admin stream, for the reason it gave.
+fn closed_because(reason: Option<&str>) -> String {
+    match reason {
+        Some("token_expired") => {
+            "the admin token expired: start herald-tui with a fresh --token".to_owned()
+        }
+        Some("kicked") => "an operator disconnected this console".to_owned(),
+        Some("shutdown") => "the server is shutting down".to_owned(),
+        Some(other) => format!("the server closed the admin stream ({other})"),
+        None => "the server closed the admin stream".to_owned(),
     }
 }
 
@@ -695,6 +716,38 @@ mod tests {
         };
         assert!(error.starts_with("cannot reach the server"), "{error}");
         assert_eq!(retry_ms, 1000, "failures back off");
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_server_ends_says_why() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, mut rx) = mpsc::channel(64);
+        let _commands = start(ClientConfig::new(&url, None, None).unwrap(), tx);
+        let snapshot = serde_json::to_string(&Snapshot::default()).unwrap();
+        let notice = herald_core::CloseReason::TokenExpired.notice(3000);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
+             event: snapshot\ndata: {snapshot}\n\n{}",
+            String::from_utf8_lossy(&notice)
+        );
+        let server = tokio::spawn(async move {
+            serve_once(&listener, response.into_bytes(), Duration::ZERO).await
+        });
+        assert_eq!(
+            next(&mut rx).await,
+            ServerMsg::Link(LinkState::Connecting { attempt: 1 })
+        );
+        assert_eq!(next(&mut rx).await, ServerMsg::Link(LinkState::Live));
+        assert_eq!(next(&mut rx).await, ServerMsg::Snapshot(Box::default()));
+        assert_eq!(
+            next(&mut rx).await,
+            ServerMsg::Link(LinkState::Down {
+                error: "the admin token expired: start herald-tui with a fresh --token".to_owned(),
+                retry_ms: 3000,
+            })
+        );
+        server.await.unwrap();
     }
 
     #[tokio::test]

@@ -263,6 +263,93 @@ async fn a_token_in_the_query_or_the_herald_token_cookie_works_like_a_bearer_tok
 }
 
 #[tokio::test]
+async fn a_token_in_the_query_beats_a_stale_cookie() {
+    let herald = server();
+    let expired = sign_jwt(
+        SECRET,
+        &json!({"sub": "alice", "exp": unix_now() - 60, "herald": {"subscribe": ["orders"]}}),
+    );
+    // A page cannot remove an HttpOnly cookie; the token it names must be the one used.
+    let mut sub = herald
+        .events()
+        .topic("orders")
+        .query("token", &alice())
+        .header("cookie", &format!("herald_token={expired}"))
+        .open()
+        .await;
+    let (status, _) = herald
+        .publish_as(&publisher(), json!({"topics": ["orders"], "data": "fresh"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sub.next_event(WAIT).await.expect("an event").data, "fresh");
+}
+
+#[tokio::test]
+async fn a_publish_carried_by_the_cookie_is_refused_from_a_page_of_another_origin() {
+    let allowed = "https://app.example.test";
+    let herald = Herald::start(&["--jwt-secret", SECRET, "--cors-origin", allowed]);
+    let own = format!("http://{}", herald.addr());
+    let cookie = format!("herald_token={}", publisher());
+    let publish = |origin: Option<&str>, data: &str| {
+        // What a form or a no-cors fetch from that page makes the browser send.
+        let body = json!({"topics": ["chat"], "data": data});
+        let mut call = herald
+            .call(Method::POST, "/publish")
+            .header("cookie", &cookie)
+            .raw_body("text/plain", body.to_string().into_bytes());
+        if let Some(origin) = origin {
+            call = call.header("origin", origin);
+        }
+        call.send()
+    };
+    for evil in ["http://127.0.0.1:1", "https://evil.example.test", "null"] {
+        let reply = publish(Some(evil), "forged").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{evil}: {}",
+            reply.text()
+        );
+        assert!(
+            reply.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("--cors-origin")),
+            "{}",
+            reply.text()
+        );
+    }
+    // The same token as a header is the page's own doing, not the browser's.
+    let by_header = herald
+        .call(Method::POST, "/publish")
+        .bearer(&publisher())
+        .header("origin", "https://evil.example.test")
+        .json(&json!({"topics": ["chat"], "data": "by header"}))
+        .send()
+        .await;
+    assert_eq!(by_header.status, StatusCode::OK, "{}", by_header.text());
+    for (origin, data) in [
+        (Some(own.as_str()), "own page"),
+        (Some(allowed), "allowed page"),
+        (None, "no page"),
+    ] {
+        let reply = publish(origin, data).await;
+        assert_eq!(reply.status, StatusCode::OK, "{origin:?}: {}", reply.text());
+    }
+    let admin = mint_token(SECRET, &["--sub", "ops", "--admin"]);
+    let stats = herald
+        .call(Method::GET, "/admin/stats")
+        .bearer(&admin)
+        .send()
+        .await;
+    assert_eq!(
+        stats.json()["stats"]["counters"]["published"],
+        4,
+        "{}",
+        stats.text()
+    );
+}
+
+#[tokio::test]
 async fn a_user_named_in_the_query_is_ignored_when_a_token_says_who_you_are() {
     let herald = server();
     let mut sub = herald
@@ -325,8 +412,9 @@ async fn a_stream_is_closed_when_its_token_expires() {
         .map(|(_, t)| t.to_owned())
         .unwrap_or_default();
     assert!(
-        tail.starts_with("retry: "),
-        "the stream ends with a retry frame: {tail:?}"
+        tail.starts_with("retry: ")
+            && tail.ends_with("event: herald.closed\ndata: {\"reason\":\"token_expired\"}\n\n"),
+        "the stream ends with a retry and says why: {tail:?}"
     );
 
     // The token is now refused outright, and the long-lived stream is still open.

@@ -7,12 +7,15 @@ use herald_core::EventId;
 use herald_tests::{End, Herald, Subscriber, WAIT};
 use serde_json::json;
 
-/// The `retry:` value of the stream's last frame, if its last frame is a `retry:` frame.
+/// The `retry:` value of the stream's last frame, if that frame is the `herald.closed`
+/// notice of a shutdown.
 fn final_retry(sub: &Subscriber) -> Option<u64> {
     let raw = sub.raw_text();
     let body = raw.strip_suffix("\n\n")?;
     let last_frame = body.rsplit("\n\n").next()?;
-    last_frame.strip_prefix("retry: ")?.parse().ok()
+    let (retry, notice) = last_frame.strip_prefix("retry: ")?.split_once('\n')?;
+    (notice == "event: herald.closed\ndata: {\"reason\":\"shutdown\"}").then_some(())?;
+    retry.parse().ok()
 }
 
 #[tokio::test]
@@ -44,7 +47,7 @@ async fn on_sigterm_every_open_stream_gets_a_retry_and_ends_and_the_process_exit
         assert_eq!(end, Some(End::Clean), "{name} stream: {}", sub.raw_text());
         let retry = final_retry(sub).unwrap_or_else(|| {
             panic!(
-                "{name} stream does not end with retry: {:?}",
+                "{name} stream does not end with a shutdown notice and retry: {:?}",
                 sub.raw_text()
             )
         });
