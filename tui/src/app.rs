@@ -592,6 +592,10 @@ pub struct App {
     pub compose: ComposeForm,
     /// The status bar's message.
     pub status: Option<Status>,
+    /// The admin stream went down since it was last live: its return is announced.
+    was_down: bool,
+    /// The status shows a failed refresh, which the next good one clears.
+    refresh_failed: bool,
     /// The terminal size (columns, rows).
     pub size: (u16, u16),
     /// Set by [`Action::Quit`]: `main` leaves its loop.
@@ -635,6 +639,8 @@ impl App {
             help_scroll: 0,
             compose: ComposeForm::default(),
             status: None,
+            was_down: false,
+            refresh_failed: false,
             size: (80, 24),
             should_quit: false,
         }
@@ -799,6 +805,10 @@ impl App {
                     Some(_) => None,
                     None => Some(self.feed_seq),
                 };
+                if self.feed_paused_at.is_none() {
+                    let over = self.feed.len().saturating_sub(FEED_CAPACITY);
+                    self.feed.drain(..over);
+                }
                 self.feed_scroll = 0;
             }
             Action::ClearFeed => {
@@ -958,19 +968,36 @@ impl App {
 
     fn set_status(&mut self, text: String, is_error: bool) {
         self.status = Some(Status { text, is_error });
+        self.refresh_failed = false;
+    }
+
+    /// A refresh came back: a "refresh failed" it followed is no longer true.
+    fn refreshed(&mut self) {
+        if self.refresh_failed {
+            self.status = None;
+            self.refresh_failed = false;
+        }
     }
 
     fn handle_server(&mut self, msg: ServerMsg) {
         match msg {
             ServerMsg::Link(link) => {
-                if link == LinkState::Live && matches!(self.link, LinkState::Down { .. }) {
-                    self.set_status("reconnected to the server".to_owned(), false);
+                // The stream goes down, through attempts, to live again.
+                match link {
+                    LinkState::Down { .. } => self.was_down = true,
+                    LinkState::Live if self.was_down => {
+                        self.was_down = false;
+                        self.set_status("reconnected to the server".to_owned(), false);
+                    }
+                    _ => {}
                 }
                 self.link = link;
             }
             ServerMsg::Snapshot(snapshot) => self.handle_snapshot(*snapshot),
             ServerMsg::Admin(event) => self.handle_admin(*event),
             ServerMsg::Connections(list) => {
+                // The first answer of each refresh (the client sends them in order).
+                self.refreshed();
                 self.connections = list
                     .into_iter()
                     .filter(|c| !self.recently_gone.contains(&c.id))
@@ -984,6 +1011,7 @@ impl App {
             ServerMsg::PollFailed(err) => {
                 if self.link == LinkState::Live {
                     self.set_status(format!("refresh failed: {err}"), true);
+                    self.refresh_failed = true;
                 }
             }
             ServerMsg::Published(result) => self.handle_published(result),
@@ -1036,8 +1064,19 @@ impl App {
             }
             AdminEvent::Published(event) => {
                 self.feed_seq += 1;
-                if self.feed.len() == FEED_CAPACITY {
-                    self.feed.pop_front();
+                match self.feed_paused_at {
+                    // A paused feed keeps what it shows, and the newest events it has not
+                    // shown yet, up to the capacity each.
+                    Some(at) => {
+                        let shown = self.feed.partition_point(|e| e.seq <= at);
+                        if self.feed.len() - shown == FEED_CAPACITY {
+                            self.feed.remove(shown);
+                        }
+                    }
+                    None if self.feed.len() >= FEED_CAPACITY => {
+                        self.feed.pop_front();
+                    }
+                    None => {}
                 }
                 self.feed.push_back(FeedEntry {
                     seq: self.feed_seq,
@@ -1694,6 +1733,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_paused_feed_keeps_what_it_shows_however_much_comes_after() {
+        let mut app = App::new("x");
+        let publish = |app: &mut App, i: usize| {
+            admin(
+                app,
+                AdminEvent::Published(published(&format!("1-{i}"), &["a"], "x")),
+            );
+        };
+        for i in 0..5 {
+            publish(&mut app, i);
+        }
+        app.update(Action::TogglePause);
+        for i in 5..(5 + 3 * FEED_CAPACITY) {
+            publish(&mut app, i);
+        }
+        let shown: Vec<_> = app.feed_shown().map(|e| e.event.id.as_str()).collect();
+        assert_eq!(shown, ["1-4", "1-3", "1-2", "1-1", "1-0"]);
+        assert_eq!(app.feed_unseen(), 3 * FEED_CAPACITY as u64);
+        assert_eq!(app.feed.len(), 5 + FEED_CAPACITY, "bounded while paused");
+        // Following again shows the newest, within the capacity.
+        app.update(Action::TogglePause);
+        let shown: Vec<_> = app.feed_shown().map(|e| e.event.id.clone()).collect();
+        assert_eq!(shown.len(), FEED_CAPACITY);
+        assert_eq!(shown[0], format!("1-{}", 4 + 3 * FEED_CAPACITY));
+    }
+
+    #[test]
     fn the_feed_keeps_a_bounded_number_of_events() {
         let mut app = App::new("x");
         for i in 0..(FEED_CAPACITY + 10) {
@@ -1770,11 +1836,32 @@ pub(crate) mod tests {
         };
         server(&mut app, ServerMsg::Link(down.clone()));
         assert_eq!(app.link, down);
+        // The client tries again before the stream is live.
+        let connecting = LinkState::Connecting { attempt: 2 };
+        server(&mut app, ServerMsg::Link(connecting));
         server(&mut app, ServerMsg::Link(LinkState::Live));
         assert_eq!(
             app.status.as_ref().map(|s| s.text.as_str()),
             Some("reconnected to the server")
         );
+    }
+
+    #[test]
+    fn a_failed_refresh_is_no_longer_shown_once_one_succeeds() {
+        let mut app = App::new("x");
+        server(&mut app, ServerMsg::Link(LinkState::Live));
+        let failed = ApiError {
+            status: None,
+            message: "no answer within 5s".to_owned(),
+        };
+        server(&mut app, ServerMsg::PollFailed(failed));
+        assert!(app.status.as_ref().is_some_and(|s| s.is_error));
+        server(&mut app, ServerMsg::Connections(Vec::new()));
+        assert_eq!(app.status, None);
+        // Other messages stay until a key is pressed.
+        app.set_status("disconnecting connection 3…".to_owned(), false);
+        server(&mut app, ServerMsg::Connections(Vec::new()));
+        assert!(app.status.is_some());
     }
 
     #[test]

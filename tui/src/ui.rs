@@ -745,6 +745,7 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
     let (start, end, selected) = window(app.node_nav, app.nodes.len(), visible);
     let right = |text: String| Cell::from(Line::from(text).alignment(Alignment::Right));
     let rate = |rate: Option<f64>| rate.map_or_else(|| "—".to_owned(), fmt_rate);
+    let shown = node_columns(area.width);
     let rows = app.nodes[start..end].iter().map(|n| {
         let c = &n.info.counters;
         let name = match n.info.name == me {
@@ -765,7 +766,7 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
             true => Style::new().yellow(),
             false => Style::new(),
         };
-        Row::new(vec![
+        let cells = [
             Cell::from(name),
             right(fmt_duration(n.info.uptime_ms)),
             right(fmt_count(c.connections)),
@@ -787,30 +788,67 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
                     .alignment(Alignment::Right)
                     .style(seen_style),
             ),
-        ])
+        ];
+        Row::new(shown_only(cells, shown))
     });
-    let header = vec![
-        Cell::from("Node"),
-        right("Up".to_owned()),
-        right("Conns".to_owned()),
-        right("Publ/s".to_owned()),
-        right("Deliv/s".to_owned()),
-        right("Deliv p99".to_owned()),
-        Cell::from("Last id"),
-        right("Seen".to_owned()),
-    ];
-    let widths = [
-        Constraint::Fill(1),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(8),
-        Constraint::Length(9),
-        Constraint::Length(19),
-        Constraint::Length(6),
-    ];
+    let header = NODE_COLUMNS.map(|(name, _, _)| match name {
+        "Node" | "Last id" => Cell::from(name),
+        _ => right(name.to_owned()),
+    });
+    let widths = NODE_COLUMNS.map(|(_, width, _)| match width {
+        0 => Constraint::Fill(1),
+        w => Constraint::Length(w),
+    });
     let selected = (!app.nodes.is_empty()).then_some(selected);
+    let (header, widths) = (shown_only(header, shown), shown_only(widths, shown));
     draw_table(frame, area, block, header, widths, rows, selected);
+}
+
+/// The Nodes table's columns: header, width (0: the node's name, which takes the rest), and
+/// the order in which they give way on a narrow terminal (0: never), so that the name, which
+/// tells the instances apart, keeps [`NODE_NAME_MIN`] columns.
+const NODE_COLUMNS: [(&str, u16, u8); 8] = [
+    ("Node", 0, 0),
+    ("Up", 7, 3),
+    ("Conns", 7, 0),
+    ("Publ/s", 7, 4),
+    ("Deliv/s", 8, 0),
+    ("Deliv p99", 9, 2),
+    ("Last id", 19, 1),
+    ("Seen", 6, 0),
+];
+const NODE_NAME_MIN: u16 = 22;
+
+/// Which of [`NODE_COLUMNS`] a table `width` wide (borders included) shows.
+fn node_columns(width: u16) -> [bool; 8] {
+    let marker = u16::try_from(Span::raw(SELECTED).width()).unwrap_or(u16::MAX);
+    let room = width.saturating_sub(2).saturating_sub(marker);
+    let mut shown = [true; 8];
+    let used = |shown: &[bool; 8]| -> u16 {
+        NODE_COLUMNS
+            .iter()
+            .zip(shown)
+            .filter(|((_, w, _), on)| **on && *w > 0)
+            .map(|((_, w, _), _)| w + 1)
+            .sum()
+    };
+    for rank in 1..=4 {
+        if used(&shown) + NODE_NAME_MIN <= room {
+            break;
+        }
+        for (on, (_, _, r)) in shown.iter_mut().zip(NODE_COLUMNS) {
+            *on &= r != rank;
+        }
+    }
+    shown
+}
+
+/// The items of `all` whose column is shown.
+fn shown_only<T>(all: [T; 8], shown: [bool; 8]) -> Vec<T> {
+    all.into_iter()
+        .zip(shown)
+        .filter_map(|(item, on)| on.then_some(item))
+        .collect()
 }
 
 /// A table in `block` with an underlined header; the `selected` row is marked and reversed.
@@ -835,7 +873,7 @@ fn draw_table<'a>(
 
 fn draw_feed(frame: &mut Frame, app: &App, area: Rect) {
     let mut title = vec![Span::styled(
-        format!(" Feed {} ", app.feed.len()),
+        format!(" Feed {} ", app.feed_shown().count()),
         Style::new().bold(),
     )];
     match app.feed_paused_at {
@@ -1038,7 +1076,12 @@ fn draw_detail(
         }
     }
     lines.push(Line::raw(""));
-    lines.push(keys_line(&[("d", "disconnect"), ("Esc", "close")]));
+    // A connection that is gone has nothing left to disconnect.
+    let keys: &[(&str, &str)] = match gone {
+        None => &[("d", "disconnect"), ("Esc", "close")],
+        Some(_) => &[("Esc", "close")],
+    };
+    lines.push(keys_line(keys));
     let height = u16::try_from(lines.len() + 2 + wrapped_rows).unwrap_or(u16::MAX);
     let area = popup_area(area, DETAIL_WIDTH, height);
     frame.render_widget(Clear, area);
@@ -1893,6 +1936,27 @@ mod tests {
     }
 
     #[test]
+    fn the_detail_of_a_connection_that_is_gone_offers_no_disconnect() {
+        let mut app = busy_app(3);
+        app.update(Action::OpenDetail);
+        let offer = "d disconnect  Esc close";
+        assert!(render(&mut app, 100, 24).contains(offer));
+        let id = app.selected_conn().expect("a selected row").id;
+        admin(
+            &mut app,
+            AdminEvent::Disconnected(herald_core::admin::Disconnected {
+                id,
+                reason: "kicked".to_owned(),
+                events_sent: 0,
+            }),
+        );
+        let screen = render(&mut app, 100, 24);
+        assert!(screen.contains("is gone (kicked)"), "{screen}");
+        assert!(!screen.contains(offer), "{screen}");
+        assert!(screen.contains("│  Esc close"), "{screen}");
+    }
+
+    #[test]
     fn the_header_counts_refused_subscribers_once_there_are_some() {
         let mut app = busy_app(10);
         assert!(!render(&mut app, 100, 24).contains("refused"));
@@ -2097,6 +2161,17 @@ mod tests {
         server(&mut app, poll(1));
         app.update(Action::ShowView(View::Nodes));
         assert_snapshot!(render(&mut app, 100, 16));
+        // Narrower, whole columns give way; the names that tell the nodes apart stay whole.
+        for width in 60..100 {
+            let screen = render(&mut app, width, 16);
+            for name in ["web-2.internal:7070", "web-3.internal:7070"] {
+                assert!(screen.contains(name), "width {width}:\n{screen}");
+            }
+            let head = screen.lines().find(|l| l.contains("Conns")).unwrap_or("");
+            for column in [" Conns", " Deliv/s", " Seen"] {
+                assert!(head.contains(column), "width {width}:\n{screen}");
+            }
+        }
     }
 
     #[test]
