@@ -11,9 +11,9 @@ use crate::history::LogBounds;
 /// Running totals since the engine started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
-    /// Connections open now.
+    /// Subscriber connections open now (admin streams are counted apart).
     pub connections: u64,
-    /// Connections ever accepted.
+    /// Subscriber connections ever accepted.
     pub connections_total: u64,
     /// Events published (minted).
     pub published: u64,
@@ -35,6 +35,9 @@ pub struct Counters {
     /// or too many topics.
     #[serde(default)]
     pub refused: u64,
+    /// Admin streams (consoles) open now: outside the connection cap and the counts above.
+    #[serde(default)]
+    pub admin_streams: u64,
 }
 
 /// One server of a deployment as it last reported itself (`GET /admin/nodes`): in cluster

@@ -382,8 +382,7 @@ impl Engine {
     /// [`Engine::handle_connect`] but for the count of refusals.
     fn admit(&mut self, req: ConnectRequest, now: Instant) -> Result<ConnId, ConnectError> {
         // Admin streams neither count nor wait: an operator can look at a full server.
-        let subscribers = self.by_id.len() - self.admins.len();
-        if !req.admin && subscribers >= self.config.max_connections {
+        if !req.admin && self.counters.connections as usize >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections {
                 limit: self.config.max_connections,
             });
@@ -461,9 +460,11 @@ impl Engine {
         };
         self.slots[slot as usize] = Some(conn);
         self.by_id.insert(id, slot);
-        self.counters.connections_total += 1;
-        self.counters.connections = self.by_id.len() as u64;
-        *self.transports.count_mut(req.protocol, req.tls) += 1;
+        if !req.admin {
+            self.counters.connections_total += 1;
+            *self.transports.count_mut(req.protocol, req.tls) += 1;
+        }
+        self.count_connections();
 
         // A first connection also gets a checkpoint: an id-only block (no message) naming
         // where its stream starts. A browser that then drops before any event arrives
@@ -816,6 +817,15 @@ impl Engine {
             .values()
             .filter_map(|&slot| self.connection_info(slot, now))
             .collect();
+        Snapshot {
+            stats: self.stats(now),
+            connections,
+            topics: self.topic_infos(),
+        }
+    }
+
+    /// Every topic and pattern with subscribers, by name.
+    pub fn topic_infos(&self) -> Vec<TopicInfo> {
         let mut topics: Vec<TopicInfo> = self
             .topics
             .iter()
@@ -831,11 +841,7 @@ impl Engine {
             }))
             .collect();
         topics.sort_by(|a, b| a.topic.cmp(&b.topic));
-        Snapshot {
-            stats: self.stats(now),
-            connections,
-            topics,
-        }
+        topics
     }
 
     /// One connection's row, if it is open.
@@ -1117,10 +1123,20 @@ impl Engine {
                 self.users.remove(user);
             }
         }
-        self.counters.connections = self.by_id.len() as u64;
-        let open = self.transports.count_mut(c.meta.protocol, c.meta.tls);
-        *open = open.saturating_sub(1);
+        self.count_connections();
+        if !c.meta.admin {
+            let open = self.transports.count_mut(c.meta.protocol, c.meta.tls);
+            *open = open.saturating_sub(1);
+        }
         Some(c)
+    }
+
+    /// Subscribers and admin streams open now, apart: the operator's own consoles are not
+    /// browsers, and the connection cap does not count them either.
+    fn count_connections(&mut self) {
+        let admins = self.admins.len();
+        self.counters.connections = (self.by_id.len() - admins) as u64;
+        self.counters.admin_streams = admins as u64;
     }
 
     fn remember_recent(&mut self, entry: Arc<Entry>) {

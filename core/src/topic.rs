@@ -56,6 +56,12 @@ pub enum NameError {
         "topic {0:?} contains '*': events go to exact topics; patterns such as 'news/*' are for subscribing"
     )]
     WildcardTopic(String),
+    /// An event type a browser's `EventSource` or Herald gives its own meaning to.
+    #[error(
+        "event type {0:?} is reserved: EventSource fires 'error' and 'open' itself (a page's \
+         onerror would see the event), and types starting with 'herald.' are Herald's notices"
+    )]
+    ReservedEventType(String),
 }
 
 fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
@@ -166,7 +172,10 @@ name_type!(
     EventType,
     "event type",
     false,
-    |_| Ok(())
+    |name| match name == "error" || name == "open" || name.starts_with("herald.") {
+        true => Err(NameError::ReservedEventType(name.to_owned())),
+        false => Ok(()),
+    }
 );
 
 impl Topic {
@@ -295,6 +304,15 @@ mod tests {
             EventType::new("a\rb"),
             Err(NameError::ControlCharacter { .. })
         ));
+        for reserved in ["error", "open", "herald.reset", "herald.closed", "herald.x"] {
+            assert_eq!(
+                EventType::new(reserved),
+                Err(NameError::ReservedEventType(reserved.to_owned()))
+            );
+        }
+        for fine in ["Error", "opened", "herald", "heraldry.x", "message"] {
+            assert!(EventType::new(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -675,9 +675,18 @@ fn limits_on_connections_and_topics_are_errors() {
     let mut admin = ConnectRequest::new(vec![]);
     admin.admin = true;
     let admin = sim.engine.handle_connect(admin, sim.now).unwrap();
+    // It is counted apart: the subscriber figures stay those the cap applies to.
+    let counters = sim.engine.counters();
+    assert_eq!((counters.connections, counters.connections_total), (1, 1));
+    assert_eq!(counters.admin_streams, 1);
+    let transports = sim.engine.stats(sim.now).transports.each();
+    assert_eq!(transports.iter().map(|t| t.2).sum::<u64>(), 1);
     sim.engine.handle_disconnect(first, sim.now);
     sim.connect(&["a"], None, None);
     assert!(sim.engine.is_connected(admin));
+    sim.engine.handle_disconnect(admin, sim.now);
+    let counters = sim.engine.counters();
+    assert_eq!((counters.connections, counters.admin_streams), (1, 0));
 }
 
 #[test]

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{AuthError, Carrier, Identity, JwtKey, token_from};
-use crate::hub::{Hub, PublishFailure, jittered_retry};
+use crate::hub::{Hub, PublishFailure, Rows, jittered_retry};
 use crate::log::{EventLog, LogMetrics};
 use crate::metrics;
 use crate::sse::SseBody;
@@ -194,7 +194,11 @@ async fn route(
         (&Method::GET, ["admin", "events"]) => subscribe(req, state, remote, true).await,
         (&Method::GET, ["admin", "connections"]) => {
             require_admin(&req, state)?;
-            let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
+            let snap = state
+                .hub
+                .snapshot(Rows::All)
+                .await
+                .map_err(|_| unavailable())?;
             Ok(json_response(
                 StatusCode::OK,
                 &json!({ "connections": snap.connections }),
@@ -203,8 +207,12 @@ async fn route(
         (&Method::GET, ["admin", "connections", id]) => {
             require_admin(&req, state)?;
             let id = parse_conn_id(id)?;
-            let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
-            match snap.connections.into_iter().find(|c| c.id == id) {
+            let snap = state
+                .hub
+                .snapshot(Rows::One(id))
+                .await
+                .map_err(|_| unavailable())?;
+            match snap.connections.into_iter().next() {
                 Some(c) => Ok(json_response(StatusCode::OK, &json!(c))),
                 None => Err(ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -241,7 +249,11 @@ async fn route(
         }
         (&Method::GET, ["admin", "stats"]) => {
             require_admin(&req, state)?;
-            let snap = state.hub.snapshot().await.map_err(|_| unavailable())?;
+            let snap = state
+                .hub
+                .snapshot(Rows::None)
+                .await
+                .map_err(|_| unavailable())?;
             Ok(json_response(
                 StatusCode::OK,
                 &json!({ "stats": snap.stats, "topics": snap.topics }),

@@ -95,7 +95,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_KEEPALIVE", value_parser = parse_duration)]
     #[serde(deserialize_with = "duration_text")]
     pub keepalive: Option<Duration>,
-    /// Reconnection delay sent to clients as `retry:`, in ms [default: 3000].
+    /// Reconnection delay sent to clients as `retry:`, in ms, at least 100 [default: 3000].
     #[arg(long, env = "HERALD_RETRY_MS")]
     pub retry_ms: Option<u64>,
     /// Time a client has to send its request headers, and a publisher its body [default: 10s].
@@ -228,26 +228,39 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The CORS allow-list, each entry trimmed (`a, b` in an environment variable) and checked:
-/// a browser sends its origin as `scheme://host[:port]`, so anything else (`*`, a path, a
-/// trailing slash) would never match and silently allow nothing.
+/// The shortest `--retry-ms`.
+const MIN_RETRY_MS: u64 = 100;
+
+/// The CORS allow-list, each entry trimmed (`a, b` in an environment variable), checked and
+/// written as a browser sends its origin (`scheme://host[:port]`, lowercase, without the
+/// scheme's default port), since the comparison is exact: anything else (`*`, a path, a
+/// trailing slash, a Unicode host) would never match and silently allow nothing.
 fn origins(list: Vec<String>) -> Result<Vec<String>, ConfigError> {
     list.iter()
         .map(|o| o.trim())
         .filter(|o| !o.is_empty())
         .map(|o| {
-            let host = o
-                .strip_prefix("https://")
-                .or_else(|| o.strip_prefix("http://"))
-                .unwrap_or("");
-            if host.is_empty() || host.contains(['/', '*', ' ', '?', '#']) {
-                Err(ConfigError::Invalid(format!(
-                    "cors-origin {o:?} is not an origin: write it as the browser sends it, \
-                     scheme, host and port only (https://app.example.com)"
-                )))
-            } else {
-                Ok(o.to_owned())
+            let invalid = |why: &str| {
+                ConfigError::Invalid(format!(
+                    "cors-origin {o:?} is not an origin{why}: write it as the browser sends \
+                     it, scheme, host and port only (https://app.example.com)"
+                ))
+            };
+            if !o.is_ascii() {
+                return Err(invalid(" (write a Unicode host in its xn-- form)"));
             }
+            let lower = o.to_ascii_lowercase();
+            let (scheme, host) = lower.split_once("://").unwrap_or(("", ""));
+            let default_port = match scheme {
+                "http" => ":80",
+                "https" => ":443",
+                _ => return Err(invalid("")),
+            };
+            if host.is_empty() || host.contains(['/', '*', ' ', '?', '#', '@']) {
+                return Err(invalid(""));
+            }
+            let host = host.strip_suffix(default_port).unwrap_or(host);
+            Ok(format!("{scheme}://{host}"))
         })
         .collect()
 }
@@ -398,6 +411,13 @@ impl ServeArgs {
                  least 1, queue-bytes at least 1024"
                     .into(),
             ));
+        }
+        // Every browser refused by a cap comes back after this: at 0 they would spin.
+        if config.retry_ms < MIN_RETRY_MS {
+            return Err(ConfigError::Invalid(format!(
+                "retry-ms must be at least {MIN_RETRY_MS}: browsers turned away by a connection \
+                 cap reconnect after it"
+            )));
         }
         // A log that keeps nothing could replay nothing: every resume would be a reset.
         let kept = &config.log.retention;
@@ -626,12 +646,28 @@ mod tests {
             cors(&["https://a.example", " http://b.example:8080", ""]).unwrap(),
             ["https://a.example", "http://b.example:8080"]
         );
+        // Written as a browser sends it: lowercase, without the scheme's default port.
+        assert_eq!(
+            cors(&[
+                "HTTP://LOCALHOST:7531",
+                "http://localhost:80",
+                "https://A.example:443"
+            ])
+            .unwrap(),
+            [
+                "http://localhost:7531",
+                "http://localhost",
+                "https://a.example"
+            ]
+        );
         for bad in [
             "*",
             "https://c.example/",
             "c.example",
             "https://",
             "https://c.example/app",
+            "ftp://c.example",
+            "https://bücher.example",
         ] {
             let err = cors(&[bad]).unwrap_err().to_string();
             assert!(err.contains("not an origin"), "{bad}: {err}");
@@ -655,6 +691,14 @@ mod tests {
             },
             ServeArgs {
                 retain_age: Some(Duration::ZERO),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                retry_ms: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                retry_ms: Some(99),
                 ..ServeArgs::default()
             },
         ];

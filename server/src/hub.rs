@@ -117,6 +117,17 @@ struct PendingConnect {
     reply: ConnectReply,
 }
 
+/// The connection rows a snapshot holds.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows {
+    /// Every connection (and the topics).
+    All,
+    /// This one, if it is open.
+    One(ConnId),
+    /// None (the topics only).
+    None,
+}
+
 enum Command {
     /// Subscribers to register, in the order they asked.
     Connect(Vec<PendingConnect>),
@@ -132,6 +143,7 @@ enum Command {
         page: Result<HistoryPage, String>,
     },
     Snapshot {
+        rows: Rows,
         reply: oneshot::Sender<Snapshot>,
     },
     Stats {
@@ -314,9 +326,10 @@ impl Hub {
             .map_err(|_| PublishFailure::ShuttingDown)?
     }
 
-    /// Everything an operator sees.
-    pub async fn snapshot(&self) -> Result<Snapshot, HubGone> {
-        self.ask(|reply| Command::Snapshot { reply }).await
+    /// What an operator sees: the stats, and the connection `rows` asked for with their
+    /// queues, or the topics when no rows are (one row has no use for them).
+    pub async fn snapshot(&self, rows: Rows) -> Result<Snapshot, HubGone> {
+        self.ask(|reply| Command::Snapshot { rows, reply }).await
     }
 
     /// Counters and ids.
@@ -574,8 +587,8 @@ impl Driver {
                 tracing::warn!(%conn, %error, "history read failed; closing the connection so it retries");
                 self.engine.handle_history_failed(conn, now);
             }
-            Command::Snapshot { reply } => {
-                let _ = reply.send(self.snapshot(now));
+            Command::Snapshot { rows, reply } => {
+                let _ = reply.send(self.snapshot(now, rows));
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.engine.stats(now));
@@ -616,7 +629,7 @@ impl Driver {
         // The snapshot goes in before the connect's own outputs are drained, so it is
         // the stream's first event (ahead of the `connected` event for this very stream).
         if snapshot && let Ok(sub) = &result {
-            let snap = self.snapshot(now);
+            let snap = self.snapshot(now, Rows::All);
             if let (Some(q), Ok(json)) = (self.queues.get(&sub.conn), serde_json::to_string(&snap))
             {
                 let kind = herald_core::EventType::new("snapshot").ok();
@@ -650,8 +663,22 @@ impl Driver {
         }
     }
 
-    fn snapshot(&self, now: std::time::Instant) -> Snapshot {
-        let mut snap = self.engine.snapshot(now);
+    fn snapshot(&self, now: std::time::Instant, rows: Rows) -> Snapshot {
+        // Rows are what costs (10,000 connections take milliseconds of this thread): build
+        // only those asked for.
+        let mut snap = match rows {
+            Rows::All => self.engine.snapshot(now),
+            Rows::One(conn) => Snapshot {
+                stats: self.engine.stats(now),
+                connections: self.engine.connection(conn, now).into_iter().collect(),
+                topics: Vec::new(),
+            },
+            Rows::None => Snapshot {
+                stats: self.engine.stats(now),
+                connections: Vec::new(),
+                topics: self.engine.topic_infos(),
+            },
+        };
         for row in &mut snap.connections {
             if let Some(q) = self.queues.get(&row.id) {
                 let (bytes, since) = q.waiting();

@@ -29,6 +29,12 @@ pub fn render(
         c.connections as f64,
     );
     metric(
+        "admin_streams",
+        "gauge",
+        "Admin streams (consoles) open now; not in herald_connections or the connection cap.",
+        c.admin_streams as f64,
+    );
+    metric(
         "connections_total",
         "counter",
         "Subscriber connections accepted.",
@@ -150,7 +156,7 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "# HELP herald_connections_by_transport Connections open now, by HTTP version and TLS.\n\
+        "# HELP herald_connections_by_transport Subscriber connections open now, by HTTP version and TLS.\n\
          # TYPE herald_connections_by_transport gauge"
     );
     for (protocol, tls, open) in stats.transports.each() {

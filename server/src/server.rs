@@ -154,7 +154,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .header_read_timeout(config.header_timeout)
         .keep_alive(true);
     let mut http2 = builder.http2();
-    http2.timer(TokioTimer::new()).max_concurrent_streams(1000);
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1000)
+        .max_header_list_size(MAX_REQUEST_HEAD as u32);
     // An HTTP/2 client that vanished without a FIN must not hold its streams until TCP gives
     // up. On Linux the listening socket's options see to it for every connection (see
     // `DEAD_PEER_TIMEOUT`), so HTTP/2 pings would only cost a timer poll on every wake-up of
@@ -256,6 +259,11 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
 
 /// How an HTTP/2 connection with prior knowledge starts (the first 12 bytes of its preface).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2";
+
+/// The longest request head taken on every path: hyper's own HTTP/1 limit (its default
+/// buffer), also for the direct subscribe path and for HTTP/2's header list, so that a
+/// browser with many cookies is not refused on one connection and served on another.
+pub const MAX_REQUEST_HEAD: usize = 8192 + 4096 * 100;
 
 /// A freshly accepted TCP connection.
 struct Accepted {

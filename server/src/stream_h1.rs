@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 
 use crate::api::{self, ApiError, AppState, Opened};
 
-/// The longest request head accepted on this path.
-const MAX_HEAD: usize = 16 * 1024;
+/// The longest request head accepted on this path, as on every other.
+const MAX_HEAD: usize = crate::server::MAX_REQUEST_HEAD;
 /// Most header lines in the request head: hyper's limit, which every other request meets.
 const MAX_HEADERS: usize = 100;
 
@@ -106,12 +106,24 @@ enum HeadError {
 async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError> {
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let mut chunk = [0u8; 1024];
+        let mut chunk = [0u8; 4096];
         let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
         if n == 0 {
             return Err(HeadError::Io);
         }
+        let seen = buf.len();
         buf.extend_from_slice(&chunk[..n]);
+        // A head ends with a blank line: parse only once one may have arrived, not the whole
+        // head again for every packet of a large one.
+        let fresh = &buf[seen.saturating_sub(3)..];
+        let ended =
+            fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n");
+        if !ended {
+            if buf.len() < MAX_HEAD {
+                continue;
+            }
+            return Err(HeadError::TooLarge);
+        }
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut slots);
         match req.parse(&buf) {

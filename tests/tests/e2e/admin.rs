@@ -226,6 +226,8 @@ async fn health_and_prometheus_metrics_are_served() {
     assert_eq!(body["committed_id"], Value::Null, "{body}");
 
     let _sub = herald.events().topic("t").open().await;
+    // A console watching: not a subscriber.
+    let _console = herald.admin_events().open().await;
     let id = herald
         .publish_ok(json!({"topics": ["t"], "data": "x"}))
         .await;
@@ -248,6 +250,8 @@ async fn health_and_prometheus_metrics_are_served() {
             .to_owned()
     };
     assert_eq!(value("herald_connections"), "1");
+    assert_eq!(value("herald_connections_total"), "1");
+    assert_eq!(value("herald_admin_streams"), "1");
     assert_eq!(value("herald_published_total"), "1");
     assert!(text.contains("# TYPE herald_connections gauge"), "{text}");
 

@@ -453,3 +453,49 @@ async fn a_client_that_sends_nothing_or_part_of_the_http2_preface_is_cut_off_too
     ];
     assert_cut_off(&herald, cases).await;
 }
+
+#[tokio::test]
+async fn a_subscriber_with_many_cookies_is_served_on_every_path_and_a_huge_head_gets_431() {
+    let herald = Herald::start(&["--dev"]);
+    // 20 cookies of 900 bytes: what a browser sends to a host that set many.
+    let cookies = (0..20)
+        .map(|i| format!("c{i}={}", "v".repeat(900)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut direct = herald
+        .events()
+        .topic("t")
+        .header("cookie", &cookies)
+        .open()
+        .await;
+    let mut http2 = herald
+        .events()
+        .http2()
+        .topic("t")
+        .header("cookie", &cookies)
+        .open()
+        .await;
+    herald
+        .publish_ok(json!({"topics": ["t"], "data": "with cookies"}))
+        .await;
+    for sub in [&mut direct, &mut http2] {
+        let event = sub.next_event(WAIT).await.expect("an event");
+        assert_eq!(event.data, "with cookies");
+    }
+
+    // Past hyper's limit, on the direct path: a JSON 431, not a hang.
+    let mut stream = TcpStream::connect(herald.addr()).await.unwrap();
+    let head = format!(
+        "GET /events?topic=t HTTP/1.1\r\nhost: x\r\ncookie: {}\r\n\r\n",
+        "v".repeat(500 * 1024)
+    );
+    // The server may answer and close before it has read all of it.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431") && answer.contains(r#"{"error":"#),
+        "{answer}"
+    );
+}
