@@ -736,6 +736,31 @@ impl Engine {
         self.close(conn, CloseReason::LogUnavailable, now);
     }
 
+    /// The log cannot read the rest of `conn`'s replay, for good (its records are damaged):
+    /// rather than have it reconnect and fail again for ever, it is told with a
+    /// `herald.reset` (`history_unreadable`) that moves it past the range, and goes on live.
+    pub fn handle_history_unreadable(&mut self, conn: ConnId, now: Instant) {
+        let Some(&slot) = self.by_id.get(&conn) else {
+            return;
+        };
+        let Some(replay) = self.slots[slot as usize]
+            .as_mut()
+            .and_then(|c| c.replay.as_mut())
+            .filter(|r| r.awaiting)
+        else {
+            return;
+        };
+        replay.awaiting = false;
+        replay.reset_sent = true;
+        let through = replay.through;
+        let last = replay.read_from.unwrap_or(EventId::MIN);
+        replay.read_from = Some(through);
+        let frame = reset_frame("history_unreadable", last, self.log.oldest, through);
+        self.counters.resets += 1;
+        self.send(slot, frame, now);
+        self.replay_step(slot, now, false);
+    }
+
     /// The log's retention moved (or at start-up): used to decide resets and for stats.
     pub fn handle_log_bounds(&mut self, bounds: LogBounds) {
         self.log = bounds;

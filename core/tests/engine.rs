@@ -272,6 +272,35 @@ fn live_events_during_a_replay_are_held_and_released_without_gap_or_duplicate() 
 }
 
 #[test]
+fn a_replay_the_log_cannot_read_for_good_is_told_and_goes_on_live() {
+    let mut sim = Sim::new(EngineConfig {
+        recent_events: 2,
+        ..EngineConfig::default()
+    });
+    let published: Vec<EventId> = (0..10)
+        .map(|i| sim.publish_topic("orders", &i.to_string()))
+        .collect();
+    sim.auto_history = false;
+    let c = sim.connect(&["orders"], None, Some(published[1]));
+    assert_eq!(sim.history_requests.len(), 1);
+    sim.history_requests.clear();
+    // The records are damaged: no retry would read them.
+    sim.engine.handle_history_unreadable(c, sim.now);
+    sim.drain();
+    let got = sim.received(c);
+    assert_eq!(got[0].event_type, "herald.reset", "{got:?}");
+    let notice: serde_json::Value = serde_json::from_str(&got[0].data).unwrap();
+    assert_eq!(notice["reason"], "history_unreadable");
+    assert_eq!(notice["last_event_id"], published[1].to_string());
+    // Moved past what it cannot get back, and live from there.
+    assert_eq!(got[0].last_event_id, published[9].to_string());
+    assert!(sim.engine.is_connected(c));
+    let after = sim.publish_topic("orders", "after");
+    assert_eq!(sim.received_ids(c).last(), Some(&after.to_string()));
+    assert_eq!(sim.engine.counters().resets, 1);
+}
+
+#[test]
 fn a_replay_larger_than_a_page_is_read_in_pages() {
     let config = EngineConfig {
         recent_events: 1,

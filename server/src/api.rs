@@ -175,6 +175,14 @@ async fn route(
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => Ok(index()),
         (&Method::GET, ["healthz"]) => match state.hub.health(HEALTH_BOUND).await {
+            // A log stopped by a storage failure takes no publish until a restart, which is
+            // what a probe that sees this does.
+            Ok(_) if let Some(reason) = state.log_metrics.stopped_by() => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the event log stopped after a storage failure ({reason}): restart the server"
+                ),
+            )),
             Ok(stats) => Ok(json_response(
                 StatusCode::OK,
                 &json!({

@@ -117,6 +117,14 @@ struct PendingConnect {
     reply: ConnectReply,
 }
 
+/// Why a history read failed: `corrupt` when the records are damaged, so that no retry would
+/// read them (anything else, the subscriber reconnects and the read is tried again).
+#[derive(Debug)]
+struct ReadFailure {
+    error: String,
+    corrupt: bool,
+}
+
 /// The connection rows a snapshot holds.
 #[derive(Clone, Copy, Debug)]
 pub enum Rows {
@@ -140,7 +148,7 @@ enum Command {
     Replicated(Tail),
     History {
         conn: ConnId,
-        page: Result<HistoryPage, String>,
+        page: Result<HistoryPage, ReadFailure>,
     },
     Snapshot {
         rows: Rows,
@@ -582,10 +590,15 @@ impl Driver {
             } => self.engine.handle_history(conn, page, now),
             Command::History {
                 conn,
-                page: Err(error),
+                page: Err(ReadFailure { error, corrupt }),
             } => {
-                tracing::warn!(%conn, %error, "history read failed; closing the connection so it retries");
-                self.engine.handle_history_failed(conn, now);
+                if corrupt {
+                    tracing::error!(%conn, %error, "history cannot be read (damaged records); telling the subscriber it missed them");
+                    self.engine.handle_history_unreadable(conn, now);
+                } else {
+                    tracing::warn!(%conn, %error, "history read failed; closing the connection so it retries");
+                    self.engine.handle_history_failed(conn, now);
+                }
             }
             Command::Snapshot { rows, reply } => {
                 let _ = reply.send(self.snapshot(now, rows));
@@ -756,9 +769,15 @@ impl Driver {
                         let page = match read {
                             Ok((page, bounds)) => {
                                 let _ = sender.0.send(Command::Bounds(bounds));
-                                page.map_err(|e| e.to_string())
+                                page.map_err(|e| ReadFailure {
+                                    corrupt: e.is_corruption(),
+                                    error: e.to_string(),
+                                })
                             }
-                            Err(e) => Err(e.to_string()),
+                            Err(e) => Err(ReadFailure {
+                                error: e.to_string(),
+                                corrupt: false,
+                            }),
                         };
                         let _ = sender.0.send(Command::History { conn, page });
                     });

@@ -143,6 +143,12 @@ pub fn render(
         log.last_flush_latency.as_secs_f64(),
     );
     metric(
+        "log_stopped",
+        "gauge",
+        "1 once a storage failure has stopped the log: publishes fail until a restart.",
+        f64::from(u8::from(log.stopped)),
+    );
+    metric(
         "log_corrupt_records_total",
         "counter",
         "Stored records skipped because they failed to decode.",

@@ -129,10 +129,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         )),
         _ => None,
     };
+    let log_metrics = hub.log_metrics();
     let state = Arc::new(AppState {
         nodes: nodes.clone(),
         user_cap,
-        log_metrics: hub.log_metrics(),
+        log_metrics: log_metrics.clone(),
         hub: hub.clone(),
         jwt,
         dev: config.dev,
@@ -233,6 +234,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     .await
     .ok();
     tracing::info!("stopped");
+    // sled's drop flushes, and after the storage failure that stopped the log its flush
+    // waits for ever: leave without it (the log acknowledged nothing since the failure).
+    if let Some(reason) = log_metrics.stopped_by() {
+        tracing::error!(%reason, "the event log had stopped after a storage failure; exiting without flushing it");
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -554,8 +554,8 @@ fn spawn_server(
 ) -> Result<(Child, Client), String> {
     let mut cmd = Command::new(herald_bin());
     cmd.arg("serve").args(["--listen", listen]);
-    // Cluster mode keeps no data dir (and refuses one).
-    if !args.iter().any(|a| a == "--redis") {
+    // Cluster mode keeps no data dir (and refuses one); a test may name its own.
+    if !args.iter().any(|a| a == "--redis" || a == "--data-dir") {
         cmd.arg("--data-dir").arg(dir);
     }
     cmd.args(args);

@@ -51,6 +51,8 @@ pub struct LogMetrics {
     failed_batches: AtomicU64,
     last_flush_micros: AtomicU64,
     stopped: AtomicBool,
+    /// The storage failure that stopped the log, once one has.
+    stopped_by: std::sync::Mutex<Option<String>>,
 }
 
 /// A copy of [`LogMetrics`] at one moment.
@@ -98,6 +100,17 @@ impl LogMetrics {
     pub(crate) fn record_failed(&self, count: u64) {
         self.failed_events.fetch_add(count, Ordering::Relaxed);
         self.failed_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The storage failure after which the log refuses every append, if there was one: the
+    /// server can then publish nothing until it is restarted.
+    pub fn stopped_by(&self) -> Option<String> {
+        crate::lock(&self.stopped_by).clone()
+    }
+
+    fn stop(&self, reason: String) {
+        *crate::lock(&self.stopped_by) = Some(reason);
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     /// Reads every counter (each one atomically; together they are only roughly consistent).
@@ -203,7 +216,7 @@ fn run(
                         tracing::error!(%error, events = count, "event log append failed");
                         if error.is_fatal() {
                             stopped = Some(error.to_string());
-                            metrics.stopped.store(true, Ordering::Relaxed);
+                            metrics.stop(error.to_string());
                         }
                         Err(error.to_string())
                     }

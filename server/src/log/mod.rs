@@ -198,6 +198,11 @@ impl LogError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, Self::Storage(_) | Self::Sync { .. })
     }
+
+    /// True when a read failed on damaged records, which no retry will read.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Self::Storage(sled::Error::Corruption { .. }))
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,18 @@ pub enum OpenError {
         /// Which entry.
         what: &'static str,
     },
+    /// The files are damaged past what sled recovers, or are not a log at all.
+    #[error(
+        "the event log in {} cannot be read: {detail}; restore the data directory from a \
+         backup, or move it away to start an empty log",
+        dir.display()
+    )]
+    Damaged {
+        /// The data directory.
+        dir: PathBuf,
+        /// What was found.
+        detail: String,
+    },
     /// sled could not open or recover the database.
     #[error("cannot open the sled database in {}: {source}", dir.display())]
     Storage {
@@ -146,6 +158,8 @@ pub struct SledLog {
     writer: Mutex<()>,
     totals: Mutex<Totals>,
     corrupt: AtomicU64,
+    /// The marker says this log has held events (written after its first commit).
+    marked_events: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SledLog {
@@ -177,14 +191,66 @@ fn is_locked(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
+/// What [`MARKER`] says once the log has committed an event.
+const HELD_EVENTS: &str = "held events";
+
+/// Writes [`MARKER`] durably (the file, then the directory entry).
+fn write_marker(dir: &std::path::Path, held_events: bool) -> std::io::Result<()> {
+    let path = dir.join(MARKER);
+    let mut text = format!("herald event log, layout {LAYOUT_VERSION}: kept with sled's files\n");
+    if held_events {
+        text.push_str(HELD_EVENTS);
+        text.push('\n');
+    }
+    std::fs::write(&path, text)?;
+    File::open(&path)?.sync_all()?;
+    File::open(dir)?.sync_all()
+}
+
+/// A file Herald writes beside sled's once a data directory holds a log, so that a log whose
+/// records sled can no longer find (a truncated `db`) is told from a new one.
+const MARKER: &str = "HERALD_LOG";
+
 impl SledLog {
     /// Opens (or creates) the log in `config.data_dir`, recovering after a crash.
+    ///
+    /// Damaged files are an error, never a fresh log written over them; sled panics on some
+    /// kinds of damage, and that is an error too.
     pub fn open(config: &LogConfig) -> Result<Self, OpenError> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| OpenError::CreateDir {
             dir: dir.clone(),
             source,
         })?;
+        let had_db = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
+        let marker = std::fs::read_to_string(dir.join(MARKER)).ok();
+        let marked = marker.is_some();
+        let held_events = marker.is_some_and(|m| m.lines().any(|l| l == HELD_EVENTS));
+        if had_db && !marked && !dir.join("conf").exists() {
+            return Err(OpenError::Damaged {
+                dir,
+                detail: "its 'db' file is not sled's (there is no 'conf' beside it)".to_owned(),
+            });
+        }
+        let opened = crate::quietly(|| Self::open_files(config, marked, held_events));
+        let log = opened.map_err(|panic| OpenError::Damaged {
+            dir: dir.clone(),
+            detail: format!("sled failed on its files ({panic})"),
+        })??;
+        if !marked {
+            // A log from before the marker: what it holds was made durable by an earlier run.
+            let held_events = log.last_id().is_some();
+            log.marked_events.store(held_events, Ordering::Relaxed);
+            write_marker(&dir, held_events).map_err(|source| OpenError::Storage {
+                dir,
+                source: sled::Error::Io(source),
+            })?;
+        }
+        Ok(log)
+    }
+
+    fn open_files(config: &LogConfig, marked: bool, held_events: bool) -> Result<Self, OpenError> {
+        let dir = config.data_dir.clone();
         let storage = |source: sled::Error| {
             if is_locked(&source) {
                 OpenError::Locked { dir: dir.clone() }
@@ -220,6 +286,13 @@ impl SledLog {
                     return Err(OpenError::FormatVersion { dir, found });
                 }
             }
+            // A log that was there has lost its records: sled found nothing it could read.
+            None if marked => {
+                return Err(OpenError::Damaged {
+                    dir,
+                    detail: "sled finds none of its records".to_owned(),
+                });
+            }
             None => {
                 meta.insert(META_LAYOUT, &LAYOUT_VERSION.to_be_bytes())
                     .map_err(storage)?;
@@ -240,6 +313,13 @@ impl SledLog {
             }
             None => None,
         };
+        // A log that had committed events and now has none, not even a floor, lost them.
+        if held_events && newest.max(floor).is_none() {
+            return Err(OpenError::Damaged {
+                dir,
+                detail: "it held events and sled finds none".to_owned(),
+            });
+        }
         let totals = Totals {
             last: newest.max(floor),
             floor,
@@ -273,7 +353,23 @@ impl SledLog {
             writer: Mutex::new(()),
             totals: Mutex::new(totals),
             corrupt: AtomicU64::new(0),
+            marked_events: std::sync::atomic::AtomicBool::new(held_events),
         })
+    }
+
+    /// Once the log holds durable events, says so in [`MARKER`], once for the life of the
+    /// data dir: from then on a log that sled finds empty has lost its records.
+    /// The events are committed whatever becomes of the marker: a failure to write it is
+    /// logged, and tried again at the next commit.
+    fn mark_held_events(&self) {
+        if self.marked_events.load(Ordering::Relaxed) {
+            return;
+        }
+        let dir = self.db_path.parent().unwrap_or(std::path::Path::new("."));
+        match write_marker(dir, true) {
+            Ok(()) => self.marked_events.store(true, Ordering::Relaxed),
+            Err(error) => tracing::warn!(%error, dir = %dir.display(), "cannot write {MARKER}"),
+        }
     }
 
     fn sync(&self) -> Result<(), LogError> {
@@ -599,6 +695,7 @@ impl AppendLog for SledLog {
         self.commit(&writes, &totals)?;
         if self.fsync == FsyncPolicy::EveryBatch {
             self.sync()?;
+            self.mark_held_events();
         }
         *lock(&self.totals) = totals;
         Ok(())
@@ -618,6 +715,10 @@ impl AppendLog for SledLog {
     }
 
     fn flush(&self) -> Result<(), LogError> {
-        self.sync()
+        self.sync()?;
+        if self.last_id().is_some() {
+            self.mark_held_events();
+        }
+        Ok(())
     }
 }

@@ -522,6 +522,73 @@ fn a_data_dir_in_use_is_a_clear_error() {
     );
 }
 
+/// A data dir holding a log of a few thousand events, closed.
+fn filled_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
+    let events: Vec<_> = (1..=3_000).map(|n| event(n, &["t"], &[], false)).collect();
+    for chunk in events.chunks(500) {
+        log.append(chunk, &[]).unwrap();
+    }
+    drop(log);
+    dir
+}
+
+#[test]
+fn a_damaged_log_is_an_error_never_a_fresh_log_over_it() {
+    let source = filled_dir();
+    // Cut short, with and without sled's snapshot beside it, so that sled fails, panics or
+    // finds no event: each is an error that says what to do. (A cut that leaves sled an
+    // earlier consistent state, some of the events, opens as that state: sled cannot tell.)
+    for (cut, keep_snapshot) in [(1, true), (4096, true), (1, false), (4096, false)] {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(source.path()).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            let is_snapshot = name.to_string_lossy().starts_with("snap.");
+            if entry.file_type().unwrap().is_file() && (keep_snapshot || !is_snapshot) {
+                std::fs::copy(entry.path(), copy.path().join(&name)).unwrap();
+            }
+        }
+        let db = std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.path().join("db"))
+            .unwrap();
+        db.set_len(cut).unwrap();
+        drop(db);
+        match SledLog::open(&config(copy.path())) {
+            Ok(log) => panic!(
+                "cut to {cut} (snapshot kept: {keep_snapshot}): opened with {} events",
+                log.bounds().events
+            ),
+            Err(err) => assert!(
+                matches!(err, OpenError::Damaged { .. } | OpenError::Storage { .. })
+                    && err.to_string().contains("cannot"),
+                "cut to {cut}: {err}"
+            ),
+        }
+    }
+
+    // Someone else's file named `db` is not written over.
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("db"), b"my own notes").unwrap();
+    let err = SledLog::open(&config(foreign.path())).unwrap_err();
+    assert!(matches!(err, OpenError::Damaged { .. }), "{err:?}");
+    assert_eq!(
+        std::fs::read(foreign.path().join("db")).unwrap(),
+        b"my own notes"
+    );
+}
+
+#[test]
+fn a_log_from_before_the_marker_opens_and_is_marked() {
+    let dir = filled_dir();
+    std::fs::remove_file(dir.path().join("HERALD_LOG")).unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
+    assert_eq!(log.bounds().events, 3_000);
+    assert!(dir.path().join("HERALD_LOG").exists());
+}
+
 #[test]
 fn a_data_dir_of_another_format_version_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -644,6 +711,7 @@ fn after_a_storage_failure_nothing_more_is_acknowledged() {
         assert_eq!(*log.calls.lock().unwrap(), if fatal { 1 } else { 2 });
         assert_eq!(error.contains("stopped accepting"), fatal, "{error}");
         assert_eq!(metrics.snapshot().stopped, fatal);
+        assert_eq!(metrics.stopped_by().is_some(), fatal);
         assert_eq!(metrics.snapshot().failed_events, 2);
     }
 }

@@ -13,6 +13,7 @@ mod delivery;
 mod limits;
 mod resume;
 mod shutdown;
+mod storage;
 mod transport;
 
 /// A token for alice, who may read `orders` and `news/*`, signed with `secret`.
