@@ -669,6 +669,16 @@ mod tests {
             .expect("the client is running")
     }
 
+    /// The client's first attempt connects, and the stream's first event is an empty snapshot.
+    async fn comes_up_with_an_empty_snapshot(rx: &mut mpsc::Receiver<ServerMsg>) {
+        assert_eq!(
+            next(rx).await,
+            ServerMsg::Link(LinkState::Connecting { attempt: 1 })
+        );
+        assert_eq!(next(rx).await, ServerMsg::Link(LinkState::Live));
+        assert_eq!(next(rx).await, ServerMsg::Snapshot(Box::default()));
+    }
+
     #[tokio::test]
     async fn the_stream_delivers_the_snapshot_then_events_and_reports_a_lost_server() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -688,12 +698,7 @@ mod tests {
             serve_once(&listener, response.into_bytes(), Duration::from_millis(200)).await
         });
 
-        assert_eq!(
-            next(&mut rx).await,
-            ServerMsg::Link(LinkState::Connecting { attempt: 1 })
-        );
-        assert_eq!(next(&mut rx).await, ServerMsg::Link(LinkState::Live));
-        assert_eq!(next(&mut rx).await, ServerMsg::Snapshot(Box::default()));
+        comes_up_with_an_empty_snapshot(&mut rx).await;
         assert_eq!(next(&mut rx).await, ServerMsg::Admin(Box::new(stats)));
         let head = server.await.unwrap();
         assert!(head.starts_with("GET /admin/events HTTP/1.1"), "{head}");
@@ -734,12 +739,7 @@ mod tests {
         let server = tokio::spawn(async move {
             serve_once(&listener, response.into_bytes(), Duration::ZERO).await
         });
-        assert_eq!(
-            next(&mut rx).await,
-            ServerMsg::Link(LinkState::Connecting { attempt: 1 })
-        );
-        assert_eq!(next(&mut rx).await, ServerMsg::Link(LinkState::Live));
-        assert_eq!(next(&mut rx).await, ServerMsg::Snapshot(Box::default()));
+        comes_up_with_an_empty_snapshot(&mut rx).await;
         assert_eq!(
             next(&mut rx).await,
             ServerMsg::Link(LinkState::Down {
@@ -771,12 +771,7 @@ mod tests {
         let server = tokio::spawn(async move {
             serve_once(&listener, response.into_bytes(), Duration::from_secs(5)).await
         });
-        assert_eq!(
-            next(&mut rx).await,
-            ServerMsg::Link(LinkState::Connecting { attempt: 1 })
-        );
-        assert_eq!(next(&mut rx).await, ServerMsg::Link(LinkState::Live));
-        assert_eq!(next(&mut rx).await, ServerMsg::Snapshot(Box::default()));
+        comes_up_with_an_empty_snapshot(&mut rx).await;
         assert_eq!(
             next(&mut rx).await,
             ServerMsg::Link(LinkState::Down {
