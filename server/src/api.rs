@@ -503,13 +503,24 @@ async fn subscribe(
         },
         tls: req.extensions().get::<OverTls>().is_some(),
     };
+    let reset = req.extensions().get::<ResetOnAbort>().cloned();
     Ok(
         match open_stream(req.uri(), req.headers(), state, peer, admin).await? {
-            Opened::Stream(body) => stream_response(Either::Right(body)),
+            Opened::Stream(mut body) => {
+                if let (Some(ResetOnAbort(reset)), Protocol::Http1) = (reset, peer.protocol) {
+                    body.reset_on_abort(reset);
+                }
+                stream_response(Either::Right(body))
+            }
             Opened::RetryLater(frame) => stream_response(Either::Left(Full::new(frame))),
         },
     )
 }
+
+/// Set by the server on each request of a connection served by hyper: notified when an
+/// HTTP/1.1 stream ends aborted, to reset the connection (HTTP/2 streams share theirs).
+#[derive(Clone, Debug)]
+pub struct ResetOnAbort(pub Arc<tokio::sync::Notify>);
 
 /// What a subscribe request gets: a live stream, or a `retry:` hint and an ended stream.
 #[derive(Debug)]

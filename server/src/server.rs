@@ -395,6 +395,7 @@ async fn serve_hyper(
     // request arrives, this deadline applies.
     let deadline = tokio::time::sleep(header_timeout);
     tokio::pin!(deadline);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let io = match tls {
         None => Either::Left(stream),
         Some(acceptor) => {
@@ -414,11 +415,15 @@ async fn serve_hyper(
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
     let over_tls = matches!(io, Either::Right(_));
+    // An HTTP/1.1 subscriber closed as too slow has its connection reset (below).
+    let reset = Arc::new(tokio::sync::Notify::new());
+    let on_abort = api::ResetOnAbort(reset.clone());
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         seen.store(true, Ordering::Relaxed);
         if over_tls {
             req.extensions_mut().insert(api::OverTls);
         }
+        req.extensions_mut().insert(on_abort.clone());
         // Boxed: hyper keeps a request's future inline for as long as the connection (HTTP/1.1)
         // or the stream's task (HTTP/2) lives, also once an SSE response is streaming, and
         // `handle` is much larger than the body it returns.
@@ -433,9 +438,13 @@ async fn serve_hyper(
     );
     let result = tokio::select! {
         result = &mut conn => result,
+        () = reset.notified() => return reset_connection(fd, conn),
         _ = &mut deadline, if !started.load(Ordering::Relaxed) => {
             if started.load(Ordering::Relaxed) {
-                conn.await
+                tokio::select! {
+                    result = &mut conn => result,
+                    () = reset.notified() => return reset_connection(fd, conn),
+                }
             } else {
                 return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
             }
@@ -444,6 +453,28 @@ async fn serve_hyper(
     if let Err(e) = result {
         tracing::debug!(%remote, "connection ended: {e}");
     }
+}
+
+/// Closes a connection served by hyper with a reset, dropping what its socket still holds
+/// (a client that stopped reading): the kernel would keep an orphan socket and its buffers
+/// until the client read or gave up. `fd` is the connection's socket, which `conn` owns.
+fn reset_connection<C>(fd: std::os::fd::RawFd, conn: C) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `conn` still owns the socket, so `fd` is open; `linger` is a live struct whose
+    // size is passed with it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(conn);
 }
 
 async fn shutdown_signal() {

@@ -45,6 +45,8 @@ struct Inner {
     /// When the oldest frame queued now was pushed (into an empty queue): how long the
     /// subscriber's events wait here is measured from it ([`crate::latency::DELIVERY`]).
     since: Option<Instant>,
+    /// Told on [`Queue::abort`] (see [`SseBody::reset_on_abort`]).
+    on_abort: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The socket a writer thread may write to, and that writer.
@@ -132,7 +134,7 @@ impl Queue {
 
     /// Ends the stream now, dropping what is queued (a slow consumer: it replays on reconnect).
     pub fn abort(&self) {
-        let waker = {
+        let (waker, on_abort) = {
             let mut inner = self.lock();
             inner.frames.clear();
             inner.bytes = 0;
@@ -140,10 +142,13 @@ impl Queue {
             inner.closed = true;
             inner.aborted = true;
             inner.handed = true;
-            inner.waker.take()
+            (inner.waker.take(), inner.on_abort.take())
         };
         if let Some(w) = waker {
             w.wake();
+        }
+        if let Some(reset) = on_abort {
+            reset.notify_one();
         }
     }
 
@@ -335,6 +340,20 @@ impl SseBody {
             queue,
             hub,
             held: None,
+        }
+    }
+
+    /// Notifies `reset` when the stream is aborted (a slow consumer). Over HTTP/1.1 through
+    /// hyper, a write to a client that stopped reading waits for ever, and the response's end
+    /// would leave the connection waiting for another request with what its socket holds;
+    /// the connection's task resets it instead, as the direct path does.
+    pub fn reset_on_abort(&mut self, reset: Arc<tokio::sync::Notify>) {
+        let mut inner = self.queue.lock();
+        if inner.aborted {
+            drop(inner);
+            reset.notify_one();
+        } else {
+            inner.on_abort = Some(reset);
         }
     }
 

@@ -514,14 +514,34 @@ impl Herald {
 
     /// A subscriber to `topic` (`--dev`) on a bare socket that reads only when the test reads
     /// it, with a receive buffer of `recv_buffer` bytes if given; returned once it is the
-    /// server's only connection.
-    pub async fn stalled_subscriber(&self, topic: &str, recv_buffer: Option<u32>) -> TcpStream {
-        use tokio::io::AsyncWriteExt as _;
+    /// server's only connection. With `after_a_request` it first asks for `/healthz` on the
+    /// same connection, so that its stream is served by hyper, as HTTPS streams are, rather
+    /// than by the direct path that takes a connection's first request.
+    pub async fn stalled_subscriber(
+        &self,
+        topic: &str,
+        recv_buffer: Option<u32>,
+        after_a_request: bool,
+    ) -> TcpStream {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         if let Some(bytes) = recv_buffer {
             socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
         }
         let mut tcp = socket.connect(self.addr()).await.expect("connect");
+        if after_a_request {
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: herald\r\n\r\n")
+                .await
+                .expect("request");
+            // The whole answer (a small JSON body), so the stream's bytes start clean.
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"}") {
+                let mut chunk = [0u8; 512];
+                let n = tcp.read(&mut chunk).await.expect("the health answer");
+                assert!(n > 0, "closed after /healthz");
+                answer.extend_from_slice(&chunk[..n]);
+            }
+        }
         let request = format!("GET /events?topic={topic} HTTP/1.1\r\nHost: herald\r\n\r\n");
         tcp.write_all(request.as_bytes()).await.expect("request");
         assert!(

@@ -269,7 +269,7 @@ async fn the_server_measures_how_long_publishes_and_deliveries_take() {
     let herald = Herald::start(&["--dev", "--queue-bytes", "67108864"]);
     // A subscriber that reads nothing for a while: the sockets' buffers take a few MB (up to
     // 4 MiB of send buffer here) of the 12 MB published below, the rest waits in its queue.
-    let mut tcp = herald.stalled_subscriber("slow", None).await;
+    let mut tcp = herald.stalled_subscriber("slow", None, false).await;
     let big = "x".repeat(400_000);
     let mut last = String::new();
     for _ in 0..30 {

@@ -229,7 +229,7 @@ fn unsent_bytes_from(port: u16) -> u64 {
 async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_a_gap() {
     let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
     // A client whose small receive window fills at once, and that then reads nothing.
-    let mut tcp = herald.stalled_subscriber("slow", Some(4096)).await;
+    let mut tcp = herald.stalled_subscriber("slow", Some(4096), false).await;
 
     // Far more than its queue and the sockets' buffers (a few MB) can take.
     let big = "x".repeat(100_000);
@@ -283,6 +283,37 @@ async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_
     let rest = resumed.events_until(ids.len() - before, WAIT).await;
     let rest: Vec<&str> = rest.iter().map(|e| e.last_event_id.as_str()).collect();
     assert_eq!(rest, ids[before..], "{}", resumed.raw_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_served_by_hyper_that_stops_reading_is_reset_too() {
+    // As an HTTPS (HTTP/1.1) stream is: hyper serves a connection's later requests.
+    let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
+    let _tcp = herald.stalled_subscriber("slow", Some(4096), true).await;
+    let big = "x".repeat(100_000);
+    for _ in 0..80 {
+        herald
+            .publish_ok(json!({"topics": ["slow"], "data": big}))
+            .await;
+    }
+    let stats = || async {
+        herald.call(Method::GET, "/admin/stats").send().await.json()["stats"]["counters"].clone()
+    };
+    let closed = eventually(WAIT, || async {
+        stats().await["slow_consumer_closes"] == 1
+    })
+    .await;
+    assert!(closed, "not closed as too slow: {}", stats().await);
+    let port = herald.addr().port();
+    let released = eventually(Duration::from_secs(3), || async {
+        unsent_bytes_from(port) == 0
+    })
+    .await;
+    assert!(
+        released,
+        "{} bytes still wait for the slow client",
+        unsent_bytes_from(port)
+    );
 }
 
 #[tokio::test]
