@@ -470,7 +470,13 @@ async function main() {
     quietReconnects[0].lastEventId === lastIdBefore,
     `the quiet page reconnected with Last-Event-ID ${JSON.stringify(quietReconnects[0].lastEventId)}, want its checkpoint ${lastIdBefore}`,
   );
-  const quietEvents = quietSeen.events;
+  // The cut stream said why it ended (herald.closed), and nothing else came but the event.
+  const notices = quietSeen.events.filter((e) => e.type === "herald.closed");
+  check(
+    notices.length === 1 && JSON.parse(notices[0].data).reason === "kicked",
+    `the quiet page was told ${JSON.stringify(notices)} when its stream was cut, want one herald.closed "kicked"`,
+  );
+  const quietEvents = quietSeen.events.filter((e) => e.type !== "herald.closed");
   check(
     quietEvents.length === 1 && quietEvents[0].id === quietId && quietEvents[0].type === "message",
     `the quiet page shows ${JSON.stringify(quietEvents)}, want only ${quietId}`,
