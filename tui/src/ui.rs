@@ -959,6 +959,21 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 fn hints(app: &App) -> &'static [(&'static str, &'static str)] {
+    // An open popup has the keys: the view's would not work.
+    match &app.popup {
+        Popup::Detail { gone: None, .. } => return &[("d", "disconnect"), ("Esc", "close")],
+        Popup::Detail { .. } => return &[("Esc", "close")],
+        Popup::ConfirmDisconnect { .. } => return &[("y", "disconnect"), ("n/Esc", "keep it")],
+        Popup::Compose => {
+            return &[
+                ("Tab/↑↓", "field"),
+                ("←→", "choose"),
+                ("Enter", "send"),
+                ("Esc", "close"),
+            ];
+        }
+        Popup::None => {}
+    }
     if app.filter_editing {
         return &[
             ("type", "filter by user or topic"),
