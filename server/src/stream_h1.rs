@@ -104,25 +104,28 @@ enum HeadError {
 }
 
 async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError> {
+    // Read into the heap buffer itself: a buffer on the stack would be part of this future,
+    // which the connection's task is sized for as long as its stream lasts.
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        let seen = buf.len();
+        let n = stream.read_buf(&mut buf).await.map_err(|_| HeadError::Io)?;
         if n == 0 {
             return Err(HeadError::Io);
         }
-        let seen = buf.len();
-        buf.extend_from_slice(&chunk[..n]);
         // A head ends with a blank line: parse only once one may have arrived, not the whole
         // head again for every packet of a large one.
         let fresh = &buf[seen.saturating_sub(3)..];
         let ended =
             fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n");
-        if !ended {
-            if buf.len() < MAX_HEAD {
-                continue;
-            }
+        if buf.len() > MAX_HEAD {
             return Err(HeadError::TooLarge);
+        }
+        if !ended {
+            continue;
         }
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut slots);
