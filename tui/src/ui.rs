@@ -303,6 +303,20 @@ fn ellipsize(text: &str, width: usize) -> String {
     cut
 }
 
+/// `text` cut to `width` characters by an ellipsis in its middle, keeping both ends.
+fn ellipsize_middle(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width || width < 3 {
+        return ellipsize(text, width);
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let mut cut: String = text.chars().take(head).collect();
+    cut.push('…');
+    cut.extend(text.chars().skip(count - tail));
+    cut
+}
+
 /// `publish p50 1.6 ms p99 2.4 ms   delivery p50 210 µs p99 38 ms   (last 10s)`: the
 /// server's own measure, over its recent window; `—` for a figure with nothing in the window.
 fn latency_line(stats: Option<&herald_core::Stats>, width: u16) -> Line<'static> {
@@ -486,6 +500,11 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     let mut head = format!(" Connections {}", rows.len());
     if rows.len() != app.connections.len() {
         head.push_str(&format!(" of {}", app.connections.len()));
+    }
+    // The header counts subscribers; the table also lists the consoles' admin streams.
+    let admins = app.connections.values().filter(|c| c.admin).count();
+    if admins > 0 {
+        head.push_str(&format!(" ({admins} admin)"));
     }
     let arrow = if app.conn_desc { "▼" } else { "▲" };
     let sort = format!(" · sort {sort_name} {arrow} ");
@@ -745,15 +764,27 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
     let (start, end, selected) = window(app.node_nav, app.nodes.len(), visible);
     let right = |text: String| Cell::from(Line::from(text).alignment(Alignment::Right));
     let rate = |rate: Option<f64>| rate.map_or_else(|| "—".to_owned(), fmt_rate);
-    let shown = node_columns(area.width);
+    const THIS: &str = " (this)";
+    let longest = app
+        .nodes
+        .iter()
+        .map(|n| n.info.name.chars().count() + if n.info.name == me { THIS.len() } else { 0 })
+        .max()
+        .unwrap_or(0);
+    let (shown, name_width) = node_columns(area.width, longest);
     let rows = app.nodes[start..end].iter().map(|n| {
         let c = &n.info.counters;
+        // A name that does not fit is cut in the middle: names of one deployment tend to
+        // differ at their ends (`…-node-07`, `…-node-08`, a port).
         let name = match n.info.name == me {
             true => Line::from(vec![
-                Span::raw(n.info.name.clone()),
-                Span::styled(" (this)", Style::new().dim()),
+                Span::raw(ellipsize_middle(
+                    &n.info.name,
+                    name_width.saturating_sub(THIS.len()).max(8),
+                )),
+                Span::styled(THIS, Style::new().dim()),
             ]),
-            false => Line::from(n.info.name.clone()),
+            false => Line::from(ellipsize_middle(&n.info.name, name_width)),
         };
         // A node that missed a few heartbeats is on its way out of the list.
         let seen_style = match n.info.seen_ms_ago > 3_000 {
@@ -818,11 +849,17 @@ const NODE_COLUMNS: [(&str, u16, u8); 8] = [
     ("Seen", 6, 0),
 ];
 const NODE_NAME_MIN: u16 = 22;
+/// Columns give way for a name up to this long; a longer one is cut.
+const NODE_NAME_MAX: u16 = 40;
 
-/// Which of [`NODE_COLUMNS`] a table `width` wide (borders included) shows.
-fn node_columns(width: u16) -> [bool; 8] {
+/// Which of [`NODE_COLUMNS`] a table `width` wide (borders included) shows for names up to
+/// `longest` characters, and the width the names get.
+fn node_columns(width: u16, longest: usize) -> ([bool; 8], usize) {
     let marker = u16::try_from(Span::raw(SELECTED).width()).unwrap_or(u16::MAX);
     let room = width.saturating_sub(2).saturating_sub(marker);
+    let want = u16::try_from(longest)
+        .unwrap_or(u16::MAX)
+        .clamp(NODE_NAME_MIN, NODE_NAME_MAX);
     let mut shown = [true; 8];
     let used = |shown: &[bool; 8]| -> u16 {
         NODE_COLUMNS
@@ -833,14 +870,14 @@ fn node_columns(width: u16) -> [bool; 8] {
             .sum()
     };
     for rank in 1..=4 {
-        if used(&shown) + NODE_NAME_MIN <= room {
+        if used(&shown) + want <= room {
             break;
         }
         for (on, (_, _, r)) in shown.iter_mut().zip(NODE_COLUMNS) {
             *on &= r != rank;
         }
     }
-    shown
+    (shown, usize::from(room.saturating_sub(used(&shown))))
 }
 
 /// The items of `all` whose column is shown.
@@ -2043,6 +2080,8 @@ mod tests {
             table.contains("(admin)") && table.contains("admin stream"),
             "{table}"
         );
+        // The header counts subscribers: the table's title says why it lists one more.
+        assert!(table.contains(" Connections 3 (1 admin)"), "{table}");
         app.update(Action::AskDisconnect);
         let screen = render(&mut app, 80, 24);
         assert!(
@@ -2187,6 +2226,38 @@ mod tests {
                 assert!(head.contains(column), "width {width}:\n{screen}");
             }
         }
+        // Long names: columns give way first, then the names are cut in the middle, where
+        // they are alike, so that they still read apart.
+        let long = |k: u64| {
+            let name = format!("eu-west-1-production-herald-node-0{k}:7070");
+            (
+                name.clone(),
+                86_400,
+                4_200,
+                12_000 + 50 * k,
+                9_000_000 + 120_000 * k,
+            )
+        };
+        let names: Vec<_> = (7..=8).map(long).collect();
+        let rows: Vec<_> = names
+            .iter()
+            .map(|(n, up, conns, p, d)| (n.as_str(), *up, *conns, *p, *d))
+            .collect();
+        server(&mut app, nodes_answer(me, true, &rows));
+        for width in 60..130 {
+            let screen = render(&mut app, width, 16);
+            for k in [7, 8] {
+                let whole = format!("eu-west-1-production-herald-node-0{k}:7070");
+                let cut_visibly = screen.lines().any(|l| {
+                    l.contains('…') && l.contains(&format!("-0{k}:7070")) && l.contains("eu-west")
+                });
+                assert!(
+                    screen.contains(&whole) || cut_visibly,
+                    "width {width}:\n{screen}"
+                );
+            }
+        }
+        assert!(render(&mut app, 120, 16).contains("eu-west-1-production-herald-node-07:7070"));
     }
 
     #[test]

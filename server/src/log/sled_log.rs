@@ -232,7 +232,10 @@ impl SledLog {
                 detail: "its 'db' file is not sled's (there is no 'conf' beside it)".to_owned(),
             });
         }
-        let opened = crate::quietly(|| Self::open_files(config, marked, held_events));
+        // A log sled finds no layout in, where a `db` with contents was, lost its records
+        // (also in a directory from before the marker).
+        let had_log = marked || had_db;
+        let opened = crate::quietly(|| Self::open_files(config, had_log, held_events));
         let log = opened.map_err(|panic| OpenError::Damaged {
             dir: dir.clone(),
             detail: format!("sled failed on its files ({panic})"),
@@ -249,7 +252,7 @@ impl SledLog {
         Ok(log)
     }
 
-    fn open_files(config: &LogConfig, marked: bool, held_events: bool) -> Result<Self, OpenError> {
+    fn open_files(config: &LogConfig, had_log: bool, held_events: bool) -> Result<Self, OpenError> {
         let dir = config.data_dir.clone();
         let storage = |source: sled::Error| {
             if is_locked(&source) {
@@ -287,7 +290,7 @@ impl SledLog {
                 }
             }
             // A log that was there has lost its records: sled found nothing it could read.
-            None if marked => {
+            None if had_log => {
                 return Err(OpenError::Damaged {
                     dir,
                     detail: "sled finds none of its records".to_owned(),

@@ -581,12 +581,25 @@ fn a_damaged_log_is_an_error_never_a_fresh_log_over_it() {
 }
 
 #[test]
-fn a_log_from_before_the_marker_opens_and_is_marked() {
+fn a_log_from_before_the_marker_opens_and_is_marked_and_is_refused_when_cut() {
     let dir = filled_dir();
     std::fs::remove_file(dir.path().join("HERALD_LOG")).unwrap();
     let log = open_log(&config(dir.path())).unwrap();
     assert_eq!(log.bounds().events, 3_000);
+    drop(log);
     assert!(dir.path().join("HERALD_LOG").exists());
+
+    let old = filled_dir();
+    std::fs::remove_file(old.path().join("HERALD_LOG")).unwrap();
+    let db = std::fs::OpenOptions::new()
+        .write(true)
+        .open(old.path().join("db"))
+        .unwrap();
+    // Cut to where sled finds no layout at all.
+    db.set_len(1).unwrap();
+    drop(db);
+    let err = open_log(&config(old.path())).unwrap_err();
+    assert!(matches!(err, OpenError::Damaged { .. }), "{err:?}");
 }
 
 #[test]
