@@ -503,12 +503,12 @@ async fn subscribe(
         },
         tls: req.extensions().get::<OverTls>().is_some(),
     };
-    let reset = req.extensions().get::<ResetOnAbort>().cloned();
+    let watch = req.extensions().get::<ResetOnAbort>().cloned();
     Ok(
         match open_stream(req.uri(), req.headers(), state, peer, admin).await? {
             Opened::Stream(mut body) => {
-                if let (Some(ResetOnAbort(reset)), Protocol::Http1) = (reset, peer.protocol) {
-                    body.reset_on_abort(reset);
+                if let Some(ResetOnAbort(watch)) = watch {
+                    body.reset_on_abort(watch, peer.protocol == Protocol::Http2);
                 }
                 stream_response(Either::Right(body))
             }
@@ -517,10 +517,10 @@ async fn subscribe(
     )
 }
 
-/// Set by the server on each request of a connection served by hyper: notified when an
-/// HTTP/1.1 stream ends aborted, to reset the connection (HTTP/2 streams share theirs).
+/// Set by the server on each request of a connection served by hyper: the connection's
+/// watch over its streams' slow-consumer aborts ([`crate::sse::SseBody::reset_on_abort`]).
 #[derive(Clone, Debug)]
-pub struct ResetOnAbort(pub Arc<tokio::sync::Notify>);
+pub struct ResetOnAbort(pub Arc<crate::sse::AbortWatch>);
 
 /// What a subscribe request gets: a live stream, or a `retry:` hint and an ended stream.
 #[derive(Debug)]

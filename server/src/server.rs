@@ -415,9 +415,9 @@ async fn serve_hyper(
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
     let over_tls = matches!(io, Either::Right(_));
-    // An HTTP/1.1 subscriber closed as too slow has its connection reset (below).
-    let reset = Arc::new(tokio::sync::Notify::new());
-    let on_abort = api::ResetOnAbort(reset.clone());
+    // A subscriber closed as too slow has its connection reset (below).
+    let watch = Arc::new(crate::sse::AbortWatch::default());
+    let on_abort = api::ResetOnAbort(watch.clone());
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         seen.store(true, Ordering::Relaxed);
         if over_tls {
@@ -438,12 +438,12 @@ async fn serve_hyper(
     );
     let result = tokio::select! {
         result = &mut conn => result,
-        () = reset.notified() => return reset_connection(fd, conn),
+        () = watch.reset_due(H2_ABORT_GRACE) => return reset_connection(fd, conn),
         _ = &mut deadline, if !started.load(Ordering::Relaxed) => {
             if started.load(Ordering::Relaxed) {
                 tokio::select! {
                     result = &mut conn => result,
-                    () = reset.notified() => return reset_connection(fd, conn),
+                    () = watch.reset_due(H2_ABORT_GRACE) => return reset_connection(fd, conn),
                 }
             } else {
                 return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
@@ -454,6 +454,10 @@ async fn serve_hyper(
         tracing::debug!(%remote, "connection ended: {e}");
     }
 }
+
+/// How long an HTTP/2 stream closed as too slow may stay open before its connection, and
+/// the other streams on it, are reset (they reconnect and resume).
+const H2_ABORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Closes a connection served by hyper with a reset, dropping what its socket still holds
 /// (a client that stopped reading): the kernel would keep an orphan socket and its buffers

@@ -45,8 +45,9 @@ struct Inner {
     /// When the oldest frame queued now was pushed (into an empty queue): how long the
     /// subscriber's events wait here is measured from it ([`crate::latency::DELIVERY`]).
     since: Option<Instant>,
-    /// Told on [`Queue::abort`] (see [`SseBody::reset_on_abort`]).
-    on_abort: Option<Arc<tokio::sync::Notify>>,
+    /// Told on [`Queue::abort`], with whether the stream is HTTP/2 (see
+    /// [`SseBody::reset_on_abort`]).
+    on_abort: Option<(Arc<AbortWatch>, bool)>,
 }
 
 /// The socket a writer thread may write to, and that writer.
@@ -147,8 +148,8 @@ impl Queue {
         if let Some(w) = waker {
             w.wake();
         }
-        if let Some(reset) = on_abort {
-            reset.notify_one();
+        if let Some((watch, http2)) = on_abort {
+            watch.aborted(http2);
         }
     }
 
@@ -330,6 +331,8 @@ pub struct SseBody {
     hub: HubSender,
     /// What must last as long as the stream (its user's place in a cluster-wide count).
     held: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
+    /// An HTTP/2 stream's connection watch, told when an aborted body is gone.
+    lingers: Option<Arc<AbortWatch>>,
 }
 
 impl SseBody {
@@ -340,20 +343,27 @@ impl SseBody {
             queue,
             hub,
             held: None,
+            lingers: None,
         }
     }
 
-    /// Notifies `reset` when the stream is aborted (a slow consumer). Over HTTP/1.1 through
-    /// hyper, a write to a client that stopped reading waits for ever, and the response's end
-    /// would leave the connection waiting for another request with what its socket holds;
-    /// the connection's task resets it instead, as the direct path does.
-    pub fn reset_on_abort(&mut self, reset: Arc<tokio::sync::Notify>) {
+    /// Tells `watch`, its connection's, when the stream is aborted (a slow consumer), for a
+    /// stream served by hyper. Over HTTP/1.1 a write to a client that stopped reading waits for
+    /// ever, and the response's end would leave the connection waiting for another request
+    /// with what its socket holds: the connection is reset at once, as on the direct path.
+    /// Over HTTP/2 hyper polls a body only when its stream has window, so a stream whose
+    /// client stopped reading would never see the abort and keep the chunk hyper took, outside
+    /// every count: if it is not gone within a grace period, the connection is reset.
+    pub fn reset_on_abort(&mut self, watch: Arc<AbortWatch>, http2: bool) {
+        if http2 {
+            self.lingers = Some(watch.clone());
+        }
         let mut inner = self.queue.lock();
         if inner.aborted {
             drop(inner);
-            reset.notify_one();
+            watch.aborted(http2);
         } else {
-            inner.on_abort = Some(reset);
+            inner.on_abort = Some((watch, http2));
         }
     }
 
@@ -426,6 +436,55 @@ impl Drop for SseBody {
     fn drop(&mut self) {
         if !self.queue.is_closed() {
             self.hub.disconnected(self.conn);
+        }
+        if let Some(watch) = &self.lingers
+            && self.is_aborted()
+        {
+            watch.released();
+        }
+    }
+}
+
+/// What a connection served by hyper learns of its streams' slow-consumer aborts (see
+/// [`SseBody::reset_on_abort`]), and how it knows when to reset itself.
+#[derive(Debug, Default)]
+pub struct AbortWatch {
+    notify: tokio::sync::Notify,
+    /// An HTTP/1.1 stream was aborted.
+    reset_now: std::sync::atomic::AtomicBool,
+    /// HTTP/2 streams aborted whose bodies hyper still holds.
+    lingering: std::sync::atomic::AtomicUsize,
+}
+
+impl AbortWatch {
+    fn aborted(&self, http2: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if http2 {
+            self.lingering.fetch_add(1, SeqCst);
+        } else {
+            self.reset_now.store(true, SeqCst);
+        }
+        self.notify.notify_one();
+    }
+
+    fn released(&self) {
+        self.lingering
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Returns when the connection should be reset: at once after an HTTP/1.1 abort; after an
+    /// HTTP/2 one, once an aborted stream has outlived `grace` (its body never polled again).
+    pub async fn reset_due(&self, grace: std::time::Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            self.notify.notified().await;
+            if self.reset_now.load(SeqCst) {
+                return;
+            }
+            tokio::time::sleep(grace).await;
+            if self.lingering.load(SeqCst) > 0 {
+                return;
+            }
         }
     }
 }

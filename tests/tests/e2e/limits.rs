@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_tests::{End, Herald, WAIT, eventually};
+use herald_tests::{End, H2Connection, Herald, WAIT, eventually};
 use http::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -313,6 +313,46 @@ async fn a_stream_served_by_hyper_that_stops_reading_is_reset_too() {
         released,
         "{} bytes still wait for the slow client",
         unsent_bytes_from(port)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_that_stops_reading_is_closed_and_its_connection_reset_if_it_lingers() {
+    let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
+    let conn = H2Connection::open(herald.client()).await;
+    let _stalled = herald.events().over(&conn).topic("slow").open().await;
+    let mut other = herald.events().over(&conn).topic("fine").open().await;
+    // More than the stream's window (2 MB) and its queue: it is closed as too slow.
+    let big = "x".repeat(100_000);
+    for _ in 0..40 {
+        herald
+            .publish_ok(json!({"topics": ["slow"], "data": big}))
+            .await;
+    }
+    let stats = || async {
+        herald.call(Method::GET, "/admin/stats").send().await.json()["stats"]["counters"].clone()
+    };
+    let closed = eventually(WAIT, || async {
+        stats().await["slow_consumer_closes"] == 1
+    })
+    .await;
+    assert!(closed, "not closed as too slow: {}", stats().await);
+    // The connection's other stream goes on meanwhile.
+    herald
+        .publish_ok(json!({"topics": ["fine"], "data": "still here"}))
+        .await;
+    let event = other
+        .next_event(WAIT)
+        .await
+        .expect("the other stream's event");
+    assert_eq!(event.data, "still here");
+    // hyper never polls the stalled stream's body again (it has no window), so the stream
+    // would stay open with what hyper holds for it, outside every count: after a grace
+    // period the connection is reset, and its streams reconnect and resume.
+    let end = other.wait_end(Duration::from_secs(15)).await;
+    assert!(
+        matches!(end, Some(End::Error(_))),
+        "the connection was not reset: {end:?}"
     );
 }
 
