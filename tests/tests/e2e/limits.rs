@@ -225,19 +225,16 @@ fn unsent_bytes_from(port: u16) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_a_gap() {
-    let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
-    // A client whose small receive window fills at once, and that then reads nothing.
-    let mut tcp = herald.stalled_subscriber("slow", Some(4096), false).await;
-
-    // Far more than its queue and the sockets' buffers (a few MB) can take.
+/// Publishes `count` events of 100 KB to `topic` (far more than a 64 KiB queue and the
+/// sockets' buffers take), and waits until the server has closed one subscriber as too
+/// slow; the events' ids.
+async fn overflow_a_slow_subscriber(herald: &Herald, topic: &str, count: usize) -> Vec<String> {
     let big = "x".repeat(100_000);
     let mut ids = Vec::new();
-    for _ in 0..80 {
+    for _ in 0..count {
         ids.push(
             herald
-                .publish_ok(json!({"topics": ["slow"], "data": big}))
+                .publish_ok(json!({"topics": [topic], "data": big}))
                 .await,
         );
     }
@@ -249,9 +246,13 @@ async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_
     })
     .await;
     assert!(closed, "not closed as too slow: {}", stats().await);
-    // Its socket goes at once with the megabytes it holds: a reset, not a close that leaves
-    // the kernel holding them until the client reads, so such clients cannot pile up past
-    // --max-connections.
+    ids
+}
+
+/// Asserts that the kernel soon holds nothing unsent on the server's side: the slow client's
+/// socket was reset, not closed with its megabytes kept until the client reads, so such
+/// clients cannot pile up past --max-connections.
+async fn assert_released(herald: &Herald) {
     let port = herald.addr().port();
     let released = eventually(Duration::from_secs(3), || async {
         unsent_bytes_from(port) == 0
@@ -262,6 +263,15 @@ async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_
         "{} bytes still wait for the slow client",
         unsent_bytes_from(port)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_a_gap() {
+    let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
+    // A client whose small receive window fills at once, and that then reads nothing.
+    let mut tcp = herald.stalled_subscriber("slow", Some(4096), false).await;
+    let ids = overflow_a_slow_subscriber(&herald, "slow", 80).await;
+    assert_released(&herald).await;
 
     // The client gets what had reached it, then the reset, and resumes from there.
     let got = read_until_closed(&mut tcp, WAIT)
@@ -290,30 +300,8 @@ async fn a_stream_served_by_hyper_that_stops_reading_is_reset_too() {
     // As an HTTPS (HTTP/1.1) stream is: hyper serves a connection's later requests.
     let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
     let _tcp = herald.stalled_subscriber("slow", Some(4096), true).await;
-    let big = "x".repeat(100_000);
-    for _ in 0..80 {
-        herald
-            .publish_ok(json!({"topics": ["slow"], "data": big}))
-            .await;
-    }
-    let stats = || async {
-        herald.call(Method::GET, "/admin/stats").send().await.json()["stats"]["counters"].clone()
-    };
-    let closed = eventually(WAIT, || async {
-        stats().await["slow_consumer_closes"] == 1
-    })
-    .await;
-    assert!(closed, "not closed as too slow: {}", stats().await);
-    let port = herald.addr().port();
-    let released = eventually(Duration::from_secs(3), || async {
-        unsent_bytes_from(port) == 0
-    })
-    .await;
-    assert!(
-        released,
-        "{} bytes still wait for the slow client",
-        unsent_bytes_from(port)
-    );
+    overflow_a_slow_subscriber(&herald, "slow", 80).await;
+    assert_released(&herald).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,21 +310,8 @@ async fn an_http2_stream_that_stops_reading_is_closed_and_its_connection_reset_i
     let conn = H2Connection::open(herald.client()).await;
     let _stalled = herald.events().over(&conn).topic("slow").open().await;
     let mut other = herald.events().over(&conn).topic("fine").open().await;
-    // More than the stream's window (2 MB) and its queue: it is closed as too slow.
-    let big = "x".repeat(100_000);
-    for _ in 0..40 {
-        herald
-            .publish_ok(json!({"topics": ["slow"], "data": big}))
-            .await;
-    }
-    let stats = || async {
-        herald.call(Method::GET, "/admin/stats").send().await.json()["stats"]["counters"].clone()
-    };
-    let closed = eventually(WAIT, || async {
-        stats().await["slow_consumer_closes"] == 1
-    })
-    .await;
-    assert!(closed, "not closed as too slow: {}", stats().await);
+    // More than the stream's window (2 MB) and its queue.
+    overflow_a_slow_subscriber(&herald, "slow", 40).await;
     // The connection's other stream goes on meanwhile.
     herald
         .publish_ok(json!({"topics": ["fine"], "data": "still here"}))
