@@ -436,22 +436,30 @@ async fn serve_hyper(
                 .into_owned(),
         ),
     );
-    let result = tokio::select! {
-        result = &mut conn => result,
-        () = watch.reset_due(H2_ABORT_GRACE) => return reset_connection(fd, conn),
+    // The connection runs until it ends, or (`None`) until a stream closed as too slow means
+    // it must be reset.
+    let serving = async {
+        tokio::select! {
+            result = &mut conn => Some(result),
+            () = watch.reset_due(H2_ABORT_GRACE) => None,
+        }
+    };
+    tokio::pin!(serving);
+    let ended = tokio::select! {
+        ended = &mut serving => ended,
         _ = &mut deadline, if !started.load(Ordering::Relaxed) => {
             if started.load(Ordering::Relaxed) {
-                tokio::select! {
-                    result = &mut conn => result,
-                    () = watch.reset_due(H2_ABORT_GRACE) => return reset_connection(fd, conn),
-                }
+                serving.await
             } else {
                 return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
             }
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%remote, "connection ended: {e}");
+    match ended {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::debug!(%remote, "connection ended: {e}"),
+        // `conn`, which owns the socket, is dropped on return: closed with a reset.
+        None => reset_on_close(fd),
     }
 }
 
@@ -459,26 +467,16 @@ async fn serve_hyper(
 /// the other streams on it, are reset (they reconnect and resume).
 const H2_ABORT_GRACE: Duration = Duration::from_secs(5);
 
-/// Closes a connection served by hyper with a reset, dropping what its socket still holds
-/// (a client that stopped reading): the kernel would keep an orphan socket and its buffers
-/// until the client read or gave up. `fd` is the connection's socket, which `conn` owns.
-fn reset_connection<C>(fd: std::os::fd::RawFd, conn: C) {
+/// Makes the closing of the socket `fd` a reset, dropping what it still holds (for a client
+/// that stopped reading): the kernel would keep an orphan socket and its buffers until the
+/// client read or gave up. The caller owns the socket and closes it next.
+fn reset_on_close(fd: std::os::fd::RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `conn` still owns the socket, so `fd` is open; `linger` is a live struct whose
-    // size is passed with it.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-    drop(conn);
+    // Failing, the close is an ordinary one.
+    let _ = set_socket_option(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger);
 }
 
 async fn shutdown_signal() {
@@ -527,11 +525,12 @@ fn listen(addr: SocketAddr, backlog: u32) -> anyhow::Result<tokio::net::TcpListe
         use std::os::fd::AsRawFd;
         let fd = socket.as_raw_fd();
         let secs = |d: Duration| d.as_secs() as libc::c_int;
-        set_tcp_option(fd, libc::TCP_KEEPIDLE, secs(KEEPALIVE_IDLE))?;
-        set_tcp_option(fd, libc::TCP_KEEPINTVL, secs(KEEPALIVE_INTERVAL))?;
-        set_tcp_option(fd, libc::TCP_KEEPCNT, 4)?;
-        set_tcp_option(
-            fd,
+        let tcp =
+            |option, value: libc::c_int| set_socket_option(fd, libc::IPPROTO_TCP, option, value);
+        tcp(libc::TCP_KEEPIDLE, secs(KEEPALIVE_IDLE))?;
+        tcp(libc::TCP_KEEPINTVL, secs(KEEPALIVE_INTERVAL))?;
+        tcp(libc::TCP_KEEPCNT, 4)?;
+        tcp(
             libc::TCP_USER_TIMEOUT,
             DEAD_PEER_TIMEOUT.as_millis() as libc::c_int,
         )?;
@@ -542,20 +541,22 @@ fn listen(addr: SocketAddr, backlog: u32) -> anyhow::Result<tokio::net::TcpListe
     Ok(socket.listen(backlog)?)
 }
 
-#[cfg(target_os = "linux")]
-fn set_tcp_option(
+/// Sets socket option `option` at `level` on the open socket `fd` to `value`, a plain C
+/// value (an int, a `linger`).
+fn set_socket_option<T: Copy>(
     fd: std::os::fd::RawFd,
+    level: libc::c_int,
     option: libc::c_int,
-    value: libc::c_int,
+    value: T,
 ) -> std::io::Result<()> {
-    // SAFETY: `value` is a live c_int and its size is passed with it.
+    // SAFETY: `value` is a live T and its size is passed with it.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_TCP,
+            level,
             option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
