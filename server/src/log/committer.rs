@@ -6,7 +6,7 @@
 //! hundreds under 256 concurrent publishers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_core::{Event, EventId};
@@ -50,7 +50,6 @@ pub struct LogMetrics {
     failed_events: AtomicU64,
     failed_batches: AtomicU64,
     last_flush_micros: AtomicU64,
-    stopped: AtomicBool,
     /// The storage failure that stopped the log, once one has.
     stopped_by: std::sync::Mutex<Option<String>>,
 }
@@ -110,7 +109,6 @@ impl LogMetrics {
 
     fn stop(&self, reason: String) {
         *crate::lock(&self.stopped_by) = Some(reason);
-        self.stopped.store(true, Ordering::Relaxed);
     }
 
     /// Reads every counter (each one atomically; together they are only roughly consistent).
@@ -124,7 +122,7 @@ impl LogMetrics {
             last_flush_latency: Duration::from_micros(
                 self.last_flush_micros.load(Ordering::Relaxed),
             ),
-            stopped: self.stopped.load(Ordering::Relaxed),
+            stopped: crate::lock(&self.stopped_by).is_some(),
         }
     }
 }
