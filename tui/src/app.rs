@@ -592,8 +592,6 @@ pub struct App {
     pub compose: ComposeForm,
     /// The status bar's message.
     pub status: Option<Status>,
-    /// The admin stream went down since it was last live: its return is announced.
-    was_down: bool,
     /// The status shows a failed refresh, which the next good one clears.
     refresh_failed: bool,
     /// The terminal size (columns, rows).
@@ -639,7 +637,6 @@ impl App {
             help_scroll: 0,
             compose: ComposeForm::default(),
             status: None,
-            was_down: false,
             refresh_failed: false,
             size: (80, 24),
             should_quit: false,
@@ -982,14 +979,14 @@ impl App {
     fn handle_server(&mut self, msg: ServerMsg) {
         match msg {
             ServerMsg::Link(link) => {
-                // The stream goes down, through attempts, to live again.
-                match link {
-                    LinkState::Down { .. } => self.was_down = true,
-                    LinkState::Live if self.was_down => {
-                        self.was_down = false;
-                        self.set_status("reconnected to the server".to_owned(), false);
-                    }
-                    _ => {}
+                // Live again after going down: the client's attempts count from 1 since the
+                // stream last worked, so any after the first follow a loss.
+                let lost = matches!(
+                    self.link,
+                    LinkState::Down { .. } | LinkState::Connecting { attempt: 2.. }
+                );
+                if link == LinkState::Live && lost {
+                    self.set_status("reconnected to the server".to_owned(), false);
                 }
                 self.link = link;
             }
