@@ -718,9 +718,7 @@ impl Engine {
             replay.read_from = if done { Some(through) } else { read_to };
         }
         if let (true, Some(last), Some(floor)) = (cut, read_from_before, self.log.floor) {
-            let frame = reset_frame("history_truncated", last, self.log.oldest, floor);
-            self.counters.resets += 1;
-            self.send(slot, frame, now);
+            self.send_reset(slot, "history_truncated", last, floor, now);
         }
         for (id, frame) in frames {
             self.send_event(slot, id, frame, true, now);
@@ -755,9 +753,7 @@ impl Engine {
         let through = replay.through;
         let last = replay.read_from.unwrap_or(EventId::MIN);
         replay.read_from = Some(through);
-        let frame = reset_frame("history_unreadable", last, self.log.oldest, through);
-        self.counters.resets += 1;
-        self.send(slot, frame, now);
+        self.send_reset(slot, "history_unreadable", last, through, now);
         self.replay_step(slot, now, false);
     }
 
@@ -907,17 +903,13 @@ impl Engine {
             // An id from the future: a wiped data directory or another deployment. Tell the
             // client, and move its cursor to where this log stands.
             let to = self.committed.unwrap_or(EventId::MIN);
-            let frame = reset_frame("unknown_last_event_id", last, self.log.oldest, to);
-            self.counters.resets += 1;
-            self.send(slot, frame, now);
+            self.send_reset(slot, "unknown_last_event_id", last, to, now);
             return;
         }
         let mut after = Some(last);
         let mut truncated = false;
         if let Some(floor) = self.log.floor.filter(|&floor| last < floor) {
-            let frame = reset_frame("history_truncated", last, self.log.oldest, floor);
-            self.counters.resets += 1;
-            self.send(slot, frame, now);
+            self.send_reset(slot, "history_truncated", last, floor, now);
             // Replay what the log still holds: everything above the floor. Not "from the
             // start": the recent window can still hold trimmed events, even `last` itself.
             after = Some(floor);
@@ -1100,6 +1092,14 @@ impl Engine {
         if replayed {
             self.counters.replayed += 1;
         }
+        self.send(slot, frame, now);
+    }
+
+    /// Tells the client in `slot`, which resumed from `last`, that it missed events
+    /// (`herald.reset` with `reason`), moves its resume point to `to`, and counts it.
+    fn send_reset(&mut self, slot: u32, reason: &str, last: EventId, to: EventId, now: Instant) {
+        let frame = reset_frame(reason, last, self.log.oldest, to);
+        self.counters.resets += 1;
         self.send(slot, frame, now);
     }
 
