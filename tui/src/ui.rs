@@ -646,9 +646,8 @@ impl ConnColumns {
     /// readable: an operator needs to know what a connection listens to more than its
     /// last id, and that more than its address.
     fn for_width(width: u16, last_id_width: u16) -> Self {
-        // Borders, the selection marker, and one space between columns.
-        let marker = u16::try_from(Span::raw(SELECTED).width()).unwrap_or(u16::MAX);
-        let room = width.saturating_sub(2).saturating_sub(marker);
+        let room = table_room(width);
+        // Each column with the space after it.
         let fixed = [ID_WIDTH, USER_WIDTH, AGE_WIDTH, SENT_WIDTH, QUEUE_WIDTH]
             .iter()
             .map(|w| w + 1)
@@ -662,6 +661,12 @@ impl ConnColumns {
             remote,
         }
     }
+}
+
+/// The columns a bordered table with a selection marker, `width` wide, has for its cells.
+fn table_room(width: u16) -> u16 {
+    let marker = u16::try_from(Span::raw(SELECTED).width()).unwrap_or(u16::MAX);
+    width.saturating_sub(2).saturating_sub(marker)
 }
 
 /// The width of an event id column that shows `ids` whole (within the bounds above).
@@ -855,8 +860,7 @@ const NODE_NAME_MAX: u16 = 40;
 /// Which of [`NODE_COLUMNS`] a table `width` wide (borders included) shows for names up to
 /// `longest` characters, and the width the names get.
 fn node_columns(width: u16, longest: usize) -> ([bool; 8], usize) {
-    let marker = u16::try_from(Span::raw(SELECTED).width()).unwrap_or(u16::MAX);
-    let room = width.saturating_sub(2).saturating_sub(marker);
+    let room = table_room(width);
     let want = u16::try_from(longest)
         .unwrap_or(u16::MAX)
         .clamp(NODE_NAME_MIN, NODE_NAME_MAX);
