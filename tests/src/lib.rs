@@ -836,10 +836,29 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The message of a JSON error answer; panics, showing the answer, if it is not one.
+    pub fn error(&self) -> String {
+        error_message(self.header("content-type"), &self.body)
+    }
+
     /// A header's value as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+}
+
+/// The `error` of a JSON error body, which every refusal of Herald's carries.
+fn error_message(content_type: Option<&str>, body: &[u8]) -> String {
+    let shown = String::from_utf8_lossy(body);
+    assert_eq!(
+        content_type,
+        Some("application/json"),
+        "not a JSON error: {shown}"
+    );
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no error message in {shown}"))
 }
 
 /// Aborts the task driving a client connection when the last user of it goes away, which
@@ -1155,6 +1174,11 @@ impl Subscriber {
         serde_json::from_slice(&self.raw).unwrap_or(Value::Null)
     }
 
+    /// The message of a JSON error answer; panics, showing the answer, if it is not one.
+    pub fn error(&self) -> String {
+        error_message(self.header("content-type"), &self.raw)
+    }
+
     /// The reconnection time from the last valid `retry:` field.
     pub fn retry(&self) -> Option<u64> {
         self.parser.retry()
@@ -1216,7 +1240,7 @@ impl Subscriber {
             "{}",
             self.raw_text()
         );
-        let error = self.json()["error"].as_str().unwrap_or_default().to_owned();
+        let error = self.error();
         assert!(
             error.contains(user) && error.contains(&limit.to_string()),
             "{}",

@@ -177,7 +177,7 @@ async fn a_malformed_last_event_id_is_refused_with_400_json() {
             sub.raw_text()
         );
         assert_eq!(sub.header("content-type"), Some("application/json"));
-        let error = sub.json()["error"].as_str().unwrap_or_default().to_owned();
+        let error = sub.error();
         assert!(error.contains("Last-Event-ID"), "{bad:?}: {error}");
     }
     let sub = herald
