@@ -17,7 +17,7 @@ use crate::event::{Event, Subscription, Target};
 use crate::frame::{self, Comment, FrameBuilder};
 use crate::history::{HistoryPage, HistoryRequest, LogBounds};
 use crate::id::{EventId, IdSequencer};
-use crate::topic::{EventType, Topic, TopicPattern, UserId};
+use crate::topic::{EventType, MAX_NAME_LEN, Topic, TopicPattern, UserId};
 
 /// The event type of the notice sent when a resume point cannot be honoured.
 pub const RESET_EVENT: &str = "herald.reset";
@@ -116,8 +116,13 @@ pub struct PublishRequest {
     pub event_type: Option<EventType>,
     /// The payload.
     pub data: String,
-    /// A key that makes retries safe: a repeated key returns the first publish's id.
+    /// A key that makes retries safe: a repeated key from the same publisher returns the
+    /// first publish's id.
     pub idempotency_key: Option<String>,
+    /// Who publishes (a token's subject). Keys are the publisher's own, so that one publisher
+    /// cannot answer another's publish with its event by guessing its key; `None` for no one
+    /// in particular (dev mode, a token without a subject), whose keys are shared.
+    pub publisher: Option<UserId>,
 }
 
 impl PublishRequest {
@@ -128,7 +133,19 @@ impl PublishRequest {
             event_type: None,
             data: data.into(),
             idempotency_key: None,
+            publisher: None,
         }
+    }
+
+    /// The idempotency key as the engine remembers it and the log keeps it: the publisher's
+    /// user id and the key, apart by a NUL (which neither may hold); a key of no publisher as
+    /// it is.
+    pub fn scoped_key(&self) -> Option<String> {
+        let key = self.idempotency_key.as_deref()?;
+        Some(match &self.publisher {
+            Some(publisher) => format!("{}\0{key}", publisher.as_str()),
+            None => key.to_owned(),
+        })
     }
 }
 
@@ -139,7 +156,11 @@ impl PublishRequest {
             return Err(PublishError::NoTarget);
         }
         match &self.idempotency_key {
-            Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+            Some(k)
+                if k.is_empty()
+                    || k.len() > MAX_IDEMPOTENCY_KEY_LEN
+                    || k.chars().any(char::is_control) =>
+            {
                 Err(PublishError::BadIdempotencyKey)
             }
             _ => Ok(()),
@@ -164,8 +185,10 @@ pub enum PublishError {
     /// No topic, no user and no broadcast.
     #[error("an event needs at least one target: topics, users or broadcast")]
     NoTarget,
-    /// The idempotency key is empty or too long.
-    #[error("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes")]
+    /// The idempotency key is empty, too long, or holds a control character.
+    #[error(
+        "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, with no control characters"
+    )]
     BadIdempotencyKey,
 }
 
@@ -530,7 +553,7 @@ impl Engine {
     ) -> Result<PublishOutcome, PublishError> {
         let _ = now;
         req.validate()?;
-        let key: Option<Arc<str>> = req.idempotency_key.map(Arc::from);
+        let key: Option<Arc<str>> = req.scoped_key().map(Arc::from);
         if let Some(k) = &key
             && let Some(&id) = self.idempotency.get(k)
         {
@@ -649,7 +672,8 @@ impl Engine {
     /// events above the last committed id, or of invalid length, are ignored.
     pub fn restore_idempotency_keys(&mut self, keys: impl IntoIterator<Item = (EventId, String)>) {
         for (id, key) in keys {
-            let valid = !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN;
+            // A scoped key: the publisher, a NUL, the key.
+            let valid = !key.is_empty() && key.len() <= MAX_NAME_LEN + 1 + MAX_IDEMPOTENCY_KEY_LEN;
             if valid && self.committed.is_some_and(|c| id <= c) {
                 self.remember_key(Arc::from(key), id);
             }

@@ -176,6 +176,42 @@ fn a_repeated_idempotency_key_returns_the_original_id() {
 }
 
 #[test]
+fn an_idempotency_key_is_the_publishers_own() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let c = sim.connect(&["orders"], None, None);
+    let publish = |sim: &mut Sim, publisher: Option<&str>, key: &str| {
+        let mut req = PublishRequest::new(topics(&["orders"]), "x");
+        req.idempotency_key = Some(key.into());
+        req.publisher = publisher.map(|p| UserId::new(p).unwrap());
+        let out = sim.engine.handle_publish(req, 5, sim.now);
+        sim.drain();
+        out
+    };
+    let mine = publish(&mut sim, Some("billing"), "invoice-1").unwrap();
+    // Another publisher guessing the key publishes its own event, and does not learn the id.
+    let theirs = publish(&mut sim, Some("mallory"), "invoice-1").unwrap();
+    let anonymous = publish(&mut sim, None, "invoice-1").unwrap();
+    assert!(!theirs.duplicate && !anonymous.duplicate);
+    assert!(mine.id != theirs.id && theirs.id != anonymous.id);
+    // The same publisher retrying is answered with its first id.
+    let retried = publish(&mut sim, Some("billing"), "invoice-1").unwrap();
+    assert!(retried.duplicate);
+    assert_eq!(retried.id, mine.id);
+    assert_eq!(
+        sim.received_ids(c),
+        ids(&[mine.id, theirs.id, anonymous.id])
+    );
+    // A NUL in a key could forge another publisher's scope, so control characters are refused.
+    assert_eq!(
+        publish(&mut sim, None, "billing\0invoice-1"),
+        Err(PublishError::BadIdempotencyKey)
+    );
+    // What the log keeps, and gives back after a restart, is the scoped key.
+    assert_eq!(sim.keys[0], (mine.id, "billing\0invoice-1".to_owned()));
+    assert_eq!(sim.keys[2], (anonymous.id, "invoice-1".to_owned()));
+}
+
+#[test]
 fn idempotency_keys_kept_by_the_log_survive_a_restart() {
     let mut sim = Sim::new(EngineConfig::default());
     let mut req = PublishRequest::new(topics(&["orders"]), "x");

@@ -794,6 +794,7 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
         event_type,
         data,
         idempotency_key: body.idempotency_key,
+        publisher: identity.user.clone(),
     };
     match state.hub.publish(request).await {
         Ok(id) => Ok({

@@ -224,10 +224,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
         let seen = log.highest_read().unwrap_or(EventId::MIN).to_string();
         let now = crate::hub::wall_ms().to_string();
         for Job { req, reply } in jobs.drain(..) {
-            let key = req
-                .idempotency_key
-                .as_deref()
-                .map(|k| log.idempotency_key(k));
+            let key = req.scoped_key().map(|k| log.idempotency_key(&k));
             let event = Event {
                 // The record leaves the id out: Redis assigns it.
                 id: EventId::MIN,

@@ -36,7 +36,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -179,6 +179,42 @@ pub fn mint_token(secret: &str, args: &[&str]) -> String {
         .expect("a token is ASCII")
         .trim()
         .to_owned()
+}
+
+/// Publishes one idempotency key as `mallory` on `a`, then as `billing` on `b` and again as
+/// `billing` on `a` (servers with `--jwt-secret secret`): a key is its publisher's own, so
+/// mallory's guess neither stops billing's event nor tells its id, and billing's retry is
+/// answered with billing's id. A subscriber on `b` gets both events, once each.
+pub async fn assert_keys_are_the_publishers_own(a: &Herald, b: &Herald, secret: &str) {
+    let token = |sub: &str| mint_token(secret, &["--sub", sub, "--publish", "--subscribe", "*"]);
+    let (billing, mallory) = (token("billing"), token("mallory"));
+    let mut sub = b.events().token(&billing).topic("invoices").open().await;
+    let publish = |on: &'static str, token: &str, data: &str| {
+        let herald = if on == "a" { a } else { b };
+        let body = json!({"topics": ["invoices"], "data": data, "idempotency_key": "invoice-1001"});
+        let token = token.to_owned();
+        async move {
+            let (status, answer) = herald.publish_as(&token, body).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            answer["id"].as_str().expect("an id").to_owned()
+        }
+    };
+    let forged = publish("a", &mallory, "forged").await;
+    let real = publish("b", &billing, "real").await;
+    let retried = publish("a", &billing, "real").await;
+    assert_ne!(forged, real);
+    assert_eq!(retried, real);
+    let got = sub.events_until(2, WAIT).await;
+    let got: Vec<_> = got
+        .iter()
+        .map(|e| (e.last_event_id.as_str(), e.data.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [(forged.as_str(), "forged"), (real.as_str(), "real")],
+        "{}",
+        sub.raw_text()
+    );
 }
 
 /// Signs arbitrary `claims` as an HS256 JWT: for tokens `herald token` will not mint (already

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use herald_tests::{Herald, WAIT, mint_token, sign_jwt, unix_now};
+use herald_tests::{
+    Herald, WAIT, assert_keys_are_the_publishers_own, mint_token, sign_jwt, unix_now,
+};
 use http::{Method, StatusCode};
 use serde_json::json;
 
@@ -455,4 +457,10 @@ fn herald_token_refuses_what_would_be_no_token() {
         (before + 2..=unix_now() + 2).contains(&exp),
         "exp {exp}, issued at {before}"
     );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_its_publishers_own() {
+    let herald = server();
+    assert_keys_are_the_publishers_own(&herald, &herald, SECRET).await;
 }

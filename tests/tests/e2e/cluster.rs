@@ -146,6 +146,17 @@ async fn a_publish_retried_on_another_instance_keeps_its_id_and_is_delivered_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_its_publishers_own_on_every_instance() {
+    let Some(redis) = cluster("an_idempotency_key_is_its_publishers_own") else {
+        return;
+    };
+    let secret = "cluster-secret";
+    let a = Herald::start(&redis.serve_args(&["--jwt-secret", secret]));
+    let b = Herald::start(&redis.serve_args(&["--jwt-secret", secret]));
+    herald_tests::assert_keys_are_the_publishers_own(&a, &b, secret).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_killed_and_restarted_replays_what_others_published_meanwhile() {
     let Some(redis) = cluster("an_instance_killed_and_restarted_replays") else {
         return;
