@@ -88,8 +88,8 @@ end
 ///
 /// KEYS[1]: the stream. KEYS[2], when the publish has a key: where that key's event id is
 /// kept. ARGV[1]: the event record. ARGV[2]: how long a key is remembered, in seconds.
-/// ARGV[3]: the last id this instance has read (`0-0` for none): the new id comes after it
-/// even if Redis lost the stream's end (see [`heal_lua`]). ARGV[4]: this instance's clock, in
+/// ARGV[3]: the highest id this instance has read or been acknowledged (`0-0` for none): the
+/// new id comes after it even if Redis lost the stream's end (see [`heal_lua`]). ARGV[4]: this instance's clock, in
 /// unix milliseconds: the new id's milliseconds are at least that (and at least the stream's
 /// last id's), not Redis's clock alone. After a loss, another instance may have read ids
 /// above the healed `seen` without this one knowing; ids minted by a clock that has moved
@@ -122,7 +122,8 @@ return {id, 0}
 /// was ever given: `[floor, entries, healed, added]`.
 /// Retention removes the oldest entries first, so a floor above the last id read means
 /// entries were removed before this reader saw them. ARGV[3]: the last id read (`0-0` for
-/// none); if the stream ends before it, it is healed first ([`heal_lua`]) and `healed` is 1.
+/// none), or an id this instance's publisher was acknowledged since, if higher; if the stream
+/// ends before it, it is healed first ([`heal_lua`]) and `healed` is 1.
 const READ_SCRIPT: &str = concat!(
     heal_lua!(),
     r"
@@ -221,7 +222,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
     }) {
         let mut commands = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
-        let seen = log.highest_read().unwrap_or(EventId::MIN).to_string();
+        let seen = log.highest_seen().unwrap_or(EventId::MIN).to_string();
         let now = crate::hub::wall_ms().to_string();
         for Job { req, reply } in jobs.drain(..) {
             let key = req.scoped_key().map(|k| log.idempotency_key(&k));
@@ -273,6 +274,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                     match answer {
                         Ok(id) => {
                             stored += 1;
+                            log.record_seen(id);
                             let _ = reply.send(Ok(id));
                         }
                         Err(message) => {
@@ -474,7 +476,7 @@ fn read_loop(
     mut deliver: impl FnMut(Tail),
 ) {
     if let Some(last) = last {
-        log.record_read(last);
+        log.record_seen(last);
     }
     let mut script = Script::new(READ_SCRIPT);
     let mut conn: Option<Connection> = None;
@@ -553,7 +555,7 @@ fn read_loop(
                 }
                 last = read_to.or(last);
                 if let Some(last) = last {
-                    log.record_read(last);
+                    log.record_seen(last);
                 }
                 dirty = true;
                 if !events.is_empty() {
@@ -677,7 +679,13 @@ fn read_step(
         None => "-".to_owned(),
     };
     let stream = log.stream_key().as_bytes();
-    let seen = last.unwrap_or(EventId::MIN).to_string();
+    // What this instance read, or its publisher was acknowledged and the reader has not
+    // reached yet: if Redis lost that, it is healed past it (see `heal_lua`).
+    let seen = log
+        .highest_seen()
+        .max(last)
+        .unwrap_or(EventId::MIN)
+        .to_string();
     let reply = script.run(
         conn,
         &[
@@ -890,6 +898,65 @@ mod tests {
         assert!(
             steps(&mut floors, &mut conn),
             "a loss healed where it stands"
+        );
+    }
+
+    #[test]
+    fn an_event_acknowledged_but_not_yet_read_is_healed_past_when_redis_loses_it() {
+        let Some(config) = redis_or_skip("an_event_acknowledged_but_not_yet_read") else {
+            return;
+        };
+        let log = Arc::new(
+            RedisLog::open(&crate::log::RedisLogConfig {
+                redis: config.clone(),
+                prefix: unique_key("acked"),
+                retention: crate::log::Retention::default(),
+            })
+            .unwrap(),
+        );
+        let key = log.stream_key().to_owned();
+        let _cleanup = Cleanup(&config, &key);
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        // The reader stands at 7-0; the publisher is then acknowledged an event that no
+        // reader reads before Redis loses it (a restart without persistence while readers
+        // held new events after an earlier loss).
+        conn.query(&[b"XADD", key.as_bytes(), b"7-0", b"e", b"x"])
+            .unwrap();
+        let last = Some(EventId::new(7, 0));
+        log.record_seen(EventId::new(7, 0));
+        let publisher = Publisher::start(Arc::clone(&log));
+        let (reply, answer) = oneshot::channel();
+        let everyone = herald_core::Target {
+            broadcast: true,
+            ..herald_core::Target::default()
+        };
+        let req = PublishRequest::new(everyone, "acknowledged");
+        publisher.publish(req, reply);
+        let acknowledged = answer.blocking_recv().unwrap().unwrap();
+        publisher.shutdown();
+        conn.query(&[b"DEL", key.as_bytes()]).unwrap();
+
+        let mut script = Script::new(READ_SCRIPT);
+        let step = read_step(&mut conn, &log, &mut script, last).unwrap();
+        let Step::Idle { healed, floor, .. } = step else {
+            panic!("nothing is left to read");
+        };
+        assert!(healed);
+        assert_eq!(floor, Some(acknowledged), "resumes from before it are told");
+        let mut told = Vec::new();
+        let mut deliver = |tail: Tail| told.push(tail);
+        let held = FloorWatch::default().watch(&step, last, &log, &mut deliver);
+        assert!(
+            !held,
+            "the floor passed this reader: a gap, not a heal where it stands"
+        );
+        assert!(
+            matches!(told.as_slice(), [Tail::Bounds(b)] if b.floor == Some(acknowledged)),
+            "{told:?}"
+        );
+        assert_eq!(
+            xinfo_field(&mut conn, &key, "last-generated-id"),
+            acknowledged.to_string()
         );
     }
 

@@ -79,8 +79,8 @@ pub struct RedisLog {
     retention: Retention,
     cached: Mutex<Cached>,
     corrupt: AtomicU64,
-    /// The highest id this instance's reader has read.
-    read: Mutex<Option<EventId>>,
+    /// The highest id this instance has read or been acknowledged.
+    seen: Mutex<Option<EventId>>,
 }
 
 impl std::fmt::Debug for RedisLog {
@@ -122,7 +122,7 @@ impl RedisLog {
             retention: config.retention,
             cached: Mutex::new(Cached::default()),
             corrupt: AtomicU64::new(0),
-            read: Mutex::new(None),
+            seen: Mutex::new(None),
         };
         log.refresh().map_err(|e| match e {
             LogError::Redis(source) => wrap(source),
@@ -136,16 +136,19 @@ impl RedisLog {
         self.pool.config()
     }
 
-    /// Use from the cluster reader after each read: the highest id this instance has read,
-    /// which the publisher passes to Redis so a new id never falls below it.
-    pub fn record_read(&self, id: EventId) {
-        let mut read = lock(&self.read);
-        *read = (*read).max(Some(id));
+    /// Use from the cluster reader after each read, and from its publisher for each id Redis
+    /// acknowledged: the highest id this instance knows the stream held. Both pass it to
+    /// Redis, so that a new id never falls below it and, if Redis lost the stream's end, the
+    /// stream is healed past it: then a resume from before it is told that events were lost,
+    /// also those acknowledged to this instance's publishers that no instance had read yet.
+    pub fn record_seen(&self, id: EventId) {
+        let mut seen = lock(&self.seen);
+        *seen = (*seen).max(Some(id));
     }
 
-    /// The highest id [`RedisLog::record_read`] was given.
-    pub fn highest_read(&self) -> Option<EventId> {
-        *lock(&self.read)
+    /// The highest id [`RedisLog::record_seen`] was given.
+    pub fn highest_seen(&self) -> Option<EventId> {
+        *lock(&self.seen)
     }
 
     /// Use to run short commands on one of the log's pooled connections (the node registry's
