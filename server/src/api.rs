@@ -14,7 +14,7 @@ use herald_core::{
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -66,11 +66,27 @@ pub async fn handle(
     remote: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
     let origin = req.headers().get(header::ORIGIN).cloned();
+    let head = req.method() == Method::HEAD;
     let mut response = route(req, &state, remote)
         .await
         .unwrap_or_else(|e| e.into_response());
     apply_cors(&state, origin, &mut response);
+    if head {
+        leave_out_the_body(&mut response);
+    }
     Ok(response)
+}
+
+/// A HEAD is answered as its GET, less the body, with the length the body would have had.
+/// hyper leaves the body out over HTTP/1.1 but not over HTTP/2, where DATA on a HEAD's answer
+/// is a protocol error.
+fn leave_out_the_body(response: &mut Response<Body>) {
+    if let Some(len) = response.body().size_hint().exact() {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    *response.body_mut() = Either::Left(Full::new(Bytes::new()));
 }
 
 /// An error answer: status and message.

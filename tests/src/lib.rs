@@ -711,6 +711,7 @@ impl Client {
             path: path.to_owned(),
             headers: Vec::new(),
             body: Bytes::new(),
+            http2: false,
         }
     }
 
@@ -783,9 +784,16 @@ pub struct Call {
     path: String,
     headers: Vec<(String, String)>,
     body: Bytes,
+    http2: bool,
 }
 
 impl Call {
+    /// Speaks HTTP/2 with prior knowledge on a connection of its own.
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
+        self
+    }
+
     /// Adds a request header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
@@ -822,18 +830,28 @@ impl Call {
     pub async fn try_send(self) -> Result<Reply, String> {
         assert!(!self.client.tls, "Call speaks plain HTTP; use curl for TLS");
         let deadline = tokio::time::Instant::now() + WAIT;
-        // `_conn` drives the connection; it must live until the body has been read.
-        let (mut sender, _conn) = http1_connection(self.client.addr, deadline).await?;
-        let mut req = Request::builder()
-            .method(self.method)
-            .uri(&self.path)
-            .header(header::HOST, self.client.addr.to_string());
+        let mut req = Request::builder().method(self.method);
         for (name, value) in &self.headers {
             req = req.header(name, value);
         }
-        let req = req.body(Full::new(self.body)).map_err(|e| e.to_string())?;
-        let res = tokio::time::timeout_at(deadline, sender.send_request(req))
-            .await
+        // `_conn` drives the connection; it must live until the body has been read.
+        let (res, _conn) = if self.http2 {
+            let h2 = H2Connection::open(self.client).await;
+            let req = req.uri(self.client.url(&self.path));
+            let req = req.body(Full::new(self.body)).map_err(|e| e.to_string())?;
+            let mut sender = h2.sender.clone();
+            let res = tokio::time::timeout_at(deadline, sender.send_request(req)).await;
+            (res, h2.task)
+        } else {
+            let (mut sender, conn) = http1_connection(self.client.addr, deadline).await?;
+            let req = req
+                .uri(&self.path)
+                .header(header::HOST, self.client.addr.to_string());
+            let req = req.body(Full::new(self.body)).map_err(|e| e.to_string())?;
+            let res = tokio::time::timeout_at(deadline, sender.send_request(req)).await;
+            (res, conn)
+        };
+        let res = res
             .map_err(|_| "no answer in time".to_owned())?
             .map_err(|e| e.to_string())?;
         let (parts, body) = res.into_parts();
