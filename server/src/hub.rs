@@ -630,8 +630,25 @@ impl Driver {
         reply: ConnectReply,
         now: std::time::Instant,
     ) {
-        let result = self.engine.handle_connect(req, now).map(|conn| {
-            let queue = Arc::new(Queue::new(self.config.queue_bytes));
+        let result = self.engine.handle_connect(req, now);
+        // An admin stream opens with a snapshot of every connection (about 250 bytes each),
+        // which may be larger than a subscriber's whole queue: its queue holds the snapshot
+        // on top of the usual limit, so what follows it is not refused as too slow.
+        let snapshot = match &result {
+            Ok(_) if snapshot => serde_json::to_string(&self.snapshot(now, Rows::All))
+                .ok()
+                .zip(herald_core::EventType::new("snapshot").ok())
+                .map(|(json, kind)| frame::encode_ephemeral(&kind, &json)),
+            _ => None,
+        };
+        let result = result.map(|conn| {
+            let allowance = snapshot.as_ref().map_or(0, |s| s.len());
+            let queue = Arc::new(Queue::new(self.config.queue_bytes + allowance));
+            // The snapshot goes in before the connect's own outputs are drained, so it is the
+            // stream's first event (ahead of the `connected` event for this very stream).
+            if let Some(snapshot) = snapshot {
+                queue.push(snapshot, now);
+            }
             self.queues.insert(conn, queue.clone());
             tracing::debug!(%conn, "connected");
             Subscriber {
@@ -639,18 +656,6 @@ impl Driver {
                 body: SseBody::new(conn, queue, self.sender.clone()),
             }
         });
-        // The snapshot goes in before the connect's own outputs are drained, so it is
-        // the stream's first event (ahead of the `connected` event for this very stream).
-        if snapshot && let Ok(sub) = &result {
-            let snap = self.snapshot(now, Rows::All);
-            if let (Some(q), Ok(json)) = (self.queues.get(&sub.conn), serde_json::to_string(&snap))
-            {
-                let kind = herald_core::EventType::new("snapshot").ok();
-                if let Some(kind) = kind {
-                    q.push(frame::encode_ephemeral(&kind, &json), now);
-                }
-            }
-        }
         self.drain();
         let _ = reply.send(result);
     }

@@ -340,3 +340,34 @@ async fn the_server_measures_how_long_publishes_and_deliveries_take() {
         "{latency}"
     );
 }
+
+#[tokio::test]
+async fn an_admin_stream_whose_snapshot_is_larger_than_a_queue_is_not_taken_for_too_slow() {
+    // Twenty connections make a snapshot several times the smallest queue.
+    let herald = Herald::start(&["--dev", "--queue-bytes", "1024"]);
+    let mut subs = Vec::new();
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        subs.push(herald.events().query("user", &user).topic("t").open().await);
+    }
+    let mut admin = herald.admin_events().open().await;
+    let snapshot = admin.next_event(WAIT).await.expect("a first event");
+    assert_eq!(snapshot.event_type, "snapshot", "{}", admin.raw_text());
+    assert!(snapshot.data.len() > 4 * 1024, "{}", snapshot.data.len());
+    let snap: Value = serde_json::from_str(&snapshot.data).expect("snapshot JSON");
+    let rows = snap["connections"].as_array().expect("rows");
+    assert!(rows.len() >= 20, "{snap}");
+    // What follows the snapshot still reaches it: the stream was not closed as too slow.
+    let id = herald.publish_ok(json!({"topics": ["t"], "data": 1})).await;
+    let published = admin
+        .next_event_of_type("published", WAIT)
+        .await
+        .unwrap_or_else(|| panic!("the admin stream ended: {:?}", admin.end()));
+    let info: Value = serde_json::from_str(&published.data).expect("JSON");
+    assert_eq!(info["id"], id.as_str(), "{info}");
+    let stats = herald.call(Method::GET, "/admin/stats").send().await.json();
+    assert_eq!(
+        stats["stats"]["counters"]["slow_consumer_closes"], 0,
+        "{stats}"
+    );
+}
