@@ -609,6 +609,9 @@ impl Engine {
     /// Makes `entry` the last committed event and delivers it.
     fn commit_entry(&mut self, entry: Arc<Entry>, now: Instant) {
         self.committed = Some(entry.event.id);
+        // The first event of an empty log is its oldest until retention's next pass says
+        // otherwise, so a `herald.reset` before that pass names it.
+        self.log.oldest.get_or_insert(entry.event.id);
         self.counters.committed += 1;
         self.remember_recent(entry.clone());
         let recipients = self.deliver(&entry, now);

@@ -504,6 +504,9 @@ fn a_resume_point_from_the_future_gets_a_reset_that_moves_the_cursor() {
     assert_eq!(got[0].last_event_id, known.to_string());
     let data: serde_json::Value = serde_json::from_str(&got[0].data).unwrap();
     assert_eq!(data["reason"], "unknown_last_event_id");
+    // The log was empty when the engine started, and retention has not looked since: its
+    // first event is still named as the oldest.
+    assert_eq!(data["oldest_id"], known.to_string());
     let next = sim.publish_topic("t", "y");
     assert_eq!(sim.received_ids(c), ids(&[next]));
     // With an empty log the reset moves the client to the position before every event, so

@@ -10,6 +10,10 @@ use sha2::Sha256;
 /// The cookie a browser can carry its token in.
 pub const TOKEN_COOKIE: &str = "herald_token";
 
+/// How far a token's `nbf` may be ahead of this server's clock: the minting machine's clock
+/// may be ahead of this one's.
+pub const CLOCK_SKEW: u64 = 60;
+
 /// The longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -20,6 +24,9 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, unix seconds.
     pub exp: u64,
+    /// Not before, unix seconds: a token for later (`herald token` never sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Herald's own grants.
     #[serde(default)]
     pub herald: Grants,
@@ -75,6 +82,9 @@ pub enum AuthError {
     /// The token expired.
     #[error("token expired")]
     Expired,
+    /// The token's `nbf` is still ahead (beyond [`CLOCK_SKEW`]).
+    #[error("token not valid yet (its nbf is {0}s ahead)")]
+    NotYetValid(u64),
     /// A grant in the token is not a valid topic pattern or user id.
     #[error("token claim is invalid: {0}")]
     BadClaim(String),
@@ -233,6 +243,11 @@ impl JwtKey {
         if claims.exp <= now_unix {
             return Err(AuthError::Expired);
         }
+        if let Some(nbf) = claims.nbf
+            && nbf > now_unix + CLOCK_SKEW
+        {
+            return Err(AuthError::NotYetValid(nbf - now_unix));
+        }
         Ok(claims)
     }
 
@@ -325,6 +340,7 @@ mod tests {
         Claims {
             sub: "alice".into(),
             exp,
+            nbf: None,
             herald: Grants {
                 subscribe: vec!["orders".into(), "news/*".into()],
                 publish: PublishGrant::Topics(vec!["orders".into()]),
@@ -366,6 +382,13 @@ mod tests {
             Err(AuthError::Signature)
         );
         assert_eq!(key.verify(&token, 2_000), Err(AuthError::Expired));
+        // A token for later is refused until then, give or take the clocks' skew.
+        let later = key.mint(&Claims {
+            nbf: Some(1_500),
+            ..claims(2_000)
+        });
+        assert_eq!(key.verify(&later, 1_000), Err(AuthError::NotYetValid(500)));
+        assert!(key.verify(&later, 1_500 - CLOCK_SKEW).is_ok());
         assert!(matches!(key.verify("abc", 0), Err(AuthError::Malformed(_))));
         assert!(matches!(
             key.verify("a.b.c", 0),

@@ -57,8 +57,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_RETAIN_AGE", value_parser = parse_duration)]
     #[serde(deserialize_with = "duration_text")]
     pub retain_age: Option<Duration>,
-    /// Keep at most this many bytes of events [default: 1073741824].
-    #[arg(long, env = "HERALD_RETAIN_BYTES")]
+    /// Keep at most this many bytes of events, e.g. `1GiB`, `500MB` [default: 1GiB].
+    #[arg(long, env = "HERALD_RETAIN_BYTES", value_parser = parse_bytes::<u64>)]
+    #[serde(deserialize_with = "bytes_value")]
     pub retain_bytes: Option<u64>,
     /// How often retention trims the log [default: 10s].
     #[arg(long, env = "HERALD_TRIM_INTERVAL", value_parser = parse_duration)]
@@ -82,13 +83,15 @@ pub struct ServeArgs {
     /// Most topics in one subscription [default: 64].
     #[arg(long, env = "HERALD_MAX_TOPICS")]
     pub max_topics: Option<usize>,
-    /// Largest publish body in bytes [default: 1048576].
-    #[arg(long, env = "HERALD_MAX_BODY")]
+    /// Largest publish body, e.g. `1MiB`, `64KiB` (a bare number is bytes) [default: 1MiB].
+    #[arg(long, env = "HERALD_MAX_BODY", value_parser = parse_bytes::<usize>)]
+    #[serde(deserialize_with = "bytes_value")]
     pub max_body: Option<usize>,
     /// Bytes queued for one subscriber before it is closed as too slow (it reconnects and
     /// replays); the queue takes one more event when under it, however large
-    /// [default: 4194304].
-    #[arg(long, env = "HERALD_QUEUE_BYTES")]
+    /// [default: 4MiB].
+    #[arg(long, env = "HERALD_QUEUE_BYTES", value_parser = parse_bytes::<usize>)]
+    #[serde(deserialize_with = "bytes_value")]
     pub queue_bytes: Option<usize>,
     /// Keep-alive interval on idle streams: a comment, with the stream's resume point as its
     /// id, so a quiet subscriber's `Last-Event-ID` keeps up with the log [default: 15s].
@@ -282,6 +285,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?} has an unknown unit (use ms, s, m, h or d)")),
     };
     Ok(Duration::from_millis(ms))
+}
+
+/// Parses a size: `1048576`, `64KiB`, `4MiB`, `1GiB` (powers of 1024), `500KB`, `1MB`, `1GB`
+/// (powers of 1000); a bare number is bytes.
+pub fn parse_bytes<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 1048576, 64KiB, 4MiB or 1GiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .and_then(|bytes| T::try_from(bytes).ok())
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 impl ServeArgs {
@@ -500,6 +531,27 @@ fn duration_text<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Durat
         .map_err(serde::de::Error::custom)
 }
 
+/// A size in the file: a number of bytes, or text as the flags take it (`"1GiB"`).
+fn bytes_value<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    let bytes = match Size::deserialize(de)? {
+        Size::Bytes(n) => n.to_string(),
+        Size::Text(text) => text,
+    };
+    parse_bytes(&bytes)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 /// A value written as text in the file and parsed as its flag is (`fsync`, `redis`).
 fn parsed_text<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
 where
@@ -553,6 +605,13 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("3w").is_err());
+        assert_eq!(parse_bytes::<u64>("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes::<usize>("64KiB"), Ok(65_536));
+        assert_eq!(parse_bytes::<u64>("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes::<u64>("1048576"), Ok(1_048_576));
+        assert!(parse_bytes::<u64>("1.5GiB").is_err());
+        assert!(parse_bytes::<u64>("4 megs").is_err());
+        assert!(parse_bytes::<u32>("8GiB").is_err());
     }
 
     #[test]
@@ -597,6 +656,17 @@ mod tests {
         let shared = c.redis.unwrap();
         assert_eq!(shared.redis.to_string(), "redis://10.0.0.5:6380/2");
         assert_eq!(shared.prefix, "blue");
+        // Sizes as text or as a number of bytes.
+        write("dev = true\nmax_body = \"64KiB\"\nqueue_bytes = 2048\nretain_bytes = \"1GB\"\n");
+        let c = args.resolve().unwrap();
+        assert_eq!((c.max_body, c.queue_bytes), (65_536, 2_048));
+        assert_eq!(c.log.retention.max_bytes, 1_000_000_000);
+        write("dev = true\nmax_body = \"64 kilos\"\n");
+        let err = args.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown unit") && err.contains("line 2"),
+            "{err}"
+        );
 
         write("redis = \"redis://:topsecret@h:bad\"\n");
         let err = args.resolve().unwrap_err().to_string();

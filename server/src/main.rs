@@ -32,7 +32,9 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct TokenArgs {
-    /// The user id (`sub`): events sent to this user reach all its connections.
+    /// The user id (`sub`): events sent to this user reach all its connections, and the
+    /// publisher its idempotency keys belong to. Empty for a token with no user (a backend
+    /// that only publishes).
     #[arg(long)]
     sub: String,
     /// A topic or `prefix/*` pattern the user may subscribe to (repeatable).
@@ -97,6 +99,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes are for a terminal, not for a log file or a journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Serve(args) => {
@@ -132,6 +136,10 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
             )?
         }
     };
+    // The server refuses a token whose user id it would refuse in `?user=`.
+    if !args.sub.is_empty() {
+        herald_core::UserId::new(&args.sub).with_context(|| "invalid --sub")?;
+    }
     for p in args.subscribe.iter().chain(&args.publish_topics) {
         herald_core::TopicPattern::parse(p)
             .with_context(|| format!("invalid topic pattern {p:?}"))?;
@@ -152,6 +160,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let claims = Claims {
         sub: args.sub,
         exp: now + args.ttl.as_secs() + u64::from(args.ttl.subsec_nanos() > 0),
+        nbf: None,
         herald: Grants {
             subscribe: args.subscribe,
             publish,

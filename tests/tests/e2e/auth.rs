@@ -424,7 +424,7 @@ async fn a_stream_is_closed_when_its_token_expires() {
 }
 
 #[test]
-fn herald_token_refuses_what_would_be_no_token() {
+fn herald_token_refuses_what_would_be_no_token_or_one_the_server_refuses() {
     let token = |args: &[&str]| {
         let mut cmd = std::process::Command::new(herald_tests::herald_bin());
         cmd.arg("token").args(args).env("RUST_BACKTRACE", "0");
@@ -442,6 +442,14 @@ fn herald_token_refuses_what_would_be_no_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("no JWT secret"), "{stderr}");
+    // A user id the server would refuse on every request.
+    let long = "u".repeat(201);
+    for sub in ["a\nb", long.as_str()] {
+        let out = token(&["--jwt-secret", SECRET, "--sub", sub]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("invalid --sub"), "{stderr}");
+    }
 
     // A fraction of a second is rounded up, never down.
     let before = unix_now();
