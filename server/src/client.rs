@@ -60,8 +60,17 @@ pub async fn request_json(
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .with_context(|| {
-                format!("TLS with {url} failed (a private CA's certificate goes in --ca-file)")
+            .map_err(|e| {
+                let hint = match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                    Some(rustls::Error::InvalidCertificate(_)) => {
+                        " (give a private CA's certificate, or the server's own, with --ca-file)"
+                    }
+                    Some(rustls::Error::InvalidMessage(_)) => {
+                        " (the server did not answer in TLS: is it an http:// one?)"
+                    }
+                    _ => "",
+                };
+                anyhow::Error::new(e).context(format!("TLS with {url} failed{hint}"))
             })?;
         Box::new(stream)
     } else {

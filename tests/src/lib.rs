@@ -283,6 +283,38 @@ pub fn test_certs(dir: &Path) -> TestCerts {
     }
 }
 
+/// Writes a self-signed certificate for `names` (`subjectAltName` entries such as
+/// `IP:127.0.0.1`) and its key into `dir` as `<stem>.pem` and `<stem>-key.pem`, made the way
+/// guides show (`openssl req -x509`), which marks it a CA.
+pub fn self_signed_cert(dir: &Path, stem: &str, names: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (format!("{stem}.pem"), format!("{stem}-key.pem"));
+    let san = format!("subjectAltName={names}");
+    let args = [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=herald",
+        "-addext",
+        &san,
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+    ];
+    let out = run_bounded(Command::new("openssl").args(args).current_dir(dir), WAIT);
+    assert!(
+        out.status.success(),
+        "openssl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir.join(cert), dir.join(key))
+}
+
 /// `herald serve --dev` over HTTPS with a certificate from a fresh test CA.
 pub struct HttpsHerald {
     /// The server.

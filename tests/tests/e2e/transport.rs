@@ -245,3 +245,65 @@ async fn https_negotiates_h2_by_alpn_and_streams_events_and_still_speaks_http1()
         "{stderr}"
     );
 }
+
+#[test]
+fn herald_publish_trusts_a_self_signed_server_certificate_given_as_its_ca_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (cert, key) = herald_tests::self_signed_cert(dir.path(), "server", "IP:127.0.0.1");
+    let (other, _) = herald_tests::self_signed_cert(dir.path(), "other", "IP:127.0.0.1");
+    let (misnamed, misnamed_key) =
+        herald_tests::self_signed_cert(dir.path(), "misnamed", "DNS:elsewhere.test");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let start = |cert: &std::path::Path, key: &std::path::Path| {
+        Herald::start(&["--dev", "--tls-cert", &path(cert), "--tls-key", &path(key)])
+    };
+    let herald = start(&cert, &key);
+    let publish = |herald: &Herald, ca_file: &std::path::Path| {
+        let mut cli = std::process::Command::new(herald_bin());
+        cli.args([
+            "publish",
+            "--url",
+            &herald.url(""),
+            "--ca-file",
+            &path(ca_file),
+        ])
+        .args(["--topic", "t", "--data", "x"])
+        .env("RUST_BACKTRACE", "0");
+        run_bounded(&mut cli, WAIT)
+    };
+    // The server's own certificate, as `curl --cacert` takes it.
+    let out = publish(&herald, &cert);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another certificate for the same name is no proof of this server.
+    let out = publish(&herald, &other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--ca-file"),
+        "{stderr}"
+    );
+    // The server's own certificate must still name the server the URL names.
+    let elsewhere = start(&misnamed, &misnamed_key);
+    let out = publish(&elsewhere, &misnamed);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("not valid for name"),
+        "{stderr}"
+    );
+
+    // An https:// URL for a plain HTTP server says so.
+    let plain = Herald::start(&["--dev"]);
+    let mut cli = std::process::Command::new(herald_bin());
+    let url = plain.url("").replace("http://", "https://");
+    cli.args(["publish", "--url", &url, "--topic", "t", "--data", "x"])
+        .env("RUST_BACKTRACE", "0");
+    let out = run_bounded(&mut cli, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("http://"),
+        "{stderr}"
+    );
+}
