@@ -43,7 +43,23 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             "\n  *** herald is running in --dev mode: NO AUTHENTICATION. Do not expose it. ***\n"
         );
     }
-    raise_open_file_limit();
+    let open_files = raise_open_file_limit();
+    // Sockets must leave the log (sled opens a file for each large value) room to write:
+    // a failed write stops it until a restart. Connections past this wait in the backlog.
+    let max_sockets = open_files.map(|limit| {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        limit - RESERVED_FILES.min(limit / 2)
+    });
+    if let Some(max) = max_sockets
+        && config.max_connections > max
+    {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            open_file_limit = open_files,
+            "the open-file limit (ulimit -n) allows about {max} connections, fewer than \
+             --max-connections: connections past it wait to be accepted; raise the limit"
+        );
+    }
 
     let store = open_store(&config).await?;
     let log = store.log();
@@ -172,14 +188,35 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut shutdown = Box::pin(shutdown_signal());
 
+    let mut told_full = None::<Instant>;
     loop {
+        if let Some(max) = max_sockets
+            && tracker.len() >= max
+        {
+            if told_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                told_full = Some(Instant::now());
+                tracing::warn!(
+                    connections = tracker.len(),
+                    "not accepting: the connections hold the open files the log needs \
+                     (ulimit -n); new ones wait in the backlog until some close"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                _ = &mut shutdown => break,
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
+                        // Out of file descriptors and the like: back off instead of spinning,
+                        // and say so now and then rather than 20 times a second.
+                        if told_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                            told_full = Some(Instant::now());
+                            tracing::warn!("accept failed: {e}");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -580,8 +617,16 @@ pub fn yield_to_control() {
     }
 }
 
-/// Lifts the soft open-file limit to the hard limit: every subscriber is a socket.
-fn raise_open_file_limit() {
+/// Open files kept out of the connections' reach: the log's files (sled opens one for each
+/// large value), Redis connections, certificates. Half the limit at most.
+const RESERVED_FILES: usize = 256;
+
+/// How often the accept loop repeats that it cannot take more connections.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Lifts the soft open-file limit to the hard limit (every subscriber is a socket) and
+/// returns the limit now in force, if it can be read.
+fn raise_open_file_limit() -> Option<u64> {
     #[cfg(unix)]
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
@@ -589,13 +634,24 @@ fn raise_open_file_limit() {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                ..lim
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            } else {
                 tracing::warn!("could not raise the open-file limit");
             }
         }
+        Some(lim.rlim_cur)
     }
+    #[cfg(not(unix))]
+    None
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -439,19 +439,25 @@ pub struct Herald {
     args: Vec<String>,
     client: Client,
     stderr: Arc<Mutex<String>>,
+    open_files: Option<u32>,
 }
 
 impl Herald {
     /// Starts `herald serve` with `args` (e.g. `&["--dev"]`), panicking with its stderr if it
     /// does not report its address within 20 s.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_open_files(None, args)
+    }
+
+    /// Starts it like [`Herald::start`], under `ulimit -n <open_files>` if given.
+    pub fn start_with_open_files(open_files: Option<u32>, args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("herald-e2e-")
             .tempdir()
             .expect("a temp dir");
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let stderr = Arc::new(Mutex::new(String::new()));
-        let (child, client) = spawn_server(dir.path(), "127.0.0.1:0", &args, &stderr)
+        let (child, client) = spawn_server(dir.path(), "127.0.0.1:0", &args, &stderr, open_files)
             .unwrap_or_else(|e| panic!("{e}"));
         Self {
             child: Some(child),
@@ -459,6 +465,7 @@ impl Herald {
             args,
             client,
             stderr,
+            open_files,
         }
     }
 
@@ -529,7 +536,13 @@ impl Herald {
         let listen = self.client.addr.to_string();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match spawn_server(self.dir.path(), &listen, &self.args, &self.stderr) {
+            match spawn_server(
+                self.dir.path(),
+                &listen,
+                &self.args,
+                &self.stderr,
+                self.open_files,
+            ) {
                 Ok((child, client)) => {
                     assert_eq!(client.addr, self.client.addr, "restarted on another port");
                     self.child = Some(child);
@@ -639,8 +652,18 @@ fn spawn_server(
     listen: &str,
     args: &[String],
     stderr: &Arc<Mutex<String>>,
+    open_files: Option<u32>,
 ) -> Result<(Child, Client), String> {
-    let mut cmd = Command::new(herald_bin());
+    let mut cmd = match open_files {
+        None => Command::new(herald_bin()),
+        Some(limit) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                .arg(herald_bin());
+            sh
+        }
+    };
     cmd.arg("serve").args(["--listen", listen]);
     // Cluster mode keeps no data dir (and refuses one); a test may name its own.
     if !args.iter().any(|a| a == "--redis" || a == "--data-dir") {

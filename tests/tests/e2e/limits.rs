@@ -554,3 +554,81 @@ async fn a_subscriber_with_many_cookies_is_served_on_every_path_and_a_huge_head_
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn connections_past_the_open_file_limit_wait_and_leave_the_log_room_to_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // 300 open files: the server keeps 150 out of the connections' reach, and takes large
+    // events, for each of which sled opens a file.
+    let herald = Herald::start_with_open_files(Some(300), &["--dev"]);
+    assert!(
+        herald
+            .stderr()
+            .contains("the open-file limit (ulimit -n) allows about 150"),
+        "{}",
+        herald.stderr()
+    );
+    // A backend's kept-alive connection, opened before the crowd.
+    let mut publisher = tokio::net::TcpStream::connect(herald.addr())
+        .await
+        .expect("connect");
+    let big = json!({"topics": ["t"], "data": "x".repeat(600_000)}).to_string();
+    let mut publish = async |body: &str| {
+        let head = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        publisher.write_all(head.as_bytes()).await.expect("send");
+        publisher.write_all(body.as_bytes()).await.expect("send");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The answers are small JSON: the head and body arrive together.
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") || !answer.ends_with(b"}") {
+            let n = tokio::time::timeout(WAIT, publisher.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(publish(&big).await.starts_with("HTTP/1.1 200"));
+    let mut crowd = Vec::new();
+    // More than the limit: without the reserve, the log would have no file left.
+    for _ in 0..320 {
+        let mut socket = tokio::net::TcpStream::connect(herald.addr())
+            .await
+            .expect("connect: the kernel queues what the server does not take");
+        let request = "GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n";
+        socket.write_all(request.as_bytes()).await.expect("send");
+        crowd.push(socket);
+    }
+    // The server has taken all it will (or, without the reserve, all it could).
+    let full = eventually(WAIT, || async {
+        let stderr = herald.stderr();
+        stderr.contains("not accepting: the connections hold the open files")
+            || stderr.contains("accept failed")
+    })
+    .await;
+    assert!(full, "{}", herald.stderr());
+    for _ in 0..3 {
+        let answer = publish(&big).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert!(
+        herald
+            .stderr()
+            .contains("not accepting: the connections hold the open files"),
+        "{}",
+        herald.stderr()
+    );
+    drop(crowd);
+    let (status, answer) = herald
+        .publish(json!({"topics": ["t"], "data": "after"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let health = herald.call(Method::GET, "/healthz").send().await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.text());
+}
