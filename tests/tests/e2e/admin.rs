@@ -266,7 +266,7 @@ async fn health_and_prometheus_metrics_are_served() {
 #[tokio::test]
 async fn the_server_measures_how_long_publishes_and_deliveries_take() {
     // A queue large enough that the reader below is kept waiting, not cut off.
-    let herald = Herald::start(&["--dev", "--queue-bytes", "67108864"]);
+    let herald = Herald::start(&["--dev", "--queue-bytes", "64MiB", "--max-body", "1MiB"]);
     // A subscriber that reads nothing for a while: the sockets' buffers take a few MB (up to
     // 4 MiB of send buffer here) of the 12 MB published below, the rest waits in its queue.
     let mut tcp = herald.stalled_subscriber("slow", None, false).await;

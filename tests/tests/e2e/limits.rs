@@ -234,11 +234,11 @@ fn unsent_bytes_from(port: u16) -> u64 {
         .sum()
 }
 
-/// Publishes `count` events of 100 KB to `topic` (far more than a 64 KiB queue and the
+/// Publishes `count` events of 60 KB to `topic` (far more than a 64 KiB queue and the
 /// sockets' buffers take), and waits until the server has closed one subscriber as too
 /// slow; the events' ids.
 async fn overflow_a_slow_subscriber(herald: &Herald, topic: &str, count: usize) -> Vec<String> {
-    let big = "x".repeat(100_000);
+    let big = "x".repeat(60_000);
     let mut ids = Vec::new();
     for _ in 0..count {
         ids.push(
@@ -279,7 +279,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_
     let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
     // A client whose small receive window fills at once, and that then reads nothing.
     let mut tcp = herald.stalled_subscriber("slow", Some(4096), false).await;
-    let ids = overflow_a_slow_subscriber(&herald, "slow", 80).await;
+    let ids = overflow_a_slow_subscriber(&herald, "slow", 140).await;
     assert_released(&herald).await;
 
     // The client gets what had reached it, then the reset, and resumes from there.
@@ -309,7 +309,7 @@ async fn a_stream_served_by_hyper_that_stops_reading_is_reset_too() {
     // As an HTTPS (HTTP/1.1) stream is: hyper serves a connection's later requests.
     let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
     let _tcp = herald.stalled_subscriber("slow", Some(4096), true).await;
-    overflow_a_slow_subscriber(&herald, "slow", 80).await;
+    overflow_a_slow_subscriber(&herald, "slow", 140).await;
     assert_released(&herald).await;
 }
 
@@ -320,7 +320,7 @@ async fn an_http2_stream_that_stops_reading_is_closed_and_its_connection_reset_i
     let _stalled = herald.events().over(&conn).topic("slow").open().await;
     let mut other = herald.events().over(&conn).topic("fine").open().await;
     // More than the stream's window (2 MB) and its queue.
-    overflow_a_slow_subscriber(&herald, "slow", 40).await;
+    overflow_a_slow_subscriber(&herald, "slow", 70).await;
     // The connection's other stream goes on meanwhile.
     herald
         .publish_ok(json!({"topics": ["fine"], "data": "still here"}))
@@ -560,7 +560,7 @@ async fn connections_past_the_open_file_limit_wait_and_leave_the_log_room_to_wri
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // 300 open files: the server keeps 150 out of the connections' reach, and takes large
     // events, for each of which sled opens a file.
-    let herald = Herald::start_with_open_files(Some(300), &["--dev"]);
+    let herald = Herald::start_with_open_files(Some(300), &["--dev", "--max-body", "1MiB"]);
     assert!(
         herald
             .stderr()

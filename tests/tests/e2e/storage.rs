@@ -58,7 +58,15 @@ async fn a_log_stopped_by_a_full_disk_fails_the_health_probe_and_sigterm_still_e
     };
     let data: PathBuf = disk.path().join("data");
     let data_dir = data.to_str().expect("utf-8 path");
-    let mut herald = Herald::start(&["--dev", "--data-dir", data_dir, "--shutdown-timeout", "3s"]);
+    let mut herald = Herald::start(&[
+        "--dev",
+        "--data-dir",
+        data_dir,
+        "--shutdown-timeout",
+        "3s",
+        "--max-body",
+        "1MiB",
+    ]);
     herald
         .publish_ok(json!({"topics": ["t"], "data": "before"}))
         .await;
