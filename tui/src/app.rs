@@ -42,6 +42,10 @@ pub struct PublishBody {
     pub event: Option<String>,
     /// The data: a JSON value, or a JSON string whose text is sent as is.
     pub data: JsonText,
+    /// Names this event to the server, which answers a repeat of the key with the first
+    /// event's id and publishes nothing: a send that timed out can be retried safely.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// A JSON value sent as it was typed: parsed and printed again, it would lose the digits of
@@ -306,6 +310,13 @@ impl TextInput {
             .map_or(self.value.len(), |(i, _)| i)
     }
 
+    /// Inserts `text` at the cursor, as if each character were typed.
+    fn insert_str(&mut self, text: &str) {
+        let at = self.byte_at(self.cursor);
+        self.value.insert_str(at, text);
+        self.cursor += text.chars().count();
+    }
+
     fn edit(&mut self, edit: Edit) {
         let len = self.value.chars().count();
         match edit {
@@ -392,7 +403,7 @@ pub enum Outcome {
 pub struct ComposeForm {
     /// Topic, user or broadcast.
     pub kind: TargetKind,
-    /// Topics or users, separated by commas or spaces.
+    /// Topics or users, separated by commas (a space is part of a name: "john smith").
     pub target: TextInput,
     /// The event type; empty means the default `message`.
     pub event_type: TextInput,
@@ -404,6 +415,13 @@ pub struct ComposeForm {
     pub focus: Field,
     /// The result of the last send.
     pub outcome: Outcome,
+    /// The form was edited while its last send was on the way: the answer, when it comes,
+    /// is about the content before the edit.
+    pub outcome_is_stale: bool,
+    /// The idempotency key of the content as it is now, once it was sent: a second Enter on
+    /// the same content (say after a timeout) reuses it, so the event is published at most
+    /// once. Any edit, or a confirmed publish, forgets it.
+    pub key: Option<String>,
 }
 
 impl ComposeForm {
@@ -434,11 +452,13 @@ impl ComposeForm {
         }
     }
 
-    /// The names in the target field.
+    /// The names in the target field: split on commas only, since a user name may hold a
+    /// space ("john smith" is one user, not two).
     pub fn targets(&self) -> Vec<String> {
         self.target
             .value
-            .split(|c: char| c == ',' || c.is_whitespace())
+            .split(',')
+            .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect()
@@ -471,7 +491,49 @@ impl ComposeForm {
             broadcast,
             event: (!event.is_empty()).then(|| event.to_owned()),
             data,
+            idempotency_key: self.key.clone(),
         })
+    }
+
+    /// The content changed: the last send's result and key are about other content now.
+    fn edited(&mut self) {
+        self.key = None;
+        if self.outcome == Outcome::Sending {
+            self.outcome_is_stale = true;
+        } else {
+            self.outcome = Outcome::None;
+            self.outcome_is_stale = false;
+        }
+    }
+
+    /// Pasted text into the focused text field; a paste on a choice does nothing (a pasted
+    /// letter must not pick a target kind).
+    ///
+    /// A paste is never a key: its newlines and tabs do not send or move focus. The data
+    /// field keeps them (meaningful in text, whitespace in JSON); in the one-line fields a
+    /// line break or tab separates names in the target (a pasted column of names) and is a
+    /// space in the event type. Other control characters are dropped.
+    fn paste(&mut self, text: &str) -> bool {
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let focus = self.focus;
+        let Some(input) = self.focused_input() else {
+            return false;
+        };
+        let text: String = text
+            .chars()
+            .filter_map(|c| match (focus, c) {
+                (Field::Data, '\n' | '\t') => Some(c),
+                (Field::Target, '\n' | '\t') => Some(','),
+                (_, '\n' | '\t') => Some(' '),
+                (_, c) if c.is_control() => None,
+                (_, c) => Some(c),
+            })
+            .collect();
+        if text.is_empty() {
+            return false;
+        }
+        input.insert_str(&text);
+        true
     }
 
     fn focused_input(&mut self) -> Option<&mut TextInput> {
@@ -495,6 +557,9 @@ impl ComposeForm {
     }
 
     fn choose(&mut self, forward: bool) {
+        if matches!(self.focus, Field::Kind | Field::Format) {
+            self.edited();
+        }
         match self.focus {
             Field::Kind => {
                 self.kind = match (self.kind, forward) {
@@ -598,6 +663,15 @@ pub struct App {
     pub size: (u16, u16),
     /// Set by [`Action::Quit`]: `main` leaves its loop.
     pub should_quit: bool,
+    /// Unique to this run of the console (from `main`): the prefix of its idempotency keys,
+    /// so that two consoles never send the same key.
+    instance: String,
+    /// Idempotency keys minted so far.
+    keys_minted: u64,
+    /// This console's own admin stream, once the server named it.
+    pub own_conn: Option<ConnId>,
+    /// A snapshot came and this stream's own `connected` event has not yet.
+    awaiting_own: bool,
 }
 
 impl App {
@@ -640,7 +714,18 @@ impl App {
             refresh_failed: false,
             size: (80, 24),
             should_quit: false,
+            instance: "0".to_owned(),
+            keys_minted: 0,
+            own_conn: None,
+            awaiting_own: false,
         }
+    }
+
+    /// The same console with the text that makes its idempotency keys unique to this run
+    /// (`main` gives the process id and start time).
+    pub fn with_instance(mut self, instance: String) -> Self {
+        self.instance = instance;
+        self
     }
 
     /// What keys mean now.
@@ -718,13 +803,27 @@ impl App {
         }
         self.rows = rows.into_iter().map(|c| c.id).collect();
         // Keep the same connection selected when it is still listed.
-        if let Some(id) = selected
-            && let Some(at) = self.rows.iter().position(|r| *r == id)
-        {
-            self.conn_nav.selected = at;
+        let mut left = None;
+        if let Some(id) = selected {
+            match self.rows.iter().position(|r| *r == id) {
+                Some(at) => self.conn_nav.selected = at,
+                None if !self.connections.contains_key(&id) => left = Some(id),
+                None => {}
+            }
         }
         let page = self.page_rows();
         self.conn_nav.clamp(self.rows.len(), page);
+        // The selection now rests on another connection: say so, or `d` might disconnect a
+        // client the operator never chose.
+        if let Some(id) = left
+            && self.view == View::Connections
+        {
+            let text = match self.rows.get(self.conn_nav.selected) {
+                Some(now) => format!("connection {id} left; selection moved to {now}"),
+                None => format!("connection {id} left"),
+            };
+            self.set_status(text, false);
+        }
     }
 
     /// Applies one action; returns the request to make of the server, if any.
@@ -823,6 +922,7 @@ impl App {
             Action::PrevField => self.compose.move_focus(false),
             Action::Choose(forward) => self.compose.choose(forward),
             Action::Edit(edit) => self.edit(edit),
+            Action::Paste(text) => self.paste(&text),
             Action::Submit => return self.submit(),
             Action::Resize { .. } | Action::Server(_) => {}
         }
@@ -933,11 +1033,34 @@ impl App {
 
     fn edit(&mut self, edit: Edit) {
         if self.popup == Popup::Compose {
-            if let Some(input) = self.compose.focused_input() {
-                input.edit(edit);
+            let Some(input) = self.compose.focused_input() else {
+                return;
+            };
+            // Every edit that changes the text changes its length; cursor moves leave the
+            // content (and what was said about it) as it is.
+            let before = input.value.len();
+            input.edit(edit);
+            if input.value.len() != before {
+                self.compose.edited();
             }
         } else if self.filter_editing {
             self.filter.edit(edit);
+            self.rows_dirty = true;
+        }
+    }
+
+    fn paste(&mut self, text: &str) {
+        if self.popup == Popup::Compose {
+            if self.compose.paste(text) {
+                self.compose.edited();
+            }
+        } else if self.filter_editing {
+            let text: String = text
+                .chars()
+                .map(|c| if c.is_whitespace() { ' ' } else { c })
+                .filter(|c| !c.is_control())
+                .collect();
+            self.filter.insert_str(&text);
             self.rows_dirty = true;
         }
     }
@@ -952,8 +1075,19 @@ impl App {
             return None;
         }
         match self.compose.body() {
-            Ok(body) => {
+            Ok(mut body) => {
+                // The same content keeps its key, so a retry is published at most once.
+                let key = match &self.compose.key {
+                    Some(key) => key.clone(),
+                    None => {
+                        self.keys_minted += 1;
+                        format!("herald-tui-{}-{}", self.instance, self.keys_minted)
+                    }
+                };
+                self.compose.key = Some(key.clone());
+                body.idempotency_key = Some(key);
                 self.compose.outcome = Outcome::Sending;
+                self.compose.outcome_is_stale = false;
                 Some(Command::Publish(body))
             }
             Err(why) => {
@@ -1030,6 +1164,9 @@ impl App {
             .collect();
         self.recently_gone.clear();
         self.rows_dirty = true;
+        // A new admin stream: the server names it in the first admin `connected` event.
+        self.own_conn = None;
+        self.awaiting_own = true;
         self.handle_topics(snapshot.stats.uptime_ms, snapshot.topics);
         if let Popup::Detail { id, gone } = &mut self.popup
             && gone.is_none()
@@ -1042,6 +1179,11 @@ impl App {
     fn handle_admin(&mut self, event: AdminEvent) {
         match event {
             AdminEvent::Connected(conn) => {
+                // The server sends the snapshot, then this very stream's `connected` event.
+                if self.awaiting_own && conn.admin {
+                    self.own_conn = Some(conn.id);
+                    self.awaiting_own = false;
+                }
                 self.connections.insert(conn.id, conn);
                 self.rows_dirty = true;
             }
@@ -1162,11 +1304,27 @@ impl App {
 
     fn handle_published(&mut self, result: Result<String, ApiError>) {
         let (outcome, status) = match result {
-            Ok(id) => (
-                Outcome::Sent(id.clone()),
+            Ok(id) => {
+                // Published for sure: the next send of this content is a new event.
+                self.compose.key = None;
+                (
+                    Outcome::Sent(id.clone()),
+                    Status {
+                        text: format!("published event {id}"),
+                        is_error: false,
+                    },
+                )
+            }
+            Err(err) if may_have_arrived(&err) => (
+                Outcome::Failed(format!(
+                    "{err}; it may have been published: Enter sends it again safely (at most once)"
+                )),
                 Status {
-                    text: format!("published event {id}"),
-                    is_error: false,
+                    text: format!(
+                        "publish unconfirmed ({err}); it may have been published: \
+                         p, Enter sends it again safely"
+                    ),
+                    is_error: true,
                 },
             ),
             Err(err) => (
@@ -1182,6 +1340,12 @@ impl App {
             self.status = Some(status);
         }
     }
+}
+
+/// A publish that failed without an answer after the request may have left: the server
+/// may have published it (all but a refused connection, which sent nothing).
+fn may_have_arrived(err: &ApiError) -> bool {
+    err.status.is_none() && !err.message.starts_with("cannot reach the server")
 }
 
 fn matches_filter(conn: &ConnectionInfo, needle: &str) -> bool {
@@ -1622,6 +1786,7 @@ pub(crate) mod tests {
             broadcast: false,
             event: Some("order.created".to_owned()),
             data: JsonText::parse("{\"id\": 42}").unwrap(),
+            idempotency_key: Some("herald-tui-0-1".to_owned()),
         };
         assert_eq!(app.update(Action::Submit), Some(Command::Publish(expected)));
         assert_eq!(app.update(Action::Submit), None, "no double send");
@@ -1661,7 +1826,10 @@ pub(crate) mod tests {
         assert!(body.broadcast);
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
-            serde_json::json!({"topics": [], "users": [], "broadcast": true, "data": "hello everyone"})
+            serde_json::json!({
+                "topics": [], "users": [], "broadcast": true, "data": "hello everyone",
+                "idempotency_key": "herald-tui-0-1",
+            })
         );
     }
 
@@ -1859,6 +2027,244 @@ pub(crate) mod tests {
         app.set_status("disconnecting connection 3…".to_owned(), false);
         server(&mut app, ServerMsg::Connections(Vec::new()));
         assert!(app.status.is_some());
+    }
+
+    /// An app with the compose form open on the data field, topic `orders` named.
+    fn composing() -> App {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        app.update(Action::NextField);
+        type_text(&mut app, "orders");
+        for _ in 0..3 {
+            app.update(Action::NextField);
+        }
+        assert_eq!(app.compose.focus, Field::Data);
+        app
+    }
+
+    fn sent_key(command: Option<Command>) -> String {
+        let Some(Command::Publish(body)) = command else {
+            panic!("not sent: {command:?}")
+        };
+        body.idempotency_key.expect("every publish has a key")
+    }
+
+    #[test]
+    fn a_paste_is_text_in_the_field_never_a_send_nor_a_focus_change() {
+        let mut app = composing();
+        app.update(Action::PrevField);
+        app.update(Action::Choose(true));
+        assert_eq!(app.compose.format, DataFormat::Text);
+        app.update(Action::NextField);
+        assert_eq!(
+            app.update(Action::Paste("line one\r\nline\ttwo\n".to_owned())),
+            None
+        );
+        assert_eq!(app.compose.focus, Field::Data);
+        assert_eq!(app.compose.outcome, Outcome::None);
+        assert_eq!(app.compose.data.value, "line one\nline\ttwo\n");
+        // What the field holds is what is sent, newlines and all.
+        let Some(Command::Publish(body)) = app.update(Action::Submit) else {
+            panic!("not sent: {:?}", app.compose.outcome)
+        };
+        assert_eq!(body.data.as_str(), r#""line one\nline\ttwo\n""#);
+    }
+
+    #[test]
+    fn a_pasted_list_of_names_is_split_at_its_line_breaks_and_a_choice_takes_no_paste() {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        // On the target kind, pasted letters must not pick another kind.
+        app.update(Action::Paste("ub\t".to_owned()));
+        assert_eq!(app.compose.kind, TargetKind::Topic);
+        assert_eq!(app.compose.focus, Field::Kind);
+        app.update(Action::NextField);
+        app.update(Action::Paste("orders\nnews/eu\n".to_owned()));
+        assert_eq!(app.compose.targets(), ["orders", "news/eu"]);
+        app.update(Action::NextField);
+        app.update(Action::Paste("order.created\n".to_owned()));
+        assert_eq!(app.compose.event_type.value, "order.created ");
+        assert_eq!(app.compose.focus, Field::Event);
+    }
+
+    #[test]
+    fn user_names_are_split_on_commas_only_so_a_space_stays_in_the_name() {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        app.update(Action::Choose(true));
+        assert_eq!(app.compose.kind, TargetKind::User);
+        app.update(Action::NextField);
+        type_text(&mut app, " john smith ,ann,, ");
+        app.update(Action::NextField);
+        app.update(Action::NextField);
+        app.update(Action::Choose(true));
+        app.update(Action::NextField);
+        type_text(&mut app, "hi");
+        let Some(Command::Publish(body)) = app.update(Action::Submit) else {
+            panic!("not sent: {:?}", app.compose.outcome)
+        };
+        assert_eq!(body.users, ["john smith", "ann"]);
+    }
+
+    #[test]
+    fn a_retry_after_a_timeout_reuses_the_key_and_new_content_gets_a_new_one() {
+        let mut app = composing();
+        type_text(&mut app, "1");
+        let first = sent_key(app.update(Action::Submit));
+        server(
+            &mut app,
+            ServerMsg::Published(Err(ApiError {
+                status: None,
+                message: "no answer within 5s".to_owned(),
+            })),
+        );
+        let Outcome::Failed(why) = &app.compose.outcome else {
+            panic!("{:?}", app.compose.outcome)
+        };
+        assert!(why.contains("may have been published"), "{why}");
+        assert!(
+            why.contains("Enter sends it again safely (at most once)"),
+            "{why}"
+        );
+        // Enter again: the same event, so the same key (the server publishes it once).
+        assert_eq!(sent_key(app.update(Action::Submit)), first);
+        server(&mut app, ServerMsg::Published(Ok("1-1".to_owned())));
+        // Confirmed: sending the same content again is a new event.
+        let second = sent_key(app.update(Action::Submit));
+        assert_ne!(second, first);
+        server(
+            &mut app,
+            ServerMsg::Published(Err(ApiError {
+                status: Some(503),
+                message: "the log is unavailable".to_owned(),
+            })),
+        );
+        // Changed content is another event.
+        type_text(&mut app, "2");
+        let third = sent_key(app.update(Action::Submit));
+        assert!(![&first, &second].contains(&&third), "{third}");
+        // Keys of another run of the console differ.
+        let mut other = App::new("x").with_instance("b".to_owned());
+        other.popup = Popup::Compose;
+        other.compose = app.compose.clone();
+        other.compose.key = None;
+        other.compose.outcome = Outcome::None;
+        assert_eq!(sent_key(other.update(Action::Submit)), "herald-tui-b-1");
+    }
+
+    #[test]
+    fn a_refused_connection_is_not_said_to_have_maybe_published() {
+        let mut app = composing();
+        type_text(&mut app, "1");
+        app.update(Action::Submit);
+        let refused = ApiError {
+            status: None,
+            message: "cannot reach the server: Connection refused".to_owned(),
+        };
+        server(&mut app, ServerMsg::Published(Err(refused)));
+        let Outcome::Failed(why) = &app.compose.outcome else {
+            panic!("{:?}", app.compose.outcome)
+        };
+        assert!(!why.contains("may have been"), "{why}");
+    }
+
+    #[test]
+    fn editing_the_form_clears_what_was_said_about_its_previous_content() {
+        let mut app = App::new("x");
+        app.update(Action::OpenCompose);
+        app.update(Action::Submit);
+        assert_eq!(
+            app.compose.outcome,
+            Outcome::Invalid("name at least one topic".to_owned())
+        );
+        app.update(Action::NextField);
+        assert!(matches!(app.compose.outcome, Outcome::Invalid(_)));
+        type_text(&mut app, "o");
+        assert_eq!(app.compose.outcome, Outcome::None);
+
+        let mut app = composing();
+        type_text(&mut app, "1");
+        app.update(Action::Submit);
+        server(&mut app, ServerMsg::Published(Ok("1-1".to_owned())));
+        // Moving the cursor changes nothing; an edit does.
+        app.update(Action::Edit(Edit::Left));
+        assert_eq!(app.compose.outcome, Outcome::Sent("1-1".to_owned()));
+        app.update(Action::Edit(Edit::End));
+        app.update(Action::Edit(Edit::Backspace));
+        assert_eq!(app.compose.outcome, Outcome::None);
+        // So does a choice.
+        type_text(&mut app, "2");
+        app.update(Action::Submit);
+        server(&mut app, ServerMsg::Published(Ok("1-2".to_owned())));
+        app.update(Action::PrevField);
+        app.update(Action::Choose(true));
+        assert_eq!(app.compose.outcome, Outcome::None);
+
+        // An answer to a send made before an edit is marked as about the old content.
+        app.update(Action::Choose(true));
+        app.update(Action::Submit);
+        app.update(Action::NextField);
+        type_text(&mut app, "3");
+        assert_eq!(app.compose.outcome, Outcome::Sending);
+        server(&mut app, ServerMsg::Published(Ok("1-3".to_owned())));
+        assert!(app.compose.outcome_is_stale);
+        app.update(Action::Submit);
+        assert!(!app.compose.outcome_is_stale);
+    }
+
+    #[test]
+    fn when_the_selected_connection_leaves_the_status_says_where_the_selection_went() {
+        let mut app = with_connections(3);
+        app.update(Action::Move(1));
+        assert_eq!(app.selected_conn().map(|c| c.id), Some(ConnId(2)));
+        admin(
+            &mut app,
+            AdminEvent::Disconnected(Disconnected {
+                id: ConnId(2),
+                reason: "client_gone".to_owned(),
+                events_sent: 0,
+            }),
+        );
+        assert_eq!(app.selected_conn().map(|c| c.id), Some(ConnId(3)));
+        assert_eq!(
+            app.status.as_ref().map(|s| s.text.as_str()),
+            Some("connection 2 left; selection moved to 3")
+        );
+        // Another connection leaving does not move the selection, and says nothing.
+        app.update(Action::Move(0));
+        admin(
+            &mut app,
+            AdminEvent::Disconnected(Disconnected {
+                id: ConnId(1),
+                reason: "client_gone".to_owned(),
+                events_sent: 0,
+            }),
+        );
+        assert_eq!(app.selected_conn().map(|c| c.id), Some(ConnId(3)));
+        assert_eq!(app.status, None);
+    }
+
+    #[test]
+    fn the_console_knows_its_own_stream_from_the_first_admin_connected_after_the_snapshot() {
+        let mut app = with_connections(2);
+        let admin_conn = |id| {
+            let mut c = conn(id, None, &[]);
+            c.admin = true;
+            c
+        };
+        assert_eq!(app.own_conn, None);
+        admin(
+            &mut app,
+            AdminEvent::Connected(conn(5, Some("bob"), &["a"])),
+        );
+        admin(&mut app, AdminEvent::Connected(admin_conn(7)));
+        admin(&mut app, AdminEvent::Connected(admin_conn(9)));
+        assert_eq!(app.own_conn, Some(ConnId(7)), "another console came later");
+        // A new stream (after a reconnect) is another connection.
+        server(&mut app, ServerMsg::Snapshot(Box::default()));
+        assert_eq!(app.own_conn, None);
+        admin(&mut app, AdminEvent::Connected(admin_conn(12)));
+        assert_eq!(app.own_conn, Some(ConnId(12)));
     }
 
     #[test]

@@ -106,9 +106,9 @@ impl ClientConfig {
         let uri: Uri = base
             .parse()
             .map_err(|e| ConfigError(format!("--url {url:?} is not a URL: {e}")))?;
-        let roots = match (uri.scheme_str(), ca_file) {
-            (Some("https"), ca_file) => tls::roots(ca_file)?,
-            (Some("http"), None) => rustls::RootCertStore::empty(),
+        let trust = match (uri.scheme_str(), ca_file) {
+            (Some("https"), ca_file) => Some(tls::roots(ca_file)?),
+            (Some("http"), None) => None,
             (Some("http"), Some(_)) => {
                 return Err(ConfigError(format!(
                     "--ca-file applies to https:// URLs only, and --url {url:?} is plain http"
@@ -135,7 +135,7 @@ impl ClientConfig {
         Ok(Self {
             base: base.to_owned(),
             auth,
-            tls: tls::client_config(roots)?,
+            tls: tls::client_config(trust)?,
             timeouts: Timeouts::default(),
         })
     }
@@ -241,7 +241,7 @@ impl Http {
         let response = self.send(self.request(method, path, body)).await?;
         let status = response.status();
         if !status.is_success() {
-            return Err(self.error_from(response).await);
+            return Err(self.error_from(response, path).await);
         }
         let bytes = self.read_body(response.into_body(), MAX_BODY).await?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError {
@@ -277,15 +277,16 @@ impl Http {
     }
 
     /// The server's message for a failed request: its `{"error": ...}` when it sent one.
-    async fn error_from(&self, response: Response<Incoming>) -> ApiError {
+    async fn error_from(&self, response: Response<Incoming>, path: &str) -> ApiError {
         let status = response.status();
         let body = self
             .read_body(response.into_body(), MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
+        let url = format!("{}{path}", self.config.base);
         ApiError {
             status: Some(status.as_u16()),
-            message: error_message(status, &body),
+            message: error_message(status, &body, self.config.auth.is_some(), &url),
         }
     }
 }
@@ -301,17 +302,29 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64()).replace(".0s", "s")
 }
 
-/// The text to show for an error response with this status and body.
-fn error_message(status: StatusCode, body: &[u8]) -> String {
-    if let Ok(answer) = serde_json::from_slice::<ErrorAnswer>(body) {
-        return answer.error;
-    }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_owned()
-    } else {
-        text.chars().take(200).collect()
+/// The text to show for an error response with this status and body, from `url`, for a
+/// console that sent a token (`with_token`) or not.
+///
+/// Herald answers `{"error": ...}`, written for any client; a 401 is said in the console's
+/// terms instead (what to restart it with). Anything else is not Herald's answer: a wrong URL
+/// or a proxy's page, whose HTML would fill the header with markup.
+fn error_message(status: StatusCode, body: &[u8], with_token: bool, url: &str) -> String {
+    let answer = serde_json::from_slice::<ErrorAnswer>(body).ok();
+    match answer {
+        Some(_) if status == StatusCode::UNAUTHORIZED && !with_token => {
+            "no admin token: start herald-tui with --token (or HERALD_TOKEN)".to_owned()
+        }
+        Some(answer) if status == StatusCode::UNAUTHORIZED && answer.error.contains("expired") => {
+            "token expired: mint a new one (herald token … --admin) and restart".to_owned()
+        }
+        Some(answer) if status == StatusCode::UNAUTHORIZED => {
+            let why: String = answer.error.chars().take(40).collect();
+            format!("token refused ({why}): give --token an admin token")
+        }
+        Some(answer) => answer.error,
+        // The status is shown before the message (`404: not a Herald server (...)`).
+        None if status.is_server_error() => format!("no answer from Herald ({url})"),
+        None => format!("not a Herald server ({url})"),
     }
 }
 
@@ -453,7 +466,7 @@ async fn read_stream(
         Err(e) => return fail(e.to_string()),
     };
     if !response.status().is_success() {
-        return fail(http.error_from(response).await.to_string());
+        return fail(http.error_from(response, "/admin/events").await.to_string());
     }
     let content_type = response
         .headers()
@@ -462,7 +475,8 @@ async fn read_stream(
         .unwrap_or("");
     if !content_type.starts_with("text/event-stream") {
         return fail(format!(
-            "/admin/events answered {content_type:?}, not an event stream: is this a Herald server?"
+            "not a Herald server ({content_type:?} from {}/admin/events)",
+            http.config.base
         ));
     }
 
@@ -634,16 +648,51 @@ mod tests {
     }
 
     #[test]
-    fn error_bodies_show_the_servers_message() {
+    fn error_bodies_show_the_servers_message_or_say_it_is_not_herald() {
+        let url = "http://h:1/admin/events";
         assert_eq!(
-            error_message(StatusCode::UNAUTHORIZED, br#"{"error": "token expired"}"#),
-            "token expired"
+            error_message(
+                StatusCode::FORBIDDEN,
+                br#"{"error": "not an admin token"}"#,
+                true,
+                url
+            ),
+            "not an admin token"
         );
-        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
         assert_eq!(
-            error_message(StatusCode::BAD_GATEWAY, b"upstream down\n"),
-            "upstream down"
+            error_message(StatusCode::BAD_GATEWAY, b"", false, url),
+            "no answer from Herald (http://h:1/admin/events)"
         );
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, b"<html>404</html>\n", false, url),
+            "not a Herald server (http://h:1/admin/events)"
+        );
+    }
+
+    #[test]
+    fn a_401_says_what_to_restart_the_console_with_in_few_words() {
+        let url = "http://h:1/admin/events";
+        let missing = br#"{"error": "missing credentials: send a token as 'Authorization: Bearer <token>', the 'herald_token' cookie or '?token='"}"#;
+        let expired = br#"{"error": "token expired"}"#;
+        let bad = br#"{"error": "invalid token signature"}"#;
+        let said = [
+            error_message(StatusCode::UNAUTHORIZED, missing, false, url),
+            error_message(StatusCode::UNAUTHORIZED, expired, true, url),
+            error_message(StatusCode::UNAUTHORIZED, bad, true, url),
+        ];
+        assert_eq!(
+            said,
+            [
+                "no admin token: start herald-tui with --token (or HERALD_TOKEN)",
+                "token expired: mint a new one (herald token … --admin) and restart",
+                "token refused (invalid token signature): give --token an admin token",
+            ]
+        );
+        // With the status and "  (retrying in 10s)", a header 100 columns wide (96 inside)
+        // reads them whole.
+        for text in said {
+            assert!(text.chars().count() + 5 + 19 <= 96, "{text}");
+        }
     }
 
     /// Accepts one connection, reads its request head, writes `response`, and hands back the
@@ -791,7 +840,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_401_shows_the_servers_message() {
+    async fn a_401_on_the_stream_says_what_to_give_the_console() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, mut rx) = mpsc::channel(64);
@@ -811,7 +860,8 @@ mod tests {
         assert_eq!(
             next(&mut rx).await,
             ServerMsg::Link(LinkState::Down {
-                error: "401: invalid token signature".to_owned(),
+                error: "401: token refused (invalid token signature): give --token an admin token"
+                    .to_owned(),
                 retry_ms: 500,
             })
         );
@@ -829,6 +879,7 @@ mod tests {
             broadcast: false,
             event: None,
             data: crate::app::JsonText::parse(r#"{"n": 1}"#).unwrap(),
+            idempotency_key: Some("herald-tui-1-1".to_owned()),
         };
         let ok = r#"{"id":"1700000000000-3"}"#;
         let bad = r#"{"error":"invalid topic \"a b\""}"#;

@@ -57,6 +57,9 @@ pub enum Action {
     PrevField,
     /// Edit the focused text (compose field or filter).
     Edit(Edit),
+    /// Text pasted into the focused text field: inserted whole, never read as keys (a pasted
+    /// newline is not Enter, a pasted tab not Tab).
+    Paste(String),
     /// Left/Right on a compose choice (kind, data format); `true` is forward.
     Choose(bool),
     /// Enter in a form: send the compose form, or keep the filter.
@@ -235,6 +238,11 @@ pub fn terminal_action(app: &App, event: &Event) -> Option<Action> {
             width: *width,
             height: *height,
         }),
+        // Bracketed paste: only a text field takes it; elsewhere its letters are not keys.
+        Event::Paste(text) => match app.mode() {
+            Mode::ComposeText | Mode::Filter => Some(Action::Paste(text.clone())),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -444,6 +452,22 @@ mod tests {
         let mut release = key(KeyCode::Char('q'));
         release.kind = KeyEventKind::Release;
         assert_eq!(terminal_action(&app, &Event::Key(release)), None);
+    }
+
+    #[test]
+    fn a_paste_goes_to_a_text_field_whole_and_nowhere_else() {
+        let mut app = App::new("http://x");
+        let paste = Event::Paste("a\nb\tq".to_owned());
+        // On the table, pasted letters are not keys (no `q` quits, no `d` disconnects).
+        assert_eq!(terminal_action(&app, &paste), None);
+        app.update(Action::OpenCompose);
+        assert_eq!(app.mode(), Mode::ComposeChoice);
+        assert_eq!(terminal_action(&app, &paste), None);
+        app.update(Action::NextField);
+        assert_eq!(
+            terminal_action(&app, &paste),
+            Some(Action::Paste("a\nb\tq".to_owned()))
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::event::{self as term_event, Event};
+use ratatui::crossterm::event::{
+    self as term_event, DisableBracketedPaste, EnableBracketedPaste, Event,
+};
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
@@ -78,7 +80,9 @@ type Term = Terminal<CrosstermBackend<Stdout>>;
 
 fn setup_terminal() -> io::Result<Term> {
     enable_raw_mode()?;
-    if let Err(e) = execute!(io::stdout(), EnterAlternateScreen) {
+    // Bracketed paste: pasted text arrives as one event, so a pasted newline cannot send the
+    // compose form and a pasted tab cannot move its focus.
+    if let Err(e) = execute!(io::stdout(), EnterAlternateScreen, EnableBracketedPaste) {
         restore_terminal();
         return Err(e);
     }
@@ -92,6 +96,7 @@ fn restore_terminal() {
     let _ = disable_raw_mode();
     let _ = execute!(
         io::stdout(),
+        DisableBracketedPaste,
         LeaveAlternateScreen,
         ratatui::crossterm::cursor::Show
     );
@@ -129,8 +134,17 @@ fn spawn_input(to_app: mpsc::UnboundedSender<Event>, stop: Arc<AtomicBool>) {
     });
 }
 
+/// Text unique to this run of the console (process id and start time): the prefix of its
+/// idempotency keys, so two consoles never send the same key.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
+}
+
 async fn run(terminal: &mut Term, config: ClientConfig) -> anyhow::Result<()> {
-    let mut app = App::new(config.base());
+    let mut app = App::new(config.base()).with_instance(instance_id());
     let size = terminal.size()?;
     app.update(Action::Resize {
         width: size.width,

@@ -182,15 +182,25 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
     let [left, middle, right] = Layout::horizontal([Constraint::Fill(1); 3])
         .spacing(2)
         .areas(rates);
-    draw_rate(frame, RATE_LABELS[0], &app.published, Color::Cyan, left);
+    // While the link is down the rates are the last ones seen, not the server's now.
+    let stale = app.link != LinkState::Live;
+    draw_rate(
+        frame,
+        RATE_LABELS[0],
+        &app.published,
+        Color::Cyan,
+        stale,
+        left,
+    );
     draw_rate(
         frame,
         RATE_LABELS[1],
         &app.delivered,
         Color::Magenta,
+        stale,
         middle,
     );
-    draw_rate(frame, RATE_LABELS[2], &app.open, Color::Green, right);
+    draw_rate(frame, RATE_LABELS[2], &app.open, Color::Green, stale, right);
 
     let log_line = match stats {
         None => Line::styled("log —", Style::new().dim()),
@@ -423,6 +433,7 @@ fn draw_rate(
     (name, short): (&str, &str),
     rate: &crate::app::Rate,
     color: Color,
+    stale: bool,
     area: Rect,
 ) {
     let value = rate.last().map_or_else(|| "—".to_owned(), fmt_count);
@@ -441,12 +452,17 @@ fn draw_rate(
         value
     };
     let width = u16::try_from(name.chars().count() + value.chars().count()).unwrap_or(u16::MAX);
+    let (value_style, spark_style) = if stale {
+        (Style::new().dim(), Style::new().fg(color).dim())
+    } else {
+        (Style::new().bold(), Style::new().fg(color))
+    };
     let [label_area, spark_area] =
         Layout::horizontal([Constraint::Length(width), Constraint::Fill(1)]).areas(area);
     frame.render_widget(
         Paragraph::new(Line::from(vec![
             label(name),
-            Span::styled(value, Style::new().bold()),
+            Span::styled(value, value_style),
         ])),
         label_area,
     );
@@ -464,7 +480,7 @@ fn draw_rate(
         Sparkline::default()
             .data(bars)
             .bar_set(SPARK_BARS)
-            .style(Style::new().fg(color)),
+            .style(spark_style),
         spark_area,
     );
 }
@@ -571,7 +587,7 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     let table_rows = rows[start..end]
         .iter()
         .filter_map(|id| app.connections.get(id))
-        .map(|c| conn_row(c, columns));
+        .map(|c| conn_row(c, columns, app.own_conn == Some(c.id)));
 
     let empty = rows.is_empty();
     let selected = (!empty).then_some(selected);
@@ -595,13 +611,16 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     }
 }
 
-fn conn_row(c: &ConnectionInfo, columns: ConnColumns) -> Row<'static> {
+/// A row of the connections table; `own` marks this console's own admin stream.
+fn conn_row(c: &ConnectionInfo, columns: ConnColumns, own: bool) -> Row<'static> {
     let user = match (&c.user, c.admin) {
         (Some(user), _) => Cell::from(user.clone()),
         (None, true) => Cell::from("(admin)").dim(),
         (None, false) => Cell::from("—").dim(),
     };
-    let topics = if c.admin {
+    let topics = if own {
+        Cell::from("admin stream (this console)").cyan()
+    } else if c.admin {
         Cell::from("admin stream").dim()
     } else {
         Cell::from(c.topics.join(","))
@@ -924,6 +943,10 @@ fn draw_feed(frame: &mut Frame, app: &App, area: Rect) {
             Style::new().yellow().bold(),
         )),
     }
+    // Each instance delivers to its own connections: in a cluster the count is this one's.
+    if let Some((_, true)) = &app.node_self {
+        title.push(Span::styled("· Rcpt: this node ", Style::new().dim()));
+    }
     let block = Block::bordered().title(Line::from(title));
     let inner = block.inner(area);
     let visible = usize::from(inner.height.saturating_sub(1));
@@ -1089,7 +1112,6 @@ fn draw_detail(
         .border_style(Style::new().cyan())
         .padding(Padding::horizontal(1));
     let mut lines = Vec::new();
-    let mut wrapped_rows = 0;
     if let Some(reason) = gone {
         lines.push(Line::styled(
             format!("This connection is gone ({reason})."),
@@ -1099,7 +1121,9 @@ fn draw_detail(
     match app.connections.get(&id) {
         None => lines.push(Line::raw("No longer listed by the server.")),
         Some(c) => {
-            let state = if c.admin {
+            let state = if app.own_conn == Some(id) {
+                "admin stream (this console)"
+            } else if c.admin {
                 "admin stream"
             } else if c.replaying {
                 "replaying history"
@@ -1121,14 +1145,25 @@ fn draw_detail(
                     c.last_id.clone().unwrap_or_else(|| "—".to_owned()),
                 ),
                 ("Queued", fmt_queued(c)),
-                ("Topics", c.topics.join(", ")),
             ];
-            // The topics line is last and may wrap onto more rows.
-            let topics_width = 11 + fields[7].1.chars().count();
-            wrapped_rows = topics_width.saturating_sub(1) / usize::from(DETAIL_WIDTH - 4);
             lines.extend(fields.into_iter().map(|(name, value)| {
                 Line::from(vec![label(&format!("{name:<10} ")), Span::raw(value)])
             }));
+            // The topics take the rows the screen leaves (a few at most) with "+N more" for
+            // the rest, so the popup never grows past its key line.
+            let width = usize::from(area.width.min(DETAIL_WIDTH).saturating_sub(4));
+            let fixed = lines.len() + 2 + 2 + 1;
+            let room = usize::from(area.height)
+                .saturating_sub(fixed)
+                .clamp(1, DETAIL_TOPIC_ROWS);
+            let rows = topic_rows(&c.topics, width.saturating_sub(11), room);
+            for (i, row) in rows.into_iter().enumerate() {
+                let name = if i == 0 { "Topics" } else { "" };
+                lines.push(Line::from(vec![
+                    label(&format!("{name:<10} ")),
+                    Span::raw(row),
+                ]));
+            }
         }
     }
     lines.push(Line::raw(""));
@@ -1138,7 +1173,7 @@ fn draw_detail(
         Some(_) => &[("Esc", "close")],
     };
     lines.push(keys_line(keys));
-    let height = u16::try_from(lines.len() + 2 + wrapped_rows).unwrap_or(u16::MAX);
+    let height = u16::try_from(lines.len() + 2).unwrap_or(u16::MAX);
     let area = popup_area(area, DETAIL_WIDTH, height);
     frame.render_widget(Clear, area);
     frame.render_widget(
@@ -1147,6 +1182,56 @@ fn draw_detail(
             .wrap(Wrap { trim: false }),
         area,
     );
+}
+
+/// The most rows the detail gives its topic list.
+const DETAIL_TOPIC_ROWS: usize = 3;
+
+/// `topics`, comma separated, in at most `max_rows` rows of `width` columns; what does not
+/// fit is counted in a final "+N more" (a topic too long for a row is cut with an ellipsis).
+fn topic_rows(topics: &[String], width: usize, max_rows: usize) -> Vec<String> {
+    let max_rows = max_rows.max(1);
+    let mut rows = vec![String::new()];
+    for (i, topic) in topics.iter().enumerate() {
+        let after = topics.len() - i - 1;
+        loop {
+            let row_count = rows.len();
+            let Some(row) = rows.last_mut() else {
+                return rows;
+            };
+            let used = row.chars().count();
+            let sep = if used == 0 { "" } else { ", " };
+            // On the last row, leave room to count the topics after this one.
+            let reserve = if row_count == max_rows && after > 0 {
+                format!(", +{after} more").chars().count()
+            } else {
+                0
+            };
+            let need = sep.chars().count() + topic.chars().count() + reserve;
+            if used + need <= width {
+                row.push_str(sep);
+                row.push_str(topic);
+                break;
+            }
+            if used == 0 {
+                // Alone on its row and still too long: cut it.
+                let room = width.saturating_sub(reserve);
+                row.push_str(&ellipsize(topic, room));
+                break;
+            }
+            if row_count < max_rows {
+                rows.push(String::new());
+                continue;
+            }
+            // No row left: count this topic and the rest.
+            row.push_str(&format!(", +{} more", after + 1));
+            return rows;
+        }
+    }
+    if rows.len() == 1 && rows[0].is_empty() {
+        rows[0].push('—');
+    }
+    rows
 }
 
 fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rect) {
@@ -1170,12 +1255,20 @@ fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rec
         .title(" Disconnect? ".bold())
         .border_style(Style::new().red())
         .padding(Padding::horizontal(1));
-    let text = vec![
-        Line::raw(format!("Close connection {id}{who}?")),
+    let consequence = if app.own_conn == Some(id) {
+        Line::styled(
+            "That would disconnect this console (its own stream).",
+            Style::new().yellow().bold(),
+        )
+    } else {
         Line::styled(
             "Its client may reconnect and resume from its last id.",
             Style::new().dim(),
-        ),
+        )
+    };
+    let text = vec![
+        Line::raw(format!("Close connection {id}{who}?")),
+        consequence,
         Line::raw(""),
         keys_line(&[("y", "disconnect"), ("n/Esc", "keep it")]),
     ];
@@ -1265,7 +1358,7 @@ fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
             form.focus == Field::Target,
             target_label,
             &form.target,
-            "names, separated by commas",
+            "names, separated by commas (spaces are part of a name)",
             target,
         );
     }
@@ -1343,6 +1436,15 @@ fn compose_check(form: &crate::app::ComposeForm) -> (String, Style) {
 /// What became of the last send: nothing yet, refused, on its way, or the server's answer.
 fn compose_result(form: &crate::app::ComposeForm) -> (String, Style) {
     let failed = Style::new().red().bold();
+    let (text, style) = compose_answer(form, failed);
+    if form.outcome_is_stale && !text.is_empty() {
+        // Edited while it was on its way: the answer is not about what the form holds now.
+        return (format!("{text} (before your edit)"), style);
+    }
+    (text, style)
+}
+
+fn compose_answer(form: &crate::app::ComposeForm, failed: Style) -> (String, Style) {
     match &form.outcome {
         Outcome::None => (String::new(), Style::new()),
         Outcome::Invalid(why) if form.data_value().as_ref().err() == Some(why) => (
@@ -1419,7 +1521,19 @@ fn draw_text_row(
     let width = usize::from(value_area.width.saturating_sub(1)).max(1);
     // Scroll horizontally so the cursor stays in view.
     let start = input.cursor.saturating_sub(width - 1).min(input.cursor);
-    let shown: String = input.value.chars().skip(start).take(width).collect();
+    // A pasted line break or tab is kept (and sent) in the data: shown as one visible cell
+    // each, so the row stays one line and the cursor where it is.
+    let shown: String = input
+        .value
+        .chars()
+        .skip(start)
+        .take(width)
+        .map(|c| match c {
+            '\n' => '⏎',
+            '\t' => '⇥',
+            c => c,
+        })
+        .collect();
     let value = if input.value.is_empty() {
         Span::styled(placeholder.to_owned(), Style::new().dim().italic())
     } else {
@@ -2162,6 +2276,170 @@ mod tests {
             );
         }
         assert_snapshot!(render(&mut app, 60, 16));
+    }
+
+    #[test]
+    fn the_consoles_own_admin_stream_is_marked_and_disconnecting_it_says_so() {
+        let mut app = busy_app(2);
+        let admin_conn = |id| {
+            let mut c = conn(id, None, &[]);
+            c.admin = true;
+            c
+        };
+        // The first admin `connected` after the snapshot is this stream; then another console.
+        for id in [3, 4] {
+            server(
+                &mut app,
+                ServerMsg::Admin(Box::new(AdminEvent::Connected(admin_conn(id)))),
+            );
+        }
+        app.update(Action::Bottom);
+        let table = render(&mut app, 100, 24);
+        let row = |id: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(&format!(" {id} ")) && l.contains("(admin)"))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(row("3").contains("admin stream (this console)"), "{table}");
+        assert!(!row("4").contains("this console"), "{table}");
+        app.update(Action::AskDisconnect);
+        let other = render(&mut app, 100, 24);
+        assert!(!other.contains("disconnect this console"), "{other}");
+        app.update(Action::Cancel);
+        app.update(Action::Move(-1));
+        app.update(Action::AskDisconnect);
+        let own = render(&mut app, 100, 24);
+        assert!(
+            own.contains("That would disconnect this console (its own stream)."),
+            "{own}"
+        );
+    }
+
+    /// Whether the header's rate values (`published/s` and the rest) are drawn dim.
+    fn rate_values_dim(app: &mut App) -> Vec<bool> {
+        app.update(Action::Resize {
+            width: 100,
+            height: 24,
+        });
+        let mut terminal = Terminal::new(TestBackend::new(100, 24)).unwrap();
+        terminal.draw(|frame| draw(frame, app)).unwrap();
+        let buffer = terminal.backend().buffer();
+        // The rates are the header's second line inside its border.
+        let y = 2;
+        (0..100)
+            .filter(|&x| buffer[(x, y)].symbol().chars().all(|c| c.is_ascii_digit()))
+            .filter(|&x| !buffer[(x, y)].symbol().trim().is_empty())
+            .map(|x| buffer[(x, y)].modifier.contains(Modifier::DIM))
+            .collect()
+    }
+
+    #[test]
+    fn while_disconnected_the_header_rates_are_dim_as_last_seen() {
+        let mut app = busy_app(12);
+        let live = rate_values_dim(&mut app);
+        assert!(!live.is_empty() && live.iter().all(|dim| !dim), "{live:?}");
+        server(
+            &mut app,
+            ServerMsg::Link(LinkState::Down {
+                error: "cannot reach the server: connection refused".to_owned(),
+                retry_ms: 4000,
+            }),
+        );
+        let down = rate_values_dim(&mut app);
+        assert!(!down.is_empty() && down.iter().all(|dim| *dim), "{down:?}");
+    }
+
+    #[test]
+    fn in_a_cluster_the_feed_says_its_recipients_are_this_nodes() {
+        let mut app = busy_app(3);
+        app.update(Action::ShowView(View::Feed));
+        let me = "web-1:7070";
+        server(&mut app, nodes_answer(me, false, &[(me, 10, 3, 0, 0)]));
+        assert!(!render(&mut app, 100, 24).contains("Rcpt: this node"));
+        server(&mut app, nodes_answer(me, true, &[(me, 10, 3, 0, 0)]));
+        let screen = render(&mut app, 100, 24);
+        assert!(screen.contains("· Rcpt: this node"), "{screen}");
+    }
+
+    #[test]
+    fn connection_detail_with_many_topics() {
+        let mut app = live_app();
+        let topics: Vec<String> = (0..40).map(|i| format!("tenant-{i}/orders")).collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let snapshot = Snapshot {
+            stats: stats(3600, 0, 0),
+            connections: vec![conn(1, Some("alice"), &topics)],
+            topics: vec![],
+        };
+        server(&mut app, ServerMsg::Snapshot(Box::new(snapshot)));
+        app.update(Action::OpenDetail);
+        let screen = render(&mut app, 80, 24);
+        assert!(screen.contains("more"), "{screen}");
+        assert!(screen.contains("d disconnect  Esc close"), "{screen}");
+        // At the smallest size the topics give way to the key line too.
+        let small = render(&mut app, 60, 16);
+        assert!(small.contains("d disconnect  Esc close"), "{small}");
+        assert!(small.contains("more"), "{small}");
+        assert_snapshot!(screen);
+    }
+
+    #[test]
+    fn the_topic_list_counts_what_does_not_fit() {
+        let topics: Vec<String> = ["aaaa", "bbbb", "cccc", "dddd", "eeee"]
+            .map(str::to_owned)
+            .to_vec();
+        assert_eq!(topic_rows(&topics, 40, 1), ["aaaa, bbbb, cccc, dddd, eeee"]);
+        assert_eq!(
+            topic_rows(&topics, 16, 2),
+            ["aaaa, bbbb, cccc", "dddd, eeee"]
+        );
+        assert_eq!(topic_rows(&topics, 16, 1), ["aaaa, +4 more"]);
+        assert_eq!(topic_rows(&topics, 20, 1), ["aaaa, bbbb, +3 more"]);
+        assert_eq!(topic_rows(&[], 20, 2), ["—"]);
+        let long = vec!["x".repeat(30), "y".to_owned()];
+        // Cut to leave room for the count, which the next topic then did not need.
+        assert_eq!(
+            topic_rows(&long, 20, 1),
+            [format!("{}…, y", "x".repeat(10))]
+        );
+        let longer = vec!["x".repeat(30), "y".to_owned(), "z".to_owned()];
+        assert_eq!(
+            topic_rows(&longer, 20, 1),
+            [format!("{}…, +2 more", "x".repeat(10))]
+        );
+    }
+
+    #[test]
+    fn a_pasted_line_break_shows_in_the_data_field_and_the_target_hint_says_commas() {
+        let mut app = busy_app(3);
+        app.update(Action::OpenCompose);
+        app.update(Action::NextField);
+        let empty = render(&mut app, 100, 30);
+        assert!(
+            empty.contains("names, separated by commas (spaces are part of a name)"),
+            "{empty}"
+        );
+        type_text(&mut app, "orders");
+        for _ in 0..3 {
+            app.update(Action::NextField);
+        }
+        app.update(Action::Paste("{\"a\":\n 1}".to_owned()));
+        let screen = render(&mut app, 100, 30);
+        assert!(screen.contains("{\"a\":⏎ 1}"), "{screen}");
+        assert!(screen.contains("✓ valid JSON (object)"), "{screen}");
+        app.update(Action::Submit);
+        app.update(Action::Paste(" ".to_owned()));
+        server(
+            &mut app,
+            ServerMsg::Published(Ok("1700000000000-42".to_owned())),
+        );
+        let screen = render(&mut app, 100, 30);
+        assert!(
+            screen.contains("✓ published, id 1700000000000-42 (before your edit)"),
+            "{screen}"
+        );
     }
 
     #[test]
