@@ -176,11 +176,17 @@ async fn route(
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    if method == Method::OPTIONS {
-        return Ok(preflight());
-    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let allow = allowed_methods(&segments);
+    if method == Method::OPTIONS {
+        return match allow {
+            Some(_) => Ok(preflight()),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {path}"),
+            )),
+        };
+    }
     // A HEAD is answered as a GET whose body hyper leaves out. Streams have no head to give
     // short of subscribing, so they answer GET only.
     let method = if method == Method::HEAD && allow.is_some_and(|a| a.contains("HEAD")) {

@@ -53,22 +53,25 @@ pub async fn serve(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "the request head is too large",
             );
-            return write_error(&mut stream, &e, None).await;
+            return write_error(&mut stream, &e, &Cors::default()).await;
         }
         Ok(Err(HeadError::Malformed)) => {
             let e = ApiError::new(StatusCode::BAD_REQUEST, "malformed request");
-            return write_error(&mut stream, &e, None).await;
+            return write_error(&mut stream, &e, &Cors::default()).await;
         }
         Err(_) => {
             return tracing::debug!(%remote, "request head not complete within {header_timeout:?}; closing");
         }
     };
-    let cors = head
-        .headers
-        .get(http::header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .filter(|o| api::cors_allows(&state, o))
-        .map(str::to_owned);
+    let cors = Cors {
+        allowed: head
+            .headers
+            .get(http::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .filter(|o| api::cors_allows(&state, o))
+            .map(str::to_owned),
+        vary: !state.cors_origins.is_empty(),
+    };
     let peer = api::Peer {
         addr: remote,
         protocol: herald_core::Protocol::Http1,
@@ -80,15 +83,15 @@ pub async fn serve(
         Ok(Opened::Stream(body)) => {
             let writer = state.writers.assign();
             drop(state);
-            stream_events(stream, body, writer, cors.as_deref()).await
+            stream_events(stream, body, writer, &cors).await
         }
         Ok(Opened::RetryLater(frame)) => {
-            let mut out = stream_head(cors.as_deref());
+            let mut out = stream_head(&cors);
             out.extend_from_slice(&frame);
             let _ = stream.write_all(&out).await;
             let _ = stream.shutdown().await;
         }
-        Err(e) => write_error(&mut stream, &e, cors.as_deref()).await,
+        Err(e) => write_error(&mut stream, &e, &cors).await,
     }
 }
 
@@ -155,7 +158,16 @@ async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError> {
     }
 }
 
-fn stream_head(cors: Option<&str>) -> Vec<u8> {
+/// The CORS headers of an answer.
+#[derive(Default)]
+struct Cors {
+    /// The request's origin, when the allow-list has it.
+    allowed: Option<String>,
+    /// With an allow-list every answer depends on the origin, as through hyper.
+    vary: bool,
+}
+
+fn stream_head(cors: &Cors) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
@@ -166,15 +178,18 @@ fn stream_head(cors: Option<&str>) -> Vec<u8> {
     out
 }
 
-fn push_cors(out: &mut Vec<u8>, cors: Option<&str>) {
-    if let Some(origin) = cors {
+fn push_cors(out: &mut Vec<u8>, cors: &Cors) {
+    if let Some(origin) = &cors.allowed {
         out.extend_from_slice(b"access-control-allow-origin: ");
         out.extend_from_slice(origin.as_bytes());
-        out.extend_from_slice(b"\r\naccess-control-allow-credentials: true\r\nvary: Origin\r\n");
+        out.extend_from_slice(b"\r\naccess-control-allow-credentials: true\r\n");
+    }
+    if cors.vary {
+        out.extend_from_slice(b"vary: Origin\r\n");
     }
 }
 
-async fn write_error(stream: &mut TcpStream, error: &ApiError, cors: Option<&str>) {
+async fn write_error(stream: &mut TcpStream, error: &ApiError, cors: &Cors) {
     let (status, body) = (error.status(), error.body());
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
@@ -198,7 +213,7 @@ async fn stream_events(
     stream: TcpStream,
     mut body: crate::sse::SseBody,
     writer: Arc<crate::writer::Shard>,
-    cors: Option<&str>,
+    cors: &Cors,
 ) {
     let mut stream = stream;
     // The head and the frames queued at connect (`retry:`, a replay's start) in one write:

@@ -49,6 +49,17 @@ async fn an_allowed_origin_is_echoed_with_credentials_and_other_origins_get_no_c
             None,
             "{origin:?}"
         );
+        // Still an answer that depends on the origin, for caches, as through hyper.
+        let vary: Vec<&str> = other
+            .headers()
+            .get_all("vary")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert!(
+            vary.iter().any(|v| v.contains("Origin")),
+            "{origin:?}: {vary:?}"
+        );
     }
 
     // JSON answers (errors included) carry it too, so a page can read why it was refused.
@@ -88,4 +99,13 @@ async fn an_allowed_origin_is_echoed_with_credentials_and_other_origins_get_no_c
         .send()
         .await;
     assert_eq!(refused.header("access-control-allow-origin"), None);
+    // A preflight for a path that is not there is told so.
+    let nowhere = herald
+        .call(Method::OPTIONS, "/nowhere")
+        .header("origin", ALLOWED)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    nowhere.error();
 }
