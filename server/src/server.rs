@@ -247,6 +247,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down: ending streams and flushing the log");
+    // Connections already in the backlog sent their requests: closing the listener would
+    // reset them, and a publisher could not tell whether its event was stored. Tell them.
+    while let Ok(Ok((stream, _))) =
+        tokio::time::timeout(Duration::from_millis(1), listener.accept()).await
+    {
+        if tls.is_none() {
+            tracker.spawn(answer_shutting_down(stream));
+        }
+    }
     drop(listener);
     let bound = config.shutdown_timeout;
     let ended = tokio::time::timeout(bound, async {
@@ -615,6 +624,28 @@ pub fn yield_to_control() {
         let tid = libc::gettid();
         let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 5);
     }
+}
+
+/// Answers a connection taken from the backlog at shutdown with a 503, then reads what its
+/// client sent (for a second at most), so that closing it does not reset the connection
+/// before the client has read the answer.
+async fn answer_shutting_down(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = br#"{"error":"the server is shutting down"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = [head.as_bytes(), body].concat();
+    if stream.write_all(&answer).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Open files kept out of the connections' reach: the log's files (sled opens one for each

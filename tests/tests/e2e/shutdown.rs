@@ -95,3 +95,40 @@ async fn on_sigterm_every_open_stream_gets_a_retry_and_ends_and_the_process_exit
     let parse = |s: &str| s.parse::<EventId>().expect("an event id");
     assert!(parse(&third) > parse(&second));
 }
+
+#[tokio::test]
+async fn publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut herald = Herald::start(&["--dev", "--shutdown-timeout", "5s"]);
+    // Frozen, the server accepts nothing: these connections and their requests wait in the
+    // kernel's backlog, as a burst does at the moment a deploy stops the server.
+    herald.signal(libc::SIGSTOP);
+    let body = json!({"topics": ["t"], "data": "x"}).to_string();
+    let request = format!(
+        "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        let mut socket = tokio::net::TcpStream::connect(herald.addr())
+            .await
+            .expect("the kernel takes the connection");
+        socket.write_all(request.as_bytes()).await.expect("send");
+        waiting.push(socket);
+    }
+    herald.terminate();
+    herald.signal(libc::SIGCONT);
+    for (i, mut socket) in waiting.into_iter().enumerate() {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        // Stored (200) or refused (503), and told which: never a reset or a silent close.
+        assert!(
+            matches!(read, Ok(Ok(_)))
+                && (answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 503")),
+            "publish {i}: {read:?}: {answer:?}"
+        );
+    }
+    assert!(herald.wait_exit(Duration::from_secs(7)).is_some());
+}
