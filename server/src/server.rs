@@ -61,6 +61,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         );
     }
 
+    // Bad TLS files are refused before the data dir is opened (and perhaps created).
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+        None => None,
+    };
     let store = open_store(&config).await?;
     let log = store.log();
     let defaults = EngineConfig::default();
@@ -108,10 +113,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         sender.log_bounds(trim_log.bounds())
     });
 
-    let tls = match &config.tls {
-        Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
-        None => None,
-    };
     let listener = listen(config.listen, config.backlog)?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
