@@ -4,12 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{WebPkiServerVerifier, verify_server_name};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// Why TLS could not be set up.
@@ -88,39 +84,13 @@ pub struct ClientFiles {
 /// Client settings that trust the system's roots plus `files.ca_file`, and present
 /// `files.identity` when the server asks for a client certificate.
 pub fn client_config(files: &ClientFiles) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    // Certificates in the system store that do not parse are skipped, as browsers do.
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    let mut pinned = Vec::new();
-    if let Some(path) = &files.ca_file {
-        let ca_error = |path, message| TlsError::Ca { path, message };
-        for cert in read_certs(path, ca_error)? {
-            roots
-                .add(cert.clone())
-                .map_err(|e| ca_error(path.display().to_string(), e.to_string()))?;
-            pinned.push(cert);
-        }
-    }
-    if roots.is_empty() {
-        return Err(TlsError::NoRoots);
-    }
+    let trust = herald_tls::Trust::load(files.ca_file.as_deref()).map_err(trust_error)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let webpki =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .build()
-            .map_err(|e| TlsError::Ca {
-                path: files
-                    .ca_file
-                    .as_deref()
-                    .unwrap_or(Path::new(""))
-                    .display()
-                    .to_string(),
-                message: e.to_string(),
-            })?;
+    let verifier = trust.verifier(Arc::clone(&provider)).map_err(trust_error)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedOrChained { webpki, pinned }));
+        .with_custom_certificate_verifier(verifier);
     Ok(match &files.identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
@@ -129,79 +99,15 @@ pub fn client_config(files: &ClientFiles) -> Result<rustls::ClientConfig, TlsErr
     })
 }
 
-/// Trusts a server's certificate as webpki does (a chain to a trusted root, for the name),
-/// and also one that is itself in the CA file, for its name and while it is valid. A
-/// self-signed certificate made the usual way (`openssl req -x509`) is marked as a CA, which
-/// webpki refuses as a server's own certificate, although the operator named that very
-/// certificate to be trusted (as `curl --cacert` takes it).
-#[derive(Debug)]
-struct PinnedOrChained {
-    webpki: Arc<WebPkiServerVerifier>,
-    pinned: Vec<CertificateDer<'static>>,
-}
-
-impl ServerCertVerifier for PinnedOrChained {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
-        let pinned = self
-            .pinned
-            .iter()
-            .any(|c| c.as_ref() == end_entity.as_ref());
-        match verified {
-            Err(rustls::Error::InvalidCertificate(why)) if pinned && !is_about_time(&why) => {
-                let cert = ParsedCertificate::try_from(end_entity)?;
-                verify_server_name(&cert, server_name)?;
-                Ok(ServerCertVerified::assertion())
-            }
-            other => other,
-        }
+fn trust_error(e: herald_tls::TrustError) -> TlsError {
+    match e {
+        herald_tls::TrustError::CaFile { path, message } => TlsError::Ca {
+            path: path.display().to_string(),
+            message,
+        },
+        herald_tls::TrustError::NoRoots => TlsError::NoRoots,
+        herald_tls::TrustError::Setup(message) => TlsError::Config(rustls::Error::General(message)),
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// An expired certificate, or one not valid yet, is refused even when pinned.
-fn is_about_time(why: &CertificateError) -> bool {
-    matches!(
-        why,
-        CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. }
-    )
 }
 
 /// Builds an acceptor from PEM files.
