@@ -21,6 +21,50 @@ use super::template::{Template, Values, write_event_data};
 /// How long one publish may take before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest a publishing connection is left idle and then used again. A server closes an
+/// idle keep-alive connection when it likes (Herald after its 10 s `--header-timeout`), and a
+/// request sent as it does fails with "connection closed" though the server never saw it.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// Idle publishing connections, the most recently used on top.
+struct Pool<T> {
+    idle: Vec<(T, tokio::time::Instant)>,
+}
+
+impl<T> Pool<T> {
+    fn new() -> Self {
+        Self { idle: Vec::new() }
+    }
+
+    fn put(&mut self, conn: T, now: tokio::time::Instant) {
+        self.idle.push((conn, now));
+    }
+
+    /// A connection fit to use at `now`, and how many were dropped on the way: those closed
+    /// (`closed`), and those idle for longer than [`POOL_IDLE`], which sit below the fresher
+    /// ones and go too.
+    fn take(
+        &mut self,
+        now: tokio::time::Instant,
+        closed: impl Fn(&T) -> bool,
+    ) -> (Option<T>, usize) {
+        let stale = self
+            .idle
+            .iter()
+            .rposition(|(_, since)| now.duration_since(*since) > POOL_IDLE)
+            .map_or(0, |i| i + 1);
+        let mut dropped = stale;
+        self.idle.drain(..stale);
+        while let Some((conn, _)) = self.idle.pop() {
+            if !closed(&conn) {
+                return (Some(conn), dropped);
+            }
+            dropped += 1;
+        }
+        (None, dropped)
+    }
+}
+
 /// What every publish sends and where.
 #[derive(Debug)]
 pub struct PublishPlan {
@@ -142,11 +186,11 @@ async fn unpaced(plan: &PublishPlan, shared: &Shared, ledger: &Ledger) {
 }
 
 async fn paced(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>) {
-    let idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>> = Arc::default();
+    let idle: Arc<Mutex<Pool<SendRequest<Full<Bytes>>>>> = Arc::new(Mutex::new(Pool::new()));
     let open = Arc::new(AtomicUsize::new(0));
     // One connection ready before the clock starts, so the first event does not pay for it.
     if let Ok(sender) = connect(plan.addr, plan.tls.as_ref()).await {
-        Ledger::lock(&idle).push(sender);
+        Ledger::lock(&idle).put(sender, tokio::time::Instant::now());
         open.store(1, Ordering::Relaxed);
     }
     let start = tokio::time::Instant::now();
@@ -154,7 +198,10 @@ async fn paced(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>)
     for seq in 0..plan.events {
         tokio::time::sleep_until(start + Duration::from_secs_f64(f64::from(seq) / plan.rate)).await;
         let sender = loop {
-            if let Some(s) = Ledger::lock(&idle).pop() {
+            let (taken, dropped) =
+                Ledger::lock(&idle).take(tokio::time::Instant::now(), SendRequest::is_closed);
+            open.fetch_sub(dropped, Ordering::Relaxed);
+            if let Some(s) = taken {
                 break Some(s);
             }
             if open.load(Ordering::Relaxed) < plan.max_connections.max(1) {
@@ -184,7 +231,7 @@ async fn paced(plan: Arc<PublishPlan>, shared: Arc<Shared>, ledger: Arc<Ledger>)
                 },
             };
             if publish_one(&plan, &mut sender, seq, &shared, &ledger).await {
-                Ledger::lock(&idle).push(sender);
+                Ledger::lock(&idle).put(sender, tokio::time::Instant::now());
             } else {
                 open.fetch_sub(1, Ordering::Relaxed);
             }
@@ -293,6 +340,22 @@ fn exchange_error(e: &hyper::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_gives_the_freshest_open_connection_and_drops_stale_and_closed_ones() {
+        let t0 = tokio::time::Instant::now();
+        let mut pool = Pool::new();
+        // (name, closed): put at 0 s, 1 s, 6 s, 7 s.
+        pool.put(("oldest", false), t0);
+        pool.put(("old", false), t0 + Duration::from_secs(1));
+        pool.put(("fresh", false), t0 + Duration::from_secs(6));
+        pool.put(("closed", true), t0 + Duration::from_secs(7));
+        let at = t0 + Duration::from_secs(8);
+        let closed = |c: &(&str, bool)| c.1;
+        // The closed one on top is dropped, and so are the two idle past POOL_IDLE.
+        assert_eq!(pool.take(at, closed), (Some(("fresh", false)), 3));
+        assert_eq!(pool.take(at, closed), (None, 0));
+    }
 
     /// A publishing connection whose server end is already gone, as when the server dies.
     async fn closed_connection() -> SendRequest<Full<Bytes>> {
