@@ -208,6 +208,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             }
         }
         tokio::select! {
+            // Once SIGTERM is in, connections go to the backlog's answer below, not in here.
+            biased;
+            _ = &mut shutdown => break,
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
                     Ok(pair) => pair,
@@ -243,7 +246,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     tracker.spawn(serve_connection(conn, ctx));
                 }
             }
-            _ = &mut shutdown => break,
         }
     }
 
