@@ -195,6 +195,11 @@ async fn route(
         method
     };
     match (&method, segments.as_slice()) {
+        // A trailing slash names nothing (`/admin/connections/` is not a connection).
+        (_, [_, .., ""]) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        )),
         (&Method::GET, [""]) => Ok(index()),
         (&Method::GET, ["healthz"]) => match state.hub.health(HEALTH_BOUND).await {
             // A log stopped by a storage failure takes no publish until a restart, which is
@@ -303,7 +308,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         [""] | ["healthz"] | ["metrics"] | ["admin", "connections" | "nodes" | "stats"] => {
             Some("GET, HEAD, OPTIONS")
         }
-        ["admin", "connections", _] => Some("GET, HEAD, DELETE, OPTIONS"),
+        ["admin", "connections", id] if !id.is_empty() => Some("GET, HEAD, DELETE, OPTIONS"),
         ["events"] | ["admin", "events"] => Some("GET, OPTIONS"),
         ["publish"] => Some("POST, OPTIONS"),
         _ => None,
@@ -809,8 +814,13 @@ async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Bo
         None | Some("") => None,
         Some(t) => Some(EventType::new(t).map_err(bad)?),
     };
-    let data = event_data(body.data.get())
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    // The body parsed, so this is a string JSON can write but not hold as text (a lone
+    // surrogate such as "\ud800"); serde counts its line and column within `data`.
+    let data = event_data(body.data.get()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "data is not text: {e} (line and column within data)"
+        ))
+    })?;
     let request = PublishRequest {
         target,
         event_type,

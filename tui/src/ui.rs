@@ -1595,7 +1595,10 @@ const HELP: &[(&str, &[(&str, &str)])] = &[
             ("Tab ↑↓", "next  /  previous field"),
             ("←→ space", "choose the target kind and data format"),
             ("Enter  Esc", "send  /  close (the form keeps its text)"),
-            ("Ctrl-U", "clear the field"),
+            (
+                "Ctrl-U",
+                "clear the field  (a paste is text: it never sends)",
+            ),
         ],
     ),
 ];

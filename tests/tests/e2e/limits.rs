@@ -80,6 +80,12 @@ async fn a_publish_with_bad_json_or_no_target_is_400_json() {
         not_object.starts_with("the body must be a JSON object"),
         "{not_object}"
     );
+    // A string JSON can write but text cannot hold: the message says where, within data.
+    let surrogate = error(r#"{"topics": ["t"], "data": "\ud800"}"#).await;
+    assert!(
+        surrogate.starts_with("data is not text") && surrogate.contains("within data"),
+        "{surrogate}"
+    );
     let wildcard = error(r#"{"topics": ["news/*"], "data": 1}"#).await;
     assert!(
         wildcard.contains("patterns such as 'news/*' are for subscribing"),
@@ -151,7 +157,13 @@ async fn head_works_like_get_a_wrong_method_is_405_with_allow_and_an_unknown_pat
             reply.error();
         }
     }
-    for path in ["/admin", "/admin/nothing", "/admin/connections/1/more"] {
+    for path in [
+        "/admin",
+        "/admin/nothing",
+        "/admin/connections/1/more",
+        "/admin/connections/",
+        "/healthz/",
+    ] {
         let reply = herald.call(Method::GET, path).send().await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
         reply.error();
