@@ -177,29 +177,25 @@ async fn route(
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let allow = allowed_methods(&segments);
+    // Every endpoint is in `allowed_methods`: what it does not know (a trailing slash
+    // included) is not there, whatever the method.
+    let Some(allow) = allowed_methods(&segments) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        ));
+    };
     if method == Method::OPTIONS {
-        return match allow {
-            Some(_) => Ok(preflight()),
-            None => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no such endpoint: {path}"),
-            )),
-        };
+        return Ok(preflight());
     }
-    // A HEAD is answered as a GET whose body hyper leaves out. Streams have no head to give
-    // short of subscribing, so they answer GET only.
-    let method = if method == Method::HEAD && allow.is_some_and(|a| a.contains("HEAD")) {
+    // A HEAD is answered as a GET whose body is left out. Streams have no head to give short
+    // of subscribing, so they answer GET only.
+    let method = if method == Method::HEAD && allow.contains("HEAD") {
         Method::GET
     } else {
         method
     };
     match (&method, segments.as_slice()) {
-        // A trailing slash names nothing (`/admin/connections/` is not a connection).
-        (_, [_, .., ""]) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {path}"),
-        )),
         (&Method::GET, [""]) => Ok(index()),
         (&Method::GET, ["healthz"]) => match state.hub.health(HEALTH_BOUND).await {
             // A log stopped by a storage failure takes no publish until a restart, which is
@@ -294,10 +290,7 @@ async fn route(
                 &json!({ "stats": snap.stats, "topics": snap.topics }),
             ))
         }
-        _ => Err(match allow {
-            Some(allow) => ApiError::method_not_allowed(&method, &path, allow),
-            None => ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
-        }),
+        _ => Err(ApiError::method_not_allowed(&method, &path, allow)),
     }
 }
 
