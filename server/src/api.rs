@@ -162,7 +162,8 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body
 /// restarts a server whose engine is stuck.
 const HEALTH_BOUND: Duration = Duration::from_secs(2);
 
-fn unavailable() -> ApiError {
+/// The answer to a request the hub can no longer take: the server is stopping.
+pub(crate) fn unavailable() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "the server is shutting down",

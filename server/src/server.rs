@@ -633,17 +633,9 @@ pub fn yield_to_control() {
 /// client sent (for a second at most), so that closing it does not reset the connection
 /// before the client has read the answer.
 async fn answer_shutting_down(mut stream: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = br#"{"error":"the server is shutting down"}"#;
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let answer = [head.as_bytes(), body].concat();
-    if stream.write_all(&answer).await.is_err() || stream.shutdown().await.is_err() {
-        return;
-    }
+    use tokio::io::AsyncReadExt;
+    let no_cors = stream_h1::Cors::default();
+    stream_h1::write_error(&mut stream, &api::unavailable(), &no_cors).await;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}

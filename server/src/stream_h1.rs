@@ -160,7 +160,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError> {
 
 /// The CORS headers of an answer.
 #[derive(Default)]
-struct Cors {
+pub(crate) struct Cors {
     /// The request's origin, when the allow-list has it.
     allowed: Option<String>,
     /// With an allow-list every answer depends on the origin, as through hyper.
@@ -189,7 +189,8 @@ fn push_cors(out: &mut Vec<u8>, cors: &Cors) {
     }
 }
 
-async fn write_error(stream: &mut TcpStream, error: &ApiError, cors: &Cors) {
+/// Answers with `error` (a JSON body, the connection closed after it), outside hyper.
+pub(crate) async fn write_error(stream: &mut TcpStream, error: &ApiError, cors: &Cors) {
     let (status, body) = (error.status(), error.body());
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
