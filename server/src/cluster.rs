@@ -89,9 +89,9 @@ end
 /// KEYS[1]: the stream. KEYS[2], when the publish has a key: where that key's event id is
 /// kept. ARGV[1]: the event record. ARGV[2]: how long a key is remembered, in seconds.
 /// ARGV[3]: the highest id this instance has read or been acknowledged (`0-0` for none): the
-/// new id comes after it even if Redis lost the stream's end (see [`heal_lua`]). ARGV[4]: this instance's clock, in
-/// unix milliseconds: the new id's milliseconds are at least that (and at least the stream's
-/// last id's), not Redis's clock alone. After a loss, another instance may have read ids
+/// new id comes after it even if Redis lost the stream's end (see [`heal_lua`]). ARGV[4]:
+/// this instance's clock, in unix milliseconds: the new id's milliseconds are at least that
+/// (and at least the stream's last id's), not Redis's clock alone. After a loss, another instance may have read ids
 /// above the healed `seen` without this one knowing; ids minted by a clock that has moved
 /// on since still come after them when Redis's own clock is behind (a promoted replica on
 /// another machine).

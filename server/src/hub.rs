@@ -634,7 +634,7 @@ impl Driver {
         // An admin stream opens with a snapshot of every connection (about 250 bytes each),
         // which may be larger than a subscriber's whole queue: its queue holds the snapshot
         // on top of the usual limit, so what follows it is not refused as too slow.
-        let snapshot = match &result {
+        let opening = match &result {
             Ok(_) if snapshot => serde_json::to_string(&self.snapshot(now, Rows::All))
                 .ok()
                 .zip(herald_core::EventType::new("snapshot").ok())
@@ -642,12 +642,12 @@ impl Driver {
             _ => None,
         };
         let result = result.map(|conn| {
-            let allowance = snapshot.as_ref().map_or(0, |s| s.len());
+            let allowance = opening.as_ref().map_or(0, |s| s.len());
             let queue = Arc::new(Queue::new(self.config.queue_bytes + allowance));
             // The snapshot goes in before the connect's own outputs are drained, so it is the
             // stream's first event (ahead of the `connected` event for this very stream).
-            if let Some(snapshot) = snapshot {
-                queue.push(snapshot, now);
+            if let Some(opening) = opening {
+                queue.push(opening, now);
             }
             self.queues.insert(conn, queue.clone());
             tracing::debug!(%conn, "connected");
