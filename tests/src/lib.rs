@@ -217,6 +217,15 @@ pub async fn assert_keys_are_the_publishers_own(a: &Herald, b: &Herald, secret: 
     );
 }
 
+/// `POST /publish` of `body` as raw HTTP/1.1, for a test that writes to a bare socket.
+pub fn raw_publish(body: &str) -> String {
+    format!(
+        "POST /publish HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Signs arbitrary `claims` as an HS256 JWT: for tokens `herald token` will not mint (already
 /// expired, odd claims).
 pub fn sign_jwt(secret: &str, claims: &Value) -> String {
@@ -598,6 +607,21 @@ impl Herald {
     /// server's only connection. With `after_a_request` it first asks for `/healthz` on the
     /// same connection, so that its stream is served by hyper, as HTTPS streams are, rather
     /// than by the direct path that takes a connection's first request.
+    /// `n` bare connections that each send a subscribe request to `topic` and read nothing:
+    /// a crowd that holds the server's sockets (the kernel queues those the server does not
+    /// take, so each connects whether or not it is served).
+    pub async fn crowd(&self, n: usize, topic: &str) -> Vec<TcpStream> {
+        use tokio::io::AsyncWriteExt as _;
+        let request = format!("GET /events?topic={topic} HTTP/1.1\r\nHost: herald\r\n\r\n");
+        let mut crowd = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut socket = TcpStream::connect(self.addr()).await.expect("connect");
+            socket.write_all(request.as_bytes()).await.expect("send");
+            crowd.push(socket);
+        }
+        crowd
+    }
+
     pub async fn stalled_subscriber(
         &self,
         topic: &str,

@@ -586,13 +586,8 @@ async fn connections_past_the_open_file_limit_wait_and_leave_the_log_room_to_wri
         .expect("connect");
     let big = json!({"topics": ["t"], "data": "x".repeat(600_000)}).to_string();
     let mut publish = async |body: &str| {
-        let head = format!(
-            "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        publisher.write_all(head.as_bytes()).await.expect("send");
-        publisher.write_all(body.as_bytes()).await.expect("send");
+        let request = herald_tests::raw_publish(body);
+        publisher.write_all(request.as_bytes()).await.expect("send");
         let mut answer = Vec::new();
         let mut buf = [0u8; 4096];
         // The answers are small JSON: the head and body arrive together.
@@ -607,16 +602,8 @@ async fn connections_past_the_open_file_limit_wait_and_leave_the_log_room_to_wri
         String::from_utf8_lossy(&answer).into_owned()
     };
     assert!(publish(&big).await.starts_with("HTTP/1.1 200"));
-    let mut crowd = Vec::new();
     // More than the limit: without the reserve, the log would have no file left.
-    for _ in 0..320 {
-        let mut socket = tokio::net::TcpStream::connect(herald.addr())
-            .await
-            .expect("connect: the kernel queues what the server does not take");
-        let request = "GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n";
-        socket.write_all(request.as_bytes()).await.expect("send");
-        crowd.push(socket);
-    }
+    let crowd = herald.crowd(320, "t").await;
     // The server has taken all it will (or, without the reserve, all it could).
     let full = eventually(WAIT, || async {
         let stderr = herald.stderr();

@@ -104,15 +104,7 @@ async fn publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_reset() {
     // deploy stops the server.
     let mut herald =
         Herald::start_with_open_files(Some(300), &["--dev", "--shutdown-timeout", "5s"]);
-    let mut crowd = Vec::new();
-    for _ in 0..160 {
-        let mut socket = tokio::net::TcpStream::connect(herald.addr())
-            .await
-            .expect("connect");
-        let request = "GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n";
-        socket.write_all(request.as_bytes()).await.expect("send");
-        crowd.push(socket);
-    }
+    let crowd = herald.crowd(160, "t").await;
     let full = eventually(WAIT, || async {
         herald
             .stderr()
@@ -120,12 +112,7 @@ async fn publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_reset() {
     })
     .await;
     assert!(full, "{}", herald.stderr());
-    let body = json!({"topics": ["t"], "data": "x"}).to_string();
-    let request = format!(
-        "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = herald_tests::raw_publish(&json!({"topics": ["t"], "data": "x"}).to_string());
     let mut waiting = Vec::new();
     for _ in 0..20 {
         let mut socket = tokio::net::TcpStream::connect(herald.addr())
