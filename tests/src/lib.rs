@@ -913,23 +913,10 @@ impl Call {
         for (name, value) in &self.headers {
             req = req.header(name, value);
         }
+        let over = self.http2.then_some(None);
         // `_conn` drives the connection; it must live until the body has been read.
-        let (res, _conn) = if self.http2 {
-            let h2 = H2Connection::open(self.client).await;
-            let req = req.uri(self.client.url(&self.path));
-            let req = req.body(Full::new(self.body)).map_err(|e| e.to_string())?;
-            let mut sender = h2.sender.clone();
-            let res = tokio::time::timeout_at(deadline, sender.send_request(req)).await;
-            (res, h2.task)
-        } else {
-            let (mut sender, conn) = http1_connection(self.client.addr, deadline).await?;
-            let req = req
-                .uri(&self.path)
-                .header(header::HOST, self.client.addr.to_string());
-            let req = req.body(Full::new(self.body)).map_err(|e| e.to_string())?;
-            let res = tokio::time::timeout_at(deadline, sender.send_request(req)).await;
-            (res, conn)
-        };
+        let (res, _conn) =
+            send_request(self.client, over, req, &self.path, self.body, deadline).await?;
         let res = res
             .map_err(|_| "no answer in time".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -1030,6 +1017,55 @@ async fn http1_connection(
         let _ = conn.await;
     });
     Ok((sender, Arc::new(ConnTask(task))))
+}
+
+/// What [`send_request`] got: the response head, or why none came (`Elapsed`: not before the
+/// deadline).
+type Answer = Result<Result<http::Response<Incoming>, hyper::Error>, tokio::time::error::Elapsed>;
+
+/// Sends `req` (its method and headers set) for `target` (a path and query) with `body`:
+/// over HTTP/1.1 on a connection of its own (`over` is `None`), or HTTP/2 on a connection of
+/// its own (`Some(None)`) or on a shared one. Returns the answer and the task driving the
+/// connection, which must live until the body has been read; `Err` if the request could not
+/// be sent.
+async fn send_request(
+    client: Client,
+    over: Option<Option<H2Connection>>,
+    req: http::request::Builder,
+    target: &str,
+    body: Bytes,
+    deadline: tokio::time::Instant,
+) -> Result<(Answer, Arc<ConnTask>), String> {
+    let body = Full::new(body);
+    Ok(match over {
+        None => {
+            let (mut sender, conn) = http1_connection(client.addr, deadline).await?;
+            let req = req
+                .uri(target)
+                .header(header::HOST, client.addr.to_string())
+                .body(body)
+                .map_err(|e| e.to_string())?;
+            (
+                tokio::time::timeout_at(deadline, sender.send_request(req)).await,
+                conn,
+            )
+        }
+        Some(shared) => {
+            let h2 = match shared {
+                Some(h2) => h2,
+                None => H2Connection::open(client).await,
+            };
+            let req = req
+                .uri(client.url(target))
+                .body(body)
+                .map_err(|e| e.to_string())?;
+            let mut sender = h2.sender.clone();
+            (
+                tokio::time::timeout_at(deadline, sender.send_request(req)).await,
+                h2.task,
+            )
+        }
+    })
 }
 
 /// One HTTP/2 connection (prior knowledge, no TLS) that several subscriptions can share, as
@@ -1147,36 +1183,12 @@ impl Events {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let target = self.path_and_query();
         let mut req = Request::builder().method(Method::GET);
-        let (res, conn) = match self.h2 {
-            None => {
-                let (mut sender, conn) = http1_connection(self.client.addr, deadline)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                req = req
-                    .uri(&target)
-                    .header(header::HOST, self.client.addr.to_string());
-                for (name, value) in &self.headers {
-                    req = req.header(name, value);
-                }
-                let req = req.body(Full::default()).expect("a valid request");
-                let res = tokio::time::timeout_at(deadline, sender.send_request(req)).await;
-                (res, conn)
-            }
-            Some(shared) => {
-                let h2 = match shared {
-                    Some(h2) => h2,
-                    None => H2Connection::open(self.client).await,
-                };
-                let mut sender = h2.sender.clone();
-                req = req.uri(self.client.url(&target));
-                for (name, value) in &self.headers {
-                    req = req.header(name, value);
-                }
-                let req = req.body(Full::default()).expect("a valid request");
-                let res = tokio::time::timeout_at(deadline, sender.send_request(req)).await;
-                (res, h2.task)
-            }
-        };
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
+        }
+        let (res, conn) = send_request(self.client, self.h2, req, &target, Bytes::new(), deadline)
+            .await
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
         let res = res
             .unwrap_or_else(|_| {
                 panic!(
