@@ -514,21 +514,15 @@ impl ComposeForm {
     /// line break or tab separates names in the target (a pasted column of names) and is a
     /// space in the event type. Other control characters are dropped.
     fn paste(&mut self, text: &str) -> bool {
-        let text = text.replace("\r\n", "\n").replace('\r', "\n");
-        let focus = self.focus;
+        let separator = match self.focus {
+            Field::Data => None,
+            Field::Target => Some(','),
+            Field::Event | Field::Kind | Field::Format => Some(' '),
+        };
         let Some(input) = self.focused_input() else {
             return false;
         };
-        let text: String = text
-            .chars()
-            .filter_map(|c| match (focus, c) {
-                (Field::Data, '\n' | '\t') => Some(c),
-                (Field::Target, '\n' | '\t') => Some(','),
-                (_, '\n' | '\t') => Some(' '),
-                (_, c) if c.is_control() => None,
-                (_, c) => Some(c),
-            })
-            .collect();
+        let text = pasted_text(text, separator);
         if text.is_empty() {
             return false;
         }
@@ -668,10 +662,35 @@ pub struct App {
     instance: String,
     /// Idempotency keys minted so far.
     keys_minted: u64,
-    /// This console's own admin stream, once the server named it.
-    pub own_conn: Option<ConnId>,
+    /// Which of the connections is this console's own admin stream.
+    own_stream: OwnStream,
+}
+
+/// This console's own admin stream, as far as the server has named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnStream {
+    /// No snapshot yet on the current stream.
+    Unknown,
     /// A snapshot came and this stream's own `connected` event has not yet.
-    awaiting_own: bool,
+    Awaiting,
+    /// The first admin `connected` event after the snapshot named it.
+    Known(ConnId),
+}
+
+/// Pasted text as a text field takes it: line breaks (CRLF, CR or LF) and tabs kept as they
+/// are with no `separator` (a multi-line field), or each made the `separator` (a one-line
+/// field); other control characters dropped.
+fn pasted_text(text: &str, separator: Option<char>) -> String {
+    text.replace("\r\n", "\n")
+        .chars()
+        .filter_map(|c| match (c, separator) {
+            ('\r', None) => Some('\n'),
+            ('\n' | '\t', None) => Some(c),
+            ('\r' | '\n' | '\t', Some(separator)) => Some(separator),
+            (c, _) if c.is_control() => None,
+            (c, _) => Some(c),
+        })
+        .collect()
 }
 
 impl App {
@@ -716,8 +735,7 @@ impl App {
             should_quit: false,
             instance: "0".to_owned(),
             keys_minted: 0,
-            own_conn: None,
-            awaiting_own: false,
+            own_stream: OwnStream::Unknown,
         }
     }
 
@@ -748,6 +766,14 @@ impl App {
     /// The connections shown, in table order (call [`App::sync`] first after server messages).
     pub fn conn_rows(&self) -> &[ConnId] {
         &self.rows
+    }
+
+    /// This console's own admin stream, once the server named it.
+    pub fn own_conn(&self) -> Option<ConnId> {
+        match self.own_stream {
+            OwnStream::Known(id) => Some(id),
+            OwnStream::Unknown | OwnStream::Awaiting => None,
+        }
     }
 
     /// The selected connection, if the table has any rows.
@@ -1055,12 +1081,7 @@ impl App {
                 self.compose.edited();
             }
         } else if self.filter_editing {
-            let text: String = text
-                .chars()
-                .map(|c| if c.is_whitespace() { ' ' } else { c })
-                .filter(|c| !c.is_control())
-                .collect();
-            self.filter.insert_str(&text);
+            self.filter.insert_str(&pasted_text(text, Some(' ')));
             self.rows_dirty = true;
         }
     }
@@ -1165,8 +1186,7 @@ impl App {
         self.recently_gone.clear();
         self.rows_dirty = true;
         // A new admin stream: the server names it in the first admin `connected` event.
-        self.own_conn = None;
-        self.awaiting_own = true;
+        self.own_stream = OwnStream::Awaiting;
         self.handle_topics(snapshot.stats.uptime_ms, snapshot.topics);
         if let Popup::Detail { id, gone } = &mut self.popup
             && gone.is_none()
@@ -1180,9 +1200,8 @@ impl App {
         match event {
             AdminEvent::Connected(conn) => {
                 // The server sends the snapshot, then this very stream's `connected` event.
-                if self.awaiting_own && conn.admin {
-                    self.own_conn = Some(conn.id);
-                    self.awaiting_own = false;
+                if self.own_stream == OwnStream::Awaiting && conn.admin {
+                    self.own_stream = OwnStream::Known(conn.id);
                 }
                 self.connections.insert(conn.id, conn);
                 self.rows_dirty = true;
@@ -2088,6 +2107,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_paste_into_the_filter_is_one_line_whatever_its_line_breaks() {
+        let mut app = App::new("x");
+        app.update(Action::OpenFilter);
+        app.update(Action::Paste("ali\r\nce\tbob\rx\u{7}y\n".to_owned()));
+        assert_eq!(app.filter.value, "ali ce bob xy ");
+        assert_eq!(pasted_text("a\r\nb\rc", None), "a\nb\nc");
+    }
+
+    #[test]
     fn user_names_are_split_on_commas_only_so_a_space_stays_in_the_name() {
         let mut app = App::new("x");
         app.update(Action::OpenCompose);
@@ -2252,19 +2280,23 @@ pub(crate) mod tests {
             c.admin = true;
             c
         };
-        assert_eq!(app.own_conn, None);
+        assert_eq!(app.own_conn(), None);
         admin(
             &mut app,
             AdminEvent::Connected(conn(5, Some("bob"), &["a"])),
         );
         admin(&mut app, AdminEvent::Connected(admin_conn(7)));
         admin(&mut app, AdminEvent::Connected(admin_conn(9)));
-        assert_eq!(app.own_conn, Some(ConnId(7)), "another console came later");
+        assert_eq!(
+            app.own_conn(),
+            Some(ConnId(7)),
+            "another console came later"
+        );
         // A new stream (after a reconnect) is another connection.
         server(&mut app, ServerMsg::Snapshot(Box::default()));
-        assert_eq!(app.own_conn, None);
+        assert_eq!(app.own_conn(), None);
         admin(&mut app, AdminEvent::Connected(admin_conn(12)));
-        assert_eq!(app.own_conn, Some(ConnId(12)));
+        assert_eq!(app.own_conn(), Some(ConnId(12)));
     }
 
     #[test]

@@ -587,7 +587,7 @@ fn draw_connections(frame: &mut Frame, app: &App, area: Rect) {
     let table_rows = rows[start..end]
         .iter()
         .filter_map(|id| app.connections.get(id))
-        .map(|c| conn_row(c, columns, app.own_conn == Some(c.id)));
+        .map(|c| conn_row(c, columns, app.own_conn() == Some(c.id)));
 
     let empty = rows.is_empty();
     let selected = (!empty).then_some(selected);
@@ -1121,7 +1121,7 @@ fn draw_detail(
     match app.connections.get(&id) {
         None => lines.push(Line::raw("No longer listed by the server.")),
         Some(c) => {
-            let state = if app.own_conn == Some(id) {
+            let state = if app.own_conn() == Some(id) {
                 "admin stream (this console)"
             } else if c.admin {
                 "admin stream"
@@ -1255,7 +1255,7 @@ fn draw_confirm(frame: &mut Frame, app: &App, id: herald_core::ConnId, area: Rec
         .title(" Disconnect? ".bold())
         .border_style(Style::new().red())
         .padding(Padding::horizontal(1));
-    let consequence = if app.own_conn == Some(id) {
+    let consequence = if app.own_conn() == Some(id) {
         Line::styled(
             "That would disconnect this console (its own stream).",
             Style::new().yellow().bold(),
