@@ -189,13 +189,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut shutdown = Box::pin(shutdown_signal());
 
-    let mut told_full = None::<Instant>;
+    let mut told_full = Throttle::default();
+    let mut told_failed = Throttle::default();
     loop {
         if let Some(max) = max_sockets
             && tracker.len() >= max
         {
-            if told_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
-                told_full = Some(Instant::now());
+            if told_full.due() {
                 tracing::warn!(
                     connections = tracker.len(),
                     "not accepting: the connections hold the open files the log needs \
@@ -217,8 +217,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning,
                         // and say so now and then rather than 20 times a second.
-                        if told_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
-                            told_full = Some(Instant::now());
+                        if told_failed.due() {
                             tracing::warn!("accept failed: {e}");
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -647,8 +646,25 @@ async fn answer_shutting_down(mut stream: tokio::net::TcpStream) {
 /// large value), Redis connections, certificates. Half the limit at most.
 const RESERVED_FILES: usize = 256;
 
-/// How often the accept loop repeats that it cannot take more connections.
+/// How often the accept loop repeats a warning (it cannot take more connections, or accept
+/// failed).
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// When a warning the accept loop could repeat many times a second was last given.
+#[derive(Default)]
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    /// Whether the warning is due now (first time, or [`FULL_WARNING_EVERY`] since the last);
+    /// if it is, it counts as given.
+    fn due(&mut self) -> bool {
+        let due = self.0.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY);
+        if due {
+            self.0 = Some(Instant::now());
+        }
+        due
+    }
+}
 
 /// Lifts the soft open-file limit to the hard limit (every subscriber is a socket) and
 /// returns the limit now in force, if it can be read.
@@ -717,5 +733,16 @@ mod tests {
             option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
             DEAD_PEER_TIMEOUT.as_millis() as libc::c_int
         );
+    }
+
+    #[test]
+    fn each_accept_warning_is_throttled_on_its_own() {
+        let (mut full, mut failed) = (Throttle::default(), Throttle::default());
+        assert!(full.due());
+        assert!(!full.due(), "again within FULL_WARNING_EVERY");
+        assert!(failed.due(), "the other warning was not given yet");
+        full.0 = Some(Instant::now() - FULL_WARNING_EVERY);
+        assert!(full.due());
+        assert!(!failed.due());
     }
 }
