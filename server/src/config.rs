@@ -103,7 +103,9 @@ pub struct ServeArgs {
     /// Reconnection delay sent to clients as `retry:`, in ms, at least 100 [default: 3000].
     #[arg(long, env = "HERALD_RETRY_MS")]
     pub retry_ms: Option<u64>,
-    /// Time a client has to send its request headers, and a publisher its body [default: 10s].
+    /// Time a client has to send its request headers, and a publisher its body; also how long
+    /// a connection with no request in progress (HTTP/1.1 keep-alive, HTTP/2) stays open
+    /// [default: 10s].
     #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = parse_duration)]
     #[serde(deserialize_with = "duration_text")]
     pub header_timeout: Option<Duration>,

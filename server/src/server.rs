@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -10,9 +10,9 @@ use herald_core::{Engine, EngineConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpSocket;
 use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
@@ -185,7 +185,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
     }
-    let graceful = GracefulShutdown::new();
+    // Tells the hyper connections to close gracefully.
+    let closing = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut shutdown = Box::pin(shutdown_signal());
 
@@ -227,7 +228,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 let header_timeout = config.header_timeout;
                 let ctx = ConnContext {
                     builder: builder.clone(),
-                    watcher: graceful.watcher(),
+                    shutdown: closing.clone(),
                     state: state.clone(),
                     tls: tls.clone(),
                     control: control.handle.clone(),
@@ -262,7 +263,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let bound = config.shutdown_timeout;
     let ended = tokio::time::timeout(bound, async {
         let _ = hub.shutdown().await;
-        graceful.shutdown().await;
+        closing.cancel();
         tracker.close();
         tracker.wait().await;
     })
@@ -332,7 +333,8 @@ struct Accepted {
 /// Everything a connection task needs besides its socket.
 struct ConnContext {
     builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    /// Cancelled when the server shuts down.
+    shutdown: CancellationToken,
     state: Arc<AppState>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     control: tokio::runtime::Handle,
@@ -433,14 +435,14 @@ async fn serve_hyper(
 ) {
     let ConnContext {
         builder,
-        watcher,
+        shutdown,
         state,
         tls,
         ..
     } = ctx;
     // hyper's header timeout starts only once a request is being read; a client that sends
-    // nothing (or half an HTTP/2 preface) would hold its socket forever. Until the first
-    // request arrives, this deadline applies.
+    // nothing (or half an HTTP/2 preface) would hold its socket forever. The TLS handshake
+    // and the first request must start within this deadline.
     let deadline = tokio::time::sleep(header_timeout);
     tokio::pin!(deadline);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
@@ -460,14 +462,16 @@ async fn serve_hyper(
             }
         }
     };
-    let started = Arc::new(AtomicBool::new(false));
-    let seen = started.clone();
     let over_tls = matches!(io, Either::Right(_));
+    // Requests in progress (an SSE response counts until its stream ends): a connection with
+    // none for `header_timeout` is closed, HTTP/2 too, which has no idle timeout of its own.
+    let requests = Arc::new(Requests::default());
+    let counted = requests.clone();
     // A subscriber closed as too slow has its connection reset (below).
     let watch = Arc::new(crate::sse::AbortWatch::default());
     let on_abort = api::ResetOnAbort(watch.clone());
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        seen.store(true, Ordering::Relaxed);
+        let request = InProgress::start(&counted);
         if over_tls {
             req.extensions_mut().insert(api::OverTls);
         }
@@ -475,39 +479,134 @@ async fn serve_hyper(
         // Boxed: hyper keeps a request's future inline for as long as the connection (HTTP/1.1)
         // or the stream's task (HTTP/2) lives, also once an SSE response is streaming, and
         // `handle` is much larger than the body it returns.
-        Box::pin(api::handle(req, state.clone(), remote))
+        let handled = Box::pin(api::handle(req, state.clone(), remote));
+        async move {
+            let res = handled.await?;
+            Ok::<_, std::convert::Infallible>(res.map(|body| Counted {
+                body,
+                _request: request,
+            }))
+        }
     });
     let mut conn = Box::pin(
-        watcher.watch(
-            builder
-                .serve_connection(TokioIo::new(io), service)
-                .into_owned(),
-        ),
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned(),
     );
     // The connection runs until it ends, or (`None`) until a stream closed as too slow means
-    // it must be reset.
-    let serving = async {
-        tokio::select! {
-            result = &mut conn => Some(result),
-            () = watch.reset_due(H2_ABORT_GRACE) => None,
-        }
+    // it must be reset. Shutting down, or idle, it is closed gracefully (HTTP/2: a GOAWAY).
+    let idle = idle_for(requests, header_timeout, deadline.as_mut());
+    let closing = tokio::select! {
+        result = &mut conn => return ended(result, remote),
+        () = watch.reset_due(H2_ABORT_GRACE) => return reset_on_close(fd),
+        () = shutdown.cancelled() => None,
+        () = idle => Some(header_timeout),
     };
-    tokio::pin!(serving);
-    let ended = tokio::select! {
-        ended = &mut serving => ended,
-        _ = &mut deadline, if !started.load(Ordering::Relaxed) => {
-            if started.load(Ordering::Relaxed) {
-                serving.await
-            } else {
-                return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
+    conn.as_mut().graceful_shutdown();
+    // An idle connection has nothing left to finish: one that does not close within the
+    // timeout (an HTTP/2 client that never acknowledges the GOAWAY's ping) is dropped.
+    let linger = tokio::time::sleep(closing.unwrap_or(Duration::MAX));
+    tokio::select! {
+        result = &mut conn => ended(result, remote),
+        () = watch.reset_due(H2_ABORT_GRACE) => reset_on_close(fd),
+        () = linger => tracing::debug!(%remote, "idle connection did not close; dropping it"),
+    }
+}
+
+fn ended(result: Result<(), Box<dyn std::error::Error + Send + Sync>>, remote: SocketAddr) {
+    if let Err(e) = result {
+        tracing::debug!(%remote, "connection ended: {e}");
+    }
+}
+
+/// Resolves once no request has been in progress on the connection for `after`; the first
+/// wait, before any request, ends when `timer` (reused for the later waits) does. A
+/// connection busy with a stream waits on no timer.
+async fn idle_for(
+    requests: Arc<Requests>,
+    after: Duration,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+) {
+    let mut seen = 0;
+    loop {
+        timer.as_mut().await;
+        let started = requests.started.load(Ordering::Acquire);
+        if started == seen && requests.in_progress.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        seen = started;
+        requests.none_in_progress().await;
+        timer.as_mut().reset(tokio::time::Instant::now() + after);
+    }
+}
+
+/// The requests of one hyper connection: how many have started, how many are in progress
+/// (an SSE response counts until its stream ends).
+#[derive(Default)]
+struct Requests {
+    started: AtomicU64,
+    in_progress: AtomicUsize,
+    /// Told when `in_progress` falls to 0.
+    ended: tokio::sync::Notify,
+}
+
+impl Requests {
+    async fn none_in_progress(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.in_progress.load(Ordering::Acquire) == 0 {
+                return;
             }
+            ended.await;
         }
-    };
-    match ended {
-        Some(Ok(())) => {}
-        Some(Err(e)) => tracing::debug!(%remote, "connection ended: {e}"),
-        // `conn`, which owns the socket, is dropped on return: closed with a reset.
-        None => reset_on_close(fd),
+    }
+}
+
+/// One request in progress on a hyper connection, for as long as it lives.
+struct InProgress(Arc<Requests>);
+
+impl InProgress {
+    fn start(requests: &Arc<Requests>) -> Self {
+        requests.in_progress.fetch_add(1, Ordering::AcqRel);
+        requests.started.fetch_add(1, Ordering::AcqRel);
+        Self(requests.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        if self.0.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.notify_waiters();
+        }
+    }
+}
+
+/// A response body that holds its request's [`InProgress`] until hyper drops it (the
+/// response is written, or its stream ended).
+struct Counted {
+    body: api::Body,
+    _request: InProgress,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = <api::Body as hyper::body::Body>::Data;
+    type Error = <api::Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

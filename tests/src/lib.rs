@@ -790,7 +790,7 @@ impl Client {
             path: path.to_owned(),
             headers: Vec::new(),
             body: Bytes::new(),
-            http2: false,
+            h2: None,
         }
     }
 
@@ -863,13 +863,20 @@ pub struct Call {
     path: String,
     headers: Vec<(String, String)>,
     body: Bytes,
-    http2: bool,
+    /// HTTP/2 on a connection of its own (`Some(None)`) or on a shared one; HTTP/1.1 if `None`.
+    h2: Option<Option<H2Connection>>,
 }
 
 impl Call {
     /// Speaks HTTP/2 with prior knowledge on a connection of its own.
     pub fn http2(mut self) -> Self {
-        self.http2 = true;
+        self.h2 = Some(None);
+        self
+    }
+
+    /// Speaks HTTP/2 as one more stream on `conn`.
+    pub fn over(mut self, conn: &H2Connection) -> Self {
+        self.h2 = Some(Some(conn.clone()));
         self
     }
 
@@ -913,7 +920,7 @@ impl Call {
         for (name, value) in &self.headers {
             req = req.header(name, value);
         }
-        let over = self.http2.then_some(None);
+        let over = self.h2;
         // `_conn` drives the connection; it must live until the body has been read.
         let (res, _conn) =
             send_request(self.client, over, req, &self.path, self.body, deadline).await?;
@@ -1077,6 +1084,11 @@ pub struct H2Connection {
 }
 
 impl H2Connection {
+    /// Whether the server closed the connection within `wait` (checked every 20 ms).
+    pub async fn closed_within(&self, wait: Duration) -> bool {
+        eventually(wait, || async { self.task.0.is_finished() }).await
+    }
+
     /// Opens the connection and does the HTTP/2 handshake (bounded by [`WAIT`]).
     pub async fn open(client: Client) -> Self {
         let deadline = tokio::time::Instant::now() + WAIT;

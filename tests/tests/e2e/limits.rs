@@ -522,6 +522,39 @@ async fn a_client_that_sends_nothing_or_part_of_the_http2_preface_is_cut_off_too
 }
 
 #[tokio::test]
+async fn an_http2_connection_with_no_request_in_progress_is_closed_after_the_header_timeout() {
+    let herald = Herald::start(&["--dev", "--header-timeout", "1s"]);
+    // One request, then nothing: as many such connections as the open files allow would
+    // otherwise keep everyone else out.
+    let idle = H2Connection::open(herald.client()).await;
+    let started = Instant::now();
+    let health = herald
+        .call(Method::GET, "/healthz")
+        .over(&idle)
+        .send()
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+    // A connection with a stream open is busy however long nothing is said on it.
+    let busy = H2Connection::open(herald.client()).await;
+    let mut sub = herald.events().over(&busy).topic("t").open().await;
+    assert!(
+        idle.closed_within(WAIT).await,
+        "the idle connection is still open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let id = herald
+        .publish_ok(json!({"topics": ["t"], "data": "still open"}))
+        .await;
+    let event = sub.next_event(WAIT).await.expect("the stream's event");
+    assert_eq!(event.last_event_id, id);
+    assert!(!busy.closed_within(Duration::ZERO).await);
+}
+
+#[tokio::test]
 async fn a_subscriber_with_many_cookies_is_served_on_every_path_and_a_huge_head_gets_431() {
     let herald = Herald::start(&["--dev"]);
     // 20 cookies of 900 bytes: what a browser sends to a host that set many.
