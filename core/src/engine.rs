@@ -738,9 +738,16 @@ impl Engine {
                 frames.push((event.id, frame::encode_event(event)));
             }
         }
-        // A page cut short by a limit continues where it stopped; an empty one cannot
-        // make progress, so it ends the range rather than asking forever.
-        let done = !page.more || read_to.is_none_or(|r| r >= through) || page.events.is_empty();
+        // A read that stopped at its budget continues past what it looked at, matched or not.
+        if let Some(looked) = page.read_through
+            && read_to.is_none_or(|r| looked > r)
+        {
+            read_to = Some(looked.min(through));
+        }
+        // A page cut short by a limit continues where it stopped; one that made no progress
+        // ends the range rather than asking forever.
+        let done =
+            !page.more || read_to.is_none_or(|r| r >= through) || read_to == read_from_before;
         if let Some(replay) = c.replay.as_mut() {
             replay.read_from = if done { Some(through) } else { read_to };
         }

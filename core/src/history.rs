@@ -41,6 +41,10 @@ pub struct HistoryPage {
     pub events: Vec<Event>,
     /// True when the page stopped at a limit and more events may lie in the range.
     pub more: bool,
+    /// Where a read that stopped at its budget of records looked last, when that is past the
+    /// page's last event (few of the records it read matched): the next page starts after it.
+    /// `None`: after the page's last event.
+    pub read_through: Option<EventId>,
 }
 
 /// What the log holds, as far as resuming clients are concerned.

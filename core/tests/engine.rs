@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use herald_core::{
     CloseReason, ConnectError, ConnectRequest, ConnectionInfo, EngineConfig, Event, EventId,
-    EventType, HistoryRequest, Latency, LogBounds, Parser, Protocol, PublishError, PublishRequest,
-    Quantiles, Stats, Target, TopicPattern, Transports, UserId,
+    EventType, HistoryPage, HistoryRequest, Latency, LogBounds, Parser, Protocol, PublishError,
+    PublishRequest, Quantiles, Stats, Target, TopicPattern, Transports, UserId,
 };
 use support::{Sim, ids, read_log, topics, users};
 
@@ -374,6 +374,57 @@ fn a_replay_goes_out_one_page_per_driver_round_trip_even_from_the_window() {
         sim.drain();
         assert_eq!(sim.received_ids(c), ids(&published[1..=n]));
     }
+    let after = sim.publish_topic("t", "after");
+    assert_eq!(sim.received_ids(c).last(), Some(&after.to_string()));
+}
+
+#[test]
+fn a_page_that_stopped_at_its_read_budget_moves_the_replay_past_what_it_read() {
+    let mut sim = Sim::new(EngineConfig {
+        recent_events: 1,
+        ..EngineConfig::default()
+    });
+    let mut published = Vec::new();
+    for i in 0..9 {
+        published.push(sim.publish_topic(if i % 4 == 3 { "t" } else { "other" }, "x"));
+    }
+    sim.auto_history = false;
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    // The log read three records per page and stopped: nothing matched in the first, one
+    // event in the second (read on past it), and the rest in the last.
+    let answers = [
+        (vec![], Some(published[2])),
+        (vec![3], Some(published[5])),
+        (vec![7], None),
+    ];
+    let mut afters = Vec::new();
+    for (n, (events, read_through)) in answers.into_iter().enumerate() {
+        assert_eq!(sim.history_requests.len(), 1, "page {n}");
+        let req = sim.history_requests.remove(0);
+        afters.push(req.after);
+        let page = HistoryPage {
+            events: events
+                .iter()
+                .map(|&i: &usize| {
+                    sim.log
+                        .iter()
+                        .find(|e| e.id == published[i])
+                        .unwrap()
+                        .clone()
+                })
+                .collect(),
+            more: read_through.is_some(),
+            read_through,
+        };
+        sim.engine.handle_history(c, page, sim.now);
+        sim.drain();
+    }
+    assert_eq!(
+        afters,
+        [Some(published[0]), Some(published[2]), Some(published[5])]
+    );
+    assert!(sim.history_requests.is_empty(), "the replay is over");
+    assert_eq!(sim.received_ids(c), ids(&[published[3], published[7]]));
     let after = sim.publish_topic("t", "after");
     assert_eq!(sim.received_ids(c).last(), Some(&after.to_string()));
 }

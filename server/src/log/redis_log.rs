@@ -354,6 +354,7 @@ impl EventLog for RedisLog {
         };
         let end = req.through.to_string();
         let chunk = SCAN_CHUNK.to_string();
+        let mut read = 0;
         'scan: loop {
             let reply = self.pool.with(|conn| {
                 conn.query(&[
@@ -383,6 +384,13 @@ impl EventLog for RedisLog {
             }
             match last {
                 Some(last) if fetched == SCAN_CHUNK && last < req.through => {
+                    read += fetched;
+                    if read >= super::replay::SCAN_BUDGET {
+                        // Few of the records matched: the next page goes on from here.
+                        page.more = true;
+                        page.read_through = Some(last);
+                        break;
+                    }
                     start = format!("({last}");
                 }
                 _ => break,
@@ -468,5 +476,84 @@ impl EventLog for RedisLog {
 
     fn corrupt_records(&self) -> u64 {
         self.corrupt.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::tests::{Cleanup, TIMEOUT, redis_or_skip, unique_key};
+    use herald_core::{ConnId, Subscription, Target, Topic, TopicPattern};
+
+    #[test]
+    fn a_read_stops_at_its_budget_and_says_where() {
+        let Some(config) = redis_or_skip("a_read_stops_at_its_budget_and_says_where") else {
+            return;
+        };
+        let log = RedisLog::open(&RedisLogConfig {
+            redis: config.clone(),
+            prefix: unique_key("budget"),
+            retention: Retention::default(),
+        })
+        .unwrap();
+        let key = log.stream_key().to_owned();
+        let _cleanup = Cleanup(&config, &key);
+        // One event for `t`, a long run for `other`, then one more for `t`.
+        let total = super::super::replay::SCAN_BUDGET as u64 + 2 * SCAN_CHUNK as u64;
+        let commands: Vec<Vec<Vec<u8>>> = (1..=total)
+            .map(|n| {
+                let topic = if n == 1 || n == total { "t" } else { "other" };
+                let event = Event {
+                    id: EventId::new(n, 0),
+                    target: Target {
+                        topics: vec![Topic::new(topic).unwrap()],
+                        ..Target::default()
+                    },
+                    event_type: None,
+                    data: "x".to_owned(),
+                };
+                let record = codec::encode_event(&event).unwrap();
+                let id = event.id.to_string().into_bytes();
+                vec![
+                    b"XADD".to_vec(),
+                    key.clone().into_bytes(),
+                    id,
+                    RECORD_FIELD.to_vec(),
+                    record,
+                ]
+            })
+            .collect();
+        let mut conn = Connection::open(&config, TIMEOUT).unwrap();
+        for batch in commands.chunks(1000) {
+            for reply in conn.pipeline(batch).unwrap() {
+                reply.unwrap();
+            }
+        }
+        let mut req = HistoryRequest {
+            conn: ConnId(1),
+            after: None,
+            through: EventId::new(total, 0),
+            subscription: Subscription {
+                patterns: vec![TopicPattern::parse("t").unwrap()],
+                user: None,
+            },
+            max_events: 1000,
+            max_bytes: usize::MAX,
+        };
+        let first = log.read(&req).unwrap();
+        // Read a chunk at a time: it stops at the first chunk that reaches the budget.
+        let chunk = SCAN_CHUNK as u64;
+        let stop = (super::super::replay::SCAN_BUDGET as u64).div_ceil(chunk) * chunk;
+        let seqs = |page: &HistoryPage| page.events.iter().map(|e| e.id.ms).collect::<Vec<_>>();
+        assert_eq!(
+            (seqs(&first), first.more, first.read_through),
+            (vec![1], true, Some(EventId::new(stop, 0)))
+        );
+        req.after = first.read_through;
+        let rest = log.read(&req).unwrap();
+        assert_eq!(
+            (seqs(&rest), rest.more, rest.read_through),
+            (vec![total], false, None)
+        );
     }
 }

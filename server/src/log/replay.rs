@@ -20,6 +20,12 @@ use super::sled_log::{id_of_key, index_key};
 /// sled iterator holds on to a tree node.
 const MAX_MERGE_SOURCES: usize = 256;
 
+/// Most records one page reads by scanning. A page stops there with what matched so far
+/// (nothing, for a pattern that matches few of the records) and says where it stopped: a
+/// broad pattern's resume over a large log is read a few milliseconds at a time, paced like
+/// any replay, and a client that leaves stops it at the next page.
+pub(super) const SCAN_BUDGET: usize = 10_000;
+
 /// The trees a read needs.
 pub(super) struct Trees<'a> {
     pub events: &'a sled::Tree,
@@ -231,12 +237,17 @@ fn scan(
     hi: EventId,
     page: &mut Collector<'_, '_>,
 ) -> Result<(), LogError> {
-    for item in events.range(lo.to_bytes()..=hi.to_bytes()) {
+    for (read, item) in events.range(lo.to_bytes()..=hi.to_bytes()).enumerate() {
         let (key, value) = item?;
         let Some(id) = EventId::from_bytes(&key) else {
             continue;
         };
         if page.offer(id, &value) == Offer::Full {
+            break;
+        }
+        if read + 1 >= SCAN_BUDGET && id < hi {
+            page.page.more = true;
+            page.page.read_through = Some(id);
             break;
         }
     }

@@ -7,6 +7,7 @@ use herald_core::{
     TopicPattern, UserId,
 };
 
+use super::replay::SCAN_BUDGET;
 use super::*;
 
 fn event(id: u64, topics: &[&str], users: &[&str], broadcast: bool) -> Arc<Event> {
@@ -269,6 +270,44 @@ fn very_many_topics_under_a_prefix_give_the_same_answer_by_scanning() {
         .read(&request(Some(id(590)), subscription(&["t/*"], None)))
         .unwrap();
     assert_eq!(ids(&page), vec![592, 593, 595, 596, 598, 599]);
+}
+
+#[test]
+fn a_scan_reads_at_most_its_budget_per_page_and_says_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&config(dir.path())).unwrap();
+    // 300 topics under `t/` (too many to merge), then a long run of events none of them
+    // sees, then three more for `t/1`.
+    let quiet = 2 * SCAN_BUDGET as u64;
+    let batch: Vec<Arc<Event>> = (1..=300 + quiet + 3)
+        .map(|n| match n {
+            1..=300 => event(n, &[&format!("t/{n}")], &[], false),
+            n if n <= 300 + quiet => event(n, &["other"], &["bob"], false),
+            n => event(n, &["t/1"], &[], false),
+        })
+        .collect();
+    log.append(&batch, &[]).unwrap();
+    let mut req = request(None, subscription(&["t/*"], None));
+    let mut pages = Vec::new();
+    loop {
+        let page = log.read(&req).unwrap();
+        let next = page.read_through.or(page.events.last().map(|e| e.id));
+        pages.push((ids(&page), page.more, page.read_through));
+        if !page.more {
+            break;
+        }
+        req.after = next;
+    }
+    let budget = SCAN_BUDGET as u64;
+    let tail: Vec<u64> = (301 + quiet..=303 + quiet).collect();
+    assert_eq!(
+        pages,
+        [
+            ((1..=300).collect(), true, Some(id(budget))),
+            (vec![], true, Some(id(2 * budget))),
+            (tail, false, None),
+        ]
+    );
 }
 
 #[test]
