@@ -109,6 +109,10 @@ pub enum CloseReason {
     /// The shared log dropped events before this server read them: the client reconnects,
     /// and its resume tells it what it missed.
     LogGap,
+    /// Refused as it opened: the server held as many connections as it may.
+    ServerFull,
+    /// Refused as it opened: its user held as many streams as one user may.
+    TooManyStreams,
 }
 
 impl CloseReason {
@@ -119,9 +123,25 @@ impl CloseReason {
     /// that. The block also carries `retry:`, the delay before the client comes back. It has
     /// no `id:`, so the client's resume point is unchanged.
     pub fn notice(self, retry_ms: u64) -> bytes::Bytes {
+        self.block(retry_ms, None)
+    }
+
+    /// The whole stream of a subscriber refused for now ([`CloseReason::ServerFull`],
+    /// [`CloseReason::TooManyStreams`]), answered 200 because a native `EventSource` never
+    /// retries after any other status: the notice, with `id:` the log's `position` for a
+    /// client that sent no `Last-Event-ID`, so that when it gets in it is replayed what was
+    /// published since it first asked.
+    pub fn refusal(self, retry_ms: u64, position: Option<EventId>) -> bytes::Bytes {
+        self.block(retry_ms, position)
+    }
+
+    fn block(self, retry_ms: u64, id: Option<EventId>) -> bytes::Bytes {
         let data = format!(r#"{{"reason":"{}"}}"#, self.as_str());
-        FrameBuilder::with_capacity(data.len() + 64)
-            .retry(retry_ms)
+        let mut block = FrameBuilder::with_capacity(data.len() + 96).retry(retry_ms);
+        if let Some(id) = id {
+            block = block.id(id);
+        }
+        block
             .event_type(&EventType::from_static(CLOSED_EVENT))
             .data(&data)
             .finish()
@@ -136,6 +156,8 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::LogUnavailable => "log_unavailable",
             Self::LogGap => "log_gap",
+            Self::ServerFull => "server_full",
+            Self::TooManyStreams => "too_many_streams",
         }
     }
 }

@@ -391,11 +391,34 @@ fn a_closed_stream_says_why_and_when_to_come_back_without_moving_the_resume_poin
         CloseReason::Shutdown,
         CloseReason::LogUnavailable,
         CloseReason::LogGap,
+        CloseReason::ServerFull,
+        CloseReason::TooManyStreams,
     ] {
         let event = Parser::new().feed(&reason.notice(1)).remove(0);
         let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
         assert_eq!(data["reason"], reason.as_str());
     }
+}
+
+#[test]
+fn a_refused_stream_says_why_and_moves_a_client_with_no_id_to_where_the_log_stands() {
+    let position = EventId::new(1_700_000_000_000, 4);
+    let mut fresh = Parser::new();
+    let events = fresh.feed(&CloseReason::ServerFull.refusal(2500, Some(position)));
+    assert_eq!(
+        events,
+        [ParsedEvent {
+            event_type: CLOSED_EVENT.to_owned(),
+            data: r#"{"reason":"server_full"}"#.to_owned(),
+            last_event_id: position.to_string(),
+        }]
+    );
+    assert_eq!(fresh.retry(), Some(2500));
+    // A client that came with an id keeps it.
+    let mut resuming = Parser::new();
+    resuming.feed(b"id: 1-0\n\n");
+    resuming.feed(&CloseReason::TooManyStreams.refusal(2500, None));
+    assert_eq!(resuming.last_event_id(), "1-0");
 }
 
 #[test]

@@ -4,12 +4,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_core::{
-    ConnId, ConnectError, ConnectRequest, EventId, EventType, Protocol, PublishError,
-    PublishRequest, Target, Topic, TopicPattern, UserId, frame,
+    CloseReason, ConnId, ConnectError, ConnectRequest, EventId, EventType, Protocol, PublishError,
+    PublishRequest, Target, Topic, TopicPattern, UserId,
 };
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -663,17 +664,51 @@ pub async fn open_stream(
     match connected {
         Ok(sub) => Ok(Opened::Stream(sub.body)),
         Err(e @ ConnectError::TooManyTopics { .. }) => Err(ApiError::bad_request(e.to_string())),
-        Err(e @ ConnectError::TooManyForUser { .. }) => {
-            tracing::info!(%remote, "{e}");
-            Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
-        }
-        Err(e @ ConnectError::TooManyConnections { .. }) => {
+        Err(
+            e @ (ConnectError::TooManyForUser { .. } | ConnectError::TooManyConnections { .. }),
+        ) => {
             // EventSource gives up for good on any non-200: say "come back later" in-band.
-            tracing::warn!(%remote, "{e}");
+            // Browsers come back every few seconds while the limit holds: one line now and
+            // then says so, the count is in the metrics (`herald_connections_refused_total`).
+            if refusal_warning_due() {
+                tracing::warn!(%remote, "{e} (refusals are logged at most once each 10 s)");
+            } else {
+                tracing::debug!(%remote, "{e}");
+            }
+            let reason = match e {
+                ConnectError::TooManyForUser { .. } => CloseReason::TooManyStreams,
+                _ => CloseReason::ServerFull,
+            };
+            // A client that named no resume point gets the log's position, so that when it
+            // gets in it is replayed what was published since it first asked.
+            let position = match last_id {
+                Some(_) => None,
+                None => Some(
+                    state
+                        .hub
+                        .stats()
+                        .await
+                        .map_err(|_| unavailable())?
+                        .committed_id
+                        .and_then(|id| id.parse().ok())
+                        .unwrap_or(EventId::MIN),
+                ),
+            };
             let retry = jittered_retry(state.retry_ms, remote.port().into());
-            Ok(Opened::RetryLater(frame::encode_retry(retry)))
+            Ok(Opened::RetryLater(reason.refusal(retry, position)))
         }
     }
+}
+
+/// Whether a refused subscriber should be logged at `warn` now: at most once each 10 s.
+fn refusal_warning_due() -> bool {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = crate::hub::wall_ms();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    now.saturating_sub(last) >= 10_000
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 fn stream_response(body: Body) -> Response<Body> {

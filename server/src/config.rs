@@ -71,7 +71,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Most subscriber streams one user (a token's `sub`, or `?user=` in dev mode) may hold
-    /// at once; beyond it a new one is refused with 429. With `--redis`, counted over every
+    /// at once; beyond it a new one is told to come back later (a 200 with a `herald.closed`
+    /// `too_many_streams` notice and `retry:`). With `--redis`, counted over every
     /// live instance of the cluster (on this instance alone while Redis cannot be reached).
     /// Admin streams and anonymous subscribers are not counted [default: no limit].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]

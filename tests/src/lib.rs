@@ -1388,21 +1388,34 @@ impl Subscriber {
         self.end = Some(end);
     }
 
-    /// Asserts that this stream was refused by the per-user cap: 429, with an error naming
-    /// `user` and `limit`.
-    pub fn assert_over_user_cap(&self, user: &str, limit: usize) {
-        assert_eq!(
-            self.status(),
-            StatusCode::TOO_MANY_REQUESTS,
-            "{}",
-            self.raw_text()
-        );
-        let error = self.error();
+    /// Whether the server took this stream: a 200 whose first block is not a refusal's
+    /// `herald.closed` (see [`Subscriber::assert_refused_for_now`]). Waits for that block.
+    pub async fn admitted(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.raw.windows(2).any(|w| w == b"\n\n") && self.read_more(deadline).await {}
+        self.status == StatusCode::OK
+            && self.raw.windows(2).any(|w| w == b"\n\n")
+            && !self.raw_text().contains("event: herald.closed")
+    }
+
+    /// Asserts that this stream was refused for now by a limit: a 200 (a browser's
+    /// `EventSource` would give up for good on any other status) whose only block is a
+    /// `herald.closed` naming `reason` with a jittered `retry:` (3 s base), and that then
+    /// ends. Returns that block: its `last_event_id` is where the client resumes.
+    pub async fn assert_refused_for_now(mut self, reason: &str) -> ParsedEvent {
+        assert_eq!(self.status(), StatusCode::OK, "{}", self.raw_text());
+        assert_eq!(self.header("content-type"), Some("text/event-stream"));
+        let notice = self.next_event(WAIT).await.expect("the refusal's notice");
+        assert_eq!(notice.event_type, "herald.closed", "{}", self.raw_text());
+        let data: Value = serde_json::from_str(&notice.data).expect("a JSON notice");
+        assert_eq!(data["reason"], reason, "{}", self.raw_text());
+        assert_eq!(self.wait_end(WAIT).await, Some(End::Clean));
+        let retry = self.retry().expect("a retry: field");
         assert!(
-            error.contains(user) && error.contains(&limit.to_string()),
-            "{}",
-            self.raw_text()
+            (3000..6000).contains(&retry),
+            "retry {retry} is the 3 s base plus jitter"
         );
+        notice
     }
 
     /// Asserts that the next event, within [`WAIT`], has id `id`.
