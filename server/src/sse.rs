@@ -178,6 +178,17 @@ impl Queue {
         }
     }
 
+    /// Ready once the server ended the stream ([`Queue::close`] or [`Queue::abort`]).
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.lock();
+        if inner.closed {
+            Poll::Ready(())
+        } else {
+            inner.register(cx);
+            Poll::Pending
+        }
+    }
+
     /// True once the stream was ended by the server.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
@@ -384,6 +395,16 @@ impl SseBody {
     /// worth finishing, the client replays what it missed when it reconnects.
     pub async fn aborted(&self) {
         std::future::poll_fn(|cx| self.queue.poll_aborted(cx)).await;
+    }
+
+    /// Waits until the server ends the stream (what is queued is then the last of it).
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| self.queue.poll_closed(cx)).await;
+    }
+
+    /// True once the server ended the stream.
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
     }
 
     /// True once the server aborted the stream.

@@ -28,6 +28,11 @@ const MAX_HEADERS: usize = 100;
 /// A write that cannot make progress for this long means the client is gone.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 
+/// How long the last of a stream the server ended (kicked, token expired, shutdown) may take
+/// to write: a client that reads takes it at once; one that stopped reading is reset, and
+/// its socket (and in a cluster its user's place) is given up, not held for `WRITE_STALL`.
+const CLOSING_STALL: Duration = Duration::from_secs(2);
+
 /// The bytes a request must start with to take this path.
 const PREFIX: &[u8] = b"GET /events";
 
@@ -241,14 +246,26 @@ async fn stream_events(
         tokio::select! {
             chunk = body.next_chunk() => {
                 let Some(chunk) = chunk else { break };
+                let closing = body.is_closed();
+                let stall = if closing { CLOSING_STALL } else { WRITE_STALL };
+                let write = tokio::time::timeout(stall, wr.write_all(&chunk));
+                tokio::pin!(write);
                 // A slow consumer is aborted while its write waits: it need not wait longer.
-                tokio::select! {
-                    written = tokio::time::timeout(WRITE_STALL, wr.write_all(&chunk)) => {
-                        if !matches!(written, Ok(Ok(()))) {
-                            return reset(&stream);
+                // A stream ended while its write waits has `CLOSING_STALL` left to finish it.
+                let written = tokio::select! {
+                    // An abort closes the stream too: it must win over `closed`.
+                    biased;
+                    written = &mut write => written,
+                    () = body.aborted() => return reset(&stream),
+                    () = body.closed(), if !closing => {
+                        match tokio::time::timeout(CLOSING_STALL, &mut write).await {
+                            Ok(written) => written,
+                            Err(elapsed) => Err(elapsed),
                         }
                     }
-                    () = body.aborted() => return reset(&stream),
+                };
+                if !matches!(written, Ok(Ok(()))) {
+                    return reset(&stream);
                 }
             }
             read = rd.read(&mut probe) => match read {
@@ -258,11 +275,47 @@ async fn stream_events(
             },
         }
     }
-    if body.is_aborted() {
+    // Ended by the server: a client that stopped reading would leave the socket holding what
+    // is unsent (a close keeps it, and the kernel with it, until the client reads or TCP
+    // gives up): it has `CLOSING_STALL` to take it, or is reset.
+    if body.is_aborted() || !sent_within(&stream, CLOSING_STALL).await {
         reset(&stream);
     } else {
         let _ = stream.shutdown().await;
     }
+}
+
+/// Whether the socket has sent everything written to it, and had it acknowledged, within
+/// `limit` (checked every 20 ms). Linux only; elsewhere, true.
+async fn sent_within(stream: &TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match unsent_bytes(stream) {
+            Some(0) | None => return true,
+            Some(_) if tokio::time::Instant::now() >= deadline => return false,
+            Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Bytes written to the socket and not yet acknowledged by the peer (`SIOCOUTQ`).
+#[cfg(target_os = "linux")]
+fn unsent_bytes(stream: &TcpStream) -> Option<usize> {
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: the fd is the stream's own, open for the call; the ioctl writes one c_int.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            libc::TIOCOUTQ,
+            &mut unsent,
+        )
+    };
+    (rc == 0).then(|| usize::try_from(unsent).unwrap_or(0))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unsent_bytes(_: &TcpStream) -> Option<usize> {
+    None
 }
 
 #[cfg(test)]

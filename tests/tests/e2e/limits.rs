@@ -301,6 +301,32 @@ async fn assert_released(herald: &Herald) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_subscriber_that_stopped_reading_is_let_go_within_seconds() {
+    // A queue large enough that the server never closes it as too slow by itself.
+    let herald = Herald::start(&["--dev", "--queue-bytes", "16MiB"]);
+    let _tcp = herald.stalled_subscriber("slow", Some(4096), false).await;
+    let port = herald.addr().port();
+    // More than the socket takes (its send buffer grows to 4 MB): a write is left waiting.
+    let big = "x".repeat(60_000);
+    for _ in 0..120 {
+        herald
+            .publish_ok(json!({"topics": ["slow"], "data": big}))
+            .await;
+    }
+    let full = eventually(WAIT, || async { unsent_bytes_from(port) > 100_000 }).await;
+    assert!(full, "the socket never filled: {}", unsent_bytes_from(port));
+    let id = herald.connections().await[0]["id"].clone();
+    let kicked = herald
+        .call(Method::DELETE, &format!("/admin/connections/{id}"))
+        .send()
+        .await;
+    assert_eq!(kicked.status, StatusCode::OK, "{}", kicked.text());
+    // Its notice cannot be written: the socket (and, in a cluster, the user's place) is
+    // given up soon after, not after the 30 s a stalled write is otherwise allowed.
+    assert_released(&herald).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_a_gap() {
     let herald = Herald::start(&["--dev", "--queue-bytes", "65536"]);
     // A client whose small receive window fills at once, and that then reads nothing.
