@@ -22,14 +22,44 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 pub struct Claims {
     /// The user id.
     pub sub: String,
-    /// Expiry, unix seconds.
+    /// Expiry, unix seconds (a JSON number: a fraction, which RFC 7519 allows, is dropped).
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
     /// Not before, unix seconds: a token for later (`herald token` never sets it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "some_numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub nbf: Option<u64>,
     /// Herald's own grants.
     #[serde(default)]
     pub herald: Grants,
+}
+
+/// A JWT NumericDate: seconds since the epoch, a whole number or not (its fraction dropped).
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    seconds(&n)
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a date (seconds since 1970)")))
+}
+
+fn some_numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => seconds(&n).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("{n} is not a date (seconds since 1970)"))
+        }),
+    }
+}
+
+fn seconds(n: &serde_json::Number) -> Option<u64> {
+    // `as` saturates past u64::MAX: a date that far ahead never comes.
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| v as u64)
+    })
 }
 
 /// What a token allows.
@@ -238,8 +268,11 @@ impl JwtKey {
         let body = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| AuthError::Malformed("claims are not base64url"))?;
-        let claims: Claims = serde_json::from_slice(&body)
-            .map_err(|_| AuthError::Malformed("claims are not the expected JSON"))?;
+        let claims: Claims = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            // JSON, but not the claims a token must have (`sub`, `exp`) in the right types.
+            serde_json::error::Category::Data => AuthError::BadClaim(e.to_string()),
+            _ => AuthError::Malformed("claims are not JSON"),
+        })?;
         if claims.exp <= now_unix {
             return Err(AuthError::Expired);
         }
@@ -313,7 +346,8 @@ pub fn token_from(
     {
         return Some((t.trim().to_owned(), Carrier::Header));
     }
-    if let Some(t) = query_token {
+    // An empty `?token=` (a page that had none to put there) names no token.
+    if let Some(t) = query_token.filter(|t| !t.is_empty()) {
         return Some((t.to_owned(), Carrier::Query));
     }
     for cookie in headers.get_all(http::header::COOKIE) {
@@ -324,6 +358,11 @@ pub fn token_from(
             if let Some((name, value)) = pair.trim().split_once('=')
                 && name == TOKEN_COOKIE
             {
+                // RFC 6265 allows a cookie value in double quotes.
+                let value = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value);
                 return Some((value.to_owned(), Carrier::Cookie));
             }
         }
@@ -409,6 +448,39 @@ mod tests {
         assert_eq!(key.verify(&none, 0), Err(AuthError::Algorithm));
     }
 
+    /// A token over claims written by hand, signed with `key`.
+    fn signed(key: &JwtKey, body: &str) -> String {
+        let minted = key.mint(&claims(1));
+        let header = minted.split('.').next().unwrap();
+        let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(body));
+        let mut mac = key.mac();
+        mac.update(input.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{input}.{sig}")
+    }
+
+    #[test]
+    fn dates_may_have_fractions_and_claims_of_the_wrong_shape_are_named() {
+        let key = JwtKey::new(b"secret");
+        let token = signed(&key, r#"{"sub":"alice","exp":2000.5,"nbf":999.9}"#);
+        let claims = key.verify(&token, 1_000).unwrap();
+        assert_eq!((claims.exp, claims.nbf), (2_000, Some(999)));
+        for (claims, named) in [
+            (r#"{"exp":2000}"#, "missing field `sub`"),
+            (r#"{"sub":"alice","exp":"2000"}"#, "invalid type"),
+            (r#"{"sub":"alice","exp":-1}"#, "-1 is not a date"),
+        ] {
+            match key.verify(&signed(&key, claims), 1_000) {
+                Err(AuthError::BadClaim(why)) => assert!(why.contains(named), "{claims}: {why}"),
+                other => panic!("{claims}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            key.verify(&signed(&key, "not json"), 1_000),
+            Err(AuthError::Malformed("claims are not JSON"))
+        );
+    }
+
     #[test]
     fn tokens_are_found_in_header_query_and_cookie_in_that_order() {
         let mut headers = http::HeaderMap::new();
@@ -422,6 +494,15 @@ mod tests {
         assert_eq!(
             token_from(&headers, Some("q")),
             Some(("q".into(), Carrier::Query))
+        );
+        // An empty `?token=` names none; a quoted cookie value is the value.
+        headers.insert(
+            http::header::COOKIE,
+            "a=1; herald_token=\"c\"".parse().unwrap(),
+        );
+        assert_eq!(
+            token_from(&headers, Some("")),
+            Some(("c".into(), Carrier::Cookie))
         );
         headers.insert(http::header::AUTHORIZATION, "Bearer h".parse().unwrap());
         assert_eq!(

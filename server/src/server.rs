@@ -34,6 +34,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
              For local development without authentication, run `herald serve --dev`."
         ),
     };
+    if let Some(secret) = config
+        .jwt_secret
+        .as_ref()
+        .filter(|s| s.len() < MIN_SECRET_BYTES)
+    {
+        tracing::warn!(
+            "the JWT secret is {} bytes: anyone who guesses it can mint any token, and a short \
+             one can be found by trying; use {MIN_SECRET_BYTES} random bytes or more \
+             (`openssl rand -hex 32`)",
+            secret.len()
+        );
+    }
     if config.dev {
         tracing::warn!(
             "DEVELOPMENT MODE: no authentication; anyone who can reach {} may subscribe, publish and administer",
@@ -740,6 +752,9 @@ async fn answer_shutting_down(mut stream: tokio::net::TcpStream) {
     })
     .await;
 }
+
+/// Below this many bytes, a JWT secret is warned about at start (HS256's key is 32 bytes).
+const MIN_SECRET_BYTES: usize = 32;
 
 /// Open files kept out of the connections' reach: the log's files (sled opens one for each
 /// large value), Redis connections, certificates. Half the limit at most.

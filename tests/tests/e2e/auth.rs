@@ -246,12 +246,37 @@ async fn a_token_in_the_query_or_the_herald_token_cookie_works_like_a_bearer_tok
         .header("cookie", &format!("theme=dark; herald_token={token}"))
         .open()
         .await;
-    // Identity comes from the token: the user's own events arrive on both.
+    // A cookie value in quotes (RFC 6265 allows them), beside a page's empty `?token=`.
+    let mut by_quoted_cookie = herald
+        .events()
+        .topic("orders")
+        .query("token", "")
+        .header("cookie", &format!("herald_token=\"{token}\""))
+        .open()
+        .await;
+    // A token whose dates have fractions, as RFC 7519 allows.
+    let fractional = sign_jwt(
+        SECRET,
+        &json!({"sub": "alice", "exp": unix_now() as f64 + 600.5, "nbf": unix_now() as f64 - 0.5,
+                "herald": {"subscribe": ["orders"]}}),
+    );
+    let mut by_fractional = herald
+        .events()
+        .topic("orders")
+        .header("authorization", &format!("Bearer {fractional}"))
+        .open()
+        .await;
+    // Identity comes from the token: the user's own events arrive on all of them.
     let (status, answer) = herald
         .publish_as(&publisher(), json!({"users": ["alice"], "data": "hello"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    for sub in [&mut by_query, &mut by_cookie] {
+    for sub in [
+        &mut by_query,
+        &mut by_cookie,
+        &mut by_quoted_cookie,
+        &mut by_fractional,
+    ] {
         let event = sub.next_event(WAIT).await.expect("alice's event");
         assert_eq!(event.data, "hello");
     }
@@ -471,4 +496,22 @@ fn herald_token_refuses_what_would_be_no_token_or_one_the_server_refuses() {
 async fn an_idempotency_key_is_its_publishers_own() {
     let herald = server();
     assert_keys_are_the_publishers_own(&herald, &herald, SECRET).await;
+}
+
+#[tokio::test]
+async fn a_short_secret_is_warned_about_at_start() {
+    let herald = Herald::start(&["--jwt-secret", "short"]);
+    let warned = herald_tests::eventually(WAIT, || async {
+        herald.stderr().contains("the JWT secret is 5 bytes")
+    })
+    .await;
+    assert!(warned, "{}", herald.stderr());
+    let long = "k".repeat(32);
+    let fine = Herald::start(&["--jwt-secret", &long]);
+    fine.call(Method::GET, "/healthz").send().await;
+    assert!(
+        !fine.stderr().contains("JWT secret is"),
+        "{}",
+        fine.stderr()
+    );
 }
