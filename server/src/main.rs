@@ -11,7 +11,13 @@ use serde_json::value::RawValue;
 /// Herald: publish events over HTTP, deliver them to browsers over Server-Sent Events, and
 /// replay what a reconnecting client missed from a durable log.
 #[derive(Parser, Debug)]
-#[command(name = "herald", version)]
+#[command(
+    name = "herald",
+    version,
+    after_help = "What is logged (to stderr): HERALD_LOG, a tracing filter such as `debug` or \
+                  `herald_server::api=debug,info` (RUST_LOG when HERALD_LOG is not set; `info` \
+                  when neither is)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,15 +99,24 @@ struct PublishArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let asked = std::env::var("HERALD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .filter(|f| !f.trim().is_empty());
+    let (filter, refused) = match asked.as_deref().map(tracing_subscriber::EnvFilter::try_new) {
+        None => (tracing_subscriber::EnvFilter::new("info"), None),
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(e)) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes are for a terminal, not for a log file or a journal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let (Some(asked), Some(e)) = (asked, refused) {
+        tracing::warn!("the log filter {asked:?} (HERALD_LOG or RUST_LOG) is not one ({e}); logging at info");
+    }
     match cli.command {
         Command::Serve(args) => {
             let config = args.resolve()?;

@@ -336,9 +336,9 @@ impl SledLog {
         tracing::info!(
             dir = %dir.display(),
             events = totals.events,
-            last = ?totals.last,
-            floor = ?totals.floor,
-            recovered = db.was_recovered(),
+            last = %totals.last.map_or_else(|| "none".to_owned(), |id| id.to_string()),
+            floor = %totals.floor.map_or_else(|| "none".to_owned(), |id| id.to_string()),
+            existing = db.was_recovered(),
             "opened event log"
         );
         Ok(Self {
