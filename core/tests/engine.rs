@@ -430,6 +430,28 @@ fn a_page_that_stopped_at_its_read_budget_moves_the_replay_past_what_it_read() {
 }
 
 #[test]
+fn a_page_read_from_the_log_goes_out_as_one_frame() {
+    let mut sim = Sim::new(EngineConfig {
+        recent_events: 1,
+        ..EngineConfig::default()
+    });
+    let published: Vec<EventId> = (0..5)
+        .map(|i| sim.publish_topic("t", &i.to_string()))
+        .collect();
+    sim.auto_history = false;
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    let before = sim.frames[&c].len();
+    let req = sim.history_requests.remove(0);
+    let page = read_log(&sim.log, &req);
+    assert_eq!(page.events.len(), 4);
+    sim.engine.handle_history(c, page, sim.now);
+    sim.drain();
+    assert_eq!(sim.frames[&c].len(), before + 1, "one frame for the page");
+    assert_eq!(sim.received_ids(c), ids(&published[1..]));
+    assert_eq!(sim.engine.counters().replayed, 4);
+}
+
+#[test]
 fn held_events_that_overflow_are_replayed_from_the_log_instead() {
     let config = EngineConfig {
         recent_events: 1,

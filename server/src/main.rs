@@ -115,7 +115,9 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let (Some(asked), Some(e)) = (asked, refused) {
-        tracing::warn!("the log filter {asked:?} (HERALD_LOG or RUST_LOG) is not one ({e}); logging at info");
+        tracing::warn!(
+            "the log filter {asked:?} (HERALD_LOG or RUST_LOG) is not one ({e}); logging at info"
+        );
     }
     match cli.command {
         Command::Serve(args) => {
