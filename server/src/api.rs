@@ -269,9 +269,16 @@ async fn route(
             }
         }
         (&Method::DELETE, ["admin", "connections", id]) => {
-            require_admin(&req, state)?;
+            let operator = require_admin(&req, state)?;
             let id = parse_conn_id(id)?;
             if state.hub.kick(id).await.map_err(|_| unavailable())? {
+                // Who cut whom: an operator's action belongs in the log.
+                tracing::info!(
+                    conn = %id,
+                    operator = operator.user.as_ref().map_or("(dev mode)", |u| u.as_str()),
+                    %remote,
+                    "connection disconnected by an operator"
+                );
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({ "disconnected": id }),

@@ -488,14 +488,7 @@ fn read_loop(
     while !stop.is_set() {
         if conn.is_none() {
             match open_reader(log) {
-                Ok(c) => {
-                    if failing {
-                        tracing::info!(redis = %log.redis(), "reading the shared stream again");
-                    }
-                    conn = Some(c);
-                    failing = false;
-                    backoff = Duration::from_millis(100);
-                }
+                Ok(c) => conn = Some(c),
                 Err(error) => {
                     if !failing {
                         tracing::error!(%error, redis = %log.redis(), "cannot read the shared stream; retrying");
@@ -509,6 +502,13 @@ fn read_loop(
         }
         let Some(c) = conn.as_mut() else { continue };
         let step = read_step(c, log, &mut script, last);
+        // Back once Redis answers a read, not when a connection opens: a Redis (or a proxy
+        // in front of one) that takes connections and answers nothing is still failing.
+        if step.is_ok() && failing {
+            tracing::info!(redis = %log.redis(), "reading the shared stream again");
+            failing = false;
+            backoff = Duration::from_millis(100);
+        }
         // Stats read the cached bounds: refresh them at most once a second after events
         // arrived (also on the idle step after a burst, so the last figures show).
         if dirty && refreshed.elapsed() >= BOUNDS_REFRESH {

@@ -49,13 +49,13 @@ pub fn render(
     metric(
         "published_total",
         "counter",
-        "Events published (ids minted).",
+        "Publishes this instance took (ids minted; in cluster mode, attempts, failed ones included).",
         c.published as f64,
     );
     metric(
         "committed_total",
         "counter",
-        "Events made durable by the log.",
+        "Events made durable by the log (in cluster mode: every instance's, as this instance read them from the shared log; do not sum over instances).",
         c.committed as f64,
     );
     metric(
@@ -109,13 +109,13 @@ pub fn render(
     metric(
         "log_bytes",
         "gauge",
-        "Bytes of events held in the log.",
+        "Bytes of events held in the log (in cluster mode: the Redis stream's MEMORY USAGE).",
         stats.log.bytes as f64,
     );
     metric(
         "log_appends_total",
         "counter",
-        "Events written durably to the log.",
+        "Events this instance wrote durably to the log.",
         log.committed_events as f64,
     );
     metric(
@@ -162,7 +162,7 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "# HELP herald_connections_by_transport Subscriber connections open now, by HTTP version and TLS.\n\
+        "# HELP herald_connections_by_transport Subscriber streams open now, by HTTP version and TLS (HTTP/2 streams share connections).\n\
          # TYPE herald_connections_by_transport gauge"
     );
     for (protocol, tls, open) in stats.transports.each() {

@@ -273,15 +273,24 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     drop(listener);
     let bound = config.shutdown_timeout;
-    let ended = tokio::time::timeout(bound, async {
+    let drained = tokio::time::timeout(bound, async {
         let _ = hub.shutdown().await;
         closing.cancel();
         tracker.close();
         tracker.wait().await;
-    })
-    .await;
-    if ended.is_err() {
-        tracing::warn!("connections still open after {bound:?}; exiting anyway");
+    });
+    tokio::select! {
+        ended = drained => if ended.is_err() {
+            tracing::warn!(
+                connections = tracker.len(),
+                "connections still open after {bound:?} (--shutdown-timeout); exiting anyway"
+            );
+        },
+        // An operator who signals again does not want to wait.
+        () = shutdown_signal() => tracing::warn!(
+            connections = tracker.len(),
+            "second signal: exiting without waiting for the connections"
+        ),
     }
     heartbeat.abort();
     drop(state);

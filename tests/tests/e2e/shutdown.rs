@@ -135,3 +135,41 @@ async fn publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_reset() {
     drop(crowd);
     assert!(herald.wait_exit(Duration::from_secs(7)).is_some());
 }
+
+#[tokio::test]
+async fn a_second_sigterm_exits_without_waiting_for_the_connections() {
+    use tokio::io::AsyncWriteExt;
+    let mut herald = Herald::start(&[
+        "--dev",
+        "--header-timeout",
+        "60s",
+        "--shutdown-timeout",
+        "60s",
+    ]);
+    // A publish whose body never finishes holds its connection, and the drain waits for it.
+    let mut stalled = tokio::net::TcpStream::connect(herald.addr()).await.unwrap();
+    stalled
+        .write_all(b"POST /publish HTTP/1.1\r\nhost: h\r\ncontent-length: 100\r\n\r\n{\"to")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    herald.terminate();
+    assert!(
+        herald.wait_exit(Duration::from_secs(1)).is_none(),
+        "the first SIGTERM waits for the connection"
+    );
+    let started = Instant::now();
+    herald.terminate();
+    let status = herald.wait_exit(WAIT).expect("the second SIGTERM ends it");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        herald.stderr().contains("second signal"),
+        "{}",
+        herald.stderr()
+    );
+}
