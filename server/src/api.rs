@@ -298,6 +298,9 @@ async fn route(
                 &json!({
                     "cluster": state.nodes.is_cluster(),
                     "node": state.nodes.name(),
+                    "registry_ms_ago": state.nodes.registry_age().map(|age| {
+                        u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
+                    }),
                     "nodes": state.nodes.list(&stats),
                 }),
             ))

@@ -136,6 +136,15 @@ impl Nodes {
         self.cluster.is_some()
     }
 
+    /// In cluster mode, how long ago Redis last answered this server's report (with the
+    /// others'): beyond a few [`HEARTBEAT`]s, the other nodes' figures are that old, and
+    /// those not seen for [`NODE_TIMEOUT`] are left out of [`Nodes::list`] though they may
+    /// be running. `None` outside cluster mode.
+    pub fn registry_age(&self) -> Option<Duration> {
+        let registry = self.cluster.as_ref()?;
+        Some(lock(&registry.latest).1.elapsed())
+    }
+
     /// Every node, by name: the registry's last answer with this server's entry as of
     /// `own` (fresher than its last report), or this server alone outside cluster mode.
     pub fn list(&self, own: &Stats) -> Vec<NodeInfo> {
@@ -170,6 +179,7 @@ impl Nodes {
         }
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tick.tick().await;
             let Ok(stats) = hub.stats().await else {
@@ -177,8 +187,17 @@ impl Nodes {
             };
             let nodes = Arc::clone(&self);
             let beat = tokio::task::spawn_blocking(move || nodes.heartbeat(&stats)).await;
-            if let Ok(Err(error)) = beat {
-                tracing::debug!(%error, "cluster heartbeat failed");
+            match beat {
+                Ok(Err(error)) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "cannot report to the cluster's registry in Redis: the other nodes' figures age, and /admin/nodes leaves out those not heard of for 10 s");
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "cluster heartbeat failed"),
+                Ok(Ok(())) if failing => {
+                    failing = false;
+                    tracing::info!("reporting to the cluster's registry again");
+                }
+                _ => {}
             }
         }
     }
@@ -352,10 +371,14 @@ mod tests {
         assert_eq!(old.latency, herald_core::Latency::default());
 
         // Redis out of reach for longer than the timeout: the last answer has aged out.
+        assert!(a.registry_age().unwrap() < NODE_TIMEOUT);
         if let Some(long_ago) = Instant::now().checked_sub(NODE_TIMEOUT + HEARTBEAT) {
             lock(&a.cluster.as_ref().unwrap().latest).1 = long_ago;
             assert_eq!(names(&a.list(&Stats::default())), ["a:1"]);
+            // Which the operator is told: the registry has not answered for that long.
+            assert!(a.registry_age().unwrap() >= NODE_TIMEOUT + HEARTBEAT);
         }
+        assert_eq!(Nodes::new("solo:3".into(), None).registry_age(), None);
 
         b.leave();
         // A heartbeat after leaving reports nothing, so B stays gone.

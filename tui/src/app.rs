@@ -630,6 +630,8 @@ pub struct App {
     pub nodes: Vec<NodeRow>,
     /// The answering server's name, and whether it runs in cluster mode.
     pub node_self: Option<(String, bool)>,
+    /// In cluster mode, how long ago the registry in Redis last answered that server.
+    pub registry_ms_ago: Option<u64>,
     /// The nodes table's selection.
     pub node_nav: Nav,
     /// Recent published events, oldest first.
@@ -719,6 +721,7 @@ impl App {
             topic_desc: false,
             nodes: Vec::new(),
             node_self: None,
+            registry_ms_ago: None,
             node_nav: Nav::default(),
             feed: VecDeque::new(),
             feed_seq: 0,
@@ -1300,6 +1303,7 @@ impl App {
             })
             .collect();
         self.node_self = Some((answer.node, answer.cluster));
+        self.registry_ms_ago = answer.registry_ms_ago;
         let page = self.page_rows();
         self.node_nav.clamp(self.nodes.len(), page);
     }
@@ -1542,6 +1546,7 @@ pub(crate) mod tests {
             cluster,
             node: me.to_owned(),
             nodes,
+            registry_ms_ago: cluster.then_some(300),
         })
     }
 

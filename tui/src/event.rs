@@ -181,6 +181,10 @@ pub struct NodesAnswer {
     pub node: String,
     /// Every server, by name.
     pub nodes: Vec<NodeInfo>,
+    /// In cluster mode, how long ago Redis last answered the server's report: the other
+    /// nodes' figures are that old (absent from servers that do not say).
+    #[serde(default)]
+    pub registry_ms_ago: Option<u64>,
 }
 
 /// What the client tells the app.

@@ -768,6 +768,9 @@ fn draw_topics(frame: &mut Frame, app: &App, area: Rect) {
     }
 }
 
+/// How long without an answer from the cluster's registry before the Nodes view says so.
+const STALE_REGISTRY_MS: u64 = 3_000;
+
 fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
     let (me, cluster) = match &app.node_self {
         Some((name, cluster)) => (name.as_str(), *cluster),
@@ -778,10 +781,25 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
         (Some(_), true) => "· cluster (shared Redis log) ",
         (Some(_), false) => "· single server (embedded log) ",
     };
-    let title = Line::from(vec![
+    let mut title = vec![
         Span::styled(format!(" Nodes {} ", app.nodes.len()), Style::new().bold()),
         Span::raw(mode),
-    ]);
+    ];
+    // Past a few heartbeats (one a second), the others' figures are stale, and nodes not
+    // heard of for 10 s are left out: say so, or a cut-off node looks like a lone survivor.
+    if let Some(ms) = app
+        .registry_ms_ago
+        .filter(|ms| cluster && *ms >= STALE_REGISTRY_MS)
+    {
+        title.push(Span::styled(
+            format!(
+                " Redis has not answered for {} s: the others' figures are that old ",
+                ms / 1000
+            ),
+            Style::new().fg(Color::Red).bold(),
+        ));
+    }
+    let title = Line::from(title);
     let block = Block::bordered().title(title);
     let inner = block.inner(area);
     let visible = usize::from(inner.height.saturating_sub(1));
@@ -2473,6 +2491,25 @@ mod tests {
             }),
         );
         assert_snapshot!(render(&mut app, 80, 24));
+    }
+
+    #[test]
+    fn the_nodes_view_says_when_redis_has_stopped_answering() {
+        let mut app = busy_app(1);
+        let me = "web-1.internal:7070";
+        let mut answer = nodes_answer(me, true, &[(me, 60, 1, 5, 5)]);
+        server(&mut app, answer.clone());
+        app.update(Action::ShowView(View::Nodes));
+        assert!(!render(&mut app, 140, 16).contains("Redis has not answered"));
+        if let ServerMsg::Nodes(nodes) = &mut answer {
+            nodes.registry_ms_ago = Some(12_400);
+        }
+        server(&mut app, answer);
+        let screen = render(&mut app, 140, 16);
+        assert!(
+            screen.contains("Redis has not answered for 12 s"),
+            "{screen}"
+        );
     }
 
     #[test]
