@@ -23,8 +23,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7070].
-    #[arg(long, env = "HERALD_LISTEN")]
+    /// Address to listen on, an IP address and a port: `0.0.0.0:7070` for every interface
+    /// [default: 127.0.0.1:7070].
+    #[arg(long, env = "HERALD_LISTEN", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Directory of the embedded event log [default: ./herald-data].
     #[arg(long, env = "HERALD_DATA_DIR")]
@@ -274,6 +275,17 @@ fn origins(list: Vec<String>) -> Result<Vec<String>, ConfigError> {
 }
 
 /// Parses `500ms`, `15s`, `10m`, `12h`, `7d` (a bare number is seconds).
+/// `--listen`: an IP address and a port; a host name or a bare port is refused with what
+/// to write instead.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "{s:?} is not an IP address and a port: write e.g. 127.0.0.1:7070 (this machine \
+             only) or 0.0.0.0:7070 (every interface; [::]:7070 for IPv6 too)"
+        )
+    })
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -442,17 +454,21 @@ impl ServeArgs {
             tls,
             backlog: s.backlog.unwrap_or(4096),
         };
-        if config.max_connections == 0
-            || config.max_connections_per_user == Some(0)
-            || config.max_topics == 0
-            || config.max_body == 0
-            || config.queue_bytes < 1024
-        {
-            return Err(ConfigError::Invalid(
-                "max-connections, max-connections-per-user, max-topics and max-body must be at \
-                 least 1, queue-bytes at least 1024"
-                    .into(),
-            ));
+        let too_small = [
+            ("max-connections", config.max_connections, 1),
+            (
+                "max-connections-per-user",
+                config.max_connections_per_user.unwrap_or(1),
+                1,
+            ),
+            ("max-topics", config.max_topics, 1),
+            ("max-body", config.max_body, 1),
+            ("queue-bytes", config.queue_bytes, 1024),
+        ];
+        if let Some((name, value, least)) = too_small.iter().find(|(_, v, least)| v < least) {
+            return Err(ConfigError::Invalid(format!(
+                "{name} must be at least {least} (got {value})"
+            )));
         }
         // Every browser refused by a cap comes back after this: at 0 they would spin.
         if config.retry_ms < MIN_RETRY_MS {
@@ -463,10 +479,16 @@ impl ServeArgs {
         }
         // A log that keeps nothing could replay nothing: every resume would be a reset.
         let kept = &config.log.retention;
-        if kept.max_events == 0 || kept.max_bytes == 0 || kept.max_age.is_zero() {
-            return Err(ConfigError::Invalid(
-                "retain-events, retain-bytes and retain-age must be more than zero".into(),
-            ));
+        for (name, zero) in [
+            ("retain-events", kept.max_events == 0),
+            ("retain-bytes", kept.max_bytes == 0),
+            ("retain-age", kept.max_age.is_zero()),
+        ] {
+            if zero {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be more than zero: a log that keeps nothing can replay nothing"
+                )));
+            }
         }
         if let Some(name) = &config.node_name
             && (name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control))
@@ -475,13 +497,16 @@ impl ServeArgs {
                 "node-name {name:?} must be 1 to 100 bytes of printable text"
             )));
         }
-        if config.keepalive.is_zero()
-            || config.trim_interval.is_zero()
-            || config.header_timeout.is_zero()
-        {
-            return Err(ConfigError::Invalid(
-                "keepalive, trim-interval and header-timeout must be longer than zero".into(),
-            ));
+        for (name, duration) in [
+            ("keepalive", config.keepalive),
+            ("trim-interval", config.trim_interval),
+            ("header-timeout", config.header_timeout),
+        ] {
+            if duration.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be longer than zero"
+                )));
+            }
         }
         Ok(config)
     }
@@ -623,6 +648,53 @@ mod tests {
         assert!(parse_bytes::<u64>("1.5GiB").is_err());
         assert!(parse_bytes::<u64>("4 megs").is_err());
         assert!(parse_bytes::<u32>("8GiB").is_err());
+    }
+
+    #[test]
+    fn a_setting_out_of_range_is_named_and_listen_says_what_to_write() {
+        let refused = |args: ServeArgs| args.resolve().unwrap_err().to_string();
+        let dev = || ServeArgs {
+            dev: Some(true),
+            ..ServeArgs::default()
+        };
+        let queue = refused(ServeArgs {
+            queue_bytes: Some(0),
+            ..dev()
+        });
+        assert!(
+            queue.contains("queue-bytes must be at least 1024 (got 0)"),
+            "{queue}"
+        );
+        let per_user = refused(ServeArgs {
+            max_connections_per_user: Some(0),
+            ..dev()
+        });
+        assert!(
+            per_user.contains("max-connections-per-user must be"),
+            "{per_user}"
+        );
+        let age = refused(ServeArgs {
+            retain_age: Some(Duration::ZERO),
+            ..dev()
+        });
+        assert!(age.contains("retain-age must be more than zero"), "{age}");
+        let keepalive = refused(ServeArgs {
+            keepalive: Some(Duration::ZERO),
+            ..dev()
+        });
+        assert!(
+            keepalive.contains("keepalive must be longer than zero"),
+            "{keepalive}"
+        );
+        assert_eq!(
+            parse_listen("0.0.0.0:7070"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 7070)))
+        );
+        let host = parse_listen("localhost:7070").unwrap_err();
+        assert!(
+            host.contains("127.0.0.1:7070") && host.contains("0.0.0.0:7070"),
+            "{host}"
+        );
     }
 
     #[test]

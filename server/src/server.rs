@@ -470,6 +470,21 @@ async fn serve_hyper(
     let io = match tls {
         None => Either::Left(stream),
         Some(acceptor) => {
+            // A TLS client starts with a handshake record (0x16); a letter is a request in
+            // plain HTTP (an `http://` URL for this port), which a failed handshake would
+            // answer with nothing at all.
+            let mut first = [0u8; 1];
+            let peeked = tokio::select! {
+                peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
+                _ = &mut deadline => return tracing::debug!(%remote, "no TLS handshake within {header_timeout:?}"),
+            };
+            if peeked == 1 && first[0].is_ascii_uppercase() {
+                let error = api::ApiError::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "this port speaks HTTPS: use an https:// URL",
+                );
+                return answer_and_close(stream, &error).await;
+            }
             // The handshake and the connection below are boxed: inline, their states would
             // size this task for all of them at once (8.2 KB against 1.2 KB, for every
             // connection that comes through here, plain HTTP/2 included).
@@ -751,10 +766,16 @@ pub fn yield_to_control() {
 /// Answers a connection taken from the backlog at shutdown with a 503, then reads what its
 /// client sent (for a second at most), so that closing it does not reset the connection
 /// before the client has read the answer.
-async fn answer_shutting_down(mut stream: tokio::net::TcpStream) {
+async fn answer_shutting_down(stream: tokio::net::TcpStream) {
+    answer_and_close(stream, &api::unavailable()).await;
+}
+
+/// Answers a connection's request with `error` in plain HTTP/1.1 and closes it, after reading
+/// what the client sent (a close with the request unread would reset the connection).
+async fn answer_and_close(mut stream: tokio::net::TcpStream, error: &api::ApiError) {
     use tokio::io::AsyncReadExt;
     let no_cors = stream_h1::Cors::default();
-    stream_h1::write_error(&mut stream, &api::unavailable(), &no_cors).await;
+    stream_h1::write_error(&mut stream, error, &no_cors).await;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}

@@ -307,3 +307,38 @@ fn herald_publish_trusts_a_self_signed_server_certificate_given_as_its_ca_file()
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn plain_http_to_the_tls_port_is_told_to_use_https() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let https = HttpsHerald::start(&[]);
+    let mut tcp = tokio::net::TcpStream::connect(https.herald.addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer, then the close")
+        .expect("no reset");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("application/json") && answer.contains("use an https:// URL"),
+        "{answer}"
+    );
+    // TLS clients are served as before.
+    let out = run_bounded(
+        std::process::Command::new("curl")
+            .args(["-sS", "--cacert", &https.ca])
+            .arg(https.herald.url("/healthz")),
+        WAIT,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"ok\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
