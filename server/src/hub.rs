@@ -267,6 +267,7 @@ impl Hub {
             shutting_down: false,
             shutdown_reply: None,
             latency: crate::latency::Window::new(std::time::Instant::now()),
+            slow: (0, crate::Throttle::default()),
         };
         let task = tokio::spawn(driver.run(rx));
         (
@@ -378,7 +379,12 @@ struct Driver {
     shutdown_reply: Option<oneshot::Sender<()>>,
     /// The recent publish and delivery latency, for the stats samples.
     latency: crate::latency::Window,
+    /// Subscribers closed as too slow since the last line that said so, and when that was.
+    slow: (u64, crate::Throttle),
 }
+
+/// How often subscribers closed as too slow are logged at most (see `Driver::tell_slow`).
+const SLOW_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Unix milliseconds now: ids are minted from it, retention's age and a cluster publish's
 /// lowest id are measured against it. 0 if the clock reads before 1970 (which disables
@@ -709,6 +715,25 @@ impl Driver {
         snap
     }
 
+    /// Logs subscribers closed as too slow: the first at once, then at most one line each
+    /// [`SLOW_LOG_EVERY`] counting them (thousands can fall behind at once, e.g. when a
+    /// network link slows). The count is also `herald_slow_consumer_closes_total`.
+    fn tell_slow(&mut self, conn: ConnId, now: std::time::Instant) {
+        self.slow.0 += 1;
+        if !self.slow.1.due(SLOW_LOG_EVERY) {
+            return tracing::debug!(%conn, "slow consumer");
+        }
+        let closed = std::mem::take(&mut self.slow.0);
+        let who = self.engine.connection(conn, now);
+        tracing::info!(
+            closed,
+            %conn,
+            user = who.as_ref().and_then(|c| c.user.as_deref()).unwrap_or("-"),
+            remote = who.as_ref().and_then(|c| c.remote.as_deref()).unwrap_or("-"),
+            "closing subscribers that do not read fast enough (more than --queue-bytes queued); they reconnect and replay from the log"
+        );
+    }
+
     fn drain(&mut self) {
         let now = std::time::Instant::now();
         while let Some(out) = self.engine.poll_output() {
@@ -718,7 +743,7 @@ impl Driver {
                         continue;
                     };
                     if queue.push(frame, now) == Push::Overflow {
-                        tracing::debug!(%conn, "slow consumer");
+                        self.tell_slow(conn, now);
                         self.engine.handle_queue_overflow(conn, now);
                     }
                 }

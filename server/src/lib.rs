@@ -22,6 +22,23 @@ mod worker;
 pub mod writer;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// When a log line that could repeat many times a second was last written.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle(pub(crate) Option<Instant>);
+
+impl Throttle {
+    /// Whether the line is due now (the first time, or `every` after the last); if it is, it
+    /// counts as written.
+    pub(crate) fn due(&mut self, every: Duration) -> bool {
+        let due = self.0.is_none_or(|at| at.elapsed() >= every);
+        if due {
+            self.0 = Some(Instant::now());
+        }
+        due
+    }
+}
 
 /// Locks `mutex` even if a thread panicked while holding it: every mutex here guards plain
 /// values (counters, caches, idle connections, never a half-written transaction), which stay

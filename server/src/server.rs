@@ -20,7 +20,7 @@ use crate::auth::JwtKey;
 use crate::config::ServeConfig;
 use crate::hub::{Hub, HubConfig, Store};
 use crate::log::{RedisLog, SledLog, Trimmer};
-use crate::stream_h1;
+use crate::{Throttle, stream_h1};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -208,7 +208,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         if let Some(max) = max_sockets
             && tracker.len() >= max
         {
-            if told_full.due() {
+            if told_full.due(WARNING_EVERY) {
                 tracing::warn!(
                     connections = tracker.len(),
                     "not accepting: the connections hold the open files the log needs \
@@ -230,7 +230,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning,
                         // and say so now and then rather than 20 times a second.
-                        if told_failed.due() {
+                        if told_failed.due(WARNING_EVERY) {
                             tracing::warn!("accept failed: {e}");
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -534,7 +534,7 @@ async fn serve_hyper(
     let idle = idle_for(requests, header_timeout, deadline.as_mut());
     let closing = tokio::select! {
         result = &mut conn => return ended(result, remote),
-        () = watch.reset_due(H2_ABORT_GRACE) => return reset_on_close(fd),
+        () = watch.reset_due(H2_ABORT_GRACE) => return reset_lingering(fd, remote),
         () = shutdown.cancelled() => None,
         () = idle => Some(header_timeout),
     };
@@ -544,7 +544,7 @@ async fn serve_hyper(
     let linger = tokio::time::sleep(closing.unwrap_or(Duration::MAX));
     tokio::select! {
         result = &mut conn => ended(result, remote),
-        () = watch.reset_due(H2_ABORT_GRACE) => reset_on_close(fd),
+        () = watch.reset_due(H2_ABORT_GRACE) => reset_lingering(fd, remote),
         () = linger => tracing::debug!(%remote, "idle connection did not close; dropping it"),
     }
 }
@@ -649,6 +649,13 @@ impl hyper::body::Body for Counted {
 /// How long an HTTP/2 stream closed as too slow may stay open before its connection, and
 /// the other streams on it, are reset (they reconnect and resume).
 const H2_ABORT_GRACE: Duration = Duration::from_secs(5);
+
+/// Resets a connection one of whose HTTP/2 streams, closed as too slow, still lingers (see
+/// [`H2_ABORT_GRACE`]): its other streams go with it, which is worth a line in the log.
+fn reset_lingering(fd: std::os::fd::RawFd, remote: SocketAddr) {
+    tracing::info!(%remote, "an HTTP/2 stream closed as too slow still held its connection after {H2_ABORT_GRACE:?}: resetting the connection; its other streams reconnect and resume");
+    reset_on_close(fd);
+}
 
 /// Makes the closing of the socket `fd` a reset, dropping what it still holds (for a client
 /// that stopped reading): the kernel would keep an orphan socket and its buffers until the
@@ -792,23 +799,7 @@ const RESERVED_FILES: usize = 256;
 
 /// How often the accept loop repeats a warning (it cannot take more connections, or accept
 /// failed).
-const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
-
-/// When a warning the accept loop could repeat many times a second was last given.
-#[derive(Default)]
-struct Throttle(Option<Instant>);
-
-impl Throttle {
-    /// Whether the warning is due now (first time, or [`FULL_WARNING_EVERY`] since the last);
-    /// if it is, it counts as given.
-    fn due(&mut self) -> bool {
-        let due = self.0.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY);
-        if due {
-            self.0 = Some(Instant::now());
-        }
-        due
-    }
-}
+const WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Lifts the soft open-file limit to the hard limit (every subscriber is a socket) and
 /// returns the limit now in force, if it can be read.
@@ -882,11 +873,14 @@ mod tests {
     #[test]
     fn each_accept_warning_is_throttled_on_its_own() {
         let (mut full, mut failed) = (Throttle::default(), Throttle::default());
-        assert!(full.due());
-        assert!(!full.due(), "again within FULL_WARNING_EVERY");
-        assert!(failed.due(), "the other warning was not given yet");
-        full.0 = Some(Instant::now() - FULL_WARNING_EVERY);
-        assert!(full.due());
-        assert!(!failed.due());
+        assert!(full.due(WARNING_EVERY));
+        assert!(!full.due(WARNING_EVERY), "again within WARNING_EVERY");
+        assert!(
+            failed.due(WARNING_EVERY),
+            "the other warning was not given yet"
+        );
+        full.0 = Some(Instant::now() - WARNING_EVERY);
+        assert!(full.due(WARNING_EVERY));
+        assert!(!failed.due(WARNING_EVERY));
     }
 }

@@ -333,6 +333,14 @@ async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_
     let mut tcp = herald.stalled_subscriber("slow", Some(4096), false).await;
     let ids = overflow_a_slow_subscriber(&herald, "slow", 140).await;
     assert_released(&herald).await;
+    // The operator reads it in the log too.
+    let logged = eventually(WAIT, || async {
+        herald
+            .stderr()
+            .contains("closing subscribers that do not read fast enough")
+    })
+    .await;
+    assert!(logged, "{}", herald.stderr());
 
     // The client gets what had reached it, then the reset, and resumes from there.
     let got = read_until_closed(&mut tcp, WAIT)
@@ -389,6 +397,15 @@ async fn an_http2_stream_that_stops_reading_is_closed_and_its_connection_reset_i
     assert!(
         matches!(end, Some(End::Error(_))),
         "the connection was not reset: {end:?}"
+    );
+    let logged = eventually(WAIT, || async {
+        herald.stderr().contains("still held its connection")
+    })
+    .await;
+    assert!(
+        logged,
+        "the reset of the other streams is logged: {}",
+        herald.stderr()
     );
 }
 
