@@ -58,6 +58,30 @@ pub struct AppState {
     /// In cluster mode with `--max-connections-per-user`: each user's streams over every
     /// instance.
     pub user_cap: Option<crate::user_cap::UserCap>,
+    /// Requests refused for their credentials: 401 (none, expired, forged) and 403.
+    pub refused: AuthRefusals,
+}
+
+/// Requests refused for their credentials, for the metrics: a secret rotated on the server
+/// but not the backends turns every request into a 401, which nothing else would show.
+#[derive(Debug, Default)]
+pub struct AuthRefusals {
+    /// Answered 401.
+    pub unauthorized: AtomicU64,
+    /// Answered 403.
+    pub forbidden: AtomicU64,
+}
+
+impl AuthRefusals {
+    /// Counts `error` if it is a 401 or a 403.
+    pub fn count(&self, error: &ApiError) {
+        let counter = match error.status {
+            StatusCode::UNAUTHORIZED => &self.unauthorized,
+            StatusCode::FORBIDDEN => &self.forbidden,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Routes one request. Never fails: errors are JSON responses.
@@ -68,9 +92,10 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let head = req.method() == Method::HEAD;
-    let mut response = route(req, &state, remote)
-        .await
-        .unwrap_or_else(|e| e.into_response());
+    let mut response = route(req, &state, remote).await.unwrap_or_else(|e| {
+        state.refused.count(&e);
+        e.into_response()
+    });
     apply_cors(&state, origin, &mut response);
     if head {
         leave_out_the_body(&mut response);
@@ -907,6 +932,7 @@ async fn metrics_response(state: &AppState) -> Result<Response<Body>, ApiError> 
         &state.log_metrics.snapshot(),
         state.log.corrupt_records(),
         &crate::latency::LatencyCounts::now(),
+        &state.refused,
     );
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(text))));
     r.headers_mut().insert(

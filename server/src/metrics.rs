@@ -13,6 +13,7 @@ pub fn render(
     log: &LogMetricsSnapshot,
     corrupt_records: u64,
     latency: &LatencyCounts,
+    refused: &crate::api::AuthRefusals,
 ) -> String {
     let c = &stats.counters;
     let mut out = String::with_capacity(2048);
@@ -33,6 +34,20 @@ pub fn render(
         "gauge",
         "Admin streams (consoles) open now; not in herald_connections or the connection cap.",
         c.admin_streams as f64,
+    );
+    let load =
+        |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    metric(
+        "unauthorized_total",
+        "counter",
+        "Requests answered 401: no token, or an expired or forged one (a secret that differs from the publishers' shows here).",
+        load(&refused.unauthorized),
+    );
+    metric(
+        "forbidden_total",
+        "counter",
+        "Requests answered 403: a token without the right (a topic outside its grant, no admin, a cookie from another origin).",
+        load(&refused.forbidden),
     );
     metric(
         "connections_total",
@@ -231,6 +246,7 @@ mod tests {
             &LogMetricsSnapshot::default(),
             0,
             &LatencyCounts::default(),
+            &crate::api::AuthRefusals::default(),
         );
         for line in [
             "# TYPE herald_connections_by_transport gauge",
@@ -258,6 +274,7 @@ mod tests {
             &LogMetricsSnapshot::default(),
             0,
             &latency,
+            &crate::api::AuthRefusals::default(),
         );
         for line in [
             "# TYPE herald_delivery_seconds histogram",

@@ -96,7 +96,10 @@ pub async fn serve(
             let _ = stream.write_all(&out).await;
             let _ = stream.shutdown().await;
         }
-        Err(e) => write_error(&mut stream, &e, &cors).await,
+        Err(e) => {
+            state.refused.count(&e);
+            write_error(&mut stream, &e, &cors).await;
+        }
     }
 }
 

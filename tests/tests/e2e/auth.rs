@@ -42,6 +42,20 @@ async fn a_subscriber_without_a_token_is_refused_with_401_json() {
         .publish(json!({"topics": ["orders"], "data": "x"}))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // One without the right, over HTTP/2 this time.
+    let sub = herald
+        .events()
+        .http2()
+        .topic("payroll")
+        .query("token", &alice())
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::FORBIDDEN);
+    // Operators see them: a secret that differs from the publishers' would show here.
+    let metrics = herald.call(Method::GET, "/metrics").send().await.text();
+    for line in ["herald_unauthorized_total 3", "herald_forbidden_total 1"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
