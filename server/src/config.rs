@@ -657,35 +657,39 @@ mod tests {
             dev: Some(true),
             ..ServeArgs::default()
         };
-        let queue = refused(ServeArgs {
-            queue_bytes: Some(0),
-            ..dev()
-        });
-        assert!(
-            queue.contains("queue-bytes must be at least 1024 (got 0)"),
-            "{queue}"
-        );
-        let per_user = refused(ServeArgs {
-            max_connections_per_user: Some(0),
-            ..dev()
-        });
-        assert!(
-            per_user.contains("max-connections-per-user must be"),
-            "{per_user}"
-        );
-        let age = refused(ServeArgs {
-            retain_age: Some(Duration::ZERO),
-            ..dev()
-        });
-        assert!(age.contains("retain-age must be more than zero"), "{age}");
-        let keepalive = refused(ServeArgs {
-            keepalive: Some(Duration::ZERO),
-            ..dev()
-        });
-        assert!(
-            keepalive.contains("keepalive must be longer than zero"),
-            "{keepalive}"
-        );
+        for (args, says) in [
+            (
+                ServeArgs {
+                    queue_bytes: Some(0),
+                    ..dev()
+                },
+                "queue-bytes must be at least 1024 (got 0)",
+            ),
+            (
+                ServeArgs {
+                    max_connections_per_user: Some(0),
+                    ..dev()
+                },
+                "max-connections-per-user must be at least 1",
+            ),
+            (
+                ServeArgs {
+                    retain_age: Some(Duration::ZERO),
+                    ..dev()
+                },
+                "retain-age must be more than zero",
+            ),
+            (
+                ServeArgs {
+                    keepalive: Some(Duration::ZERO),
+                    ..dev()
+                },
+                "keepalive must be longer than zero",
+            ),
+        ] {
+            let error = refused(args);
+            assert!(error.contains(says), "{error}");
+        }
         assert_eq!(
             parse_listen("0.0.0.0:7070"),
             Ok(SocketAddr::from(([0, 0, 0, 0], 7070)))

@@ -167,21 +167,11 @@ impl Queue {
         )
     }
 
-    /// Ready once the stream was aborted ([`Queue::abort`]).
-    fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once `done` holds of the queue: aborted ([`Queue::abort`]), or ended by the
+    /// server ([`Queue::close`] or an abort).
+    fn poll_until(&self, cx: &mut Context<'_>, done: fn(&Inner) -> bool) -> Poll<()> {
         let mut inner = self.lock();
-        if inner.aborted {
-            Poll::Ready(())
-        } else {
-            inner.register(cx);
-            Poll::Pending
-        }
-    }
-
-    /// Ready once the server ended the stream ([`Queue::close`] or [`Queue::abort`]).
-    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut inner = self.lock();
-        if inner.closed {
+        if done(&inner) {
             Poll::Ready(())
         } else {
             inner.register(cx);
@@ -394,12 +384,12 @@ impl SseBody {
     /// Waits until the server aborts the stream (a slow consumer): a write in progress is not
     /// worth finishing, the client replays what it missed when it reconnects.
     pub async fn aborted(&self) {
-        std::future::poll_fn(|cx| self.queue.poll_aborted(cx)).await;
+        std::future::poll_fn(|cx| self.queue.poll_until(cx, |q| q.aborted)).await;
     }
 
     /// Waits until the server ends the stream (what is queued is then the last of it).
     pub async fn closed(&self) {
-        std::future::poll_fn(|cx| self.queue.poll_closed(cx)).await;
+        std::future::poll_fn(|cx| self.queue.poll_until(cx, |q| q.closed)).await;
     }
 
     /// True once the server ended the stream.
