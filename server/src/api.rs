@@ -733,10 +733,10 @@ pub async fn open_stream(
             // gets in it is replayed what was published since it first asked.
             let position = match last_id {
                 Some(_) => None,
+                // Boxed: inline, this rare wait would enlarge every direct-path
+                // subscriber's task (which holds this future's state) for its whole life.
                 None => Some(
-                    state
-                        .hub
-                        .stats()
+                    Box::pin(state.hub.stats())
                         .await
                         .map_err(|_| unavailable())?
                         .committed_id

@@ -249,25 +249,7 @@ async fn stream_events(
         tokio::select! {
             chunk = body.next_chunk() => {
                 let Some(chunk) = chunk else { break };
-                let closing = body.is_closed();
-                let stall = if closing { CLOSING_STALL } else { WRITE_STALL };
-                let write = tokio::time::timeout(stall, wr.write_all(&chunk));
-                tokio::pin!(write);
-                // A slow consumer is aborted while its write waits: it need not wait longer.
-                // A stream ended while its write waits has `CLOSING_STALL` left to finish it.
-                let written = tokio::select! {
-                    // An abort closes the stream too: it must win over `closed`.
-                    biased;
-                    written = &mut write => written,
-                    () = body.aborted() => return reset(&stream),
-                    () = body.closed(), if !closing => {
-                        match tokio::time::timeout(CLOSING_STALL, &mut write).await {
-                            Ok(written) => written,
-                            Err(elapsed) => Err(elapsed),
-                        }
-                    }
-                };
-                if !matches!(written, Ok(Ok(()))) {
+                if !Box::pin(write_or_reset(&mut wr, &chunk, &body)).await {
                     return reset(&stream);
                 }
             }
@@ -281,10 +263,44 @@ async fn stream_events(
     // Ended by the server: a client that stopped reading would leave the socket holding what
     // is unsent (a close keeps it, and the kernel with it, until the client reads or TCP
     // gives up): it has `CLOSING_STALL` to take it, or is reset.
-    if body.is_aborted() || !sent_within(&stream, CLOSING_STALL).await {
+    // Boxed, as the write below: inline, their timers would enlarge the state every idle
+    // subscriber's task holds (about 130 bytes each).
+    if body.is_aborted() || !Box::pin(sent_within(&stream, CLOSING_STALL)).await {
         reset(&stream);
     } else {
         let _ = stream.shutdown().await;
+    }
+}
+
+/// Writes `chunk`; false when the stream must be reset instead. A write that makes no
+/// progress for `WRITE_STALL` means the client is gone; a slow consumer is aborted while its
+/// write waits (it need not wait longer); a stream the server ended while its write waits,
+/// or before it, has `CLOSING_STALL` to finish it. One timer for all: this task's state is
+/// held by every idle subscriber.
+async fn write_or_reset(
+    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    chunk: &[u8],
+    body: &crate::sse::SseBody,
+) -> bool {
+    let mut closing = body.is_closed();
+    let stall = tokio::time::sleep(if closing { CLOSING_STALL } else { WRITE_STALL });
+    let write = wr.write_all(chunk);
+    tokio::pin!(stall, write);
+    loop {
+        tokio::select! {
+            // An abort closes the stream too: it must win over `closed`.
+            biased;
+            written = &mut write => return written.is_ok(),
+            () = body.aborted() => return false,
+            () = body.closed(), if !closing => {
+                closing = true;
+                let sooner = tokio::time::Instant::now() + CLOSING_STALL;
+                if sooner < stall.deadline() {
+                    stall.as_mut().reset(sooner);
+                }
+            }
+            () = &mut stall => return false,
+        }
     }
 }
 
