@@ -28,6 +28,10 @@ const MAX_HEADERS: usize = 100;
 /// A write that cannot make progress for this long means the client is gone.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 
+/// Most bytes a subscriber may send after its request before it is cut off (a browser
+/// sends none: an `EventSource`'s connection carries one request).
+const MAX_SENT_WHILE_STREAMING: usize = 16 * 1024;
+
 /// How long the last of a stream the server ended (kicked, token expired, shutdown) may take
 /// to write: a client that reads takes it at once; one that stopped reading is reset, and
 /// its socket (and in a cluster its user's place) is given up, not held for `WRITE_STALL`.
@@ -244,6 +248,8 @@ async fn stream_events(
         let _ = stream.set_zero_linger();
     };
     let mut probe = [0u8; 64];
+    // What the client sent after its request: nothing, from a browser.
+    let mut sent = 0usize;
     loop {
         let (mut rd, mut wr) = stream.split();
         tokio::select! {
@@ -256,7 +262,14 @@ async fn stream_events(
             read = rd.read(&mut probe) => match read {
                 // A client sends nothing after its request; end-of-file means it left.
                 Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                // A client that keeps sending (a pipelined request, or junk) would have this
+                // task read it 64 bytes at a time for as long as it likes: cut it off.
+                Ok(n) => {
+                    sent += n;
+                    if sent > MAX_SENT_WHILE_STREAMING {
+                        return reset(&stream);
+                    }
+                }
             },
         }
     }

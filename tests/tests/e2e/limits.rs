@@ -446,6 +446,35 @@ async fn a_user_over_the_per_user_cap_is_told_to_come_back_and_gets_room_when_a_
 }
 
 #[tokio::test]
+async fn a_subscriber_that_keeps_sending_after_its_request_is_cut_off() {
+    let herald = Herald::start(&["--dev"]);
+    let mut tcp = TcpStream::connect(herald.addr()).await.unwrap();
+    tcp.write_all(b"GET /events?topic=t HTTP/1.1\r\nhost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        eventually(WAIT, || async { herald.connections().await.len() == 1 }).await,
+        "the stream opened"
+    );
+    // A browser sends nothing more; this client sends a megabyte. Writes fail once the
+    // server has reset the connection.
+    let junk = vec![b'x'; 4096];
+    for _ in 0..256 {
+        if tcp.write_all(&junk).await.is_err() {
+            break;
+        }
+    }
+    assert!(
+        read_until_closed(&mut tcp, WAIT).await.is_some(),
+        "still open after a megabyte of junk"
+    );
+    assert!(
+        eventually(WAIT, || async { herald.connections().await.is_empty() }).await,
+        "the server still counts it"
+    );
+}
+
+#[tokio::test]
 async fn a_subscription_with_too_many_topics_is_400() {
     let herald = Herald::start(&["--dev", "--max-topics", "2"]);
     let sub = herald
