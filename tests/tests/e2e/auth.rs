@@ -277,7 +277,7 @@ async fn a_token_in_the_query_or_the_herald_token_cookie_works_like_a_bearer_tok
     let mut by_fractional = herald
         .events()
         .topic("orders")
-        .header("authorization", &format!("Bearer {fractional}"))
+        .token(&fractional)
         .open()
         .await;
     // Identity comes from the token: the user's own events arrive on all of them.

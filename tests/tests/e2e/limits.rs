@@ -196,7 +196,7 @@ async fn over_the_connection_cap_a_subscriber_gets_200_with_retry_and_the_stream
     let resuming = herald
         .events()
         .topic("t")
-        .header("last-event-id", "1-0")
+        .last_event_id("1-0")
         .connect()
         .await;
     let notice = resuming.assert_refused_for_now("server_full").await;
@@ -227,7 +227,7 @@ async fn over_the_connection_cap_a_subscriber_gets_200_with_retry_and_the_stream
     let mut third = herald
         .events()
         .topic("t")
-        .header("last-event-id", &before)
+        .last_event_id(&before)
         .open()
         .await;
     third.expect_event_id(&missed).await;
