@@ -286,13 +286,18 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
+/// `s` read as a whole number and the unit after it (`15s`: 15 and `s`); `like` names the
+/// forms `s` should take, for the error.
+fn number_and_unit<'s>(s: &'s str, like: &str) -> Result<(u64, &'s str), String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 10m, 12h or 7d"))?;
+    let n = num.parse().map_err(|_| format!("{s:?} is not {like}"))?;
+    Ok((n, unit))
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = number_and_unit(s, "a duration like 500ms, 15s, 10m, 12h or 7d")?;
     let ms = match unit {
         "ms" => n,
         "" | "s" => n.saturating_mul(1_000),
@@ -314,11 +319,7 @@ pub const DEFAULT_MAX_BODY: usize = 64 << 10;
 /// (powers of 1000); a bare number is bytes.
 pub fn parse_bytes<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 1048576, 64KiB, 4MiB or 1GiB"))?;
+    let (n, unit) = number_and_unit(s, "a size like 1048576, 64KiB, 4MiB or 1GiB")?;
     let scale: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
