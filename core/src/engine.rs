@@ -1115,16 +1115,9 @@ impl Engine {
         let Some(c) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        if c.cursor.is_some_and(|cur| id <= cur) {
-            return;
+        if take_event(c, &mut self.counters, id, replayed) {
+            self.send(slot, frame, now);
         }
-        c.cursor = Some(id);
-        c.events_sent += 1;
-        self.counters.delivered += 1;
-        if replayed {
-            self.counters.replayed += 1;
-        }
-        self.send(slot, frame, now);
     }
 
     /// [`Engine::send_event`] for a page of replayed events read from the log, sent as one
@@ -1137,14 +1130,9 @@ impl Engine {
         };
         let mut page = bytes::BytesMut::with_capacity(frames.iter().map(|(_, f)| f.len()).sum());
         for (id, frame) in frames {
-            if c.cursor.is_some_and(|cur| id <= cur) {
-                continue;
+            if take_event(c, &mut self.counters, id, true) {
+                page.extend_from_slice(&frame);
             }
-            c.cursor = Some(id);
-            c.events_sent += 1;
-            self.counters.delivered += 1;
-            self.counters.replayed += 1;
-            page.extend_from_slice(&frame);
         }
         if !page.is_empty() {
             self.send(slot, page.freeze(), now);
@@ -1347,6 +1335,21 @@ where
             index.remove(key);
         }
     }
+}
+
+/// Counts event `id` as sent to connection `c` and moves its cursor, unless the connection
+/// already has it (its cursor is at or past `id`); true if it is to be sent.
+fn take_event(c: &mut Conn, counters: &mut Counters, id: EventId, replayed: bool) -> bool {
+    if c.cursor.is_some_and(|cur| id <= cur) {
+        return false;
+    }
+    c.cursor = Some(id);
+    c.events_sent += 1;
+    counters.delivered += 1;
+    if replayed {
+        counters.replayed += 1;
+    }
+    true
 }
 
 fn reset_type() -> EventType {
