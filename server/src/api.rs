@@ -58,21 +58,24 @@ pub struct AppState {
     /// In cluster mode with `--max-connections-per-user`: each user's streams over every
     /// instance.
     pub user_cap: Option<crate::user_cap::UserCap>,
-    /// Requests refused for their credentials: 401 (none, expired, forged) and 403.
-    pub refused: AuthRefusals,
+    /// Requests refused: for their credentials (401, 403), or by a connection cap.
+    pub refused: Refusals,
 }
 
-/// Requests refused for their credentials, for the metrics: a secret rotated on the server
-/// but not the backends turns every request into a 401, which nothing else would show.
+/// Refused requests: those refused for their credentials, counted for the metrics (a secret
+/// rotated on the server but not the backends turns every request into a 401, which nothing
+/// else would show), and when a subscriber refused by a connection cap was last logged.
 #[derive(Debug, Default)]
-pub struct AuthRefusals {
+pub struct Refusals {
     /// Answered 401.
     pub unauthorized: AtomicU64,
     /// Answered 403.
     pub forbidden: AtomicU64,
+    /// When a subscriber refused by a connection cap was last logged at `warn`.
+    logged: std::sync::Mutex<crate::Throttle>,
 }
 
-impl AuthRefusals {
+impl Refusals {
     /// Counts `error` if it is a 401 or a 403.
     pub fn count(&self, error: &ApiError) {
         let counter = match error.status {
@@ -720,7 +723,7 @@ pub async fn open_stream(
             // EventSource gives up for good on any non-200: say "come back later" in-band.
             // Browsers come back every few seconds while the limit holds: one line now and
             // then says so, the count is in the metrics (`herald_connections_refused_total`).
-            if refusal_warning_due() {
+            if crate::lock(&state.refused.logged).due(REFUSALS_LOGGED_EVERY) {
                 tracing::warn!(%remote, "{e} (refusals are logged at most once each 10 s)");
             } else {
                 tracing::debug!(%remote, "{e}");
@@ -750,16 +753,8 @@ pub async fn open_stream(
     }
 }
 
-/// Whether a refused subscriber should be logged at `warn` now: at most once each 10 s.
-fn refusal_warning_due() -> bool {
-    static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let now = crate::hub::wall_ms();
-    let last = LAST_MS.load(Ordering::Relaxed);
-    now.saturating_sub(last) >= 10_000
-        && LAST_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
+/// How often a subscriber refused by a cap is logged at `warn` at most.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
 
 fn stream_response(body: Body) -> Response<Body> {
     let mut r = Response::new(body);

@@ -13,7 +13,7 @@ pub fn render(
     log: &LogMetricsSnapshot,
     corrupt_records: u64,
     latency: &LatencyCounts,
-    refused: &crate::api::AuthRefusals,
+    refused: &crate::api::Refusals,
 ) -> String {
     let c = &stats.counters;
     let mut out = String::with_capacity(2048);
@@ -246,7 +246,7 @@ mod tests {
             &LogMetricsSnapshot::default(),
             0,
             &LatencyCounts::default(),
-            &crate::api::AuthRefusals::default(),
+            &crate::api::Refusals::default(),
         );
         for line in [
             "# TYPE herald_connections_by_transport gauge",
@@ -274,7 +274,7 @@ mod tests {
             &LogMetricsSnapshot::default(),
             0,
             &latency,
-            &crate::api::AuthRefusals::default(),
+            &crate::api::Refusals::default(),
         );
         for line in [
             "# TYPE herald_delivery_seconds histogram",

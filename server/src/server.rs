@@ -171,7 +171,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         retry_ms: config.retry_ms,
         cors_origins: config.cors_origins.clone(),
         log: log.clone(),
-        refused: api::AuthRefusals::default(),
+        refused: api::Refusals::default(),
         // As many as the main runtime has workers: direct writes scale with the cores.
         writers: crate::writer::Writers::start(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
