@@ -269,7 +269,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_millis(1), listener.accept()).await
     {
         if tls.is_none() {
-            tracker.spawn(answer_shutting_down(stream));
+            tracker.spawn(answer_and_close(stream, api::unavailable()));
         }
     }
     drop(listener);
@@ -484,7 +484,7 @@ async fn serve_hyper(
                     http::StatusCode::BAD_REQUEST,
                     "this port speaks HTTPS: use an https:// URL",
                 );
-                return answer_and_close(stream, &error).await;
+                return answer_and_close(stream, error).await;
             }
             // The handshake and the connection below are boxed: inline, their states would
             // size this task for all of them at once (8.2 KB against 1.2 KB, for every
@@ -774,16 +774,12 @@ pub fn yield_to_control() {
 /// Answers a connection taken from the backlog at shutdown with a 503, then reads what its
 /// client sent (for a second at most), so that closing it does not reset the connection
 /// before the client has read the answer.
-async fn answer_shutting_down(stream: tokio::net::TcpStream) {
-    answer_and_close(stream, &api::unavailable()).await;
-}
-
 /// Answers a connection's request with `error` in plain HTTP/1.1 and closes it, after reading
 /// what the client sent (a close with the request unread would reset the connection).
-async fn answer_and_close(mut stream: tokio::net::TcpStream, error: &api::ApiError) {
+async fn answer_and_close(mut stream: tokio::net::TcpStream, error: api::ApiError) {
     use tokio::io::AsyncReadExt;
     let no_cors = stream_h1::Cors::default();
-    stream_h1::write_error(&mut stream, error, &no_cors).await;
+    stream_h1::write_error(&mut stream, &error, &no_cors).await;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
