@@ -39,27 +39,24 @@ pub struct Claims {
 
 /// A JWT NumericDate: seconds since the epoch, a whole number or not (its fraction dropped).
 fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let n = serde_json::Number::deserialize(d)?;
-    seconds(&n)
-        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a date (seconds since 1970)")))
+    seconds(serde_json::Number::deserialize(d)?)
 }
 
 fn some_numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match Option::<serde_json::Number>::deserialize(d)? {
-        None => Ok(None),
-        Some(n) => seconds(&n).map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!("{n} is not a date (seconds since 1970)"))
-        }),
-    }
+    Option::<serde_json::Number>::deserialize(d)?
+        .map(seconds)
+        .transpose()
 }
 
-fn seconds(n: &serde_json::Number) -> Option<u64> {
+fn seconds<E: serde::de::Error>(n: serde_json::Number) -> Result<u64, E> {
     // `as` saturates past u64::MAX: a date that far ahead never comes.
-    n.as_u64().or_else(|| {
-        n.as_f64()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|v| v as u64)
-    })
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(|v| v as u64)
+        })
+        .ok_or_else(|| E::custom(format!("{n} is not a date (seconds since 1970)")))
 }
 
 /// What a token allows.
