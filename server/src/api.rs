@@ -19,7 +19,7 @@ use hyper::body::{Body as _, Incoming};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{AuthError, Carrier, Identity, JwtKey, token_from};
+use crate::auth::{AuthError, Carrier, Identity, JwtKeys, token_from};
 use crate::hub::{Hub, PublishFailure, Rows, jittered_retry};
 use crate::log::{EventLog, LogMetrics};
 use crate::metrics;
@@ -36,7 +36,7 @@ pub struct AppState {
     /// The engine's driver.
     pub hub: Hub,
     /// Token verification; `None` only in dev mode.
-    pub jwt: Option<JwtKey>,
+    pub jwt: Option<JwtKeys>,
     /// Development mode: no auth.
     pub dev: bool,
     /// Publish body limit.

@@ -42,9 +42,32 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub dev: Option<bool>,
-    /// Secret for HS256 tokens (required unless --dev).
+    /// Secret for HS256 tokens (HS384 and HS512 are checked too); `herald token` signs with
+    /// it. Without --dev, this or --jwt-public-key is required.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// A secret whose tokens are still accepted, while the secret is rotated: give the new one
+    /// as --jwt-secret and the old one here until its tokens have expired (repeatable).
+    #[arg(
+        long = "jwt-previous-secret",
+        env = "HERALD_JWT_PREVIOUS_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    #[serde(alias = "jwt_previous_secret")]
+    pub jwt_previous_secrets: Vec<String>,
+    /// A PEM file of public keys (`PUBLIC KEY` or `CERTIFICATE` blocks) that check tokens an
+    /// identity provider signs with its private keys: RS256/384/512 and PS256/384/512 (RSA),
+    /// ES256 (P-256), ES384 (P-384), EdDSA (Ed25519). Repeat the flag or separate with commas;
+    /// `herald token --private-key` signs such tokens.
+    #[arg(
+        long = "jwt-public-key",
+        env = "HERALD_JWT_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "PEM"
+    )]
+    #[serde(alias = "jwt_public_key")]
+    pub jwt_public_keys: Vec<PathBuf>,
     /// When an append counts as durable: `every-batch` (fsync each group commit) or `never`
     /// (sled flushes in the background: faster, but a crash can lose the last ~0.5 s)
     /// [default: every-batch].
@@ -183,6 +206,10 @@ pub struct ServeConfig {
     pub dev: bool,
     /// The HS256 secret.
     pub jwt_secret: Option<String>,
+    /// Secrets still accepted while they are rotated.
+    pub jwt_previous_secrets: Vec<String>,
+    /// PEM files of public keys that check tokens.
+    pub jwt_public_keys: Vec<PathBuf>,
     /// How often retention runs.
     pub trim_interval: Duration,
     /// Connection cap.
@@ -440,6 +467,12 @@ impl ServeArgs {
             },
             dev: s.dev.unwrap_or(false),
             jwt_secret: s.jwt_secret.filter(|s| !s.is_empty()),
+            jwt_previous_secrets: s
+                .jwt_previous_secrets
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect(),
+            jwt_public_keys: s.jwt_public_keys,
             trim_interval: s.trim_interval.unwrap_or(Duration::from_secs(10)),
             max_connections: s.max_connections.unwrap_or(50_000),
             max_connections_per_user: s.max_connections_per_user,
@@ -521,6 +554,8 @@ impl ServeArgs {
             data_dir: self.data_dir.or(file.data_dir),
             dev: self.dev.or(file.dev),
             jwt_secret: self.jwt_secret.or(file.jwt_secret),
+            jwt_previous_secrets: or_file(self.jwt_previous_secrets, file.jwt_previous_secrets),
+            jwt_public_keys: or_file(self.jwt_public_keys, file.jwt_public_keys),
             fsync: self.fsync.or(file.fsync),
             retain_events: self.retain_events.or(file.retain_events),
             retain_age: self.retain_age.or(file.retain_age),
@@ -538,10 +573,7 @@ impl ServeArgs {
             retry_ms: self.retry_ms.or(file.retry_ms),
             header_timeout: self.header_timeout.or(file.header_timeout),
             shutdown_timeout: self.shutdown_timeout.or(file.shutdown_timeout),
-            cors_origins: match self.cors_origins.is_empty() {
-                true => file.cors_origins,
-                false => self.cors_origins,
-            },
+            cors_origins: or_file(self.cors_origins, file.cors_origins),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             backlog: self.backlog.or(file.backlog),
@@ -561,6 +593,12 @@ impl ServeArgs {
 }
 
 /// A duration written as text in the file, like the flags take it (`15s`, `7d`).
+/// A list given on the command line or in the environment replaces the file's, which is
+/// kept when none is.
+fn or_file<T>(given: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if given.is_empty() { file } else { given }
+}
+
 fn duration_text<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(de)?;
     parse_duration(&text)
@@ -744,6 +782,14 @@ mod tests {
         let shared = c.redis.unwrap();
         assert_eq!(shared.redis.to_string(), "redis://10.0.0.5:6380/2");
         assert_eq!(shared.prefix, "blue");
+        // Key lists, under the setting's name or the flag's.
+        write(
+            "jwt_secret = \"new\"\njwt_previous_secrets = [\"old\", \"older\"]\n\
+             jwt_public_key = [\"/etc/idp.pem\"]\n",
+        );
+        let c = args.resolve().unwrap();
+        assert_eq!(c.jwt_previous_secrets, ["old", "older"]);
+        assert_eq!(c.jwt_public_keys, [PathBuf::from("/etc/idp.pem")]);
         // Sizes as text or as a number of bytes.
         write("dev = true\nmax_body = \"64KiB\"\nqueue_bytes = 2048\nretain_bytes = \"1GB\"\n");
         let c = args.resolve().unwrap();

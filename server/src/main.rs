@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use herald_server::auth::{Claims, Grants, JwtKey, PublishGrant};
+use herald_server::auth::{Claims, Grants, PublishGrant, SigningKey};
 use herald_server::config::{ServeArgs, parse_duration};
 use serde_json::value::RawValue;
 
@@ -28,7 +28,8 @@ enum Command {
     /// Run the server. Settings: flags > HERALD_* environment variables > --config file >
     /// defaults.
     Serve(Box<ServeArgs>),
-    /// Mint a signed token (HS256 JWT) for a subscriber, publisher or operator.
+    /// Mint a signed token (a JWT: HS256 with the server's secret, or signed with a private
+    /// key) for a subscriber, publisher or operator.
     Token(TokenArgs),
     /// Publish one event through a running server's HTTP API.
     Publish(PublishArgs),
@@ -61,6 +62,11 @@ struct TokenArgs {
     /// The server's secret (the same as `herald serve` uses).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// Sign with this private key (PEM, PKCS#8 as `openssl genpkey` writes it, or an `RSA
+    /// PRIVATE KEY`) instead of a secret: RS256 for RSA, ES256 for P-256, ES384 for P-384,
+    /// EdDSA for Ed25519. The server checks it with the public half (`--jwt-public-key`).
+    #[arg(long, value_name = "PEM", conflicts_with = "jwt_secret")]
+    private_key: Option<std::path::PathBuf>,
     /// Read the secret from this config file when not given otherwise.
     #[arg(long, env = "HERALD_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -141,16 +147,19 @@ fn main() -> anyhow::Result<()> {
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     // An empty secret (an empty `$(...)`, say) is no secret: the server refuses it too.
-    let secret = match args.jwt_secret.filter(|s| !s.is_empty()) {
-        Some(s) => s,
-        None => {
+    let key = match (args.private_key, args.jwt_secret.filter(|s| !s.is_empty())) {
+        (Some(path), _) => SigningKey::from_file(&path)?,
+        (None, Some(s)) => SigningKey::Secret(s.into_bytes()),
+        (None, None) => {
             let from_file = ServeArgs {
                 config: args.config.clone(),
                 ..ServeArgs::default()
             };
-            from_file.resolve()?.jwt_secret.context(
-                "no JWT secret: pass --jwt-secret (or set HERALD_JWT_SECRET, or jwt_secret in --config)",
-            )?
+            let secret = from_file.resolve()?.jwt_secret.context(
+                "no JWT secret: pass --jwt-secret (or set HERALD_JWT_SECRET, or jwt_secret in \
+                 --config), or --private-key",
+            )?;
+            SigningKey::Secret(secret.into_bytes())
         }
     };
     // The server refuses a token whose user id it would refuse in `?user=`.
@@ -184,7 +193,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
             admin: args.admin,
         },
     };
-    println!("{}", JwtKey::new(secret.as_bytes()).mint(&claims));
+    println!("{}", key.mint(&claims));
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
-use crate::auth::JwtKey;
+use crate::auth::{JwtKeys, VerifyKey, keys};
 use crate::config::ServeConfig;
 use crate::hub::{Hub, HubConfig, Store};
 use crate::log::{RedisLog, SledLog, Trimmer};
@@ -24,28 +24,7 @@ use crate::{Throttle, stream_h1};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let jwt = match (&config.jwt_secret, config.dev) {
-        (Some(secret), _) => Some(JwtKey::new(secret.as_bytes())),
-        (None, true) => None,
-        (None, false) => anyhow::bail!(
-            "no JWT secret configured.\n  \
-             For production, set one: `herald serve --jwt-secret <secret>` (or HERALD_JWT_SECRET, or \
-             jwt_secret in the config file), then mint tokens with `herald token`.\n  \
-             For local development without authentication, run `herald serve --dev`."
-        ),
-    };
-    if let Some(secret) = config
-        .jwt_secret
-        .as_ref()
-        .filter(|s| s.len() < MIN_SECRET_BYTES)
-    {
-        tracing::warn!(
-            "the JWT secret is {} bytes: anyone who guesses it can mint any token, and a short \
-             one can be found by trying; use {MIN_SECRET_BYTES} random bytes or more \
-             (`openssl rand -hex 32`)",
-            secret.len()
-        );
-    }
+    let jwt = jwt_keys(&config)?;
     if config.dev {
         tracing::warn!(
             "DEVELOPMENT MODE: no authentication; anyone who can reach {} may subscribe, publish and administer",
@@ -333,6 +312,51 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
             )
         })?;
     Ok(Store::Local(Arc::new(log)))
+}
+
+/// The keys tokens are checked with: none in dev mode when no key is given.
+fn jwt_keys(config: &ServeConfig) -> anyhow::Result<Option<JwtKeys>> {
+    let secrets: Vec<&String> = config
+        .jwt_secret
+        .iter()
+        .chain(&config.jwt_previous_secrets)
+        .collect();
+    for secret in secrets.iter().filter(|s| s.len() < MIN_SECRET_BYTES) {
+        tracing::warn!(
+            "a JWT secret is {} bytes: anyone who guesses it can mint any token, and a short \
+             one can be found by trying; use {MIN_SECRET_BYTES} random bytes or more \
+             (`openssl rand -hex 32`)",
+            secret.len()
+        );
+    }
+    let mut keys: Vec<VerifyKey> = secrets
+        .iter()
+        .map(|s| VerifyKey::Secret(s.as_bytes().to_vec()))
+        .collect();
+    for path in &config.jwt_public_keys {
+        keys.extend(keys::public_keys_from_file(path).context("--jwt-public-key")?);
+    }
+    if keys.is_empty() {
+        if config.dev {
+            return Ok(None);
+        }
+        anyhow::bail!(
+            "no JWT secret or public key configured.\n  \
+             For production, set a secret: `herald serve --jwt-secret <secret>` (or \
+             HERALD_JWT_SECRET, or jwt_secret in the config file), then mint tokens with \
+             `herald token`; or check the tokens your identity provider signs with \
+             `--jwt-public-key <PEM>`.\n  \
+             For local development without authentication, run `herald serve --dev`."
+        );
+    }
+    let keys = JwtKeys::new(keys);
+    tracing::info!(
+        secrets = secrets.len(),
+        public_key_files = config.jwt_public_keys.len(),
+        "checking tokens signed with {}",
+        keys.accepted()
+    );
+    Ok(Some(keys))
 }
 
 /// How an HTTP/2 connection with prior knowledge starts (the first 12 bytes of its preface).

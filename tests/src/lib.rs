@@ -226,6 +226,18 @@ pub fn raw_publish(body: &str) -> String {
     )
 }
 
+/// Runs `herald serve --dev` with `extra`, which must make it exit at start-up; returns what
+/// it printed on stderr.
+pub fn serve_fails(extra: &[&str]) -> String {
+    let mut cmd = Command::new(herald_bin());
+    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .args(extra);
+    let out = run_bounded(&mut cmd, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "herald {extra:?} started: {stderr}");
+    stderr
+}
+
 /// Signs arbitrary `claims` as an HS256 JWT: for tokens `herald token` will not mint (already
 /// expired, odd claims).
 pub fn sign_jwt(secret: &str, claims: &Value) -> String {

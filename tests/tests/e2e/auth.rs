@@ -1,5 +1,5 @@
-//! Auth: HS256 tokens from a header, the query or a cookie; 401 and 403 with reasons; a
-//! stream ends when its token expires.
+//! Auth: tokens (HS256 with a secret, or signed with a private key) from a header, the query
+//! or a cookie; 401 and 403 with reasons; a stream ends when its token expires.
 
 use std::time::Duration;
 
@@ -516,7 +516,7 @@ async fn an_idempotency_key_is_its_publishers_own() {
 async fn a_short_secret_is_warned_about_at_start() {
     let herald = Herald::start(&["--jwt-secret", "short"]);
     let warned = herald_tests::eventually(WAIT, || async {
-        herald.stderr().contains("the JWT secret is 5 bytes")
+        herald.stderr().contains("a JWT secret is 5 bytes")
     })
     .await;
     assert!(warned, "{}", herald.stderr());
@@ -528,4 +528,216 @@ async fn a_short_secret_is_warned_about_at_start() {
         "{}",
         fine.stderr()
     );
+}
+
+#[tokio::test]
+async fn a_rotated_secrets_tokens_are_accepted_beside_the_new_ones() {
+    let (new, old) = (
+        "new-secret-0123456789abcdef012345",
+        "old-secret-0123456789abcdef012345",
+    );
+    let herald = Herald::start(&["--jwt-secret", new, "--jwt-previous-secret", old]);
+    let mut on_old = herald
+        .events()
+        .topic("orders")
+        .token(&crate::alice_token(old))
+        .open()
+        .await;
+    let mut on_new = herald
+        .events()
+        .topic("orders")
+        .token(&crate::alice_token(new))
+        .open()
+        .await;
+    let publisher = mint_token(new, &["--sub", "backend", "--publish"]);
+    let (status, body) = herald
+        .publish_as(&publisher, json!({"topics": ["orders"], "data": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["id"].as_str().expect("an id");
+    on_old.expect_event_id(id).await;
+    on_new.expect_event_id(id).await;
+    // A secret the server was not given is not one of them.
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token(&crate::alice_token("a-third-secret-0123456789abcdef0"))
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert!(sub.error().contains("signature"), "{}", sub.error());
+}
+
+/// `openssl` in `dir`, for key files.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(args).current_dir(dir);
+    let out = herald_tests::run_bounded(&mut cmd, WAIT);
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `herald token --private-key <key> <args>`.
+fn sign_with(key: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(herald_tests::herald_bin());
+    cmd.arg("token").arg("--private-key").arg(key).args(args);
+    herald_tests::clear_herald_env(&mut cmd);
+    let out = herald_tests::run_bounded(&mut cmd, WAIT);
+    assert!(
+        out.status.success(),
+        "herald token --private-key {key:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn tokens_an_identity_provider_signs_are_checked_with_its_public_keys() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = |name: &str| dir.path().join(name);
+    // Keys as `openssl` writes them: RSA, P-256 and Ed25519 private keys (PKCS#8) with their
+    // public halves, and a certificate, whose key checks tokens too.
+    for (name, algorithm) in [
+        (
+            "rsa",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+        ),
+        (
+            "p256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        ("ed25519", &["-algorithm", "ed25519"]),
+    ] {
+        let private = format!("{name}.pem");
+        let public = format!("{name}-public.pem");
+        let mut args = vec!["genpkey"];
+        args.extend(algorithm);
+        args.extend(["-out", &private]);
+        openssl(dir.path(), &args);
+        openssl(
+            dir.path(),
+            &["pkey", "-in", &private, "-pubout", "-out", &public],
+        );
+    }
+    let (cert, cert_key) = herald_tests::self_signed_cert(dir.path(), "idp", "DNS:idp");
+    let keys = format!(
+        "{},{}",
+        path("rsa-public.pem").display(),
+        path("p256-public.pem").display()
+    );
+    let ed25519 = path("ed25519-public.pem");
+    let herald = Herald::start(&[
+        "--jwt-public-key",
+        &keys,
+        "--jwt-public-key",
+        ed25519.to_str().expect("a UTF-8 path"),
+        "--jwt-public-key",
+        cert.to_str().expect("a UTF-8 path"),
+    ]);
+    let mut subscribers = Vec::new();
+    for (key, alg) in [
+        (path("rsa.pem"), "RS256"),
+        (path("p256.pem"), "ES256"),
+        (path("ed25519.pem"), "EdDSA"),
+        (cert_key.clone(), "RS256"),
+    ] {
+        let token = sign_with(&key, &["--sub", "alice", "--subscribe", "orders"]);
+        let header = token.split('.').next().expect("a header");
+        let header =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .expect("base64url");
+        assert!(
+            String::from_utf8_lossy(&header).contains(&format!("\"alg\":\"{alg}\"")),
+            "{key:?}: {}",
+            String::from_utf8_lossy(&header)
+        );
+        subscribers.push(herald.events().topic("orders").token(&token).open().await);
+    }
+    let publisher = sign_with(&path("p256.pem"), &["--sub", "backend", "--publish"]);
+    let (status, body) = herald
+        .publish_as(&publisher, json!({"topics": ["orders"], "data": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["id"].as_str().expect("an id");
+    for sub in &mut subscribers {
+        sub.expect_event_id(id).await;
+    }
+    // Such a server has no secret: a token signed with one names the algorithms it checks.
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token(&alice())
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        sub.error().contains(
+            "\"HS256\" (this server checks RS256, RS384, RS512, PS256, PS384, PS512, ES256, EdDSA)"
+        ),
+        "{}",
+        sub.error()
+    );
+    // A key of the right kind, but not one the server was given.
+    openssl(
+        dir.path(),
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "other.pem",
+        ],
+    );
+    let stranger = sign_with(
+        &path("other.pem"),
+        &["--sub", "alice", "--subscribe", "orders"],
+    );
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token(&stranger)
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert!(sub.error().contains("signature"), "{}", sub.error());
+    assert!(
+        herald.stderr().contains(
+            "checking tokens signed with RS256, RS384, RS512, PS256, PS384, PS512, ES256, EdDSA"
+        ),
+        "{}",
+        herald.stderr()
+    );
+
+    // A key file that cannot be used stops the start, saying why.
+    let without_dev = |key: &std::path::Path| {
+        let mut cmd = std::process::Command::new(herald_tests::herald_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--jwt-public-key")
+            .arg(key)
+            .env("RUST_BACKTRACE", "0");
+        herald_tests::clear_herald_env(&mut cmd);
+        let out = herald_tests::run_bounded(&mut cmd, WAIT);
+        assert!(!out.status.success(), "{key:?} was taken");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = without_dev(&path("rsa.pem"));
+    assert!(stderr.contains("holds a private key"), "{stderr}");
+    let stderr = without_dev(&path("nothing-here.pem"));
+    assert!(stderr.contains("cannot read"), "{stderr}");
+    // And `herald token` says what it cannot sign with.
+    let mut cmd = std::process::Command::new(herald_tests::herald_bin());
+    cmd.args(["token", "--sub", "a", "--private-key"])
+        .arg(path("rsa-public.pem"))
+        .env("RUST_BACKTRACE", "0");
+    herald_tests::clear_herald_env(&mut cmd);
+    let out = herald_tests::run_bounded(&mut cmd, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("expected a PEM `PRIVATE KEY`"), "{stderr}");
 }

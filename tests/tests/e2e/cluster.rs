@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use herald_core::ParsedEvent;
 use herald_tests::{
-    Herald, RedisPrefix, Subscriber, TestCerts, WAIT, eventually, herald_bin, run_bounded, skip,
+    Herald, RedisPrefix, Subscriber, TestCerts, WAIT, eventually, run_bounded, serve_fails, skip,
     test_certs, test_redis,
 };
 use serde_json::{Value, json};
@@ -267,18 +267,6 @@ async fn a_users_streams_are_capped_across_the_instances_and_a_closed_one_frees_
         .await;
     second.expect_event_id(&id).await;
     bob.expect_event_id(&id).await;
-}
-
-/// Runs `herald serve --dev` with `extra`, which must make it exit at start-up; returns what
-/// it printed on stderr.
-fn serve_fails(extra: &[&str]) -> String {
-    let mut cmd = Command::new(herald_bin());
-    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .args(extra);
-    let out = run_bounded(&mut cmd, WAIT);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "herald {extra:?} started: {stderr}");
-    stderr
 }
 
 #[test]

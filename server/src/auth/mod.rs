@@ -1,11 +1,12 @@
-//! Who is calling: HS256 JWTs from a header, a cookie or the query string, and what they may do.
+//! Who is calling: JWTs from a header, a cookie or the query string, and what they may do.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::{Target, TopicPattern, UserId};
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+
+pub mod keys;
+pub use keys::{Alg, KeyError, SigningKey, VerifyKey};
 
 /// The cookie a browser can carry its token in.
 pub const TOKEN_COOKIE: &str = "herald_token";
@@ -100,10 +101,10 @@ pub enum AuthError {
     /// The token is not three base64url parts of JSON.
     #[error("malformed token: {0}")]
     Malformed(&'static str),
-    /// The token is not HS256.
-    #[error("unsupported token algorithm (only HS256 is accepted)")]
-    Algorithm,
-    /// The signature does not match the server's secret.
+    /// The token's algorithm is not one this server's keys check.
+    #[error("token algorithm {0} is not accepted")]
+    Algorithm(String),
+    /// The signature matches none of the server's keys.
     #[error("invalid token signature")]
     Signature,
     /// The token expired.
@@ -190,51 +191,39 @@ impl Identity {
     }
 }
 
-/// The server's signing key.
-#[derive(Clone)]
-pub struct JwtKey {
-    secret: Vec<u8>,
-}
-
-impl std::fmt::Debug for JwtKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwtKey(..)")
-    }
+/// The keys a server checks tokens with: its secret, the secrets it still accepts while
+/// they are rotated, and the public keys of an identity provider's private keys.
+#[derive(Clone, Debug)]
+pub struct JwtKeys {
+    keys: Vec<VerifyKey>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Header {
     alg: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     typ: Option<String>,
 }
 
-impl JwtKey {
-    /// A key from the shared secret.
-    pub fn new(secret: &[u8]) -> Self {
-        Self {
-            secret: secret.to_vec(),
-        }
+impl JwtKeys {
+    /// Checks tokens with these keys.
+    pub fn new(keys: Vec<VerifyKey>) -> Self {
+        Self { keys }
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length, so this cannot fail.
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!())
+    /// Checks HS256 (HS384, HS512) tokens with one shared secret.
+    pub fn secret(secret: &[u8]) -> Self {
+        Self::new(vec![VerifyKey::Secret(secret.to_vec())])
     }
 
-    /// Signs `claims` as an HS256 JWT.
-    pub fn mint(&self, claims: &Claims) -> String {
-        let header = Header {
-            alg: "HS256".into(),
-            typ: Some("JWT".into()),
-        };
-        let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let signing_input = format!("{header}.{body}");
-        let mut mac = self.mac();
-        mac.update(signing_input.as_bytes());
-        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{signing_input}.{sig}")
+    /// The algorithms these keys check (`HS256, ES256`), for a message that names them.
+    pub fn accepted(&self) -> String {
+        let algs: Vec<&str> = Alg::ALL
+            .into_iter()
+            .filter(|alg| self.keys.iter().any(|k| k.checks(*alg)))
+            .map(Alg::name)
+            .collect();
+        algs.join(", ")
     }
 
     /// Verifies signature and expiry, and returns the claims.
@@ -253,15 +242,24 @@ impl JwtKey {
             .map_err(|_| AuthError::Malformed("header is not base64url"))?;
         let header: Header = serde_json::from_slice(&header_json)
             .map_err(|_| AuthError::Malformed("header is not JSON"))?;
-        if header.alg != "HS256" {
-            return Err(AuthError::Algorithm);
-        }
+        // Each key checks its own algorithms only: a public key is never taken for an HMAC
+        // secret, and `none` is no algorithm.
+        let Some(alg) =
+            Alg::from_name(&header.alg).filter(|alg| self.keys.iter().any(|k| k.checks(*alg)))
+        else {
+            return Err(AuthError::Algorithm(format!(
+                "{:?} (this server checks {})",
+                header.alg,
+                self.accepted()
+            )));
+        };
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
-        let mut mac = self.mac();
-        mac.update(header_json_input(token).as_bytes());
-        mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
+        let input = signed_part(token).as_bytes();
+        if !self.keys.iter().any(|k| k.verifies(alg, input, &sig)) {
+            return Err(AuthError::Signature);
+        }
         let body = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| AuthError::Malformed("claims are not base64url"))?;
@@ -311,8 +309,24 @@ impl JwtKey {
     }
 }
 
+impl SigningKey {
+    /// Signs `claims` as a JWT (HS256 with a secret; RS256, ES256, ES384 or EdDSA with a
+    /// private key).
+    pub fn mint(&self, claims: &Claims) -> String {
+        let header = Header {
+            alg: self.alg().name().into(),
+            typ: Some("JWT".into()),
+        };
+        let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let signing_input = format!("{header}.{body}");
+        let sig = URL_SAFE_NO_PAD.encode(self.sign(signing_input.as_bytes()));
+        format!("{signing_input}.{sig}")
+    }
+}
+
 /// The signed part of a token: everything before the last dot.
-fn header_json_input(token: &str) -> &str {
+fn signed_part(token: &str) -> &str {
     token.rsplit_once('.').map_or(token, |(input, _)| input)
 }
 
@@ -385,10 +399,15 @@ mod tests {
         }
     }
 
+    /// A secret to sign with, and the keys that check its tokens.
+    fn secret(secret: &[u8]) -> (SigningKey, JwtKeys) {
+        (SigningKey::Secret(secret.to_vec()), JwtKeys::secret(secret))
+    }
+
     #[test]
     fn a_minted_token_verifies_and_grants_what_it_says() {
-        let key = JwtKey::new(b"secret");
-        let token = key.mint(&claims(2_000));
+        let (signer, key) = secret(b"secret");
+        let token = signer.mint(&claims(2_000));
         let id = key.identify(&token, 1_000).unwrap();
         assert_eq!(id.user, Some(UserId::new("alice").unwrap()));
         let p = |s| TopicPattern::parse(s).unwrap();
@@ -411,15 +430,15 @@ mod tests {
 
     #[test]
     fn forged_expired_and_malformed_tokens_are_refused_with_a_reason() {
-        let key = JwtKey::new(b"secret");
-        let token = key.mint(&claims(2_000));
+        let (signer, key) = secret(b"secret");
+        let token = signer.mint(&claims(2_000));
         assert_eq!(
-            JwtKey::new(b"other").verify(&token, 1_000),
+            JwtKeys::secret(b"other").verify(&token, 1_000),
             Err(AuthError::Signature)
         );
         assert_eq!(key.verify(&token, 2_000), Err(AuthError::Expired));
         // A token for later is refused until then, give or take the clocks' skew.
-        let later = key.mint(&Claims {
+        let later = signer.mint(&Claims {
             nbf: Some(1_500),
             ..claims(2_000)
         });
@@ -442,24 +461,66 @@ mod tests {
             URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
             parts[1]
         );
-        assert_eq!(key.verify(&none, 0), Err(AuthError::Algorithm));
+        assert_eq!(
+            key.verify(&none, 0),
+            Err(AuthError::Algorithm(
+                "\"none\" (this server checks HS256, HS384, HS512)".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn every_configured_key_checks_its_tokens_and_a_refusal_names_what_is_checked() {
+        use keys::test_keys::{pair, private, public};
+        let new = SigningKey::Secret(b"new".to_vec());
+        let old = SigningKey::Secret(b"old".to_vec());
+        let (es_private, es_public) = pair(Alg::Es256);
+        let es = private(&es_private).unwrap();
+        let mut verify = vec![new.verify_key(), old.verify_key()];
+        verify.extend(public(&es_public).unwrap());
+        let keys = JwtKeys::new(verify);
+        for signer in [&new, &old, &es] {
+            let id = keys.identify(&signer.mint(&claims(2_000)), 1_000);
+            assert_eq!(id.unwrap().user, Some(UserId::new("alice").unwrap()));
+        }
+        let stranger = SigningKey::Secret(b"other".to_vec()).mint(&claims(2_000));
+        assert_eq!(keys.verify(&stranger, 1_000), Err(AuthError::Signature));
+        let (ed_private, _) = pair(Alg::EdDsa);
+        let ed = private(&ed_private).unwrap().mint(&claims(2_000));
+        assert_eq!(
+            keys.verify(&ed, 1_000),
+            Err(AuthError::Algorithm(
+                "\"EdDSA\" (this server checks HS256, HS384, HS512, ES256)".into()
+            ))
+        );
+        // A server with public keys alone takes no token signed with a secret.
+        let public_only = JwtKeys::new(public(&es_public).unwrap());
+        assert_eq!(
+            public_only.verify(&new.mint(&claims(2_000)), 1_000),
+            Err(AuthError::Algorithm(
+                "\"HS256\" (this server checks ES256)".into()
+            ))
+        );
+        // Expiry and claims are checked whatever signed the token.
+        assert_eq!(
+            keys.verify(&es.mint(&claims(2_000)), 2_000),
+            Err(AuthError::Expired)
+        );
     }
 
     /// A token over claims written by hand, signed with `key`.
-    fn signed(key: &JwtKey, body: &str) -> String {
+    fn signed(key: &SigningKey, body: &str) -> String {
         let minted = key.mint(&claims(1));
         let header = minted.split('.').next().unwrap();
         let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(body));
-        let mut mac = key.mac();
-        mac.update(input.as_bytes());
-        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()));
         format!("{input}.{sig}")
     }
 
     #[test]
     fn dates_may_have_fractions_and_claims_of_the_wrong_shape_are_named() {
-        let key = JwtKey::new(b"secret");
-        let token = signed(&key, r#"{"sub":"alice","exp":2000.5,"nbf":999.9}"#);
+        let (signer, key) = secret(b"secret");
+        let token = signed(&signer, r#"{"sub":"alice","exp":2000.5,"nbf":999.9}"#);
         let claims = key.verify(&token, 1_000).unwrap();
         assert_eq!((claims.exp, claims.nbf), (2_000, Some(999)));
         for (claims, named) in [
@@ -467,13 +528,13 @@ mod tests {
             (r#"{"sub":"alice","exp":"2000"}"#, "invalid type"),
             (r#"{"sub":"alice","exp":-1}"#, "-1 is not a date"),
         ] {
-            match key.verify(&signed(&key, claims), 1_000) {
+            match key.verify(&signed(&signer, claims), 1_000) {
                 Err(AuthError::BadClaim(why)) => assert!(why.contains(named), "{claims}: {why}"),
                 other => panic!("{claims}: {other:?}"),
             }
         }
         assert_eq!(
-            key.verify(&signed(&key, "not json"), 1_000),
+            key.verify(&signed(&signer, "not json"), 1_000),
             Err(AuthError::Malformed("claims are not JSON"))
         );
     }
