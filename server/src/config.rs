@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::auth::jwks::JwksSource;
 use crate::log::{FsyncPolicy, LogConfig, RedisLogConfig, Retention};
 use crate::redis::RedisConfig;
 use crate::tls::ClientFiles;
@@ -68,6 +69,23 @@ pub struct ServeArgs {
     )]
     #[serde(alias = "jwt_public_key")]
     pub jwt_public_keys: Vec<PathBuf>,
+    /// An identity provider's key set (JWKS, RFC 7517), as a URL (`https://idp.example/
+    /// .well-known/jwks.json`, trusting the system's roots) or a file: its RSA, P-256, P-384
+    /// and Ed25519 keys check tokens (a token's `kid` picks the key). Read at start (the
+    /// server does not start without it) and every --jwt-jwks-refresh after, so a key the
+    /// provider adds is taken without a restart. Repeat the flag or separate with commas.
+    #[arg(
+        long = "jwt-jwks",
+        env = "HERALD_JWT_JWKS",
+        value_delimiter = ',',
+        value_name = "URL|FILE"
+    )]
+    pub jwt_jwks: Vec<String>,
+    /// How often the --jwt-jwks sets are read again; one that cannot be read keeps its keys
+    /// [default: 5m].
+    #[arg(long, env = "HERALD_JWT_JWKS_REFRESH", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
+    pub jwt_jwks_refresh: Option<Duration>,
     /// When an append counts as durable: `every-batch` (fsync each group commit) or `never`
     /// (sled flushes in the background: faster, but a crash can lose the last ~0.5 s)
     /// [default: every-batch].
@@ -210,6 +228,10 @@ pub struct ServeConfig {
     pub jwt_previous_secrets: Vec<String>,
     /// PEM files of public keys that check tokens.
     pub jwt_public_keys: Vec<PathBuf>,
+    /// Key sets (JWKS) that check tokens.
+    pub jwt_jwks: Vec<JwksSource>,
+    /// How often they are read again.
+    pub jwt_jwks_refresh: Duration,
     /// How often retention runs.
     pub trim_interval: Duration,
     /// Connection cap.
@@ -473,6 +495,8 @@ impl ServeArgs {
                 .filter(|s| !s.is_empty())
                 .collect(),
             jwt_public_keys: s.jwt_public_keys,
+            jwt_jwks: s.jwt_jwks.iter().map(|s| JwksSource::parse(s)).collect(),
+            jwt_jwks_refresh: s.jwt_jwks_refresh.unwrap_or(Duration::from_secs(300)),
             trim_interval: s.trim_interval.unwrap_or(Duration::from_secs(10)),
             max_connections: s.max_connections.unwrap_or(50_000),
             max_connections_per_user: s.max_connections_per_user,
@@ -510,6 +534,12 @@ impl ServeArgs {
                 "retry-ms must be at least {MIN_RETRY_MS}: browsers turned away by a connection \
                  cap reconnect after it"
             )));
+        }
+        // Each read of a key set is a request to the identity provider.
+        if config.jwt_jwks_refresh < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "jwt-jwks-refresh must be at least 1s".into(),
+            ));
         }
         // A log that keeps nothing could replay nothing: every resume would be a reset.
         let kept = &config.log.retention;
@@ -556,6 +586,8 @@ impl ServeArgs {
             jwt_secret: self.jwt_secret.or(file.jwt_secret),
             jwt_previous_secrets: or_file(self.jwt_previous_secrets, file.jwt_previous_secrets),
             jwt_public_keys: or_file(self.jwt_public_keys, file.jwt_public_keys),
+            jwt_jwks: or_file(self.jwt_jwks, file.jwt_jwks),
+            jwt_jwks_refresh: self.jwt_jwks_refresh.or(file.jwt_jwks_refresh),
             fsync: self.fsync.or(file.fsync),
             retain_events: self.retain_events.or(file.retain_events),
             retain_age: self.retain_age.or(file.retain_age),

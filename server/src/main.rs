@@ -67,6 +67,10 @@ struct TokenArgs {
     /// EdDSA for Ed25519. The server checks it with the public half (`--jwt-public-key`).
     #[arg(long, value_name = "PEM", conflicts_with = "jwt_secret")]
     private_key: Option<std::path::PathBuf>,
+    /// The key's id (`kid`) to name in the token's header: the id the key has in the key set
+    /// (JWKS) the server reads with --jwt-jwks.
+    #[arg(long)]
+    kid: Option<String>,
     /// Read the secret from this config file when not given otherwise.
     #[arg(long, env = "HERALD_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -193,7 +197,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
             admin: args.admin,
         },
     };
-    println!("{}", key.mint(&claims));
+    println!("{}", key.mint_as(args.kid.as_deref(), &claims));
     Ok(())
 }
 

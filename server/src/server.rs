@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
-use crate::auth::{JwtKeys, VerifyKey, keys};
+use crate::auth::{JwtKeys, VerifyKey, jwks, keys};
 use crate::config::ServeConfig;
 use crate::hub::{Hub, HubConfig, Store};
 use crate::log::{RedisLog, SledLog, Trimmer};
@@ -24,7 +24,7 @@ use crate::{Throttle, stream_h1};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let jwt = jwt_keys(&config)?;
+    let jwt = jwt_keys(&config).await?;
     if config.dev {
         tracing::warn!(
             "DEVELOPMENT MODE: no authentication; anyone who can reach {} may subscribe, publish and administer",
@@ -314,8 +314,9 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
     Ok(Store::Local(Arc::new(log)))
 }
 
-/// The keys tokens are checked with: none in dev mode when no key is given.
-fn jwt_keys(config: &ServeConfig) -> anyhow::Result<Option<JwtKeys>> {
+/// The keys tokens are checked with: none in dev mode when no key is given. Key sets (JWKS)
+/// are read now, and again in a task of their own from then on.
+async fn jwt_keys(config: &ServeConfig) -> anyhow::Result<Option<JwtKeys>> {
     let secrets: Vec<&String> = config
         .jwt_secret
         .iter()
@@ -336,7 +337,10 @@ fn jwt_keys(config: &ServeConfig) -> anyhow::Result<Option<JwtKeys>> {
     for path in &config.jwt_public_keys {
         keys.extend(keys::public_keys_from_file(path).context("--jwt-public-key")?);
     }
-    if keys.is_empty() {
+    let sets = jwks::fetch_all(&config.jwt_jwks)
+        .await
+        .map_err(|why| anyhow::anyhow!("--jwt-jwks: {why}"))?;
+    if keys.is_empty() && sets.is_empty() {
         if config.dev {
             return Ok(None);
         }
@@ -345,17 +349,26 @@ fn jwt_keys(config: &ServeConfig) -> anyhow::Result<Option<JwtKeys>> {
              For production, set a secret: `herald serve --jwt-secret <secret>` (or \
              HERALD_JWT_SECRET, or jwt_secret in the config file), then mint tokens with \
              `herald token`; or check the tokens your identity provider signs with \
-             `--jwt-public-key <PEM>`.\n  \
+             `--jwt-jwks <URL>` or `--jwt-public-key <PEM>`.\n  \
              For local development without authentication, run `herald serve --dev`."
         );
     }
-    let keys = JwtKeys::new(keys);
+    let (keys, fetched) = JwtKeys::new(keys).with_fetched(sets.concat());
     tracing::info!(
         secrets = secrets.len(),
         public_key_files = config.jwt_public_keys.len(),
+        jwks_keys = sets.iter().map(Vec::len).sum::<usize>(),
         "checking tokens signed with {}",
         keys.accepted()
     );
+    if !sets.is_empty() {
+        tokio::spawn(jwks::refresh(
+            config.jwt_jwks.clone(),
+            sets,
+            config.jwt_jwks_refresh,
+            fetched,
+        ));
+    }
     Ok(Some(keys))
 }
 

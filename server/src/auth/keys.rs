@@ -137,6 +137,42 @@ impl VerifyKey {
     }
 }
 
+/// A key as a key set (JWKS) names it: its id, and the one algorithm it is for.
+#[derive(Clone, Debug)]
+pub struct NamedKey {
+    /// `kid`: a token naming a key id is checked with the keys of that id only.
+    pub kid: Option<String>,
+    /// `alg`: the key checks tokens of this algorithm only.
+    pub alg: Option<Alg>,
+    /// The key.
+    pub key: VerifyKey,
+}
+
+impl From<VerifyKey> for NamedKey {
+    fn from(key: VerifyKey) -> Self {
+        Self {
+            kid: None,
+            alg: None,
+            key,
+        }
+    }
+}
+
+impl NamedKey {
+    /// Whether this key checks tokens of `alg`.
+    pub fn checks(&self, alg: Alg) -> bool {
+        self.key.checks(alg) && self.alg.is_none_or(|only| only == alg)
+    }
+
+    /// Whether a token naming `kid` (or none) may be checked with this key.
+    pub fn answers_to(&self, kid: Option<&str>) -> bool {
+        match (kid, &self.kid) {
+            (Some(asked), Some(own)) => asked == own,
+            _ => true,
+        }
+    }
+}
+
 fn hmac_algorithm(alg: Alg) -> ring::hmac::Algorithm {
     match alg {
         Alg::Hs384 => ring::hmac::HMAC_SHA384,
@@ -216,10 +252,10 @@ const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
 const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 
-const SEQUENCE: u8 = 0x30;
+pub(super) const SEQUENCE: u8 = 0x30;
 const OBJECT_ID: u8 = 0x06;
 const BIT_STRING: u8 = 0x03;
-const INTEGER: u8 = 0x02;
+pub(super) const INTEGER: u8 = 0x02;
 
 /// The key of a DER `SubjectPublicKeyInfo`.
 fn spki_key(der: &[u8]) -> Result<VerifyKey, String> {
@@ -234,15 +270,7 @@ fn spki_key(der: &[u8]) -> Result<VerifyKey, String> {
     };
     let oid = Der::expect(algorithm.content, OBJECT_ID).ok_or_else(malformed)?;
     match oid.content {
-        RSA_ENCRYPTION | RSASSA_PSS => {
-            let bits = rsa_modulus_bits(&key).ok_or_else(malformed)?;
-            if !(2048..=8192).contains(&bits) {
-                return Err(format!(
-                    "an RSA key of {bits} bits: tokens are checked with 2048 to 8192 bits"
-                ));
-            }
-            Ok(VerifyKey::Rsa(key))
-        }
+        RSA_ENCRYPTION | RSASSA_PSS => checked_rsa(key),
         EC_PUBLIC_KEY => match Der::expect(oid.rest, OBJECT_ID).map(|c| c.content) {
             Some(P256) => Ok(VerifyKey::P256(key)),
             Some(P384) => Ok(VerifyKey::P384(key)),
@@ -324,6 +352,56 @@ impl<'a> Der<'a> {
     fn expect(input: &'a [u8], tag: u8) -> Option<Self> {
         Self::read(input).filter(|d| d.tag == tag)
     }
+}
+
+/// A DER element of `tag` holding `content`.
+pub(super) fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match u8::try_from(content.len()) {
+        Ok(len @ 0..0x80) => out.push(len),
+        _ => {
+            let octets: Vec<u8> = content
+                .len()
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            // A usize has at most 8 bytes.
+            out.push(0x80 | octets.len() as u8);
+            out.extend(octets);
+        }
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// An RSA public key (PKCS#1 `RSAPublicKey`, DER) from its modulus and exponent (unsigned,
+/// big-endian), checked as a key from a file is.
+pub(super) fn rsa_key(modulus: &[u8], exponent: &[u8]) -> Result<VerifyKey, String> {
+    // DER integers are signed: a leading zero keeps a high first bit positive.
+    let integer = |value: &[u8]| {
+        let value = &value[value.iter().take_while(|b| **b == 0).count()..];
+        let mut content = Vec::with_capacity(value.len() + 1);
+        if value.first().is_none_or(|b| *b >= 0x80) {
+            content.push(0);
+        }
+        content.extend_from_slice(value);
+        der(INTEGER, &content)
+    };
+    let mut fields = integer(modulus);
+    fields.extend(integer(exponent));
+    checked_rsa(der(SEQUENCE, &fields))
+}
+
+fn checked_rsa(key: Vec<u8>) -> Result<VerifyKey, String> {
+    let bits =
+        rsa_modulus_bits(&key).ok_or_else(|| String::from("an RSA key that is not well-formed"))?;
+    if !(2048..=8192).contains(&bits) {
+        return Err(format!(
+            "an RSA key of {bits} bits: tokens are checked with 2048 to 8192 bits"
+        ));
+    }
+    Ok(VerifyKey::Rsa(key))
 }
 
 /// A key tokens are signed with: the server's secret, or a private key (`herald token
@@ -453,25 +531,6 @@ pub(super) mod test_keys {
     use ring::signature::{self as sig, KeyPair as _};
 
     use super::*;
-
-    /// A DER element of `tag` holding `content`.
-    pub fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        match content.len() {
-            len @ 0..0x80 => out.push(len as u8),
-            len => {
-                let octets: Vec<u8> = len
-                    .to_be_bytes()
-                    .into_iter()
-                    .skip_while(|b| *b == 0)
-                    .collect();
-                out.push(0x80 | octets.len() as u8);
-                out.extend(octets);
-            }
-        }
-        out.extend_from_slice(content);
-        out
-    }
 
     /// A `SubjectPublicKeyInfo` for `key` of the algorithm `oid` (with a curve's `params`).
     pub fn spki(oid: &[u8], params: Option<&[u8]>, key: &[u8]) -> Vec<u8> {

@@ -1,12 +1,15 @@
 //! Who is calling: JWTs from a header, a cookie or the query string, and what they may do.
 
+use std::sync::{Arc, RwLock};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::{Target, TopicPattern, UserId};
 use serde::{Deserialize, Serialize};
 
+pub mod jwks;
 pub mod keys;
-pub use keys::{Alg, KeyError, SigningKey, VerifyKey};
+pub use keys::{Alg, KeyError, NamedKey, SigningKey, VerifyKey};
 
 /// The cookie a browser can carry its token in.
 pub const TOKEN_COOKIE: &str = "herald_token";
@@ -104,6 +107,9 @@ pub enum AuthError {
     /// The token's algorithm is not one this server's keys check.
     #[error("token algorithm {0} is not accepted")]
     Algorithm(String),
+    /// The token names a key id (`kid`) none of the server's keys has.
+    #[error("token key id {0:?} is not one of this server's keys")]
+    UnknownKey(String),
     /// The signature matches none of the server's keys.
     #[error("invalid token signature")]
     Signature,
@@ -192,10 +198,25 @@ impl Identity {
 }
 
 /// The keys a server checks tokens with: its secret, the secrets it still accepts while
-/// they are rotated, and the public keys of an identity provider's private keys.
+/// they are rotated, the public keys of an identity provider's private keys, and the keys of
+/// its JWKS documents, which are fetched again from time to time.
 #[derive(Clone, Debug)]
 pub struct JwtKeys {
-    keys: Vec<VerifyKey>,
+    fixed: Vec<NamedKey>,
+    /// Replaced whole each time the JWKS documents are read again.
+    fetched: Arc<RwLock<Arc<Vec<NamedKey>>>>,
+}
+
+/// Replaces the keys a [`JwtKeys`] took from JWKS documents.
+#[derive(Clone, Debug)]
+pub struct FetchedKeys(Arc<RwLock<Arc<Vec<NamedKey>>>>);
+
+impl FetchedKeys {
+    /// From now on, these are the keys from JWKS documents.
+    pub fn replace(&self, keys: Vec<NamedKey>) {
+        // A poisoned lock held a whole `Arc`: what it holds is still consistent.
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,12 +224,17 @@ struct Header {
     alg: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     typ: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
 }
 
 impl JwtKeys {
     /// Checks tokens with these keys.
     pub fn new(keys: Vec<VerifyKey>) -> Self {
-        Self { keys }
+        Self {
+            fixed: keys.into_iter().map(NamedKey::from).collect(),
+            fetched: Arc::default(),
+        }
     }
 
     /// Checks HS256 (HS384, HS512) tokens with one shared secret.
@@ -216,11 +242,33 @@ impl JwtKeys {
         Self::new(vec![VerifyKey::Secret(secret.to_vec())])
     }
 
+    /// Also checks tokens with keys from JWKS documents, `keys` for now; the handle replaces
+    /// them.
+    pub fn with_fetched(self, keys: Vec<NamedKey>) -> (Self, FetchedKeys) {
+        let handle = FetchedKeys(self.fetched.clone());
+        handle.replace(keys);
+        (self, handle)
+    }
+
+    /// The keys from JWKS documents as they are now.
+    fn fetched(&self) -> Arc<Vec<NamedKey>> {
+        self.fetched
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The algorithms these keys check (`HS256, ES256`), for a message that names them.
     pub fn accepted(&self) -> String {
+        let fetched = self.fetched();
         let algs: Vec<&str> = Alg::ALL
             .into_iter()
-            .filter(|alg| self.keys.iter().any(|k| k.checks(*alg)))
+            .filter(|alg| {
+                self.fixed
+                    .iter()
+                    .chain(fetched.iter())
+                    .any(|k| k.checks(*alg))
+            })
             .map(Alg::name)
             .collect();
         algs.join(", ")
@@ -244,20 +292,30 @@ impl JwtKeys {
             .map_err(|_| AuthError::Malformed("header is not JSON"))?;
         // Each key checks its own algorithms only: a public key is never taken for an HMAC
         // secret, and `none` is no algorithm.
-        let Some(alg) =
-            Alg::from_name(&header.alg).filter(|alg| self.keys.iter().any(|k| k.checks(*alg)))
-        else {
+        let fetched = self.fetched();
+        let keys: Vec<&NamedKey> = match Alg::from_name(&header.alg) {
+            Some(alg) => (self.fixed.iter().chain(fetched.iter()))
+                .filter(|k| k.checks(alg))
+                .collect(),
+            None => Vec::new(),
+        };
+        let Some(alg) = Alg::from_name(&header.alg).filter(|_| !keys.is_empty()) else {
             return Err(AuthError::Algorithm(format!(
                 "{:?} (this server checks {})",
                 header.alg,
                 self.accepted()
             )));
         };
+        let kid = header.kid.as_deref();
+        let keys: Vec<&NamedKey> = keys.into_iter().filter(|k| k.answers_to(kid)).collect();
+        if let (Some(kid), true) = (kid, keys.is_empty()) {
+            return Err(AuthError::UnknownKey(kid.to_owned()));
+        }
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
         let input = signed_part(token).as_bytes();
-        if !self.keys.iter().any(|k| k.verifies(alg, input, &sig)) {
+        if !keys.iter().any(|k| k.key.verifies(alg, input, &sig)) {
             return Err(AuthError::Signature);
         }
         let body = URL_SAFE_NO_PAD
@@ -313,9 +371,16 @@ impl SigningKey {
     /// Signs `claims` as a JWT (HS256 with a secret; RS256, ES256, ES384 or EdDSA with a
     /// private key).
     pub fn mint(&self, claims: &Claims) -> String {
+        self.mint_as(None, claims)
+    }
+
+    /// Like [`SigningKey::mint`], naming the key's id (`kid`) in the token's header, as an
+    /// identity provider whose key set (JWKS) holds several keys does.
+    pub fn mint_as(&self, kid: Option<&str>, claims: &Claims) -> String {
         let header = Header {
             alg: self.alg().name().into(),
             typ: Some("JWT".into()),
+            kid: kid.map(str::to_owned),
         };
         let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());

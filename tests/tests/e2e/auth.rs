@@ -741,3 +741,171 @@ async fn tokens_an_identity_provider_signs_are_checked_with_its_public_keys() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("expected a PEM `PRIVATE KEY`"), "{stderr}");
 }
+
+/// The public half of the key in `dir/private`, as a JWK named `kid`: an EC P-256 or an RSA
+/// key, read back from `openssl`.
+fn jwk(dir: &std::path::Path, private: &str, kid: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let public = format!("{private}.der");
+    openssl(
+        dir,
+        &[
+            "pkey", "-in", private, "-pubout", "-outform", "DER", "-out", &public,
+        ],
+    );
+    let der = std::fs::read(dir.join(&public)).expect("the public key");
+    if private.starts_with("rsa") {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["rsa", "-noout", "-modulus", "-in", private])
+            .current_dir(dir);
+        let out = herald_tests::run_bounded(&mut cmd, WAIT);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text.trim().trim_start_matches("Modulus=");
+        let n: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        json!({"kty": "RSA", "kid": kid, "use": "sig", "n": b64(&n), "e": "AQAB"})
+    } else {
+        // A P-256 key's DER ends with its point: 4, then x and y of 32 bytes each.
+        let point = &der[der.len() - 64..];
+        json!({"kty": "EC", "crv": "P-256", "kid": kid,
+               "x": b64(&point[..32]), "y": b64(&point[32..])})
+    }
+}
+
+/// Serves whatever `document` holds at the time to every request, as JSON; returns the URL.
+async fn serve_json(
+    document: std::sync::Arc<std::sync::Mutex<serde_json::Value>>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().expect("an address")
+    );
+    let task = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = document.lock().expect("the document").to_string();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, task)
+}
+
+// Two threads: the key set's server answers while `Herald::start` blocks one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_providers_key_set_is_read_from_its_url_and_read_again() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (name, algorithm) in [
+        (
+            "one.pem",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
+        ),
+        (
+            "two.pem",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        (
+            "rsa.pem",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+    ] {
+        let mut args = vec!["genpkey"];
+        args.extend(algorithm);
+        args.extend(["-out", name]);
+        openssl(dir.path(), &args);
+    }
+    let (one, two, rsa) = (
+        jwk(dir.path(), "one.pem", "one"),
+        jwk(dir.path(), "two.pem", "two"),
+        jwk(dir.path(), "rsa.pem", "r"),
+    );
+    let document = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [one.clone(), rsa]})));
+    let (url, provider) = serve_json(document.clone()).await;
+    let herald = Herald::start(&["--jwt-jwks", &url, "--jwt-jwks-refresh", "1s"]);
+    let token = |key: &str, kid: &str| {
+        sign_with(
+            &dir.path().join(key),
+            &["--sub", "alice", "--subscribe", "orders", "--kid", kid],
+        )
+    };
+    let status = |token: String| {
+        let herald = &herald;
+        async move {
+            herald
+                .events()
+                .topic("orders")
+                .token(&token)
+                .connect()
+                .await
+                .status()
+        }
+    };
+    assert_eq!(status(token("one.pem", "one")).await, StatusCode::OK);
+    assert_eq!(status(token("rsa.pem", "r")).await, StatusCode::OK);
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token(&token("two.pem", "two"))
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        sub.error().contains("key id \"two\" is not one of"),
+        "{}",
+        sub.error()
+    );
+    // The provider adds a key and drops another: the server follows within a refresh.
+    *document.lock().expect("the document") = json!({"keys": [one, two]});
+    let two_taken = herald_tests::eventually(WAIT, || async {
+        status(token("two.pem", "two")).await == StatusCode::OK
+    })
+    .await;
+    assert!(two_taken, "{}", herald.stderr());
+    assert_eq!(
+        status(token("rsa.pem", "r")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // The provider is down for a while: the keys read last stay in use.
+    provider.abort();
+    let warned = herald_tests::eventually(WAIT, || async {
+        herald.stderr().contains("cannot read the JWKS")
+    })
+    .await;
+    assert!(warned, "{}", herald.stderr());
+    assert_eq!(status(token("two.pem", "two")).await, StatusCode::OK);
+
+    // A key set the server cannot read at start stops it, saying why.
+    let mut cmd = std::process::Command::new(herald_tests::herald_bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--jwt-jwks", &url])
+        .env("RUST_BACKTRACE", "0");
+    herald_tests::clear_herald_env(&mut cmd);
+    let out = herald_tests::run_bounded(&mut cmd, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--jwt-jwks: cannot read the JWKS http://"),
+        "{stderr}"
+    );
+}
