@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::auth::Expected;
 use crate::auth::jwks::JwksSource;
 use crate::log::{FsyncPolicy, LogConfig, RedisLogConfig, Retention};
 use crate::redis::RedisConfig;
@@ -81,6 +82,14 @@ pub struct ServeArgs {
         value_name = "URL|FILE"
     )]
     pub jwt_jwks: Vec<String>,
+    /// The issuer tokens must name (`iss`), e.g. `https://idp.example/`: an identity provider
+    /// signs tokens of every application and tenant with the same keys [default: any].
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The audience tokens must name (`aud`), e.g. the id your identity provider gives the
+    /// application Herald serves [default: any].
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// How often the --jwt-jwks sets are read again; one that cannot be read keeps its keys
     /// [default: 5m].
     #[arg(long, env = "HERALD_JWT_JWKS_REFRESH", value_parser = parse_duration)]
@@ -232,6 +241,8 @@ pub struct ServeConfig {
     pub jwt_jwks: Vec<JwksSource>,
     /// How often they are read again.
     pub jwt_jwks_refresh: Duration,
+    /// The issuer and audience tokens must name.
+    pub jwt_expected: Expected,
     /// How often retention runs.
     pub trim_interval: Duration,
     /// Connection cap.
@@ -497,6 +508,10 @@ impl ServeArgs {
             jwt_public_keys: s.jwt_public_keys,
             jwt_jwks: s.jwt_jwks.iter().map(|s| JwksSource::parse(s)).collect(),
             jwt_jwks_refresh: s.jwt_jwks_refresh.unwrap_or(Duration::from_secs(300)),
+            jwt_expected: Expected {
+                issuer: s.jwt_issuer.filter(|s| !s.is_empty()),
+                audience: s.jwt_audience.filter(|s| !s.is_empty()),
+            },
             trim_interval: s.trim_interval.unwrap_or(Duration::from_secs(10)),
             max_connections: s.max_connections.unwrap_or(50_000),
             max_connections_per_user: s.max_connections_per_user,
@@ -588,6 +603,8 @@ impl ServeArgs {
             jwt_public_keys: or_file(self.jwt_public_keys, file.jwt_public_keys),
             jwt_jwks: or_file(self.jwt_jwks, file.jwt_jwks),
             jwt_jwks_refresh: self.jwt_jwks_refresh.or(file.jwt_jwks_refresh),
+            jwt_issuer: self.jwt_issuer.or(file.jwt_issuer),
+            jwt_audience: self.jwt_audience.or(file.jwt_audience),
             fsync: self.fsync.or(file.fsync),
             retain_events: self.retain_events.or(file.retain_events),
             retain_age: self.retain_age.or(file.retain_age),

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use herald_server::auth::{Claims, Grants, PublishGrant, SigningKey};
+use herald_server::auth::{Audience, Claims, Grants, PublishGrant, SigningKey};
 use herald_server::config::{ServeArgs, parse_duration};
 use serde_json::value::RawValue;
 
@@ -67,6 +67,12 @@ struct TokenArgs {
     /// EdDSA for Ed25519. The server checks it with the public half (`--jwt-public-key`).
     #[arg(long, value_name = "PEM", conflicts_with = "jwt_secret")]
     private_key: Option<std::path::PathBuf>,
+    /// The issuer (`iss`) to name, for a server started with --jwt-issuer.
+    #[arg(long)]
+    iss: Option<String>,
+    /// The audience (`aud`) to name, for a server started with --jwt-audience.
+    #[arg(long)]
+    aud: Option<String>,
     /// The key's id (`kid`) to name in the token's header: the id the key has in the key set
     /// (JWKS) the server reads with --jwt-jwks.
     #[arg(long)]
@@ -191,6 +197,8 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         sub: args.sub,
         exp: now + args.ttl.as_secs() + u64::from(args.ttl.subsec_nanos() > 0),
         nbf: None,
+        iss: args.iss,
+        aud: args.aud.map(Audience::One),
         herald: Grants {
             subscribe: args.subscribe,
             publish,

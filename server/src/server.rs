@@ -353,7 +353,9 @@ async fn jwt_keys(config: &ServeConfig) -> anyhow::Result<Option<JwtKeys>> {
              For local development without authentication, run `herald serve --dev`."
         );
     }
-    let (keys, fetched) = JwtKeys::new(keys).with_fetched(sets.concat());
+    let (keys, fetched) = JwtKeys::new(keys)
+        .expecting(config.jwt_expected.clone())
+        .with_fetched(sets.concat());
     tracing::info!(
         secrets = secrets.len(),
         public_key_files = config.jwt_public_keys.len(),

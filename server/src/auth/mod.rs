@@ -36,9 +36,45 @@ pub struct Claims {
         skip_serializing_if = "Option::is_none"
     )]
     pub nbf: Option<u64>,
+    /// The issuer, checked against `--jwt-issuer` when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// The audience, one or several, checked against `--jwt-audience` when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
     /// Herald's own grants.
     #[serde(default)]
     pub herald: Grants,
+}
+
+/// The `aud` claim: one audience or several (RFC 7519, 4.1.3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `name` is one of them.
+    pub fn names(&self, name: &str) -> bool {
+        match self {
+            Audience::One(one) => one == name,
+            Audience::Many(many) => many.iter().any(|a| a == name),
+        }
+    }
+}
+
+/// What a token must say of where it comes from and whom it is for, besides its signature:
+/// an identity provider signs tokens for many applications with the same keys.
+#[derive(Clone, Debug, Default)]
+pub struct Expected {
+    /// `iss` must be this.
+    pub issuer: Option<String>,
+    /// `aud` must name this.
+    pub audience: Option<String>,
 }
 
 /// A JWT NumericDate: seconds since the epoch, a whole number or not (its fraction dropped).
@@ -119,6 +155,12 @@ pub enum AuthError {
     /// The token's `nbf` is still ahead (beyond [`CLOCK_SKEW`]).
     #[error("token not valid yet (its nbf is {0}s ahead)")]
     NotYetValid(u64),
+    /// The token's `iss` is not the issuer the server expects.
+    #[error("token is not from the issuer this server takes tokens from ({0:?})")]
+    Issuer(String),
+    /// The token's `aud` does not name the server's audience.
+    #[error("token is not for this server's audience ({0:?})")]
+    Audience(String),
     /// A grant in the token is not a valid topic pattern or user id.
     #[error("token claim is invalid: {0}")]
     BadClaim(String),
@@ -203,6 +245,7 @@ impl Identity {
 #[derive(Clone, Debug)]
 pub struct JwtKeys {
     fixed: Vec<NamedKey>,
+    expected: Expected,
     /// Replaced whole each time the JWKS documents are read again.
     fetched: Arc<RwLock<Arc<Vec<NamedKey>>>>,
 }
@@ -233,8 +276,14 @@ impl JwtKeys {
     pub fn new(keys: Vec<VerifyKey>) -> Self {
         Self {
             fixed: keys.into_iter().map(NamedKey::from).collect(),
+            expected: Expected::default(),
             fetched: Arc::default(),
         }
+    }
+
+    /// Also requires what `expected` says of a token's issuer and audience.
+    pub fn expecting(self, expected: Expected) -> Self {
+        Self { expected, ..self }
     }
 
     /// Checks HS256 (HS384, HS512) tokens with one shared secret.
@@ -333,6 +382,16 @@ impl JwtKeys {
             && nbf > now_unix + CLOCK_SKEW
         {
             return Err(AuthError::NotYetValid(nbf - now_unix));
+        }
+        if let Some(issuer) = &self.expected.issuer
+            && claims.iss.as_ref() != Some(issuer)
+        {
+            return Err(AuthError::Issuer(issuer.clone()));
+        }
+        if let Some(audience) = &self.expected.audience
+            && !claims.aud.as_ref().is_some_and(|aud| aud.names(audience))
+        {
+            return Err(AuthError::Audience(audience.clone()));
         }
         Ok(claims)
     }
@@ -456,6 +515,8 @@ mod tests {
             sub: "alice".into(),
             exp,
             nbf: None,
+            iss: None,
+            aud: None,
             herald: Grants {
                 subscribe: vec!["orders".into(), "news/*".into()],
                 publish: PublishGrant::Topics(vec!["orders".into()]),
@@ -571,6 +632,39 @@ mod tests {
             keys.verify(&es.mint(&claims(2_000)), 2_000),
             Err(AuthError::Expired)
         );
+    }
+
+    #[test]
+    fn an_expected_issuer_and_audience_are_required() {
+        let (signer, key) = secret(b"secret");
+        let key = key.expecting(Expected {
+            issuer: Some("https://idp.example/".into()),
+            audience: Some("herald".into()),
+        });
+        let with = |iss: Option<&str>, aud: Option<Audience>| {
+            signer.mint(&Claims {
+                iss: iss.map(str::to_owned),
+                aud,
+                ..claims(2_000)
+            })
+        };
+        let idp = Some("https://idp.example/");
+        let one = |a: &str| Some(Audience::One(a.into()));
+        assert!(key.verify(&with(idp, one("herald")), 1_000).is_ok());
+        let many = Some(Audience::Many(vec!["billing".into(), "herald".into()]));
+        assert!(key.verify(&with(idp, many), 1_000).is_ok());
+        let issuer = Err(AuthError::Issuer("https://idp.example/".into()));
+        assert_eq!(key.verify(&with(None, one("herald")), 1_000), issuer);
+        assert_eq!(
+            key.verify(&with(Some("https://other.example/"), one("herald")), 1_000),
+            issuer
+        );
+        let audience = Err(AuthError::Audience("herald".into()));
+        assert_eq!(key.verify(&with(idp, None), 1_000), audience);
+        assert_eq!(key.verify(&with(idp, one("billing")), 1_000), audience);
+        // A server that expects neither takes a token with or without them.
+        let (_, plain) = secret(b"secret");
+        assert!(plain.verify(&with(idp, one("billing")), 1_000).is_ok());
     }
 
     /// A token over claims written by hand, signed with `key`.

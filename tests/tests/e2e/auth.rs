@@ -909,3 +909,39 @@ async fn an_identity_providers_key_set_is_read_from_its_url_and_read_again() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_token_must_name_the_issuer_and_audience_the_server_expects() {
+    let herald = Herald::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--jwt-issuer",
+        "https://idp.example/",
+        "--jwt-audience",
+        "herald",
+    ]);
+    let token = |extra: &[&str]| {
+        let mut args = vec!["--sub", "alice", "--subscribe", "orders"];
+        args.extend(extra);
+        mint_token(SECRET, &args)
+    };
+    let named = token(&["--iss", "https://idp.example/", "--aud", "herald"]);
+    herald.events().topic("orders").token(&named).open().await;
+    for (token, why) in [
+        (token(&["--aud", "herald"]), "issuer"),
+        (
+            token(&["--iss", "https://idp.example/", "--aud", "billing"]),
+            "audience",
+        ),
+        (token(&[]), "issuer"),
+    ] {
+        let sub = herald
+            .events()
+            .topic("orders")
+            .token(&token)
+            .connect()
+            .await;
+        assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+        assert!(sub.error().contains(why), "{why}: {}", sub.error());
+    }
+}
