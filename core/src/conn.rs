@@ -127,7 +127,8 @@ impl CloseReason {
     }
 
     /// The whole stream of a subscriber refused for now ([`CloseReason::ServerFull`],
-    /// [`CloseReason::TooManyStreams`]), answered 200 because a native `EventSource` never
+    /// [`CloseReason::TooManyStreams`], or [`CloseReason::LogUnavailable`] for a resume point
+    /// a shared log cannot be read up to yet), answered 200 because a native `EventSource` never
     /// retries after any other status: the notice, with `id:` the log's `position` for a
     /// client that sent no `Last-Event-ID`, so that when it gets in it is replayed what was
     /// published since it first asked.

@@ -209,6 +209,15 @@ pub enum ConnectError {
         /// The limit.
         limit: usize,
     },
+    /// The resume point is past what this server has read of a log it shares with others,
+    /// and it cannot read further now (the log's store is out of reach, or this server is
+    /// behind): the client should come back, keeping its resume point. The engine never
+    /// answers this itself; a driver that waits for a shared log does.
+    #[error("the log cannot be read up to the resume point {last} now")]
+    ResumePointUnread {
+        /// The client's `Last-Event-ID`.
+        last: EventId,
+    },
     /// The subscription names too many topics.
     #[error("a subscription may name at most {limit} topics (got {count})")]
     TooManyTopics {

@@ -717,6 +717,14 @@ pub async fn open_stream(
     match connected {
         Ok(sub) => Ok(Opened::Stream(sub.body)),
         Err(e @ ConnectError::TooManyTopics { .. }) => Err(ApiError::bad_request(e.to_string())),
+        // The client keeps its `Last-Event-ID` (the notice has no `id:`) and comes back, here
+        // or to another instance that can read the log.
+        Err(ConnectError::ResumePointUnread { .. }) => {
+            let retry = jittered_retry(state.retry_ms, remote.port().into());
+            Ok(Opened::RetryLater(
+                CloseReason::LogUnavailable.refusal(retry, None),
+            ))
+        }
         Err(
             e @ (ConnectError::TooManyForUser { .. } | ConnectError::TooManyConnections { .. }),
         ) => {

@@ -10,13 +10,14 @@
 //! Both run on their own threads with their own blocking connections, like the sled log's
 //! committer: a slow Redis holds up publishes, never the hub.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_core::{Event, EventId, LogBounds, PublishRequest};
 use tokio::sync::oneshot;
 
 use crate::hub::PublishFailure;
+use crate::lock;
 use crate::log::{EventLog, LogMetrics, REDIS_COMMAND_TIMEOUT, RedisLog, codec};
 use crate::redis::{Connection, RedisError, Value};
 use crate::worker::{Batches, Looping, Stop, Worker};
@@ -139,7 +140,7 @@ const MAX_BATCH: usize = 1_024;
 const READ_BLOCK: Duration = Duration::from_millis(250);
 /// Entries taken per read: enough to amortise the round trip, few enough that a run of
 /// large events stays a bounded reply.
-const READ_COUNT: &str = "256";
+const READ_COUNT: u64 = 256;
 /// The longest an idempotency key is remembered (or `--retain-age`, if shorter): retries
 /// come within minutes, and a key per publish for a week would be most of Redis's memory.
 const MAX_KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -443,6 +444,7 @@ pub enum Tail {
 /// stream order, to a callback.
 pub struct Reader {
     thread: Looping,
+    reached: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Reader {
@@ -457,10 +459,20 @@ impl Reader {
         from: Option<EventId>,
         deliver: impl FnMut(Tail) + Send + 'static,
     ) -> Self {
+        let reached = Arc::new(Mutex::new(None));
+        let tail = reached.clone();
         let thread = Looping::start("herald-cluster-read", move |stop| {
-            read_loop(&log, from, &stop, deliver);
+            read_loop(&log, from, &stop, &tail, deliver);
         });
-        Self { thread }
+        Self { thread, reached }
+    }
+
+    /// Whether a read that began after `asked` went to the stream's end: then every event
+    /// Redis had before `asked` has been read (and handed over). False while Redis cannot be
+    /// read or the reader is behind, when an id this instance has not read may still be one
+    /// the stream holds.
+    pub fn read_to_the_end_since(&self, asked: Instant) -> bool {
+        lock(&self.reached).is_some_and(|reached| reached > asked)
     }
 
     /// Stops the thread (within about a quarter of a second) and waits for it.
@@ -473,6 +485,7 @@ fn read_loop(
     log: &RedisLog,
     mut last: Option<EventId>,
     stop: &Stop,
+    reached: &Mutex<Option<Instant>>,
     mut deliver: impl FnMut(Tail),
 ) {
     if let Some(last) = last {
@@ -501,7 +514,18 @@ fn read_loop(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
+        let began = Instant::now();
         let step = read_step(c, log, &mut script, last);
+        // A step that found fewer entries than it asked for read to the stream's end as it
+        // stood after `began` (the script runs at once, before any wait for new entries).
+        if let Ok(Step::Idle { .. })
+        | Ok(Step::Read {
+            read: 0..READ_COUNT,
+            ..
+        }) = &step
+        {
+            *lock(reached) = Some(began);
+        }
         // Back once Redis answers a read, not when a connection opens: a Redis (or a proxy
         // in front of one) that takes connections and answers nothing is still failing.
         if step.is_ok() && failing {
@@ -686,13 +710,14 @@ fn read_step(
         .max(last)
         .unwrap_or(EventId::MIN)
         .to_string();
+    let count = READ_COUNT.to_string();
     let reply = script.run(
         conn,
         &[
             b"1",
             stream,
             from.as_bytes(),
-            READ_COUNT.as_bytes(),
+            count.as_bytes(),
             seen.as_bytes(),
         ],
     )?;

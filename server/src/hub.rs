@@ -94,6 +94,8 @@ type ConnectReply = oneshot::Sender<Result<Subscriber, ConnectError>>;
 
 /// A cluster-mode connect that resumes from an id the stream's reader has not reached yet.
 struct Deferred {
+    /// When the hub took it.
+    asked: std::time::Instant,
     until: Instant,
     req: ConnectRequest,
     snapshot: bool,
@@ -268,6 +270,7 @@ impl Hub {
             shutdown_reply: None,
             latency: crate::latency::Window::new(std::time::Instant::now()),
             slow: (0, crate::Throttle::default()),
+            unread_logged: crate::Throttle::default(),
         };
         let task = tokio::spawn(driver.run(rx));
         (
@@ -381,10 +384,14 @@ struct Driver {
     latency: crate::latency::Window,
     /// Subscribers closed as too slow since the last line that said so, and when that was.
     slow: (u64, crate::Throttle),
+    /// When a resume from an id not read yet was last turned away in the log.
+    unread_logged: crate::Throttle,
 }
 
 /// How often subscribers closed as too slow are logged at most (see `Driver::tell_slow`).
 const SLOW_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often resumes turned away for an id not read yet are logged at most.
+const UNREAD_LOGGED_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Unix milliseconds now: ids are minted from it, retention's age and a cluster publish's
 /// lowest id are measured against it. 0 if the clock reads before 1970 (which disables
@@ -520,6 +527,7 @@ impl Driver {
                         // reached yet (they are milliseconds apart): wait for it rather than
                         // call the id unknown.
                         self.deferred.push(Deferred {
+                            asked: now,
                             until: Instant::now() + self.config.catch_up_wait,
                             req,
                             snapshot,
@@ -683,7 +691,28 @@ impl Driver {
             });
         self.deferred = waiting;
         for d in ready {
-            self.connect(d.req, d.snapshot, d.reply, std::time::Instant::now());
+            let now = std::time::Instant::now();
+            if let (Some(last), Some(Appender::Cluster { reader, .. })) =
+                (d.req.last_id.filter(|&last| last > seen), &self.appender)
+                && !reader.read_to_the_end_since(d.asked)
+            {
+                // Not read yet, and the stream has not been read to its end since the
+                // client asked: Redis is out of reach or this instance is behind, and the id
+                // may well be in the stream. Calling it unknown would move the client back
+                // to this instance's position, to be sent again what it already has.
+                if self.unread_logged.due(UNREAD_LOGGED_EVERY) {
+                    tracing::warn!(
+                        last = %last,
+                        read = %seen,
+                        "a client resumed from an id this instance has not read, and it could \
+                         not read the shared stream to its end meanwhile: told to come back \
+                         (logged at most once each 10 s)"
+                    );
+                }
+                let _ = d.reply.send(Err(ConnectError::ResumePointUnread { last }));
+                continue;
+            }
+            self.connect(d.req, d.snapshot, d.reply, now);
         }
     }
 

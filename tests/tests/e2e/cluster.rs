@@ -1349,3 +1349,124 @@ async fn instances_share_a_redis_cluster_whichever_node_each_is_given() {
         "the instances on the other nodes were redirected"
     );
 }
+
+/// A TCP proxy in front of Redis whose connections can be cut (and new ones refused) and let
+/// through again: one instance's link to Redis failing while the others' stays up.
+struct Cuttable {
+    port: u16,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    async fn start(to: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let port = listener.local_addr().expect("an address").port();
+        let cut = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let watch = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut = watch.subscribe();
+                if *cut.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut redis) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut redis) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_redis_sends_a_resume_it_cannot_read_back_unmoved() {
+    let Some(shared) = cluster("an_instance_cut_off_from_redis_sends_a_resume_it_cannot_read")
+    else {
+        return;
+    };
+    let a = Herald::start(&shared.serve_args(&[]));
+    // `redis://[user:password@]host:port[/db]`, as HERALD_TEST_REDIS holds it.
+    let url = test_redis().expect("the test's Redis");
+    let host_port = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .expect("a host and port");
+    let to = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("Redis's address");
+    let proxy = Cuttable::start(to).await;
+    let b = Herald::start(&[
+        "--dev",
+        "--redis",
+        &proxy.url(),
+        "--redis-prefix",
+        shared.prefix(),
+    ]);
+    let mut on_b = b.events().topic("t").open().await;
+    let first = a.publish_ok(json!({"topics": ["t"], "data": "1"})).await;
+    on_b.expect_event_id(&first).await;
+
+    // b can no longer read the stream; a goes on publishing, and its client moves to b.
+    proxy.set_cut(true);
+    let second = a.publish_ok(json!({"topics": ["t"], "data": "2"})).await;
+    let resumed = b.events().topic("t").last_event_id(&second).connect().await;
+    let notice = resumed.assert_refused_for_now("log_unavailable").await;
+    // No `id:`: the client keeps its own resume point, not b's older one.
+    assert_eq!(notice.last_event_id, "", "{notice:?}");
+    let logged = eventually(WAIT, || async {
+        b.stderr()
+            .contains("a client resumed from an id this instance has not read")
+    })
+    .await;
+    assert!(logged, "{}", b.stderr());
+
+    // Once b reads again, the same resume gets what follows, and nothing it had. A refusal
+    // comes within the 2 s catch-up wait: a stream quiet for longer was taken.
+    proxy.set_cut(false);
+    let mut back = None;
+    let deadline = std::time::Instant::now() + WAIT;
+    while back.is_none() && std::time::Instant::now() < deadline {
+        let mut sub = b.events().topic("t").last_event_id(&second).connect().await;
+        match sub.next_event(Duration::from_secs(3)).await {
+            Some(event) if event.event_type == "herald.closed" => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(event) => panic!("{event:?} before any new event: {}", sub.raw_text()),
+            None => back = Some(sub),
+        }
+    }
+    let mut back = back.expect("b takes the resume once it reads the stream again");
+    let third = a.publish_ok(json!({"topics": ["t"], "data": "3"})).await;
+    back.expect_event_id(&third).await;
+    assert!(
+        !back.raw_text().contains("herald.reset"),
+        "{}",
+        back.raw_text()
+    );
+}
