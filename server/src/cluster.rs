@@ -217,6 +217,22 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
         .to_string();
     let mut conn: Option<Connection> = None;
     let mut jobs = Vec::new();
+    // While Redis is away every batch fails: one line each 10 s says so, with the count.
+    let mut failures = (0u64, crate::Throttle::default());
+    let mut tell = |what: &str, error: &dyn std::fmt::Display| {
+        failures.0 += 1;
+        if failures.1.due(FAILURES_LOGGED_EVERY) {
+            tracing::warn!(
+                %error,
+                redis = %log.redis(),
+                failures = failures.0,
+                "{what} (failures are logged at most once each 10 s)"
+            );
+            failures.0 = 0;
+        } else {
+            tracing::debug!(%error, "{what}");
+        }
+    };
     while incoming.next(|job| {
         jobs.push(job);
         jobs.len() < MAX_BATCH
@@ -280,7 +296,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                         }
                         Err(message) => {
                             failed += 1;
-                            tracing::warn!(%message, "Redis refused a publish");
+                            tell("Redis refused a publish", &message);
                             // A slot migration that outlasted the wait: the append did not
                             // run, and will once the migration is done.
                             let failure = if crate::redis::is_redirect(&message) {
@@ -288,6 +304,8 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                                     "Redis Cluster is moving Herald's keys ({message}); \
                                      the event was not stored: retry"
                                 ))
+                            } else if crate::redis::is_transient(&message) {
+                                PublishFailure::Unavailable(not_now(log, &message))
                             } else {
                                 PublishFailure::Log(message)
                             };
@@ -297,7 +315,7 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, redis = %log.redis(), "publishing to Redis failed");
+                tell("publishing to Redis failed", &error);
                 if error.is_connection_error() {
                     conn = None;
                 }
@@ -306,10 +324,13 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
                      retry with the same idempotency_key to publish it exactly once",
                     log.redis()
                 );
-                let failure = if error.is_connection_error() {
-                    PublishFailure::Unavailable(message)
-                } else {
-                    PublishFailure::Log(message)
+                let failure = match &error {
+                    _ if error.is_connection_error() => PublishFailure::Unavailable(message),
+                    // Loading the script: nothing ran.
+                    RedisError::Server(reply) if crate::redis::is_transient(reply) => {
+                        PublishFailure::Unavailable(not_now(log, reply))
+                    }
+                    _ => PublishFailure::Log(message),
                 };
                 for reply in replies {
                     failed += 1;
@@ -324,6 +345,18 @@ fn publish_loop(log: &RedisLog, incoming: &Batches<Job>, metrics: &LogMetrics) {
             metrics.record_failed(failed);
         }
     }
+}
+
+/// How often failed publishes are logged at most.
+const FAILURES_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+/// The error for a publish Redis turned away for now ([`crate::redis::is_transient`]).
+fn not_now(log: &RedisLog, reply: &str) -> String {
+    format!(
+        "the shared event log is unavailable: Redis at {} cannot take writes now ({reply}); \
+         the event was not stored: retry with the same idempotency_key",
+        log.redis()
+    )
 }
 
 /// A Lua script run by its SHA1, loaded again when Redis has forgotten it.

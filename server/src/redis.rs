@@ -744,6 +744,24 @@ impl Redirect {
     }
 }
 
+/// True for an error reply saying Redis cannot take the command now but will (`LOADING` a
+/// dataset after a restart, `BUSY` in a script, a replica whose master is down, a cluster
+/// that is down, a node demoted to a replica, too few replicas, out of memory until
+/// retention frees some): the command did not run.
+pub fn is_transient(error: &str) -> bool {
+    const NOT_NOW: [&str; 7] = [
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "READONLY",
+        "NOREPLICAS",
+        "OOM",
+    ];
+    let word = error.split(' ').next().unwrap_or_default();
+    NOT_NOW.contains(&word)
+}
+
 /// True for an error reply that says where a Redis Cluster slot is rather than what went
 /// wrong (`MOVED`, `ASK`, `TRYAGAIN`): the command did not run. [`Connection::pipeline`]
 /// follows these for a while; one still there after that means a migration outlasted it.
@@ -1203,6 +1221,26 @@ pub(crate) mod tests {
 
     fn parse(mut bytes: &[u8]) -> Result<Reply, RedisError> {
         read_reply(&mut bytes, 0)
+    }
+
+    #[test]
+    fn replies_that_mean_not_now_are_told_from_those_that_mean_never() {
+        for reply in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "READONLY You can't write against a read only replica.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+        ] {
+            assert!(is_transient(reply), "{reply}");
+        }
+        for reply in [
+            "ERR wrong number of arguments",
+            "WRONGTYPE Operation",
+            "BUSYKEY x",
+        ] {
+            assert!(!is_transient(reply), "{reply}");
+        }
     }
 
     fn data(bytes: &[u8]) -> Value {

@@ -1470,3 +1470,46 @@ async fn an_instance_cut_off_from_redis_sends_a_resume_it_cannot_read_back_unmov
         back.raw_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_busy_in_a_script_turns_publishes_away_with_503_until_it_is_free() {
+    let Some(redis) = OwnRedis::start("a_redis_busy_in_a_script_turns_publishes_away_with_503")
+    else {
+        return;
+    };
+    let herald = Herald::start(&["--dev", "--redis", &redis.url()]);
+    herald
+        .publish_ok(json!({"topics": ["t"], "data": "before"}))
+        .await;
+    // A script that runs for ever: after 100 ms Redis answers every other command `BUSY`.
+    redis_cli(
+        redis.port,
+        &["CONFIG", "SET", "busy-reply-threshold", "100"],
+    );
+    let mut busy = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "EVAL",
+            "while true do end",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    let turned_away = eventually(WAIT, || async {
+        let (status, body) = herald
+            .publish(json!({"topics": ["t"], "data": "busy"}))
+            .await;
+        status.as_u16() == 503
+            && body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot take writes now (BUSY"))
+    })
+    .await;
+    redis_cli(redis.port, &["SCRIPT", "KILL"]);
+    let _ = busy.wait();
+    assert!(turned_away, "{}", herald.stderr());
+    publish_once_redis_is_back(&herald, json!({"topics": ["t"], "data": "after"})).await;
+}
