@@ -254,8 +254,6 @@ struct Replay {
     overflowed: bool,
     /// A `LoadHistory` is out.
     awaiting: bool,
-    /// The client was already told that history was cut.
-    reset_sent: bool,
 }
 
 /// A connection. What fan-out touches stays inline and small (one cache line); the rest
@@ -724,18 +722,26 @@ impl Engine {
             return;
         }
         replay.awaiting = false;
-        // Retention may have removed events below the range after the replay started: the
-        // page cannot hold them, so the client must hear that it missed some.
-        let cut = !replay.reset_sent
-            && replay
-                .read_from
-                .is_some_and(|r| self.log.floor.is_some_and(|floor| r < floor));
-        if cut {
-            replay.reset_sent = true;
-        }
+        // Retention may have removed events the replay had not read yet, when it started or
+        // at any page since (the driver hands over the log's bounds as read after the page):
+        // the page cannot hold them, so the client must hear that it missed some. What the
+        // replay still holds above `through` (live events) was not missed.
         let through = replay.through;
+        let cut = replay
+            .read_from
+            .zip(self.log.floor)
+            .filter(|&(read_from, floor)| read_from < floor)
+            .map(|(read_from, floor)| (read_from, floor.min(through)));
         let read_from_before = replay.read_from;
-        let mut read_to = replay.read_from;
+        // Events at or below the reset's position are not sent after it (the client's ids
+        // only rise): a page read as retention passed may still hold some.
+        let mut read_to = match cut {
+            Some((_, to)) => {
+                c.cursor = c.cursor.max(Some(to));
+                Some(to)
+            }
+            None => replay.read_from,
+        };
         let mut frames = Vec::with_capacity(page.events.len());
         for event in &page.events {
             let in_range = read_to.is_none_or(|r| event.id > r) && event.id <= through;
@@ -760,8 +766,8 @@ impl Engine {
         if let Some(replay) = c.replay.as_mut() {
             replay.read_from = if done { Some(through) } else { read_to };
         }
-        if let (true, Some(last), Some(floor)) = (cut, read_from_before, self.log.floor) {
-            self.send_reset(slot, "history_truncated", last, floor, now);
+        if let Some((last, to)) = cut {
+            self.send_reset(slot, "history_truncated", last, to, now);
         }
         self.send_page(slot, frames, now);
         // The next page comes from the log, after the driver has paced it against the
@@ -790,7 +796,6 @@ impl Engine {
             return;
         };
         replay.awaiting = false;
-        replay.reset_sent = true;
         let through = replay.through;
         let last = replay.read_from.unwrap_or(EventId::MIN);
         replay.read_from = Some(through);
@@ -948,13 +953,11 @@ impl Engine {
             return;
         }
         let mut after = Some(last);
-        let mut truncated = false;
         if let Some(floor) = self.log.floor.filter(|&floor| last < floor) {
             self.send_reset(slot, "history_truncated", last, floor, now);
             // Replay what the log still holds: everything above the floor. Not "from the
             // start": the recent window can still hold trimmed events, even `last` itself.
             after = Some(floor);
-            truncated = true;
         }
         let Some(through) = self.committed else {
             return;
@@ -971,7 +974,6 @@ impl Engine {
                 held_bytes: 0,
                 overflowed: false,
                 awaiting: false,
-                reset_sent: truncated,
             }));
         }
         self.replay_step(slot, now, true);

@@ -567,6 +567,51 @@ fn history_trimmed_while_a_replay_waits_for_the_log_still_gets_a_reset() {
 }
 
 #[test]
+fn a_replay_overtaken_by_retention_again_after_its_first_reset_is_told_again() {
+    let mut sim = Sim::new(EngineConfig {
+        recent_events: 1,
+        ..EngineConfig::default()
+    });
+    let published: Vec<EventId> = (0..10)
+        .map(|i| sim.publish_topic("t", &i.to_string()))
+        .collect();
+    let trim = |sim: &mut Sim, through: usize| {
+        let removed = sim
+            .log
+            .iter()
+            .take_while(|e| e.id <= published[through])
+            .count();
+        sim.log.drain(..removed);
+        sim.engine.handle_log_bounds(LogBounds {
+            oldest: Some(published[through + 1]),
+            floor: Some(published[through]),
+            events: (9 - through) as u64,
+            bytes: (9 - through) as u64,
+        });
+    };
+    // The client resumes from below the floor: told at once.
+    trim(&mut sim, 1);
+    sim.auto_history = false;
+    let c = sim.connect(&["t"], None, Some(published[0]));
+    // Retention passes the replay again before its read: that is missed as well.
+    trim(&mut sim, 4);
+    sim.auto_history = true;
+    sim.drain();
+    let got = sim.received(c);
+    let resets: Vec<(&str, &str)> = got
+        .iter()
+        .filter(|e| e.event_type == "herald.reset")
+        .map(|e| (e.data.as_str(), e.last_event_id.as_str()))
+        .collect();
+    assert_eq!(resets.len(), 2, "{}", sim.raw(c));
+    let second: serde_json::Value = serde_json::from_str(resets[1].0).unwrap();
+    assert_eq!(second["reason"], "history_truncated");
+    assert_eq!(second["last_event_id"], published[1].to_string());
+    assert_eq!(resets[1].1, published[4].to_string());
+    assert_eq!(sim.received_ids(c), ids(&published[5..]));
+}
+
+#[test]
 fn a_resume_point_from_the_future_gets_a_reset_that_moves_the_cursor() {
     let mut sim = Sim::new(EngineConfig::default());
     let known = sim.publish_topic("t", "x");

@@ -383,6 +383,7 @@ fn check_session(
 ) -> Result<(), String> {
     let mut got = Vec::new();
     let mut resets = Vec::new();
+    let mut reset_to = Vec::new();
     for e in &session.events {
         match e.event_type.as_str() {
             "message" => got.push(
@@ -390,7 +391,14 @@ fn check_session(
                     .parse::<EventId>()
                     .map_err(|x| x.to_string())?,
             ),
-            "herald.reset" => resets.push(e.data.clone()),
+            "herald.reset" => {
+                resets.push(e.data.clone());
+                reset_to.push(
+                    e.last_event_id
+                        .parse::<EventId>()
+                        .map_err(|x| x.to_string())?,
+                );
+            }
             other => return Err(format!("an event of type {other}")),
         }
     }
@@ -423,8 +431,9 @@ fn check_session(
         }
         return Ok(());
     }
-    // Told it missed events: only a resume from below the floor may be, once.
-    if resets.len() > 1 || !resets[0].contains("history_truncated") {
+    // Told it missed events: only a resume from below the floor may be, as it starts and
+    // again each time retention passes its replay before a read.
+    if resets.iter().any(|r| !r.contains("history_truncated")) {
         return Err(format!("resets {resets:?}"));
     }
     if floor.is_none_or(|f| after >= f) || matches!(session.start, Start::Fresh { .. }) {
@@ -446,6 +455,13 @@ fn check_session(
     if let Some(missing) = must.iter().find(|id| !got.contains(id)) {
         return Err(format!(
             "{missing} never arrived; got {got:?}, expected {due:?}"
+        ));
+    }
+    // What did not arrive, a reset said it missed: none lies above every reset's position.
+    let told = reset_to.iter().max().copied().unwrap_or(EventId::MIN);
+    if let Some(silent) = due.iter().find(|id| !got.contains(id) && **id > told) {
+        return Err(format!(
+            "{silent} was missed without a reset past it; resets to {reset_to:?}, got {got:?}"
         ));
     }
     Ok(())

@@ -654,6 +654,10 @@ impl EventLog for SledLog {
         }
         totals.keys -= keys_removed;
         if report.removed > 0 || keys_removed > 0 {
+            // Readers see the new floor before its events are gone: a history read that finds
+            // them gone then finds the floor that tells its client so in the bounds read
+            // after it. (If the commit fails, a floor too high only tells of a loss early.)
+            lock(&self.totals).floor = totals.floor;
             self.commit(&writes, &totals)?;
             *lock(&self.totals) = totals;
         }
