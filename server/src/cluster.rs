@@ -579,7 +579,7 @@ fn read_loop(
             step,
             Ok(Step::Idle { healed: true, .. } | Step::Read { healed: true, .. })
         ) {
-            tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared stream lost events this instance already read (Redis restarted without persistence, or a replica that lacked them took over): its ids now continue after them, and clients resuming from before them are told they missed events");
+            tracing::warn!(last = ?last.map(|l| l.to_string()), "the shared stream lost events this instance already read (Redis restarted without persistence, a replica that lacked them took over, or Redis evicted the stream under maxmemory): its ids now continue after them, and clients resuming from before them are told they missed events");
             dirty = true;
         }
         if let Ok(step) = &step

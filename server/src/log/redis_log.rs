@@ -115,6 +115,18 @@ impl RedisLog {
             true => format!("{{{}}}", config.prefix),
             false => config.prefix.clone(),
         };
+        match pool.with(evicting_policy) {
+            Ok(Some(policy)) => tracing::warn!(
+                redis = %config.redis,
+                "Redis evicts keys when it is full (maxmemory-policy {policy}): it may then \
+                 remove Herald's idempotency keys (a retried publish is delivered twice) or \
+                 its stream (events are lost; resuming clients are told they missed some). \
+                 Give Herald a Redis with maxmemory-policy noeviction: a full one then turns \
+                 publishes away with 503"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::debug!(%error, "cannot read Redis's eviction policy"),
+        }
         let log = Self {
             pool,
             stream: format!("{prefix}:events"),
@@ -284,6 +296,14 @@ fn info_field(
 fn server_version(conn: &mut Connection) -> Result<String, RedisError> {
     info_field(conn, "server", "redis_version")?
         .ok_or_else(|| RedisError::Protocol("INFO server has no redis_version".into()))
+}
+
+/// The policy by which Redis evicts keys when it reaches `maxmemory`, unless it never does
+/// (no limit, or `noeviction`).
+fn evicting_policy(conn: &mut Connection) -> Result<Option<String>, RedisError> {
+    let limit = info_field(conn, "memory", "maxmemory")?;
+    let policy = info_field(conn, "memory", "maxmemory_policy")?;
+    Ok(policy.filter(|p| p != "noeviction" && limit.as_deref().is_some_and(|l| l != "0")))
 }
 
 /// Whether the server is a Redis Cluster node.

@@ -1513,3 +1513,33 @@ async fn a_redis_busy_in_a_script_turns_publishes_away_with_503_until_it_is_free
     assert!(turned_away, "{}", herald.stderr());
     publish_once_redis_is_back(&herald, json!({"topics": ["t"], "data": "after"})).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_evicts_keys_when_full_is_warned_about_at_start() {
+    let Some(redis) = OwnRedis::start("a_redis_that_evicts_keys_when_full_is_warned_about") else {
+        return;
+    };
+    // Without a memory limit nothing is ever evicted, whatever the policy.
+    redis_cli(
+        redis.port,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+    );
+    let unlimited = Herald::start(&["--dev", "--redis", &redis.url()]);
+    unlimited
+        .publish_ok(json!({"topics": ["t"], "data": "x"}))
+        .await;
+    assert!(
+        !unlimited.stderr().contains("Redis evicts keys"),
+        "{}",
+        unlimited.stderr()
+    );
+    redis_cli(redis.port, &["CONFIG", "SET", "maxmemory", "100mb"]);
+    let evicting = Herald::start(&["--dev", "--redis", &redis.url()]);
+    let warned = eventually(WAIT, || async {
+        evicting
+            .stderr()
+            .contains("Redis evicts keys when it is full (maxmemory-policy allkeys-lru)")
+    })
+    .await;
+    assert!(warned, "{}", evicting.stderr());
+}
