@@ -37,6 +37,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Token verification; `None` only in dev mode.
     pub jwt: Option<JwtKeys>,
+    /// Reads the JWKS again for a token naming a key id none of the keys has.
+    pub jwks_read_again: Option<Arc<crate::auth::jwks::ReadAgain>>,
     /// Development mode: no auth.
     pub dev: bool,
     /// Publish body limit.
@@ -259,7 +261,7 @@ async fn route(
         (&Method::POST, ["publish"]) => publish(req, state).await,
         (&Method::GET, ["admin", "events"]) => subscribe(req, state, remote, true).await,
         (&Method::GET, ["admin", "connections"]) => {
-            require_admin(&req, state)?;
+            require_admin(&req, state).await?;
             let snap = state
                 .hub
                 .snapshot(Rows::All)
@@ -281,7 +283,7 @@ async fn route(
             Ok(json_bytes_response(StatusCode::OK, body))
         }
         (&Method::GET, ["admin", "connections", id]) => {
-            require_admin(&req, state)?;
+            require_admin(&req, state).await?;
             let id = parse_conn_id(id)?;
             let snap = state
                 .hub
@@ -297,7 +299,7 @@ async fn route(
             }
         }
         (&Method::DELETE, ["admin", "connections", id]) => {
-            let operator = require_admin(&req, state)?;
+            let operator = require_admin(&req, state).await?;
             let id = parse_conn_id(id)?;
             if state.hub.kick(id).await.map_err(|_| unavailable())? {
                 // Who cut whom: an operator's action belongs in the log.
@@ -319,7 +321,7 @@ async fn route(
             }
         }
         (&Method::GET, ["admin", "nodes"]) => {
-            require_admin(&req, state)?;
+            require_admin(&req, state).await?;
             let stats = state.hub.stats().await.map_err(|_| unavailable())?;
             Ok(json_response(
                 StatusCode::OK,
@@ -334,7 +336,7 @@ async fn route(
             ))
         }
         (&Method::GET, ["admin", "stats"]) => {
-            require_admin(&req, state)?;
+            require_admin(&req, state).await?;
             let snap = state
                 .hub
                 .snapshot(Rows::None)
@@ -477,7 +479,7 @@ fn unix_now() -> u64 {
 }
 
 /// The caller's identity: dev mode trusts everyone; otherwise a valid token is required.
-fn identify(
+async fn identify(
     request: (&Method, &http::Uri, &http::HeaderMap),
     state: &AppState,
     query: &[(String, String)],
@@ -490,7 +492,17 @@ fn identify(
     let token = token_from(headers, query_token);
     match (&state.jwt, token) {
         (Some(key), Some((token, carrier))) => {
-            let identity = key.identify(&token, unix_now())?;
+            let identity = match key.identify(&token, unix_now()) {
+                // Perhaps a key the identity provider added since its set was last read: read
+                // it now (boxed: a rare wait, kept out of every stream's task) and look again.
+                Err(AuthError::UnknownKey(_)) if state.jwks_read_again.is_some() => {
+                    if let Some(again) = &state.jwks_read_again {
+                        Box::pin(again.read_now(crate::auth::jwks::ASKED_READ_WAIT)).await;
+                    }
+                    key.identify(&token, unix_now())
+                }
+                other => other,
+            }?;
             if carrier == Carrier::Cookie && !method.is_safe() {
                 check_cookie_origin(uri, headers, state)?;
             }
@@ -548,9 +560,9 @@ fn check_cookie_origin(
     ))
 }
 
-fn require_admin(req: &Request<Incoming>, state: &AppState) -> Result<Identity, ApiError> {
+async fn require_admin(req: &Request<Incoming>, state: &AppState) -> Result<Identity, ApiError> {
     let request = (req.method(), req.uri(), req.headers());
-    let id = identify(request, state, &query_pairs(req.uri())?)?;
+    let id = identify(request, state, &query_pairs(req.uri())?).await?;
     if !id.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -629,7 +641,7 @@ pub async fn open_stream(
 ) -> Result<Opened, ApiError> {
     let remote = peer.addr;
     let query = query_pairs(uri)?;
-    let identity = identify((&Method::GET, uri, headers), state, &query)?;
+    let identity = identify((&Method::GET, uri, headers), state, &query).await?;
     if admin && !identity.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -824,7 +836,7 @@ fn event_data(json: &str) -> Result<String, serde_json::Error> {
 
 async fn publish(req: Request<Incoming>, state: &AppState) -> Result<Response<Body>, ApiError> {
     let query = query_pairs(req.uri())?;
-    let identity = identify((req.method(), req.uri(), req.headers()), state, &query)?;
+    let identity = identify((req.method(), req.uri(), req.headers()), state, &query).await?;
     let limit = state.max_body;
     let too_large = || {
         ApiError::new(

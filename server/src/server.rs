@@ -24,7 +24,7 @@ use crate::{Throttle, stream_h1};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let jwt = jwt_keys(&config).await?;
+    let (jwt, jwks_read_again) = jwt_keys(&config).await?.unzip();
     if config.dev {
         tracing::warn!(
             "DEVELOPMENT MODE: no authentication; anyone who can reach {} may subscribe, publish and administer",
@@ -144,6 +144,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         log_metrics: log_metrics.clone(),
         hub: hub.clone(),
         jwt,
+        jwks_read_again: jwks_read_again.flatten(),
         dev: config.dev,
         max_body: config.max_body,
         body_timeout: config.header_timeout,
@@ -315,8 +316,11 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Store> {
 }
 
 /// The keys tokens are checked with: none in dev mode when no key is given. Key sets (JWKS)
-/// are read now, and again in a task of their own from then on.
-async fn jwt_keys(config: &ServeConfig) -> anyhow::Result<Option<JwtKeys>> {
+/// are read now, and again in a task of their own from then on, which the handle asks for a
+/// read out of turn.
+async fn jwt_keys(
+    config: &ServeConfig,
+) -> anyhow::Result<Option<(JwtKeys, Option<Arc<jwks::ReadAgain>>)>> {
     let secrets: Vec<&String> = config
         .jwt_secret
         .iter()
@@ -363,15 +367,18 @@ async fn jwt_keys(config: &ServeConfig) -> anyhow::Result<Option<JwtKeys>> {
         "checking tokens signed with {}",
         keys.accepted()
     );
-    if !sets.is_empty() {
+    let again = (!sets.is_empty()).then(|| {
+        let again = Arc::new(jwks::ReadAgain::default());
         tokio::spawn(jwks::refresh(
             config.jwt_jwks.clone(),
             sets,
             config.jwt_jwks_refresh,
             fetched,
+            again.clone(),
         ));
-    }
-    Ok(Some(keys))
+        again
+    });
+    Ok(Some((keys, again)))
 }
 
 /// How an HTTP/2 connection with prior knowledge starts (the first 12 bytes of its preface).

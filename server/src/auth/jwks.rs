@@ -179,21 +179,80 @@ pub async fn fetch_all(sources: &[JwksSource]) -> Result<Vec<Vec<NamedKey>>, Str
     Ok(sets)
 }
 
-/// Reads the sets again every `every`, for ever, and puts their keys in `fetched`. A set that
-/// cannot be read keeps the keys it last gave (the provider may be down for a moment; tokens
-/// signed with those keys are still good), and is warned about.
+/// The longest a request whose token names an unknown key id waits for the sets to be read
+/// again.
+pub const ASKED_READ_WAIT: Duration = Duration::from_secs(3);
+/// Asked reads are at most this frequent: a token naming a key id nobody has (a forgery, a
+/// stale token) must not make the server hammer the identity provider.
+const ASKED_READ_EVERY: Duration = Duration::from_secs(10);
+
+/// Asks for the sets to be read before their next turn: for a token naming a key id none of
+/// the keys has, which may be a key the provider added since the last read.
+#[derive(Debug)]
+pub struct ReadAgain {
+    asked: tokio::sync::Notify,
+    /// Counts the reads done, asked or not.
+    reads: tokio::sync::watch::Sender<u64>,
+    /// When a read was last asked for, and whether one is under way.
+    state: std::sync::Mutex<(crate::Throttle, bool)>,
+}
+
+impl Default for ReadAgain {
+    fn default() -> Self {
+        Self {
+            asked: tokio::sync::Notify::new(),
+            reads: tokio::sync::watch::channel(0).0,
+            state: std::sync::Mutex::new((crate::Throttle::default(), false)),
+        }
+    }
+}
+
+impl ReadAgain {
+    /// Asks for a read (or joins one under way) and waits for it, at most `within`; false
+    /// without waiting when a read was asked for less than 10 s ago and is done.
+    pub async fn read_now(&self, within: Duration) -> bool {
+        let mut reads = self.reads.subscribe();
+        {
+            let mut state = crate::lock(&self.state);
+            let (asked, under_way) = &mut *state;
+            if !*under_way {
+                if !asked.due(ASKED_READ_EVERY) {
+                    return false;
+                }
+                *under_way = true;
+                self.asked.notify_one();
+            }
+        }
+        tokio::time::timeout(within, reads.changed())
+            .await
+            .is_ok_and(|changed| changed.is_ok())
+    }
+
+    fn done(&self) {
+        crate::lock(&self.state).1 = false;
+        self.reads.send_modify(|n| *n += 1);
+    }
+}
+
+/// Reads the sets again every `every`, and when `again` asks, for ever, and puts their keys in
+/// `fetched`. A set that cannot be read keeps the keys it last gave (the provider may be down
+/// for a moment; tokens signed with those keys are still good), and is warned about.
 pub async fn refresh(
     sources: Vec<JwksSource>,
     mut sets: Vec<Vec<NamedKey>>,
     every: Duration,
     fetched: FetchedKeys,
+    again: std::sync::Arc<ReadAgain>,
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // An interval's first tick is at once: the sets were just read.
     ticks.tick().await;
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = again.asked.notified() => {}
+        }
         for (source, set) in sources.iter().zip(&mut sets) {
             match source.fetch().await {
                 Ok(keys) => *set = keys,
@@ -205,6 +264,7 @@ pub async fn refresh(
             }
         }
         fetched.replace(sets.concat());
+        again.done();
     }
 }
 

@@ -945,3 +945,65 @@ async fn a_token_must_name_the_issuer_and_audience_the_server_expects() {
         assert!(sub.error().contains(why), "{why}: {}", sub.error());
     }
 }
+
+// Two threads: the key set's server answers while `Herald::start` blocks one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_naming_a_key_the_provider_just_added_has_the_set_read_at_once() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for name in ["one.pem", "two.pem"] {
+        openssl(
+            dir.path(),
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                name,
+            ],
+        );
+    }
+    let (one, two) = (
+        jwk(dir.path(), "one.pem", "one"),
+        jwk(dir.path(), "two.pem", "two"),
+    );
+    let document = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [one.clone()]})));
+    let (url, _provider) = serve_json(document.clone()).await;
+    // Read on a timer only once an hour: what follows is the read a token asks for.
+    let herald = Herald::start(&["--jwt-jwks", &url, "--jwt-jwks-refresh", "1h"]);
+    let token = |key: &str, kid: &str| {
+        sign_with(
+            &dir.path().join(key),
+            &["--sub", "alice", "--subscribe", "orders", "--kid", kid],
+        )
+    };
+    herald
+        .events()
+        .topic("orders")
+        .token(&token("one.pem", "one"))
+        .open()
+        .await;
+    *document.lock().expect("the document") = json!({"keys": [one, two]});
+    herald
+        .events()
+        .topic("orders")
+        .token(&token("two.pem", "two"))
+        .open()
+        .await;
+    // A key id nobody has asks for no second read within 10 s: it is refused at once.
+    let started = std::time::Instant::now();
+    let sub = herald
+        .events()
+        .topic("orders")
+        .token(&token("two.pem", "three"))
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::UNAUTHORIZED);
+    assert!(sub.error().contains("key id \"three\""), "{}", sub.error());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
