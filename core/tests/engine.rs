@@ -313,9 +313,7 @@ fn a_replay_the_log_cannot_read_for_good_is_told_and_goes_on_live() {
         recent_events: 2,
         ..EngineConfig::default()
     });
-    let published: Vec<EventId> = (0..10)
-        .map(|i| sim.publish_topic("orders", &i.to_string()))
-        .collect();
+    let published: Vec<EventId> = sim.publish_numbered("orders", 10);
     sim.auto_history = false;
     let c = sim.connect(&["orders"], None, Some(published[1]));
     assert_eq!(sim.history_requests.len(), 1);
@@ -344,9 +342,7 @@ fn a_replay_larger_than_a_page_is_read_in_pages() {
         ..EngineConfig::default()
     };
     let mut sim = Sim::new(config);
-    let published: Vec<EventId> = (0..10)
-        .map(|i| sim.publish_topic("t", &i.to_string()))
-        .collect();
+    let published: Vec<EventId> = sim.publish_numbered("t", 10);
     let c = sim.connect(&["t"], None, Some(published[0]));
     assert_eq!(sim.received_ids(c), ids(&published[1..]));
 }
@@ -358,9 +354,7 @@ fn a_replay_goes_out_one_page_per_driver_round_trip_even_from_the_window() {
         history_page_bytes: 1,
         ..EngineConfig::default()
     });
-    let published: Vec<EventId> = (0..4)
-        .map(|i| sim.publish_topic("t", &i.to_string()))
-        .collect();
+    let published: Vec<EventId> = sim.publish_numbered("t", 4);
     sim.auto_history = false;
     let c = sim.connect(&["t"], None, Some(published[0]));
     // The first page from the window; the rest waits for the driver's go (a history request),
@@ -435,9 +429,7 @@ fn a_page_read_from_the_log_goes_out_as_one_frame() {
         recent_events: 1,
         ..EngineConfig::default()
     });
-    let published: Vec<EventId> = (0..5)
-        .map(|i| sim.publish_topic("t", &i.to_string()))
-        .collect();
+    let published: Vec<EventId> = sim.publish_numbered("t", 5);
     sim.auto_history = false;
     let c = sim.connect(&["t"], None, Some(published[0]));
     let before = sim.frames[&c].len();
@@ -459,9 +451,7 @@ fn held_events_that_overflow_are_replayed_from_the_log_instead() {
         ..EngineConfig::default()
     };
     let mut sim = Sim::new(config);
-    let mut published: Vec<EventId> = (0..3)
-        .map(|i| sim.publish_topic("t", &i.to_string()))
-        .collect();
+    let mut published: Vec<EventId> = sim.publish_numbered("t", 3);
     sim.auto_history = false;
     let c = sim.connect(&["t"], None, Some(published[0]));
     for i in 0..20 {
@@ -516,18 +506,9 @@ fn a_resume_point_older_than_the_log_gets_a_reset_then_what_the_log_holds() {
 #[test]
 fn a_reset_replays_only_what_the_log_holds_even_if_the_window_remembers_more() {
     let mut sim = Sim::new(EngineConfig::default());
-    let published: Vec<EventId> = (0..6)
-        .map(|i| sim.publish_topic("t", &i.to_string()))
-        .collect();
+    let published: Vec<EventId> = sim.publish_numbered("t", 6);
     // Retention trims the first three; the in-memory window still holds them.
-    sim.log.drain(..3);
-    let bounds = LogBounds {
-        oldest: Some(published[3]),
-        floor: Some(published[2]),
-        events: 3,
-        bytes: 3,
-    };
-    sim.engine.handle_log_bounds(bounds);
+    sim.trim_through(published[2]);
     let c = sim.connect(&["t"], None, Some(published[0]));
     let got = sim.received(c);
     assert_eq!(got[0].event_type, "herald.reset");
@@ -540,9 +521,7 @@ fn history_trimmed_while_a_replay_waits_for_the_log_still_gets_a_reset() {
         recent_events: 1,
         ..EngineConfig::default()
     });
-    let published: Vec<EventId> = (0..5)
-        .map(|i| sim.publish_topic("t", &i.to_string()))
-        .collect();
+    let published: Vec<EventId> = sim.publish_numbered("t", 5);
     sim.auto_history = false;
     let c = sim.connect(&["t"], None, Some(published[0]));
     assert!(
@@ -551,14 +530,7 @@ fn history_trimmed_while_a_replay_waits_for_the_log_still_gets_a_reset() {
             .all(|e| e.event_type != "herald.reset")
     );
     // Retention removes the first three events before the read happens.
-    sim.log.drain(..3);
-    let bounds = LogBounds {
-        oldest: Some(published[3]),
-        floor: Some(published[2]),
-        events: 2,
-        bytes: 2,
-    };
-    sim.engine.handle_log_bounds(bounds);
+    sim.trim_through(published[2]);
     sim.auto_history = true;
     sim.drain();
     let got = sim.received(c);
@@ -572,29 +544,13 @@ fn a_replay_overtaken_by_retention_again_after_its_first_reset_is_told_again() {
         recent_events: 1,
         ..EngineConfig::default()
     });
-    let published: Vec<EventId> = (0..10)
-        .map(|i| sim.publish_topic("t", &i.to_string()))
-        .collect();
-    let trim = |sim: &mut Sim, through: usize| {
-        let removed = sim
-            .log
-            .iter()
-            .take_while(|e| e.id <= published[through])
-            .count();
-        sim.log.drain(..removed);
-        sim.engine.handle_log_bounds(LogBounds {
-            oldest: Some(published[through + 1]),
-            floor: Some(published[through]),
-            events: (9 - through) as u64,
-            bytes: (9 - through) as u64,
-        });
-    };
+    let published: Vec<EventId> = sim.publish_numbered("t", 10);
     // The client resumes from below the floor: told at once.
-    trim(&mut sim, 1);
+    sim.trim_through(published[1]);
     sim.auto_history = false;
     let c = sim.connect(&["t"], None, Some(published[0]));
     // Retention passes the replay again before its read: that is missed as well.
-    trim(&mut sim, 4);
+    sim.trim_through(published[4]);
     sim.auto_history = true;
     sim.drain();
     let got = sim.received(c);
@@ -707,16 +663,8 @@ fn idle_connections_get_a_keep_alive_on_the_coarse_tick() {
 #[test]
 fn a_reset_moves_the_client_past_what_it_missed_so_a_reconnect_is_not_told_twice() {
     let mut sim = Sim::new(EngineConfig::default());
-    let published: Vec<EventId> = (0..4)
-        .map(|i| sim.publish_topic("t", &i.to_string()))
-        .collect();
-    sim.log.drain(..2);
-    sim.engine.handle_log_bounds(LogBounds {
-        oldest: Some(published[2]),
-        floor: Some(published[1]),
-        events: 2,
-        bytes: 2,
-    });
+    let published: Vec<EventId> = sim.publish_numbered("t", 4);
+    sim.trim_through(published[1]);
     let c = sim.connect(&["t"], None, Some(published[0]));
     let got = sim.received(c);
     assert_eq!(got[0].event_type, "herald.reset");
@@ -745,9 +693,7 @@ fn a_quiet_subscriptions_keep_alives_carry_the_commit_point_so_it_never_falls_be
         sim.drain();
         id
     };
-    let others: Vec<EventId> = (0..3)
-        .map(|i| sim.publish_topic("busy", &i.to_string()))
-        .collect();
+    let others: Vec<EventId> = sim.publish_numbered("busy", 3);
     for _ in 0..15 {
         sim.advance(Duration::from_secs(1));
     }
@@ -766,13 +712,7 @@ fn a_quiet_subscriptions_keep_alives_carry_the_commit_point_so_it_never_falls_be
         "admin streams have no resume point"
     );
     // Retention then removes everything the quiet client's stream started before.
-    sim.log.clear();
-    sim.engine.handle_log_bounds(LogBounds {
-        oldest: None,
-        floor: Some(others[2]),
-        events: 0,
-        bytes: 0,
-    });
+    sim.trim_through(others[2]);
     let mut parser = Parser::new();
     for frame in &sim.frames[&quiet] {
         parser.feed(frame);

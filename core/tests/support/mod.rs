@@ -140,6 +140,26 @@ impl Sim {
         self.publish(topics(&[topic]), data)
     }
 
+    /// Publishes `n` events to `topic`, each with its number as data; their ids.
+    pub fn publish_numbered(&mut self, topic: &str, n: usize) -> Vec<EventId> {
+        (0..n)
+            .map(|i| self.publish_topic(topic, &i.to_string()))
+            .collect()
+    }
+
+    /// Retention removes every event up to `floor` from the log and tells the engine, as the
+    /// trimmer does (counting the events left as their bytes).
+    pub fn trim_through(&mut self, floor: EventId) {
+        self.log.retain(|e| e.id > floor);
+        let left = self.log.len() as u64;
+        self.engine.handle_log_bounds(LogBounds {
+            oldest: self.log.first().map(|e| e.id),
+            floor: Some(floor),
+            events: left,
+            bytes: left,
+        });
+    }
+
     pub fn advance(&mut self, by: Duration) {
         self.now += by;
         if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
