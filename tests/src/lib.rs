@@ -229,12 +229,22 @@ pub fn raw_publish(body: &str) -> String {
 /// Runs `herald serve --dev` with `extra`, which must make it exit at start-up; returns what
 /// it printed on stderr.
 pub fn serve_fails(extra: &[&str]) -> String {
+    let mut args = vec!["--dev"];
+    args.extend(extra);
+    serve_refused(&args)
+}
+
+/// Runs `herald serve` with `args` (and no `HERALD_*` settings from the environment), which
+/// must make it exit at start-up; returns what it printed on stderr.
+pub fn serve_refused(args: &[&str]) -> String {
     let mut cmd = Command::new(herald_bin());
-    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .args(extra);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_BACKTRACE", "0");
+    clear_herald_env(&mut cmd);
     let out = run_bounded(&mut cmd, WAIT);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "herald {extra:?} started: {stderr}");
+    assert!(!out.status.success(), "herald {args:?} started: {stderr}");
     stderr
 }
 

@@ -462,14 +462,17 @@ async fn a_stream_is_closed_when_its_token_expires() {
     assert_eq!(data, ["before", "after"]);
 }
 
+/// `herald token <args>`, with no `HERALD_*` settings from the environment.
+fn herald_token(args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(herald_tests::herald_bin());
+    cmd.arg("token").args(args).env("RUST_BACKTRACE", "0");
+    herald_tests::clear_herald_env(&mut cmd);
+    herald_tests::run_bounded(&mut cmd, WAIT)
+}
+
 #[test]
 fn herald_token_refuses_what_would_be_no_token_or_one_the_server_refuses() {
-    let token = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(herald_tests::herald_bin());
-        cmd.arg("token").args(args).env("RUST_BACKTRACE", "0");
-        herald_tests::clear_herald_env(&mut cmd);
-        herald_tests::run_bounded(&mut cmd, WAIT)
-    };
+    let token = herald_token;
     // Expired on issue: `exp` is in whole seconds.
     let out = token(&["--jwt-secret", SECRET, "--sub", "a", "--ttl", "500ms"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -568,8 +571,8 @@ async fn a_rotated_secrets_tokens_are_accepted_beside_the_new_ones() {
     assert!(sub.error().contains("signature"), "{}", sub.error());
 }
 
-/// `openssl` in `dir`, for key files.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
+/// `openssl` in `dir`, for key files; what it printed.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
     let mut cmd = std::process::Command::new("openssl");
     cmd.args(args).current_dir(dir);
     let out = herald_tests::run_bounded(&mut cmd, WAIT);
@@ -578,14 +581,35 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A new private key of `kind` in `dir/name`, as `openssl genpkey` writes it (PKCS#8).
+fn new_private_key(dir: &std::path::Path, name: &str, kind: KeyKind) {
+    let algorithm: &[&str] = match kind {
+        KeyKind::Rsa => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        KeyKind::P256 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        KeyKind::Ed25519 => &["-algorithm", "ed25519"],
+    };
+    let mut args = vec!["genpkey"];
+    args.extend(algorithm);
+    args.extend(["-out", name]);
+    openssl(dir, &args);
+}
+
+#[derive(Clone, Copy)]
+enum KeyKind {
+    Rsa,
+    P256,
+    Ed25519,
 }
 
 /// `herald token --private-key <key> <args>`.
 fn sign_with(key: &std::path::Path, args: &[&str]) -> String {
-    let mut cmd = std::process::Command::new(herald_tests::herald_bin());
-    cmd.arg("token").arg("--private-key").arg(key).args(args);
-    herald_tests::clear_herald_env(&mut cmd);
-    let out = herald_tests::run_bounded(&mut cmd, WAIT);
+    let key_path = key.to_str().expect("a UTF-8 path");
+    let mut all = vec!["--private-key", key_path];
+    all.extend(args);
+    let out = herald_token(&all);
     assert!(
         out.status.success(),
         "herald token --private-key {key:?}: {}",
@@ -600,23 +624,14 @@ async fn tokens_an_identity_provider_signs_are_checked_with_its_public_keys() {
     let path = |name: &str| dir.path().join(name);
     // Keys as `openssl` writes them: RSA, P-256 and Ed25519 private keys (PKCS#8) with their
     // public halves, and a certificate, whose key checks tokens too.
-    for (name, algorithm) in [
-        (
-            "rsa",
-            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
-        ),
-        (
-            "p256",
-            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-        ),
-        ("ed25519", &["-algorithm", "ed25519"]),
+    for (name, kind) in [
+        ("rsa", KeyKind::Rsa),
+        ("p256", KeyKind::P256),
+        ("ed25519", KeyKind::Ed25519),
     ] {
         let private = format!("{name}.pem");
         let public = format!("{name}-public.pem");
-        let mut args = vec!["genpkey"];
-        args.extend(algorithm);
-        args.extend(["-out", &private]);
-        openssl(dir.path(), &args);
+        new_private_key(dir.path(), &private, kind);
         openssl(
             dir.path(),
             &["pkey", "-in", &private, "-pubout", "-out", &public],
@@ -681,18 +696,7 @@ async fn tokens_an_identity_provider_signs_are_checked_with_its_public_keys() {
         sub.error()
     );
     // A key of the right kind, but not one the server was given.
-    openssl(
-        dir.path(),
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "other.pem",
-        ],
-    );
+    new_private_key(dir.path(), "other.pem", KeyKind::P256);
     let stranger = sign_with(
         &path("other.pem"),
         &["--sub", "alice", "--subscribe", "orders"],
@@ -714,29 +718,28 @@ async fn tokens_an_identity_provider_signs_are_checked_with_its_public_keys() {
     );
 
     // A key file that cannot be used stops the start, saying why.
-    let without_dev = |key: &std::path::Path| {
-        let mut cmd = std::process::Command::new(herald_tests::herald_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--jwt-public-key")
-            .arg(key)
-            .env("RUST_BACKTRACE", "0");
-        herald_tests::clear_herald_env(&mut cmd);
-        let out = herald_tests::run_bounded(&mut cmd, WAIT);
-        assert!(!out.status.success(), "{key:?} was taken");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+    let data = path("data");
+    let without_dev = |key: &str| {
+        let key = path(key);
+        herald_tests::serve_refused(&[
+            "--data-dir",
+            data.to_str().expect("a UTF-8 path"),
+            "--jwt-public-key",
+            key.to_str().expect("a UTF-8 path"),
+        ])
     };
-    let stderr = without_dev(&path("rsa.pem"));
+    let stderr = without_dev("rsa.pem");
     assert!(stderr.contains("holds a private key"), "{stderr}");
-    let stderr = without_dev(&path("nothing-here.pem"));
+    let stderr = without_dev("nothing-here.pem");
     assert!(stderr.contains("cannot read"), "{stderr}");
     // And `herald token` says what it cannot sign with.
-    let mut cmd = std::process::Command::new(herald_tests::herald_bin());
-    cmd.args(["token", "--sub", "a", "--private-key"])
-        .arg(path("rsa-public.pem"))
-        .env("RUST_BACKTRACE", "0");
-    herald_tests::clear_herald_env(&mut cmd);
-    let out = herald_tests::run_bounded(&mut cmd, WAIT);
+    let public = path("rsa-public.pem");
+    let out = herald_token(&[
+        "--sub",
+        "a",
+        "--private-key",
+        public.to_str().expect("a UTF-8 path"),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("expected a PEM `PRIVATE KEY`"), "{stderr}");
@@ -756,11 +759,7 @@ fn jwk(dir: &std::path::Path, private: &str, kid: &str) -> serde_json::Value {
     );
     let der = std::fs::read(dir.join(&public)).expect("the public key");
     if private.starts_with("rsa") {
-        let mut cmd = std::process::Command::new("openssl");
-        cmd.args(["rsa", "-noout", "-modulus", "-in", private])
-            .current_dir(dir);
-        let out = herald_tests::run_bounded(&mut cmd, WAIT);
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = openssl(dir, &["rsa", "-noout", "-modulus", "-in", private]);
         let hex = text.trim().trim_start_matches("Modulus=");
         let n: Vec<u8> = (0..hex.len())
             .step_by(2)
@@ -815,24 +814,12 @@ async fn serve_json(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_providers_key_set_is_read_from_its_url_and_read_again() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    for (name, algorithm) in [
-        (
-            "one.pem",
-            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
-        ),
-        (
-            "two.pem",
-            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-        ),
-        (
-            "rsa.pem",
-            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-        ),
+    for (name, kind) in [
+        ("one.pem", KeyKind::P256),
+        ("two.pem", KeyKind::P256),
+        ("rsa.pem", KeyKind::Rsa),
     ] {
-        let mut args = vec!["genpkey"];
-        args.extend(algorithm);
-        args.extend(["-out", name]);
-        openssl(dir.path(), &args);
+        new_private_key(dir.path(), name, kind);
     }
     let (one, two, rsa) = (
         jwk(dir.path(), "one.pem", "one"),
@@ -895,15 +882,13 @@ async fn an_identity_providers_key_set_is_read_from_its_url_and_read_again() {
     assert_eq!(status(token("two.pem", "two")).await, StatusCode::OK);
 
     // A key set the server cannot read at start stops it, saying why.
-    let mut cmd = std::process::Command::new(herald_tests::herald_bin());
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--jwt-jwks", &url])
-        .env("RUST_BACKTRACE", "0");
-    herald_tests::clear_herald_env(&mut cmd);
-    let out = herald_tests::run_bounded(&mut cmd, WAIT);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let data = dir.path().join("data");
+    let stderr = herald_tests::serve_refused(&[
+        "--data-dir",
+        data.to_str().expect("a UTF-8 path"),
+        "--jwt-jwks",
+        &url,
+    ]);
     assert!(
         stderr.contains("--jwt-jwks: cannot read the JWKS http://"),
         "{stderr}"
@@ -951,18 +936,7 @@ async fn a_token_must_name_the_issuer_and_audience_the_server_expects() {
 async fn a_token_naming_a_key_the_provider_just_added_has_the_set_read_at_once() {
     let dir = tempfile::tempdir().expect("a temp dir");
     for name in ["one.pem", "two.pem"] {
-        openssl(
-            dir.path(),
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                name,
-            ],
-        );
+        new_private_key(dir.path(), name, KeyKind::P256);
     }
     let (one, two) = (
         jwk(dir.path(), "one.pem", "one"),
