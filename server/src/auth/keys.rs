@@ -97,44 +97,52 @@ impl std::fmt::Debug for VerifyKey {
 impl VerifyKey {
     /// Whether this key checks tokens of `alg`.
     pub fn checks(&self, alg: Alg) -> bool {
-        use Alg::*;
-        matches!(
-            (self, alg),
-            (VerifyKey::Secret(_), Hs256 | Hs384 | Hs512)
-                | (
-                    VerifyKey::Rsa(_),
-                    Rs256 | Rs384 | Rs512 | Ps256 | Ps384 | Ps512
-                )
-                | (VerifyKey::P256(_), Es256)
-                | (VerifyKey::P384(_), Es384)
-                | (VerifyKey::Ed25519(_), EdDsa)
-        )
+        self.check(alg).is_some()
     }
 
     /// Whether `signature` is this key's for `input` under `alg` (false for an algorithm the
     /// key does not check).
     pub fn verifies(&self, alg: Alg, input: &[u8], signature: &[u8]) -> bool {
-        let public: (&dyn sig::VerificationAlgorithm, &[u8]) = match (self, alg) {
-            (VerifyKey::Secret(secret), Alg::Hs256 | Alg::Hs384 | Alg::Hs512) => {
-                let key = ring::hmac::Key::new(hmac_algorithm(alg), secret);
-                return ring::hmac::verify(&key, input, signature).is_ok();
+        match self.check(alg) {
+            Some(Check::Hmac(algorithm, secret)) => {
+                let key = ring::hmac::Key::new(algorithm, secret);
+                ring::hmac::verify(&key, input, signature).is_ok()
             }
-            (VerifyKey::Rsa(key), Alg::Rs256) => (&sig::RSA_PKCS1_2048_8192_SHA256, key),
-            (VerifyKey::Rsa(key), Alg::Rs384) => (&sig::RSA_PKCS1_2048_8192_SHA384, key),
-            (VerifyKey::Rsa(key), Alg::Rs512) => (&sig::RSA_PKCS1_2048_8192_SHA512, key),
-            (VerifyKey::Rsa(key), Alg::Ps256) => (&sig::RSA_PSS_2048_8192_SHA256, key),
-            (VerifyKey::Rsa(key), Alg::Ps384) => (&sig::RSA_PSS_2048_8192_SHA384, key),
-            (VerifyKey::Rsa(key), Alg::Ps512) => (&sig::RSA_PSS_2048_8192_SHA512, key),
-            // JWS carries an ECDSA signature as r and s side by side (RFC 7518, 3.4).
-            (VerifyKey::P256(key), Alg::Es256) => (&sig::ECDSA_P256_SHA256_FIXED, key),
-            (VerifyKey::P384(key), Alg::Es384) => (&sig::ECDSA_P384_SHA384_FIXED, key),
-            (VerifyKey::Ed25519(key), Alg::EdDsa) => (&sig::ED25519, key),
-            _ => return false,
-        };
-        sig::UnparsedPublicKey::new(public.0, public.1)
-            .verify(input, signature)
-            .is_ok()
+            Some(Check::Public(algorithm, key)) => sig::UnparsedPublicKey::new(algorithm, key)
+                .verify(input, signature)
+                .is_ok(),
+            None => false,
+        }
     }
+
+    /// How this key checks a signature under `alg`, if it does: the one table of which key
+    /// takes which algorithm.
+    fn check(&self, alg: Alg) -> Option<Check<'_>> {
+        use Alg::*;
+        let public: (&'static dyn sig::VerificationAlgorithm, &[u8]) = match (self, alg) {
+            (VerifyKey::Secret(secret), Hs256 | Hs384 | Hs512) => {
+                return Some(Check::Hmac(hmac_algorithm(alg), secret));
+            }
+            (VerifyKey::Rsa(key), Rs256) => (&sig::RSA_PKCS1_2048_8192_SHA256, key),
+            (VerifyKey::Rsa(key), Rs384) => (&sig::RSA_PKCS1_2048_8192_SHA384, key),
+            (VerifyKey::Rsa(key), Rs512) => (&sig::RSA_PKCS1_2048_8192_SHA512, key),
+            (VerifyKey::Rsa(key), Ps256) => (&sig::RSA_PSS_2048_8192_SHA256, key),
+            (VerifyKey::Rsa(key), Ps384) => (&sig::RSA_PSS_2048_8192_SHA384, key),
+            (VerifyKey::Rsa(key), Ps512) => (&sig::RSA_PSS_2048_8192_SHA512, key),
+            // JWS carries an ECDSA signature as r and s side by side (RFC 7518, 3.4).
+            (VerifyKey::P256(key), Es256) => (&sig::ECDSA_P256_SHA256_FIXED, key),
+            (VerifyKey::P384(key), Es384) => (&sig::ECDSA_P384_SHA384_FIXED, key),
+            (VerifyKey::Ed25519(key), EdDsa) => (&sig::ED25519, key),
+            _ => return None,
+        };
+        Some(Check::Public(public.0, public.1))
+    }
+}
+
+/// How a [`VerifyKey`] checks one algorithm's signatures.
+enum Check<'k> {
+    Hmac(ring::hmac::Algorithm, &'k [u8]),
+    Public(&'static dyn sig::VerificationAlgorithm, &'k [u8]),
 }
 
 /// A key as a key set (JWKS) names it: its id, and the one algorithm it is for.
