@@ -478,12 +478,54 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The caller's identity: dev mode trusts everyone; otherwise a valid token is required.
+/// The caller's identity: dev mode trusts everyone; otherwise a valid token is required. A
+/// token naming a key id none of the keys has, while keys come from JWKS, has the sets read
+/// again first (at most once each 10 s): the provider may have added that key since.
 async fn identify(
     request: (&Method, &http::Uri, &http::HeaderMap),
     state: &AppState,
     query: &[(String, String)],
 ) -> Result<Identity, ApiError> {
+    let again = match identify_now(request, state, query) {
+        Ok(identity) => return Ok(identity),
+        Err(Checked::Refused(refused)) => return Err(refused),
+        Err(Checked::ReadKeysFirst(again, _)) => again,
+    };
+    // Boxed, and nothing but references held across it: a rare wait, kept out of the task
+    // every stream keeps for its life.
+    Box::pin(again.read_now(crate::auth::jwks::ASKED_READ_WAIT)).await;
+    identify_now(request, state, query).map_err(Checked::refusal)
+}
+
+/// Why [`identify_now`] has no identity.
+enum Checked<'s> {
+    /// Refused, with this answer.
+    Refused(ApiError),
+    /// The token names a key id none of the keys has: the key sets may be read again, and
+    /// the token looked at again; otherwise, this answer.
+    ReadKeysFirst(&'s crate::auth::jwks::ReadAgain, ApiError),
+}
+
+impl Checked<'_> {
+    fn refusal(self) -> ApiError {
+        match self {
+            Checked::Refused(refused) | Checked::ReadKeysFirst(_, refused) => refused,
+        }
+    }
+}
+
+impl From<ApiError> for Checked<'_> {
+    fn from(refused: ApiError) -> Self {
+        Checked::Refused(refused)
+    }
+}
+
+/// [`identify`], with the keys as they are now.
+fn identify_now<'s>(
+    request: (&Method, &http::Uri, &http::HeaderMap),
+    state: &'s AppState,
+    query: &[(String, String)],
+) -> Result<Identity, Checked<'s>> {
     let (method, uri, headers) = request;
     let query_token = query
         .iter()
@@ -492,17 +534,12 @@ async fn identify(
     let token = token_from(headers, query_token);
     match (&state.jwt, token) {
         (Some(key), Some((token, carrier))) => {
-            let identity = match key.identify(&token, unix_now()) {
-                // Perhaps a key the identity provider added since its set was last read: read
-                // it now (boxed: a rare wait, kept out of every stream's task) and look again.
-                Err(AuthError::UnknownKey(_)) if state.jwks_read_again.is_some() => {
-                    if let Some(again) = &state.jwks_read_again {
-                        Box::pin(again.read_now(crate::auth::jwks::ASKED_READ_WAIT)).await;
-                    }
-                    key.identify(&token, unix_now())
+            let identity = match (key.identify(&token, unix_now()), &state.jwks_read_again) {
+                (Err(e @ AuthError::UnknownKey(_)), Some(again)) => {
+                    return Err(Checked::ReadKeysFirst(again, e.into()));
                 }
-                other => other,
-            }?;
+                (checked, _) => checked.map_err(ApiError::from)?,
+            };
             if carrier == Carrier::Cookie && !method.is_safe() {
                 check_cookie_origin(uri, headers, state)?;
             }
@@ -521,7 +558,7 @@ async fn identify(
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             Ok(Identity::dev(user))
         }
-        (Some(_), None) | (None, _) => Err(AuthError::Missing.into()),
+        (Some(_), None) | (None, _) => Err(ApiError::from(AuthError::Missing).into()),
     }
 }
 
