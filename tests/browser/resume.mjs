@@ -366,6 +366,16 @@ async function main() {
     return { ok: s === "open" && quietRequests.length === 1, seen: `${s}, ${quietRequests.length} requests` };
   });
   log("quiet page open");
+  // Its EventSource opens on the response head; over HTTP/2 the checkpoint (an id-only block)
+  // follows in a frame of its own. Kill only once the server has written it, or the page may
+  // never have had the id it is to resume from.
+  await waitFor("the quiet page's checkpoint to be written", 10_000, async () => {
+    const conns = (await (await fetch(`${base}/admin/connections`)).json()).connections.filter(
+      (c) => !c.admin && (c.topics || []).includes(QUIET_TOPIC),
+    );
+    const written = conns.length === 1 && conns[0].bytes_sent > 0 && conns[0].queued_bytes === 0;
+    return { ok: written, seen: JSON.stringify(conns) };
+  });
   const requestsBeforeKill = streamRequests.length;
 
   // 4. SIGKILL, then the same port and data dir again, then three events at once
