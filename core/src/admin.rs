@@ -200,6 +200,21 @@ pub struct ConnectionInfo {
     pub queued_ms: u64,
 }
 
+/// Which connections `GET /admin/connections` lists: every filter given must hold. Rows come
+/// in id order, so a page's last id is the next page's `after`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionQuery {
+    /// Only this user's connections.
+    pub user: Option<crate::UserId>,
+    /// Only the connections an event published to this topic reaches: its own subscribers and
+    /// those of every pattern that matches it (not the broadcast audience, which is everyone).
+    pub topic: Option<crate::Topic>,
+    /// Only connections with a higher id.
+    pub after: Option<ConnId>,
+    /// At most this many rows (`None`: every one).
+    pub limit: Option<usize>,
+}
+
 /// One topic or pattern with its subscribers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicInfo {

@@ -4,13 +4,15 @@
 //! with [`Engine::poll_output`] until `None`. The engine never does IO and never reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::admin::{
-    AdminEvent, ConnectionInfo, Counters, Disconnected, Published, Snapshot, Stats, TopicInfo,
+    AdminEvent, ConnectionInfo, ConnectionQuery, Counters, Disconnected, Published, Snapshot,
+    Stats, TopicInfo,
 };
 use crate::conn::{CloseReason, ConnId, ConnectRequest};
 use crate::event::{Event, Subscription, Target};
@@ -879,16 +881,57 @@ impl Engine {
 
     /// Everything an operator sees: stats, connections (in id order) and topics.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let connections = self
-            .by_id
-            .values()
-            .filter_map(|&slot| self.connection_info(slot, now))
-            .collect();
         Snapshot {
             stats: self.stats(now),
-            connections,
+            connections: self.connections(&ConnectionQuery::default(), now),
             topics: self.topic_infos(),
         }
+    }
+
+    /// The rows `query` asks for, in id order.
+    pub fn connections(&self, query: &ConnectionQuery, now: Instant) -> Vec<ConnectionInfo> {
+        let limit = query.limit.unwrap_or(usize::MAX);
+        // The slots the filters leave (`None`: no filter, every connection).
+        let mut slots: Option<BTreeSet<u32>> = query.topic.as_ref().map(|topic| {
+            // Those an event to the topic reaches, as `deliver` finds them.
+            let exact = self.topics.get(topic).map(|ix| &ix.slots);
+            let patterns = pattern_prefixes(topic)
+                .filter(|_| !topic.is_system())
+                .filter_map(|p| self.prefixes.get(p).map(|ix| &ix.slots));
+            exact
+                .into_iter()
+                .chain(patterns)
+                .flatten()
+                .copied()
+                .collect()
+        });
+        if let Some(user) = &query.user {
+            let own = self.users.get(user);
+            slots = Some(match (slots, own) {
+                (_, None) => BTreeSet::new(),
+                (Some(reached), Some(own)) => reached.intersection(own).copied().collect(),
+                (None, Some(own)) => own.clone(),
+            });
+        }
+        let Some(slots) = slots else {
+            let after = query.after.map_or(Bound::Unbounded, Bound::Excluded);
+            return self
+                .by_id
+                .range((after, Bound::Unbounded))
+                .filter_map(|(_, &slot)| self.connection_info(slot, now))
+                .take(limit)
+                .collect();
+        };
+        let mut rows: Vec<(ConnId, u32)> = slots
+            .into_iter()
+            .filter_map(|slot| Some((self.slots.get(slot as usize)?.as_ref()?.id, slot)))
+            .filter(|(id, _)| query.after.is_none_or(|after| *id > after))
+            .collect();
+        rows.sort_unstable_by_key(|&(id, _)| id);
+        rows.into_iter()
+            .filter_map(|(_, slot)| self.connection_info(slot, now))
+            .take(limit)
+            .collect()
     }
 
     /// Every topic and pattern with subscribers, by name.
@@ -1105,10 +1148,8 @@ impl Engine {
             if self.prefixes.is_empty() || topic.is_system() {
                 continue;
             }
-            let name = topic.as_str();
-            let cuts = std::iter::once(0).chain(name.match_indices('/').map(|(i, _)| i + 1));
-            for cut in cuts {
-                if let Some(ix) = self.prefixes.get_mut(&name[..cut]) {
+            for prefix in pattern_prefixes(topic) {
+                if let Some(ix) = self.prefixes.get_mut(prefix) {
                     ix.events += 1;
                     fanout.offer_all(&ix.slots);
                 }
@@ -1333,6 +1374,15 @@ impl Fanout<'_> {
             frame: entry.frame.clone(),
         });
     }
+}
+
+/// The keys in `prefixes` whose patterns match `topic`: `""` (`*`), then the name up to and
+/// including each `/` (`a/`, `a/b/` for `a/b/c`).
+fn pattern_prefixes(topic: &Topic) -> impl Iterator<Item = &str> {
+    let name = topic.as_str();
+    std::iter::once(0)
+        .chain(name.match_indices('/').map(|(i, _)| i + 1))
+        .map(move |cut| &name[..cut])
 }
 
 fn remove_from_index<K, Q>(index: &mut BTreeMap<K, IndexEntry>, key: &Q, slot: u32)

@@ -45,8 +45,8 @@ pub mod parser;
 pub mod topic;
 
 pub use admin::{
-    AdminEvent, ConnectionInfo, Counters, Latency, NodeInfo, Quantiles, Snapshot, Stats, TopicInfo,
-    Transports,
+    AdminEvent, ConnectionInfo, ConnectionQuery, Counters, Latency, NodeInfo, Quantiles, Snapshot,
+    Stats, TopicInfo, Transports,
 };
 pub use conn::{CLOSED_EVENT, CloseReason, ConnId, ConnectRequest, Protocol};
 pub use engine::{

@@ -5,9 +5,10 @@ mod support;
 use std::time::Duration;
 
 use herald_core::{
-    CloseReason, ConnectError, ConnectRequest, ConnectionInfo, EngineConfig, Event, EventId,
-    EventType, HistoryPage, HistoryRequest, Latency, LogBounds, Parser, Protocol, PublishError,
-    PublishRequest, Quantiles, Stats, Target, TopicPattern, Transports, UserId,
+    CloseReason, ConnId, ConnectError, ConnectRequest, ConnectionInfo, ConnectionQuery,
+    EngineConfig, Event, EventId, EventType, HistoryPage, HistoryRequest, Latency, LogBounds,
+    Parser, Protocol, PublishError, PublishRequest, Quantiles, Stats, Target, Topic, TopicPattern,
+    Transports, UserId,
 };
 use support::{Sim, ids, read_log, topics, users};
 
@@ -923,6 +924,58 @@ fn the_stats_samples_carry_the_latency_the_driver_measured() {
     old.as_object_mut().unwrap().remove("latency");
     let old: Stats = serde_json::from_value(old).unwrap();
     assert_eq!(old.latency, Latency::default());
+}
+
+#[test]
+fn connections_are_listed_by_user_and_topic_a_page_at_a_time() {
+    let mut sim = Sim::new(EngineConfig::default());
+    let a = sim.connect(&["orders/1"], Some("alice"), None);
+    let b = sim.connect(&["orders/*"], Some("bob"), None);
+    let c = sim.connect(&["*"], Some("alice"), None);
+    let d = sim.connect(&["news"], Some("alice"), None);
+    let e = sim.connect(&["orders/1"], None, None);
+    let listed = |sim: &Sim, q: ConnectionQuery| -> Vec<ConnId> {
+        let rows = sim.engine.connections(&q, sim.now);
+        rows.iter().map(|r| r.id).collect()
+    };
+    let query = |user: Option<&str>, topic: Option<&str>| ConnectionQuery {
+        user: user.map(|u| UserId::new(u).unwrap()),
+        topic: topic.map(|t| Topic::new(t).unwrap()),
+        ..ConnectionQuery::default()
+    };
+    assert_eq!(listed(&sim, query(None, None)), [a, b, c, d, e]);
+    // A topic lists whom an event to it reaches: its own subscribers and the patterns'.
+    assert_eq!(listed(&sim, query(None, Some("orders/1"))), [a, b, c, e]);
+    assert_eq!(listed(&sim, query(None, Some("orders/2"))), [b, c]);
+    assert_eq!(listed(&sim, query(None, Some("weather"))), [c]);
+    assert_eq!(listed(&sim, query(Some("alice"), None)), [a, c, d]);
+    assert_eq!(listed(&sim, query(Some("alice"), Some("orders/1"))), [a, c]);
+    assert_eq!(listed(&sim, query(Some("carol"), None)), []);
+    assert_eq!(listed(&sim, query(Some("carol"), Some("orders/1"))), []);
+    // Pages follow the ids, with or without a filter, and a closed connection leaves them.
+    let page = |user, topic, after, limit| ConnectionQuery {
+        after,
+        limit: Some(limit),
+        ..query(user, topic)
+    };
+    assert_eq!(listed(&sim, page(None, None, None, 2)), [a, b]);
+    assert_eq!(listed(&sim, page(None, None, Some(b), 2)), [c, d]);
+    assert_eq!(listed(&sim, page(None, None, Some(d), 2)), [e]);
+    assert_eq!(listed(&sim, page(None, None, Some(e), 2)), []);
+    assert_eq!(
+        listed(&sim, page(None, Some("orders/1"), Some(a), 2)),
+        [b, c]
+    );
+    sim.engine.handle_disconnect(c, sim.now);
+    assert_eq!(
+        listed(&sim, page(None, Some("orders/1"), Some(a), 2)),
+        [b, e]
+    );
+    assert_eq!(listed(&sim, page(Some("alice"), None, None, 5)), [a, d]);
+    // The rows are the snapshot's.
+    let all = sim.engine.connections(&ConnectionQuery::default(), sim.now);
+    assert_eq!(all, sim.engine.snapshot(sim.now).connections);
+    assert_eq!(all[0].topics, ["orders/1"]);
 }
 
 #[test]

@@ -128,10 +128,12 @@ struct ReadFailure {
 }
 
 /// The connection rows a snapshot holds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Rows {
     /// Every connection (and the topics).
     All,
+    /// Those the query asks for (no topics).
+    Matching(herald_core::ConnectionQuery),
     /// This one, if it is open.
     One(ConnId),
     /// None (the topics only).
@@ -721,6 +723,11 @@ impl Driver {
         // only those asked for.
         let mut snap = match rows {
             Rows::All => self.engine.snapshot(now),
+            Rows::Matching(query) => Snapshot {
+                stats: self.engine.stats(now),
+                connections: self.engine.connections(&query, now),
+                topics: Vec::new(),
+            },
             Rows::One(conn) => Snapshot {
                 stats: self.engine.stats(now),
                 connections: self.engine.connection(conn, now).into_iter().collect(),

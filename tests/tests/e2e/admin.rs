@@ -89,6 +89,104 @@ async fn the_connections_list_shows_a_subscriber_with_its_user_and_topics() {
 }
 
 #[tokio::test]
+async fn the_connections_list_filters_by_user_and_topic_and_pages() {
+    let herald = Herald::start(&["--dev"]);
+    let mut subs = Vec::new();
+    for (user, topic) in [
+        ("alice", "orders/1"),
+        ("bob", "orders/*"),
+        ("alice", "news"),
+        ("carol", "orders/1"),
+    ] {
+        let sub = herald
+            .events()
+            .query("user", user)
+            .topic(topic)
+            .open()
+            .await;
+        subs.push(sub);
+    }
+    let all = herald.connections().await;
+    let ids: Vec<u64> = all
+        .iter()
+        .map(|r| r["id"].as_u64().expect("an id"))
+        .collect();
+    assert_eq!(ids.len(), 4, "{all:?}");
+    let list = |query: &'static str| {
+        let herald = &herald;
+        async move {
+            let reply = herald
+                .call(Method::GET, &format!("/admin/connections?{query}"))
+                .send()
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text());
+            let answer = reply.json();
+            let ids: Vec<u64> = answer["connections"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no rows in {answer}"))
+                .iter()
+                .map(|r| r["id"].as_u64().expect("an id"))
+                .collect();
+            (ids, answer["next_after"].as_u64())
+        }
+    };
+    assert_eq!(list("user=alice").await, (vec![ids[0], ids[2]], None));
+    // A topic lists whom an event to it reaches, through patterns too.
+    assert_eq!(
+        list("topic=orders/1").await,
+        (vec![ids[0], ids[1], ids[3]], None)
+    );
+    assert_eq!(list("topic=orders/2").await, (vec![ids[1]], None));
+    assert_eq!(
+        list("user=alice&topic=orders%2F1").await,
+        (vec![ids[0]], None)
+    );
+    assert_eq!(list("user=dave").await, (vec![], None));
+    // Pages: `next_after` is where the next one starts, and null on the last.
+    let (first, next) = list("limit=3").await;
+    assert_eq!((first.as_slice(), next), (&ids[..3], Some(ids[2])));
+    let rest = format!("limit=3&after={}", ids[2]);
+    let reply = herald
+        .call(Method::GET, &format!("/admin/connections?{rest}"))
+        .send()
+        .await;
+    assert_eq!(
+        reply.json()["connections"][0]["id"],
+        ids[3],
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.json()["next_after"], Value::Null, "{}", reply.text());
+    assert_eq!(list("limit=4").await, (ids.clone(), None));
+    // Bad filters are refused, never read as "no filter".
+    for (query, says) in [
+        ("users=alice", "unknown query parameter \"users\""),
+        ("limit=0", "limit"),
+        ("limit=ten", "limit"),
+        ("after=x", "not a connection id"),
+        ("topic=orders/*", "is a pattern"),
+        ("topic=", "topic"),
+        ("user=alice&user=bob", "more than once"),
+    ] {
+        let reply = herald
+            .call(Method::GET, &format!("/admin/connections?{query}"))
+            .send()
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            reply.text()
+        );
+        let error = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(error.contains(says), "{query}: {error}");
+    }
+}
+
+#[tokio::test]
 async fn deleting_a_connection_ends_its_stream_and_only_that_one() {
     let herald = Herald::start(&["--dev"]);
     let mut kicked = herald
