@@ -22,14 +22,24 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// Sends `body` (JSON text) with `method` to `url` (`http://` or `https://`, trusting the
-/// system's roots and `ca_file`) and returns the status and the JSON answer.
+/// Whom an `https://` request trusts: the system's roots, and the PEM certificates of
+/// `ca_file`, which errors name as the option `flag`.
+#[derive(Clone, Copy, Debug)]
+pub struct Trust<'a> {
+    /// Certificates to trust besides the system's.
+    pub ca_file: Option<&'a Path>,
+    /// The option that gives them (`--ca-file`).
+    pub flag: &'static str,
+}
+
+/// Sends `body` (JSON text) with `method` to `url` (`http://` or `https://`, trusting
+/// `trust`) and returns the status and the JSON answer.
 pub async fn request_json(
     method: http::Method,
     url: &str,
     token: Option<&str>,
     body: Option<String>,
-    ca_file: Option<&Path>,
+    trust: Trust<'_>,
 ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
     let uri: http::Uri = url
         .parse()
@@ -50,7 +60,7 @@ pub async fn request_json(
         .with_context(|| format!("cannot reach {url}"))?;
     let io: Box<dyn Io> = if tls {
         let files = ClientFiles {
-            ca_file: ca_file.map(Path::to_path_buf),
+            ca_file: trust.ca_file.map(Path::to_path_buf),
             identity: None,
         };
         let mut config = client_config(&files)?;
@@ -62,13 +72,14 @@ pub async fn request_json(
             .await
             .map_err(|e| {
                 let hint = match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                    Some(rustls::Error::InvalidCertificate(_)) => {
-                        " (give a private CA's certificate, or the server's own, with --ca-file)"
-                    }
+                    Some(rustls::Error::InvalidCertificate(_)) => format!(
+                        " (give a private CA's certificate, or the server's own, with {})",
+                        trust.flag
+                    ),
                     Some(rustls::Error::InvalidMessage(_)) => {
-                        " (the server did not answer in TLS: is it an http:// one?)"
+                        " (the server did not answer in TLS: is it an http:// one?)".to_owned()
                     }
-                    _ => "",
+                    _ => String::new(),
                 };
                 anyhow::Error::new(e).context(format!("TLS with {url} failed{hint}"))
             })?;

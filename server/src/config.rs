@@ -82,6 +82,10 @@ pub struct ServeArgs {
         value_name = "URL|FILE"
     )]
     pub jwt_jwks: Vec<String>,
+    /// For https:// --jwt-jwks URLs: PEM certificates to trust besides the system's (an
+    /// identity provider inside your network whose certificate your own CA signed).
+    #[arg(long, env = "HERALD_JWT_JWKS_CA_FILE", value_name = "PEM")]
+    pub jwt_jwks_ca_file: Option<PathBuf>,
     /// The issuer tokens must name (`iss`), e.g. `https://idp.example/`: an identity provider
     /// signs tokens of every application and tenant with the same keys [default: any].
     #[arg(long, env = "HERALD_JWT_ISSUER")]
@@ -415,6 +419,16 @@ impl ServeArgs {
             max_keys: defaults.max_keys,
         };
         let tls = cert_and_key(("--tls-cert", s.tls_cert), ("--tls-key", s.tls_key))?;
+        let jwt_jwks: Vec<JwksSource> = s
+            .jwt_jwks
+            .iter()
+            .map(|text| JwksSource::parse(text, s.jwt_jwks_ca_file.as_deref()))
+            .collect();
+        if s.jwt_jwks_ca_file.is_some() && !s.jwt_jwks.iter().any(|u| u.starts_with("https://")) {
+            return Err(ConfigError::Invalid(
+                "--jwt-jwks-ca-file applies to https:// --jwt-jwks URLs only".into(),
+            ));
+        }
         let redis_tls_files = ClientFiles {
             ca_file: s.redis_ca_file,
             identity: cert_and_key(
@@ -506,7 +520,7 @@ impl ServeArgs {
                 .filter(|s| !s.is_empty())
                 .collect(),
             jwt_public_keys: s.jwt_public_keys,
-            jwt_jwks: s.jwt_jwks.iter().map(|s| JwksSource::parse(s)).collect(),
+            jwt_jwks,
             jwt_jwks_refresh: s.jwt_jwks_refresh.unwrap_or(Duration::from_secs(300)),
             jwt_expected: Expected {
                 issuer: s.jwt_issuer.filter(|s| !s.is_empty()),
@@ -602,6 +616,7 @@ impl ServeArgs {
             jwt_previous_secrets: or_file(self.jwt_previous_secrets, file.jwt_previous_secrets),
             jwt_public_keys: or_file(self.jwt_public_keys, file.jwt_public_keys),
             jwt_jwks: or_file(self.jwt_jwks, file.jwt_jwks),
+            jwt_jwks_ca_file: self.jwt_jwks_ca_file.or(file.jwt_jwks_ca_file),
             jwt_jwks_refresh: self.jwt_jwks_refresh.or(file.jwt_jwks_refresh),
             jwt_issuer: self.jwt_issuer.or(file.jwt_issuer),
             jwt_audience: self.jwt_audience.or(file.jwt_audience),

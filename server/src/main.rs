@@ -241,7 +241,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         &url,
         args.token.as_deref(),
         Some(body),
-        args.ca_file.as_deref(),
+        herald_server::client::Trust {
+            ca_file: args.ca_file.as_deref(),
+            flag: "--ca-file",
+        },
     )
     .await?;
     if !status.is_success() {

@@ -2,7 +2,7 @@
 //! (`.../.well-known/jwks.json`), read at start and again from time to time, so that a key the
 //! provider adds is taken without a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,17 +15,27 @@ use super::keys::{Alg, NamedKey, VerifyKey, rsa_key};
 /// Where a key set is read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JwksSource {
-    /// `http://` or `https://` (trusting the system's roots).
-    Url(String),
+    /// `http://` or `https://`, trusting the system's roots and the certificates of
+    /// `ca_file` (--jwt-jwks-ca-file).
+    Url {
+        /// The set's address.
+        url: String,
+        /// PEM certificates to trust besides the system's.
+        ca_file: Option<PathBuf>,
+    },
     /// A file.
     File(PathBuf),
 }
 
 impl JwksSource {
-    /// A URL when it starts with `http://` or `https://`, a file otherwise.
-    pub fn parse(text: &str) -> Self {
+    /// A URL when it starts with `http://` or `https://` (read trusting `ca_file` too), a file
+    /// otherwise.
+    pub fn parse(text: &str, ca_file: Option<&Path>) -> Self {
         if text.starts_with("http://") || text.starts_with("https://") {
-            Self::Url(text.to_owned())
+            Self::Url {
+                url: text.to_owned(),
+                ca_file: ca_file.map(Path::to_path_buf),
+            }
         } else {
             Self::File(PathBuf::from(text))
         }
@@ -38,9 +48,13 @@ impl JwksSource {
                 let text = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
                 serde_json::from_slice(&text).map_err(|e| format!("not JSON: {e}"))?
             }
-            JwksSource::Url(url) => {
+            JwksSource::Url { url, ca_file } => {
+                let trust = crate::client::Trust {
+                    ca_file: ca_file.as_deref(),
+                    flag: "--jwt-jwks-ca-file",
+                };
                 let (status, body) =
-                    crate::client::request_json(http::Method::GET, url, None, None, None)
+                    crate::client::request_json(http::Method::GET, url, None, None, trust)
                         .await
                         .map_err(|e| format!("{e:#}"))?;
                 if status != http::StatusCode::OK {
@@ -56,7 +70,7 @@ impl JwksSource {
 impl std::fmt::Display for JwksSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            JwksSource::Url(url) => f.write_str(url),
+            JwksSource::Url { url, .. } => f.write_str(url),
             JwksSource::File(path) => write!(f, "{}", path.display()),
         }
     }

@@ -981,3 +981,85 @@ async fn a_token_naming_a_key_the_provider_just_added_has_the_set_read_at_once()
         started.elapsed()
     );
 }
+
+/// `openssl s_server -WWW`: serves the files of `dir` over HTTPS with `certs`' server
+/// certificate, until dropped.
+struct HttpsFiles {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpsFiles {
+    fn serve(dir: &std::path::Path, certs: &herald_tests::TestCerts) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&certs.cert)
+            .arg("-key")
+            .arg(&certs.key)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let server = Self { child, port };
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for HttpsFiles {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_key_set_served_over_https_by_a_private_ca_is_read_with_its_ca_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let certs = herald_tests::test_certs(dir.path());
+    new_private_key(dir.path(), "one.pem", KeyKind::P256);
+    let set = json!({"keys": [jwk(dir.path(), "one.pem", "one")]});
+    std::fs::write(dir.path().join("jwks.json"), set.to_string()).expect("write the set");
+    let provider = HttpsFiles::serve(dir.path(), &certs);
+    let url = format!("https://localhost:{}/jwks.json", provider.port);
+    // The system's roots do not know the CA: the server does not start, and names the option.
+    let data = dir.path().join("data");
+    let stderr = herald_tests::serve_refused(&[
+        "--data-dir",
+        data.to_str().expect("a UTF-8 path"),
+        "--jwt-jwks",
+        &url,
+    ]);
+    assert!(stderr.contains("with --jwt-jwks-ca-file)"), "{stderr}");
+    let ca = certs.ca.to_str().expect("a UTF-8 path");
+    let herald = Herald::start(&["--jwt-jwks", &url, "--jwt-jwks-ca-file", ca]);
+    let token = sign_with(
+        &dir.path().join("one.pem"),
+        &["--sub", "alice", "--subscribe", "orders", "--kid", "one"],
+    );
+    herald.events().topic("orders").token(&token).open().await;
+    // The CA file is for key sets read over HTTPS only.
+    let stderr = herald_tests::serve_refused(&[
+        "--data-dir",
+        data.to_str().expect("a UTF-8 path"),
+        "--jwt-jwks",
+        dir.path().join("jwks.json").to_str().expect("a UTF-8 path"),
+        "--jwt-jwks-ca-file",
+        ca,
+    ]);
+    assert!(stderr.contains("applies to https://"), "{stderr}");
+}
