@@ -226,6 +226,19 @@ pub fn raw_publish(body: &str) -> String {
     )
 }
 
+/// Waits until something listens on `127.0.0.1:port` (a helper process the test started),
+/// failing the test after [`WAIT`]; `what` names it in the failure.
+pub fn wait_until_listening(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `herald serve --dev` with `extra`, which must make it exit at start-up; returns what
 /// it printed on stderr.
 pub fn serve_fails(extra: &[&str]) -> String {
@@ -234,12 +247,15 @@ pub fn serve_fails(extra: &[&str]) -> String {
     serve_refused(&args)
 }
 
-/// Runs `herald serve` with `args` (and no `HERALD_*` settings from the environment), which
-/// must make it exit at start-up; returns what it printed on stderr.
+/// Runs `herald serve` with `args` (and no `HERALD_*` settings from the environment) in a
+/// directory of its own (where the default data dir would be), which must make it exit at
+/// start-up; returns what it printed on stderr. Paths in `args` must be absolute.
 pub fn serve_refused(args: &[&str]) -> String {
+    let cwd = tempfile::tempdir().expect("a temp dir");
     let mut cmd = Command::new(herald_bin());
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
+        .current_dir(cwd.path())
         .env("RUST_BACKTRACE", "0");
     clear_herald_env(&mut cmd);
     let out = run_bounded(&mut cmd, WAIT);

@@ -718,15 +718,9 @@ async fn tokens_an_identity_provider_signs_are_checked_with_its_public_keys() {
     );
 
     // A key file that cannot be used stops the start, saying why.
-    let data = path("data");
     let without_dev = |key: &str| {
         let key = path(key);
-        herald_tests::serve_refused(&[
-            "--data-dir",
-            data.to_str().expect("a UTF-8 path"),
-            "--jwt-public-key",
-            key.to_str().expect("a UTF-8 path"),
-        ])
+        herald_tests::serve_refused(&["--jwt-public-key", key.to_str().expect("a UTF-8 path")])
     };
     let stderr = without_dev("rsa.pem");
     assert!(stderr.contains("holds a private key"), "{stderr}");
@@ -882,13 +876,7 @@ async fn an_identity_providers_key_set_is_read_from_its_url_and_read_again() {
     assert_eq!(status(token("two.pem", "two")).await, StatusCode::OK);
 
     // A key set the server cannot read at start stops it, saying why.
-    let data = dir.path().join("data");
-    let stderr = herald_tests::serve_refused(&[
-        "--data-dir",
-        data.to_str().expect("a UTF-8 path"),
-        "--jwt-jwks",
-        &url,
-    ]);
+    let stderr = herald_tests::serve_refused(&["--jwt-jwks", &url]);
     assert!(
         stderr.contains("--jwt-jwks: cannot read the JWKS http://"),
         "{stderr}"
@@ -1008,14 +996,7 @@ impl HttpsFiles {
             .spawn()
             .expect("openssl s_server");
         let server = Self { child, port };
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "s_server never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        herald_tests::wait_until_listening(port, "openssl s_server");
         server
     }
 }
@@ -1037,13 +1018,7 @@ async fn a_key_set_served_over_https_by_a_private_ca_is_read_with_its_ca_file() 
     let provider = HttpsFiles::serve(dir.path(), &certs);
     let url = format!("https://localhost:{}/jwks.json", provider.port);
     // The system's roots do not know the CA: the server does not start, and names the option.
-    let data = dir.path().join("data");
-    let stderr = herald_tests::serve_refused(&[
-        "--data-dir",
-        data.to_str().expect("a UTF-8 path"),
-        "--jwt-jwks",
-        &url,
-    ]);
+    let stderr = herald_tests::serve_refused(&["--jwt-jwks", &url]);
     assert!(stderr.contains("with --jwt-jwks-ca-file)"), "{stderr}");
     let ca = certs.ca.to_str().expect("a UTF-8 path");
     let herald = Herald::start(&["--jwt-jwks", &url, "--jwt-jwks-ca-file", ca]);
@@ -1054,8 +1029,6 @@ async fn a_key_set_served_over_https_by_a_private_ca_is_read_with_its_ca_file() 
     herald.events().topic("orders").token(&token).open().await;
     // The CA file is for key sets read over HTTPS only.
     let stderr = herald_tests::serve_refused(&[
-        "--data-dir",
-        data.to_str().expect("a UTF-8 path"),
         "--jwt-jwks",
         dir.path().join("jwks.json").to_str().expect("a UTF-8 path"),
         "--jwt-jwks-ca-file",

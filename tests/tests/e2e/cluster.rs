@@ -7,7 +7,7 @@ use std::time::Duration;
 use herald_core::ParsedEvent;
 use herald_tests::{
     Herald, RedisPrefix, Subscriber, TestCerts, WAIT, eventually, run_bounded, serve_fails, skip,
-    test_certs, test_redis,
+    test_certs, test_redis, wait_until_listening,
 };
 use serde_json::{Value, json};
 
@@ -425,14 +425,7 @@ impl OwnRedis {
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_listening(self.port, "redis-server");
     }
 }
 
@@ -1113,14 +1106,7 @@ impl OwnRedisCluster {
             cluster.ports.push(port);
         }
         for &port in &cluster.ports {
-            let deadline = std::time::Instant::now() + WAIT;
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "a cluster node did not listen"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_until_listening(port, "a cluster node");
         }
         let nodes: Vec<String> = cluster
             .ports
