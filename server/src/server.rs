@@ -470,8 +470,8 @@ async fn serve_connection(accepted: Accepted, ctx: ConnContext) {
     let mut first = [0u8; 12];
     let peeked = tokio::select! {
         peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
-        _ = tokio::time::sleep(header_timeout) => {
-            return tracing::debug!(%remote, "no request within {header_timeout:?}; closing");
+        () = first_bytes_wait(header_timeout, &ctx.shutdown) => {
+            return tracing::debug!(%remote, "no request within {header_timeout:?}, or in the grace given at shutdown; closing");
         }
     };
     if stream_h1::is_subscribe(&first[..peeked]) {
@@ -517,13 +517,16 @@ async fn serve_hyper(
     let io = match tls {
         None => Either::Left(stream),
         Some(acceptor) => {
+            // At shutdown, the handshake gets what a plain connection's first bytes get.
+            let handshake_wait = first_bytes_wait(header_timeout, &shutdown);
+            tokio::pin!(handshake_wait);
             // A TLS client starts with a handshake record (0x16); a letter is a request in
             // plain HTTP (an `http://` URL for this port), which a failed handshake would
             // answer with nothing at all.
             let mut first = [0u8; 1];
             let peeked = tokio::select! {
                 peeked = stream.peek(&mut first) => peeked.unwrap_or(0),
-                _ = &mut deadline => return tracing::debug!(%remote, "no TLS handshake within {header_timeout:?}"),
+                () = &mut handshake_wait => return tracing::debug!(%remote, "no TLS handshake within {header_timeout:?}"),
             };
             if peeked == 1 && first[0].is_ascii_uppercase() {
                 let error = api::ApiError::new(
@@ -537,7 +540,7 @@ async fn serve_hyper(
             // connection that comes through here, plain HTTP/2 included).
             let handshake = tokio::select! {
                 done = Box::pin(acceptor.accept(stream)) => done,
-                _ = &mut deadline => return tracing::debug!(%remote, "TLS handshake timed out"),
+                () = &mut handshake_wait => return tracing::debug!(%remote, "TLS handshake timed out"),
             };
             match handshake {
                 Ok(s) => Either::Right(s),
@@ -550,6 +553,7 @@ async fn serve_hyper(
     // none for `header_timeout` is closed, HTTP/2 too, which has no idle timeout of its own.
     let requests = Arc::new(Requests::default());
     let counted = requests.clone();
+    let first_request = requests.clone();
     // A subscriber closed as too slow has its connection reset (below).
     let watch = Arc::new(crate::sse::AbortWatch::default());
     let on_abort = api::ResetOnAbort(watch.clone());
@@ -585,6 +589,17 @@ async fn serve_hyper(
         () = shutdown.cancelled() => None,
         () = idle => Some(header_timeout),
     };
+    // hyper closes a connection with no request under way at once, also one whose first
+    // request it has not read yet, and a close with a request unread resets the connection:
+    // the client could not tell whether it was taken. Given a moment, it is read and
+    // answered (a publish: 503, the server is shutting down).
+    if closing.is_none() && first_request.started.load(Ordering::Acquire) == 0 {
+        tokio::select! {
+            result = &mut conn => return ended(result, remote),
+            () = first_request.first_started() => {}
+            () = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+        }
+    }
     conn.as_mut().graceful_shutdown();
     // An idle connection has nothing left to finish: one that does not close within the
     // timeout (an HTTP/2 client that never acknowledges the GOAWAY's ping) is dropped.
@@ -631,9 +646,20 @@ struct Requests {
     in_progress: AtomicUsize,
     /// Told when `in_progress` falls to 0.
     ended: tokio::sync::Notify,
+    /// Told when a request starts.
+    began: tokio::sync::Notify,
 }
 
 impl Requests {
+    async fn first_started(&self) {
+        let began = self.began.notified();
+        tokio::pin!(began);
+        began.as_mut().enable();
+        if self.started.load(Ordering::Acquire) == 0 {
+            began.await;
+        }
+    }
+
     async fn none_in_progress(&self) {
         loop {
             let ended = self.ended.notified();
@@ -654,6 +680,7 @@ impl InProgress {
     fn start(requests: &Arc<Requests>) -> Self {
         requests.in_progress.fetch_add(1, Ordering::AcqRel);
         requests.started.fetch_add(1, Ordering::AcqRel);
+        requests.began.notify_waiters();
         Self(requests.clone())
     }
 }
@@ -817,9 +844,6 @@ pub fn yield_to_control() {
     }
 }
 
-/// Answers a connection taken from the backlog at shutdown with a 503, then reads what its
-/// client sent (for a second at most), so that closing it does not reset the connection
-/// before the client has read the answer.
 /// Answers a connection's request with `error` in plain HTTP/1.1 and closes it, after reading
 /// what the client sent (a close with the request unread would reset the connection).
 async fn answer_and_close(mut stream: tokio::net::TcpStream, error: api::ApiError) {
@@ -831,6 +855,25 @@ async fn answer_and_close(mut stream: tokio::net::TcpStream, error: api::ApiErro
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+/// At shutdown, how long a connection that has not sent its first request yet is given to
+/// send it (it is then answered: a publish with a 503) before it is closed.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a new connection may take to send its first bytes (or its TLS handshake):
+/// `timeout`, and once the server is shutting down, [`FIRST_REQUEST_GRACE`] at most. A
+/// browser's preconnected socket may send nothing at all, and must not hold the shutdown
+/// until its timeout.
+async fn first_bytes_wait(timeout: Duration, shutdown: &CancellationToken) {
+    let grace_after_shutdown = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+    };
+    tokio::select! {
+        () = tokio::time::sleep(timeout) => {}
+        () = grace_after_shutdown => {}
+    }
 }
 
 /// Below this many bytes, a JWT secret is warned about at start (HS256's key is 32 bytes).

@@ -173,3 +173,68 @@ async fn a_second_sigterm_exits_without_waiting_for_the_connections() {
         herald.stderr()
     );
 }
+
+#[tokio::test]
+async fn connections_that_send_nothing_do_not_hold_the_shutdown_until_their_timeout() {
+    // As a browser's preconnected sockets do: open, then nothing (no request, no handshake).
+    let plain = Herald::start(&[
+        "--dev",
+        "--header-timeout",
+        "60s",
+        "--shutdown-timeout",
+        "60s",
+    ]);
+    let https =
+        herald_tests::HttpsHerald::start(&["--header-timeout", "60s", "--shutdown-timeout", "60s"]);
+    for mut herald in [plain, https.herald] {
+        let silent = tokio::net::TcpStream::connect(herald.addr()).await.unwrap();
+        // Accepted and waiting for its first bytes before the signal.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        herald.terminate();
+        let status = herald
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{}: still running after 20 s", herald.url("")));
+        assert!(status.success(), "{status:?}: {}", herald.stderr());
+        // Seconds at most, where the connection's 60 s timeout held it before.
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}: {:?}",
+            herald.url(""),
+            started.elapsed()
+        );
+        drop(silent);
+    }
+}
+
+#[tokio::test]
+async fn a_publish_sent_as_the_server_starts_shutting_down_is_answered_not_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = herald_tests::raw_publish(&json!({"topics": ["t"], "data": "x"}).to_string());
+    // Connections accepted before the signal whose requests arrive around it, in both orders.
+    for delay_ms in [0, 20, 100] {
+        let mut herald = Herald::start(&["--dev", "--shutdown-timeout", "5s"]);
+        let mut sockets = Vec::new();
+        for _ in 0..5 {
+            sockets.push(tokio::net::TcpStream::connect(herald.addr()).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        herald.terminate();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        for socket in &mut sockets {
+            socket.write_all(request.as_bytes()).await.expect("send");
+        }
+        for (i, mut socket) in sockets.into_iter().enumerate() {
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut answer)).await;
+            let answer = String::from_utf8_lossy(&answer);
+            // Taken before the shutdown (200) or refused (503), and told: never a reset.
+            assert!(
+                matches!(read, Ok(Ok(_)))
+                    && (answer.starts_with("HTTP/1.1 503") || answer.starts_with("HTTP/1.1 200")),
+                "{delay_ms} ms, publish {i}: {read:?}: {answer:?}"
+            );
+        }
+        assert!(herald.wait_exit(Duration::from_secs(7)).is_some());
+    }
+}
