@@ -686,7 +686,7 @@ async fn subscribe(
         match open_stream(req.uri(), req.headers(), state, peer, admin).await? {
             Opened::Stream(mut body) => {
                 if let Some(ResetOnAbort(watch)) = watch {
-                    body.reset_on_abort(watch, peer.protocol == Protocol::Http2);
+                    body.watch_end(watch, peer.protocol == Protocol::Http2);
                 }
                 stream_response(Either::Right(body))
             }
@@ -696,7 +696,7 @@ async fn subscribe(
 }
 
 /// Set by the server on each request of a connection served by hyper: the connection's
-/// watch over its streams' slow-consumer aborts ([`crate::sse::SseBody::reset_on_abort`]).
+/// watch over the streams the server ends ([`crate::sse::SseBody::watch_end`]).
 #[derive(Clone, Debug)]
 pub struct ResetOnAbort(pub Arc<crate::sse::AbortWatch>);
 

@@ -198,6 +198,12 @@ impl HubSender {
     pub fn log_bounds(&self, bounds: LogBounds) {
         let _ = self.0.send(Command::Bounds(bounds));
     }
+
+    /// A sender with no hub behind it: what it reports goes nowhere (for unit tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        Self(mpsc::unbounded_channel().0)
+    }
 }
 
 /// A handle to the running hub.

@@ -585,7 +585,7 @@ async fn serve_hyper(
     let idle = idle_for(requests, header_timeout, deadline.as_mut());
     let closing = tokio::select! {
         result = &mut conn => return ended(result, remote),
-        () = watch.reset_due(H2_ABORT_GRACE) => return reset_lingering(fd, remote),
+        () = watch.reset_due(ENDED_STREAM_GRACE) => return reset_lingering(fd, remote),
         () = shutdown.cancelled() => None,
         () = idle => Some(header_timeout),
     };
@@ -606,7 +606,7 @@ async fn serve_hyper(
     let linger = tokio::time::sleep(closing.unwrap_or(Duration::MAX));
     tokio::select! {
         result = &mut conn => ended(result, remote),
-        () = watch.reset_due(H2_ABORT_GRACE) => reset_lingering(fd, remote),
+        () = watch.reset_due(ENDED_STREAM_GRACE) => reset_lingering(fd, remote),
         () = linger => tracing::debug!(%remote, "idle connection did not close; dropping it"),
     }
 }
@@ -720,14 +720,16 @@ impl hyper::body::Body for Counted {
     }
 }
 
-/// How long an HTTP/2 stream closed as too slow may stay open before its connection, and
-/// the other streams on it, are reset (they reconnect and resume).
-const H2_ABORT_GRACE: Duration = Duration::from_secs(5);
+/// How long a stream the server ended (too slow over HTTP/2, kicked, its token expired, the
+/// server shutting down) may stay open, its client not reading the rest, before its
+/// connection, and the other streams on it, are reset (they reconnect and resume).
+const ENDED_STREAM_GRACE: Duration = Duration::from_secs(5);
 
-/// Resets a connection one of whose HTTP/2 streams, closed as too slow, still lingers (see
-/// [`H2_ABORT_GRACE`]): its other streams go with it, which is worth a line in the log.
+/// Resets a connection with a stream the server ended that its client does not take (see
+/// [`crate::sse::SseBody::watch_end`]): over HTTP/2 its other streams go with it, which is
+/// worth a line in the log.
 fn reset_lingering(fd: std::os::fd::RawFd, remote: SocketAddr) {
-    tracing::info!(%remote, "an HTTP/2 stream closed as too slow still held its connection after {H2_ABORT_GRACE:?}: resetting the connection; its other streams reconnect and resume");
+    tracing::info!(%remote, "a stream the server ended (too slow, kicked, token expired or shutting down) is not taken by its client: resetting the connection; its other streams reconnect and resume");
     reset_on_close(fd);
 }
 

@@ -45,9 +45,11 @@ struct Inner {
     /// When the oldest frame queued now was pushed (into an empty queue): how long the
     /// subscriber's events wait here is measured from it ([`crate::latency::DELIVERY`]).
     since: Option<Instant>,
-    /// Told on [`Queue::abort`], with whether the stream is HTTP/2 (see
-    /// [`SseBody::reset_on_abort`]).
-    on_abort: Option<(Arc<AbortWatch>, bool)>,
+    /// Told when the server ends the stream ([`Queue::close`], [`Queue::abort`]), with whether
+    /// the stream is HTTP/2 (see [`SseBody::watch_end`]).
+    on_end: Option<(Arc<AbortWatch>, bool)>,
+    /// The watch counts this stream among those ended and still held (its token there).
+    lingering: Option<u64>,
 }
 
 /// The socket a writer thread may write to, and that writer.
@@ -126,6 +128,7 @@ impl Queue {
             inner.closed = true;
             // The task writes what is left and ends the stream.
             inner.handed = true;
+            inner.tell_end(false);
             inner.waker.take()
         };
         if let Some(w) = waker {
@@ -135,7 +138,7 @@ impl Queue {
 
     /// Ends the stream now, dropping what is queued (a slow consumer: it replays on reconnect).
     pub fn abort(&self) {
-        let (waker, on_abort) = {
+        let waker = {
             let mut inner = self.lock();
             inner.frames.clear();
             inner.bytes = 0;
@@ -143,13 +146,11 @@ impl Queue {
             inner.closed = true;
             inner.aborted = true;
             inner.handed = true;
-            (inner.waker.take(), inner.on_abort.take())
+            inner.tell_end(true);
+            inner.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
-        }
-        if let Some((watch, http2)) = on_abort {
-            watch.aborted(http2);
         }
     }
 
@@ -279,6 +280,15 @@ impl Queue {
 }
 
 impl Inner {
+    /// Tells the connection's watch, once, that the server ended the stream (`aborted`: as too
+    /// slow). Under the queue's lock, so that the body's drop, which releases the stream from
+    /// the watch, cannot come between.
+    fn tell_end(&mut self, aborted: bool) {
+        if let Some((watch, http2)) = self.on_end.take() {
+            self.lingering = watch.ended(aborted && !http2);
+        }
+    }
+
     /// Everything queued went to the connection (written, or taken by its writer).
     fn written(&mut self) {
         if let Some(since) = self.since.take() {
@@ -332,8 +342,8 @@ pub struct SseBody {
     hub: HubSender,
     /// What must last as long as the stream (its user's place in a cluster-wide count).
     held: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
-    /// An HTTP/2 stream's connection watch, told when an aborted body is gone.
-    lingers: Option<Arc<AbortWatch>>,
+    /// Its hyper connection's watch, told when a body the server ended is gone.
+    watch: Option<Arc<AbortWatch>>,
 }
 
 impl SseBody {
@@ -344,27 +354,26 @@ impl SseBody {
             queue,
             hub,
             held: None,
-            lingers: None,
+            watch: None,
         }
     }
 
-    /// Tells `watch`, its connection's, when the stream is aborted (a slow consumer), for a
-    /// stream served by hyper. Over HTTP/1.1 a write to a client that stopped reading waits for
-    /// ever, and the response's end would leave the connection waiting for another request
-    /// with what its socket holds: the connection is reset at once, as on the direct path.
-    /// Over HTTP/2 hyper polls a body only when its stream has window, so a stream whose
-    /// client stopped reading would never see the abort and keep the chunk hyper took, outside
-    /// every count: if it is not gone within a grace period, the connection is reset.
-    pub fn reset_on_abort(&mut self, watch: Arc<AbortWatch>, http2: bool) {
-        if http2 {
-            self.lingers = Some(watch.clone());
-        }
+    /// Tells `watch`, its connection's, when the server ends the stream, for a stream served
+    /// by hyper. An HTTP/1.1 stream aborted as too slow has its connection reset at once, as on
+    /// the direct path: a write to a client that stopped reading waits for ever, and the
+    /// response's end would leave the connection waiting for another request with what its
+    /// socket holds. Any other stream the server ends (kicked, its token expired, too slow over
+    /// HTTP/2, the server shutting down) whose body hyper still holds after a grace period has
+    /// its connection reset: a client that stopped reading would otherwise keep it, and what
+    /// was queued for it, for ever and outside every count (over HTTP/2 hyper polls a body only
+    /// when its stream has window, so it would not even see an abort).
+    pub fn watch_end(&mut self, watch: Arc<AbortWatch>, http2: bool) {
+        self.watch = Some(watch.clone());
         let mut inner = self.queue.lock();
-        if inner.aborted {
-            drop(inner);
-            watch.aborted(http2);
-        } else {
-            inner.on_abort = Some((watch, http2));
+        inner.on_end = Some((watch, http2));
+        if inner.closed {
+            let aborted = inner.aborted;
+            inner.tell_end(aborted);
         }
     }
 
@@ -448,53 +457,69 @@ impl Drop for SseBody {
         if !self.queue.is_closed() {
             self.hub.disconnected(self.conn);
         }
-        if let Some(watch) = &self.lingers
-            && self.is_aborted()
+        if let Some(watch) = &self.watch
+            && let Some(token) = self.queue.lock().lingering.take()
         {
-            watch.released();
+            watch.released(token);
         }
     }
 }
 
-/// What a connection served by hyper learns of its streams' slow-consumer aborts (see
-/// [`SseBody::reset_on_abort`]), and how it knows when to reset itself.
+/// What a connection served by hyper learns of the streams the server ended (see
+/// [`SseBody::watch_end`]), and how it knows when to reset itself.
 #[derive(Debug, Default)]
 pub struct AbortWatch {
     notify: tokio::sync::Notify,
     /// An HTTP/1.1 stream was aborted.
     reset_now: std::sync::atomic::AtomicBool,
-    /// HTTP/2 streams aborted whose bodies hyper still holds.
-    lingering: std::sync::atomic::AtomicUsize,
+    /// Streams ended whose bodies hyper still holds, by token, with when each was ended.
+    lingering: Mutex<(u64, std::collections::BTreeMap<u64, tokio::time::Instant>)>,
 }
 
 impl AbortWatch {
-    fn aborted(&self, http2: bool) {
-        use std::sync::atomic::Ordering::SeqCst;
-        if http2 {
-            self.lingering.fetch_add(1, SeqCst);
+    /// A stream was ended: reset the connection now, or count it (the token to release it
+    /// with when its body is dropped).
+    fn ended(&self, reset_now: bool) -> Option<u64> {
+        let token = if reset_now {
+            self.reset_now
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            None
         } else {
-            self.reset_now.store(true, SeqCst);
-        }
+            let mut lingering = crate::lock(&self.lingering);
+            let (next, ended) = &mut *lingering;
+            *next += 1;
+            ended.insert(*next, tokio::time::Instant::now());
+            Some(*next)
+        };
         self.notify.notify_one();
+        token
     }
 
-    fn released(&self) {
-        self.lingering
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    fn released(&self, token: u64) {
+        crate::lock(&self.lingering).1.remove(&token);
     }
 
-    /// Returns when the connection should be reset: at once after an HTTP/1.1 abort; after an
-    /// HTTP/2 one, once an aborted stream has outlived `grace` (its body never polled again).
+    /// When the oldest stream still held was ended.
+    fn oldest(&self) -> Option<tokio::time::Instant> {
+        crate::lock(&self.lingering).1.values().min().copied()
+    }
+
+    /// Returns when the connection should be reset: at once after an HTTP/1.1 abort, or once
+    /// a stream the server ended has been held for `grace` (each stream its own grace).
     pub async fn reset_due(&self, grace: std::time::Duration) {
-        use std::sync::atomic::Ordering::SeqCst;
         loop {
-            self.notify.notified().await;
-            if self.reset_now.load(SeqCst) {
+            if self.reset_now.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            tokio::time::sleep(grace).await;
-            if self.lingering.load(SeqCst) > 0 {
-                return;
+            match self.oldest() {
+                Some(ended) if ended.elapsed() >= grace => return,
+                Some(ended) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(ended + grace) => {}
+                        () = self.notify.notified() => {}
+                    }
+                }
+                None => self.notify.notified().await,
             }
         }
     }
@@ -502,7 +527,57 @@ impl AbortWatch {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// Polls `reset_due` until `at` (paused time): whether it returned by then.
+    async fn reset_by(watch: &AbortWatch, at: tokio::time::Instant) -> bool {
+        tokio::select! {
+            () = watch.reset_due(Duration::from_secs(5)) => true,
+            () = tokio::time::sleep_until(at) => false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_ended_stream_has_its_own_grace_before_the_connection_is_reset() {
+        let start = tokio::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let watch = AbortWatch::default();
+        let first = watch.ended(false).expect("counted");
+        assert!(!reset_by(&watch, at(1000)).await);
+        // Its client took the rest (or reset the stream): released before its grace ran out.
+        watch.released(first);
+        assert!(!reset_by(&watch, at(2500)).await);
+        watch.ended(false).expect("counted");
+        // The first one's grace would have ended at 5 s: the second's ends at 7.5 s.
+        assert!(!reset_by(&watch, at(7400)).await);
+        assert!(reset_by(&watch, at(7600)).await);
+        // An HTTP/1.1 abort resets at once.
+        let watch = AbortWatch::default();
+        assert_eq!(watch.ended(true), None);
+        assert!(reset_by(&watch, tokio::time::Instant::now()).await);
+    }
+
+    #[test]
+    fn a_stream_the_server_ends_is_watched_until_its_body_is_dropped() {
+        let hub = crate::hub::HubSender::detached();
+        for (kick, aborted) in [(true, false), (false, true)] {
+            let queue = Arc::new(Queue::new(1 << 20));
+            let watch = Arc::new(AbortWatch::default());
+            let mut body = SseBody::new(ConnId(1), queue.clone(), hub.clone());
+            body.watch_end(watch.clone(), true);
+            assert_eq!(watch.oldest(), None);
+            if kick {
+                queue.close(Some(Bytes::from_static(b"event: herald.closed\n\n")));
+            } else {
+                queue.abort();
+            }
+            assert!(watch.oldest().is_some(), "aborted: {aborted}");
+            drop(body);
+            assert_eq!(watch.oldest(), None, "aborted: {aborted}");
+        }
+    }
 
     #[test]
     fn a_full_queue_refuses_frames_and_a_closed_one_ends() {
