@@ -15,8 +15,9 @@ use serde_json::value::RawValue;
     name = "herald",
     version,
     after_help = "What is logged (to stderr): HERALD_LOG, a tracing filter such as `debug` or \
-                  `herald_server::api=debug,info` (RUST_LOG when HERALD_LOG is not set; `info` \
-                  when neither is)."
+                  `herald_server::api=debug,info` (RUST_LOG when HERALD_LOG is not set; \
+                  `info,h2=error` when neither is: the HTTP/2 library warns of every client that \
+                  breaks the protocol's rules, which any client can do at will)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -113,6 +114,11 @@ struct PublishArgs {
     ca_file: Option<std::path::PathBuf>,
 }
 
+/// What is logged unless HERALD_LOG or RUST_LOG says otherwise. The h2 crate logs a warning
+/// for each client that breaks HTTP/2's rules (resetting streams faster than it allows, say):
+/// hundreds a second from one hostile client, and nothing an operator can act on.
+const DEFAULT_LOG: &str = "info,h2=error";
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let asked = std::env::var("HERALD_LOG")
@@ -120,9 +126,9 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .filter(|f| !f.trim().is_empty());
     let (filter, refused) = match asked.as_deref().map(tracing_subscriber::EnvFilter::try_new) {
-        None => (tracing_subscriber::EnvFilter::new("info"), None),
+        None => (tracing_subscriber::EnvFilter::new(DEFAULT_LOG), None),
         Some(Ok(filter)) => (filter, None),
-        Some(Err(e)) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+        Some(Err(e)) => (tracing_subscriber::EnvFilter::new(DEFAULT_LOG), Some(e)),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -132,7 +138,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     if let (Some(asked), Some(e)) = (asked, refused) {
         tracing::warn!(
-            "the log filter {asked:?} (HERALD_LOG or RUST_LOG) is not one ({e}); logging at info"
+            "the log filter {asked:?} (HERALD_LOG or RUST_LOG) is not one ({e}); logging at {DEFAULT_LOG}"
         );
     }
     match cli.command {
