@@ -183,6 +183,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut shutdown = Box::pin(shutdown_signal());
 
+    let context = || ConnContext {
+        builder: builder.clone(),
+        shutdown: closing.clone(),
+        state: state.clone(),
+        tls: tls.clone(),
+        control: control.handle.clone(),
+        tracker: tracker.clone(),
+    };
     let mut told_full = Throttle::default();
     let mut told_failed = Throttle::default();
     loop {
@@ -219,14 +227,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     }
                 };
                 let header_timeout = config.header_timeout;
-                let ctx = ConnContext {
-                    builder: builder.clone(),
-                    shutdown: closing.clone(),
-                    state: state.clone(),
-                    tls: tls.clone(),
-                    control: control.handle.clone(),
-                    tracker: tracker.clone(),
-                };
+                let ctx = context();
                 if ctx.tls.is_some() {
                     // TLS connections are served on the main runtime, handshake included. Which
                     // of them are subscribers is known only after the handshake, and most are
@@ -244,12 +245,21 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     tracing::info!("shutting down: ending streams and flushing the log");
     // Connections already in the backlog sent their requests: closing the listener would
-    // reset them, and a publisher could not tell whether its event was stored. Tell them.
-    while let Ok(Ok((stream, _))) =
+    // reset them, and a publisher could not tell whether its event was stored. Tell them. A
+    // TLS client's request follows its handshake: it is served like any other, with the
+    // shutdown under way (its first request given `FIRST_REQUEST_GRACE`).
+    while let Ok(Ok((stream, remote))) =
         tokio::time::timeout(Duration::from_millis(1), listener.accept()).await
     {
         if tls.is_none() {
             tracker.spawn(answer_and_close(stream, api::unavailable()));
+        } else {
+            tracker.spawn(serve_hyper(
+                stream,
+                remote,
+                config.header_timeout,
+                context(),
+            ));
         }
     }
     drop(listener);

@@ -374,13 +374,18 @@ pub struct HttpsHerald {
 impl HttpsHerald {
     /// Starts it with `extra` flags after `--dev --tls-cert .. --tls-key ..`.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_open_files(None, extra)
+    }
+
+    /// Starts it like [`HttpsHerald::start`], under `ulimit -n <open_files>` if given.
+    pub fn start_with_open_files(open_files: Option<u32>, extra: &[&str]) -> Self {
         let certs = tempfile::tempdir().expect("a temp dir");
         let TestCerts { ca, cert, key } = test_certs(certs.path());
         let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
         let (cert, key) = (path(&cert), path(&key));
         let mut args = vec!["--dev", "--tls-cert", &cert, "--tls-key", &key];
         args.extend_from_slice(extra);
-        let herald = Herald::start(&args);
+        let herald = Herald::start_with_open_files(open_files, &args);
         assert!(herald.url("").starts_with("https://"), "{}", herald.url(""));
         Self {
             herald,

@@ -137,6 +137,69 @@ async fn publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_reset() {
 }
 
 #[tokio::test]
+async fn https_publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_reset() {
+    // As above, over HTTPS: the request follows a handshake the server had not begun.
+    let mut https = herald_tests::HttpsHerald::start_with_open_files(
+        Some(300),
+        &["--shutdown-timeout", "5s", "--header-timeout", "60s"],
+    );
+    let herald = &mut https.herald;
+    // Connections that have not begun their handshake hold the server's sockets.
+    let mut crowd = Vec::new();
+    for _ in 0..160 {
+        crowd.push(tokio::net::TcpStream::connect(herald.addr()).await.unwrap());
+    }
+    let full = eventually(WAIT, || async {
+        herald
+            .stderr()
+            .contains("not accepting: the connections hold the open files")
+    })
+    .await;
+    assert!(full, "{}", herald.stderr());
+    let body = json!({"topics": ["t"], "data": "x"}).to_string();
+    let url = herald.url("/publish");
+    let publishers: Vec<std::process::Child> = (0..10)
+        .map(|_| {
+            std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                .args([
+                    &https.ca,
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                    &body,
+                    &url,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    // Connected, their handshakes waiting in the backlog.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    herald.terminate();
+    for (i, curl) in publishers.into_iter().enumerate() {
+        let out = tokio::time::timeout(
+            WAIT,
+            tokio::task::spawn_blocking(move || curl.wait_with_output()),
+        )
+        .await
+        .expect("curl ends")
+        .expect("the wait")
+        .expect("curl's output");
+        let status = String::from_utf8_lossy(&out.stdout);
+        // Refused (503) or taken (200), and told: never a failed handshake or a reset.
+        assert!(
+            out.status.success() && (status == "503" || status == "200"),
+            "publish {i}: curl {:?}, status {status:?}",
+            out.status
+        );
+    }
+    drop(crowd);
+    assert!(herald.wait_exit(Duration::from_secs(7)).is_some());
+}
+
+#[tokio::test]
 async fn a_second_sigterm_exits_without_waiting_for_the_connections() {
     use tokio::io::AsyncWriteExt;
     let mut herald = Herald::start(&[
