@@ -665,7 +665,12 @@ impl Driver {
         };
         let result = result.map(|conn| {
             let allowance = opening.as_ref().map_or(0, |s| s.len());
-            let queue = Arc::new(Queue::new(self.config.queue_bytes + allowance));
+            let limit = self.config.queue_bytes + allowance;
+            let queue = Arc::new(if snapshot {
+                Queue::unmeasured(limit)
+            } else {
+                Queue::new(limit)
+            });
             // The snapshot goes in before the connect's own outputs are drained, so it is the
             // stream's first event (ahead of the `connected` event for this very stream).
             if let Some(opening) = opening {

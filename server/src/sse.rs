@@ -50,6 +50,8 @@ struct Inner {
     on_end: Option<(Arc<AbortWatch>, bool)>,
     /// The watch counts this stream among those ended and still held (its token there).
     lingering: Option<u64>,
+    /// An operator's admin stream: not a subscriber, so outside the delivery latency.
+    unmeasured: bool,
 }
 
 /// The socket a writer thread may write to, and that writer.
@@ -82,6 +84,13 @@ impl Queue {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock leaves plain data behind; keep serving.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An empty queue for an admin stream, whose waits are not subscribers' delivery latency.
+    pub fn unmeasured(limit: usize) -> Self {
+        let queue = Self::new(limit);
+        queue.lock().unmeasured = true;
+        queue
     }
 
     /// Queues `frame` unless that would pass the limit. `now` is the caller's clock (read once
@@ -291,7 +300,9 @@ impl Inner {
 
     /// Everything queued went to the connection (written, or taken by its writer).
     fn written(&mut self) {
-        if let Some(since) = self.since.take() {
+        if let Some(since) = self.since.take()
+            && !self.unmeasured
+        {
             crate::latency::DELIVERY.observe(since.elapsed());
         }
     }

@@ -440,6 +440,26 @@ async fn the_server_measures_how_long_publishes_and_deliveries_take() {
 }
 
 #[tokio::test]
+async fn a_consoles_own_stream_is_not_counted_in_the_delivery_latency() {
+    let herald = Herald::start(&["--dev"]);
+    let mut console = herald.admin_events().open().await;
+    // The snapshot and two stats samples: written to the console, and no subscriber's.
+    let events = console.events_until(3, WAIT).await;
+    assert_eq!(events.len(), 3, "{}", console.raw_text());
+    let text = herald.call(Method::GET, "/metrics").send().await.text();
+    assert!(
+        text.lines().any(|l| l == "herald_delivery_seconds_count 0"),
+        "{text}"
+    );
+    let stats = herald.call(Method::GET, "/admin/stats").send().await.json();
+    assert_eq!(
+        stats["stats"]["latency"]["delivery"],
+        Value::Null,
+        "{stats}"
+    );
+}
+
+#[tokio::test]
 async fn an_admin_stream_whose_snapshot_is_larger_than_a_queue_is_not_taken_for_too_slow() {
     // Twenty connections make a snapshot several times the smallest queue.
     let herald = Herald::start(&["--dev", "--queue-bytes", "1024"]);
