@@ -757,7 +757,8 @@ pub async fn open_stream(
     }
     let header_id = headers
         .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
+        // Not ASCII, it cannot be an id, but the error shows what was sent.
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let query_id = query
         .iter()
         .find(|(k, _)| k == "lastEventId")

@@ -180,6 +180,15 @@ async fn a_malformed_last_event_id_is_refused_with_400_json() {
         let error = sub.error();
         assert!(error.contains("Last-Event-ID"), "{bad:?}: {error}");
     }
+    // Not ASCII (full-width digits): the error shows what was sent.
+    let sub = herald
+        .events()
+        .topic("t")
+        .last_event_id("\u{ff11}-0")
+        .connect()
+        .await;
+    assert_eq!(sub.status(), StatusCode::BAD_REQUEST, "{}", sub.raw_text());
+    assert!(sub.error().contains("\"\u{ff11}-0\""), "{}", sub.error());
     let sub = herald
         .events()
         .topic("t")
