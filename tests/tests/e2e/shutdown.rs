@@ -96,6 +96,18 @@ async fn on_sigterm_every_open_stream_gets_a_retry_and_ends_and_the_process_exit
     assert!(parse(&third) > parse(&second));
 }
 
+/// Waits until the server takes no more connections (its open files are all held): those that
+/// come next wait in the kernel's backlog.
+async fn until_not_accepting(herald: &Herald) {
+    let full = eventually(WAIT, || async {
+        herald
+            .stderr()
+            .contains("not accepting: the connections hold the open files")
+    })
+    .await;
+    assert!(full, "{}", herald.stderr());
+}
+
 #[tokio::test]
 async fn publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_reset() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,13 +117,7 @@ async fn publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_reset() {
     let mut herald =
         Herald::start_with_open_files(Some(300), &["--dev", "--shutdown-timeout", "5s"]);
     let crowd = herald.crowd(160, "t").await;
-    let full = eventually(WAIT, || async {
-        herald
-            .stderr()
-            .contains("not accepting: the connections hold the open files")
-    })
-    .await;
-    assert!(full, "{}", herald.stderr());
+    until_not_accepting(&herald).await;
     let request = herald_tests::raw_publish(&json!({"topics": ["t"], "data": "x"}).to_string());
     let mut waiting = Vec::new();
     for _ in 0..20 {
@@ -149,13 +155,7 @@ async fn https_publishes_waiting_in_the_backlog_at_sigterm_are_answered_not_rese
     for _ in 0..160 {
         crowd.push(tokio::net::TcpStream::connect(herald.addr()).await.unwrap());
     }
-    let full = eventually(WAIT, || async {
-        herald
-            .stderr()
-            .contains("not accepting: the connections hold the open files")
-    })
-    .await;
-    assert!(full, "{}", herald.stderr());
+    until_not_accepting(herald).await;
     let body = json!({"topics": ["t"], "data": "x"}).to_string();
     let url = herald.url("/publish");
     let publishers: Vec<std::process::Child> = (0..10)
