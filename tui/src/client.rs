@@ -317,9 +317,12 @@ fn error_message(status: StatusCode, body: &[u8], with_token: bool, url: &str) -
         Some(answer) if status == StatusCode::UNAUTHORIZED && answer.error.contains("expired") => {
             "token expired: mint a new one (herald token … --admin) and restart".to_owned()
         }
+        // The remedy first: a narrow header cuts the end of a long reason.
         Some(answer) if status == StatusCode::UNAUTHORIZED => {
-            let why: String = answer.error.chars().take(40).collect();
-            format!("token refused ({why}): give --token an admin token")
+            format!(
+                "token refused, give --token an admin token: {}",
+                answer.error
+            )
         }
         Some(answer) => answer.error,
         // The status is shown before the message (`404: not a Herald server (...)`).
@@ -337,6 +340,10 @@ fn describe_request_error(error: &hyper_util::client::legacy::Error) -> String {
     if error.is_connect() && innermost.to_string().contains("certificate") {
         // The remedy first: a narrow header cuts the end of a long reason.
         format!("the server's certificate is not trusted (give its CA with --ca-file): {innermost}")
+    } else if error.is_connect() && innermost.to_string().contains("InvalidContentType") {
+        // What came back was not a TLS record (rustls's words: "received corrupt message of
+        // type InvalidContentType"), e.g. a plain HTTP server's 400.
+        format!("the server did not answer in TLS (is it an http:// one?): {innermost}")
     } else if error.is_connect() {
         format!("cannot reach the server: {innermost}")
     } else {
@@ -685,7 +692,7 @@ mod tests {
             [
                 "no admin token: start herald-tui with --token (or HERALD_TOKEN)",
                 "token expired: mint a new one (herald token … --admin) and restart",
-                "token refused (invalid token signature): give --token an admin token",
+                "token refused, give --token an admin token: invalid token signature",
             ]
         );
         // With the status and "  (retrying in 10s)", a header 100 columns wide (96 inside)
@@ -770,6 +777,31 @@ mod tests {
         };
         assert!(error.starts_with("cannot reach the server"), "{error}");
         assert_eq!(retry_ms, 1000, "failures back off");
+    }
+
+    #[tokio::test]
+    async fn an_https_url_for_a_plain_http_server_says_so() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let (tx, mut rx) = mpsc::channel(64);
+        let _commands = start(ClientConfig::new(&url, None, None).unwrap(), tx);
+        // A plain HTTP server answers the handshake with an HTTP error.
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let _ = socket
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        loop {
+            if let ServerMsg::Link(LinkState::Down { error, .. }) = next(&mut rx).await {
+                assert!(
+                    error.starts_with("the server did not answer in TLS (is it an http:// one?)"),
+                    "{error}"
+                );
+                break;
+            }
+        }
     }
 
     #[tokio::test]
@@ -860,7 +892,7 @@ mod tests {
         assert_eq!(
             next(&mut rx).await,
             ServerMsg::Link(LinkState::Down {
-                error: "401: token refused (invalid token signature): give --token an admin token"
+                error: "401: token refused, give --token an admin token: invalid token signature"
                     .to_owned(),
                 retry_ms: 500,
             })

@@ -301,6 +301,22 @@ fn fit_line(figures: &[Figure], width: u16) -> Line<'static> {
     Line::default()
 }
 
+/// `text` on one line, as a row needs it: a line break (CRLF, LF or CR, as a subscriber's
+/// parser reads them) shown as `⏎`, a tab as `⇥`, and other control characters as their
+/// Unicode pictures (ESC as `␛`), which a terminal would otherwise act on or drop.
+fn one_line(text: &str) -> String {
+    text.replace("\r\n", "\n")
+        .chars()
+        .map(|c| match c {
+            '\r' | '\n' => '⏎',
+            '\t' => '⇥',
+            '\u{7f}' => '␡',
+            c if u32::from(c) < 0x20 => char::from_u32(0x2400 + u32::from(c)).unwrap_or('?'),
+            c => c,
+        })
+        .collect()
+}
+
 /// `text` in at most `width` columns, ending in `…` when it had to be cut.
 fn ellipsize(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
@@ -770,6 +786,8 @@ fn draw_topics(frame: &mut Frame, app: &App, area: Rect) {
 
 /// How long without an answer from the cluster's registry before the Nodes view says so.
 const STALE_REGISTRY_MS: u64 = 3_000;
+/// The server lists only instances heard of within this long (`GET /admin/nodes`).
+const DROPPED_AFTER_MS: u64 = 10_000;
 
 fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
     let (me, cluster) = match &app.node_self {
@@ -791,11 +809,13 @@ fn draw_nodes(frame: &mut Frame, app: &App, area: Rect) {
         .registry_ms_ago
         .filter(|ms| cluster && *ms >= STALE_REGISTRY_MS)
     {
+        let why = if ms >= DROPPED_AFTER_MS {
+            "instances not heard of for 10 s are not listed, though they may be running"
+        } else {
+            "the others' figures are that old"
+        };
         title.push(Span::styled(
-            format!(
-                " Redis has not answered for {} s: the others' figures are that old ",
-                ms / 1000
-            ),
+            format!(" Redis has not answered for {} s: {why} ", ms / 1000),
             Style::new().fg(Color::Red).bold(),
         ));
     }
@@ -1014,8 +1034,7 @@ fn feed_row(event: &Published) -> Row<'static> {
         Some(t) => Cell::from(t.clone()),
         None => Cell::from("message").dim(),
     };
-    // A preview is one line: a newline in the data would break the row.
-    let preview = event.preview.replace(['\r', '\n'], "⏎");
+    let preview = one_line(&event.preview);
     Row::new(vec![
         Cell::from(event.id.clone()),
         Cell::from(targets.join(",")),
@@ -2494,6 +2513,15 @@ mod tests {
     }
 
     #[test]
+    fn a_preview_is_one_line_and_shows_what_a_subscriber_reads() {
+        assert_eq!(
+            one_line("line1\nline2\r\nline3\rline4\ttab \u{1b}[31mred\u{7f}"),
+            "line1⏎line2⏎line3⏎line4⇥tab ␛[31mred␡"
+        );
+        assert_eq!(one_line("plain é ✓"), "plain é ✓");
+    }
+
+    #[test]
     fn the_nodes_view_says_when_redis_has_stopped_answering() {
         let mut app = busy_app(1);
         let me = "web-1.internal:7070";
@@ -2501,15 +2529,21 @@ mod tests {
         server(&mut app, answer.clone());
         app.update(Action::ShowView(View::Nodes));
         assert!(!render(&mut app, 140, 16).contains("Redis has not answered"));
-        if let ServerMsg::Nodes(nodes) = &mut answer {
-            nodes.registry_ms_ago = Some(12_400);
+        // First the others' figures age; past 10 s they are no longer listed at all.
+        for (ms, says) in [
+            (5_400, "for 5 s: the others' figures are that old"),
+            (
+                12_400,
+                "for 12 s: instances not heard of for 10 s are not listed",
+            ),
+        ] {
+            if let ServerMsg::Nodes(nodes) = &mut answer {
+                nodes.registry_ms_ago = Some(ms);
+            }
+            server(&mut app, answer.clone());
+            let screen = render(&mut app, 160, 16);
+            assert!(screen.contains(says), "{screen}");
         }
-        server(&mut app, answer);
-        let screen = render(&mut app, 140, 16);
-        assert!(
-            screen.contains("Redis has not answered for 12 s"),
-            "{screen}"
-        );
     }
 
     #[test]
