@@ -542,9 +542,11 @@ mod tests {
 
     use super::*;
 
-    /// Polls `reset_due` until `at` (paused time): whether it returned by then.
+    /// Polls `reset_due` until `at` (paused time): whether it returned by then (at `at` too).
     async fn reset_by(watch: &AbortWatch, at: tokio::time::Instant) -> bool {
         tokio::select! {
+            // Both may be ready at once: the answer must not be a coin toss.
+            biased;
             () = watch.reset_due(Duration::from_secs(5)) => true,
             () = tokio::time::sleep_until(at) => false,
         }
