@@ -681,11 +681,11 @@ async fn subscribe(
         },
         tls: req.extensions().get::<OverTls>().is_some(),
     };
-    let watch = req.extensions().get::<ResetOnAbort>().cloned();
+    let watch = req.extensions().get::<ResetOnEnd>().cloned();
     Ok(
         match open_stream(req.uri(), req.headers(), state, peer, admin).await? {
             Opened::Stream(mut body) => {
-                if let Some(ResetOnAbort(watch)) = watch {
+                if let Some(ResetOnEnd(watch)) = watch {
                     body.watch_end(watch, peer.protocol == Protocol::Http2);
                 }
                 stream_response(Either::Right(body))
@@ -698,7 +698,7 @@ async fn subscribe(
 /// Set by the server on each request of a connection served by hyper: the connection's
 /// watch over the streams the server ends ([`crate::sse::SseBody::watch_end`]).
 #[derive(Clone, Debug)]
-pub struct ResetOnAbort(pub Arc<crate::sse::AbortWatch>);
+pub struct ResetOnEnd(pub Arc<crate::sse::EndWatch>);
 
 /// What a subscribe request gets: a live stream, or a `retry:` hint and an ended stream.
 #[derive(Debug)]

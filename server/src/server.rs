@@ -564,15 +564,16 @@ async fn serve_hyper(
     let requests = Arc::new(Requests::default());
     let counted = requests.clone();
     let first_request = requests.clone();
-    // A subscriber closed as too slow has its connection reset (below).
-    let watch = Arc::new(crate::sse::AbortWatch::default());
-    let on_abort = api::ResetOnAbort(watch.clone());
+    // A stream the server ended that its client does not take has its connection reset
+    // (below).
+    let watch = Arc::new(crate::sse::EndWatch::default());
+    let on_end = api::ResetOnEnd(watch.clone());
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let request = InProgress::start(&counted);
         if over_tls {
             req.extensions_mut().insert(api::OverTls);
         }
-        req.extensions_mut().insert(on_abort.clone());
+        req.extensions_mut().insert(on_end.clone());
         // Boxed: hyper keeps a request's future inline for as long as the connection (HTTP/1.1)
         // or the stream's task (HTTP/2) lives, also once an SSE response is streaming, and
         // `handle` is much larger than the body it returns.
@@ -603,7 +604,7 @@ async fn serve_hyper(
     // request it has not read yet, and a close with a request unread resets the connection:
     // the client could not tell whether it was taken. Given a moment, it is read and
     // answered (a publish: 503, the server is shutting down).
-    if closing.is_none() && first_request.started.load(Ordering::Acquire) == 0 {
+    if closing.is_none() {
         tokio::select! {
             result = &mut conn => return ended(result, remote),
             () = first_request.first_started() => {}
@@ -661,6 +662,7 @@ struct Requests {
 }
 
 impl Requests {
+    /// Returns once a request has started on the connection: at once if one has.
     async fn first_started(&self) {
         let began = self.began.notified();
         tokio::pin!(began);

@@ -47,7 +47,7 @@ struct Inner {
     since: Option<Instant>,
     /// Told when the server ends the stream ([`Queue::close`], [`Queue::abort`]), with whether
     /// the stream is HTTP/2 (see [`SseBody::watch_end`]).
-    on_end: Option<(Arc<AbortWatch>, bool)>,
+    on_end: Option<(Arc<EndWatch>, bool)>,
     /// The watch counts this stream among those ended and still held (its token there).
     lingering: Option<u64>,
     /// An operator's admin stream: not a subscriber, so outside the delivery latency.
@@ -354,7 +354,7 @@ pub struct SseBody {
     /// What must last as long as the stream (its user's place in a cluster-wide count).
     held: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
     /// Its hyper connection's watch, told when a body the server ended is gone.
-    watch: Option<Arc<AbortWatch>>,
+    watch: Option<Arc<EndWatch>>,
 }
 
 impl SseBody {
@@ -378,7 +378,7 @@ impl SseBody {
     /// its connection reset: a client that stopped reading would otherwise keep it, and what
     /// was queued for it, for ever and outside every count (over HTTP/2 hyper polls a body only
     /// when its stream has window, so it would not even see an abort).
-    pub fn watch_end(&mut self, watch: Arc<AbortWatch>, http2: bool) {
+    pub fn watch_end(&mut self, watch: Arc<EndWatch>, http2: bool) {
         self.watch = Some(watch.clone());
         let mut inner = self.queue.lock();
         inner.on_end = Some((watch, http2));
@@ -479,7 +479,7 @@ impl Drop for SseBody {
 /// What a connection served by hyper learns of the streams the server ended (see
 /// [`SseBody::watch_end`]), and how it knows when to reset itself.
 #[derive(Debug, Default)]
-pub struct AbortWatch {
+pub struct EndWatch {
     notify: tokio::sync::Notify,
     /// An HTTP/1.1 stream was aborted.
     reset_now: std::sync::atomic::AtomicBool,
@@ -487,7 +487,7 @@ pub struct AbortWatch {
     lingering: Mutex<(u64, std::collections::BTreeMap<u64, tokio::time::Instant>)>,
 }
 
-impl AbortWatch {
+impl EndWatch {
     /// A stream was ended: reset the connection now, or count it (the token to release it
     /// with when its body is dropped).
     fn ended(&self, reset_now: bool) -> Option<u64> {
@@ -543,7 +543,7 @@ mod tests {
     use super::*;
 
     /// Polls `reset_due` until `at` (paused time): whether it returned by then (at `at` too).
-    async fn reset_by(watch: &AbortWatch, at: tokio::time::Instant) -> bool {
+    async fn reset_by(watch: &EndWatch, at: tokio::time::Instant) -> bool {
         tokio::select! {
             // Both may be ready at once: the answer must not be a coin toss.
             biased;
@@ -556,7 +556,7 @@ mod tests {
     async fn each_ended_stream_has_its_own_grace_before_the_connection_is_reset() {
         let start = tokio::time::Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
-        let watch = AbortWatch::default();
+        let watch = EndWatch::default();
         let first = watch.ended(false).expect("counted");
         assert!(!reset_by(&watch, at(1000)).await);
         // Its client took the rest (or reset the stream): released before its grace ran out.
@@ -567,7 +567,7 @@ mod tests {
         assert!(!reset_by(&watch, at(7400)).await);
         assert!(reset_by(&watch, at(7600)).await);
         // An HTTP/1.1 abort resets at once.
-        let watch = AbortWatch::default();
+        let watch = EndWatch::default();
         assert_eq!(watch.ended(true), None);
         assert!(reset_by(&watch, tokio::time::Instant::now()).await);
     }
@@ -575,9 +575,9 @@ mod tests {
     #[test]
     fn a_stream_the_server_ends_is_watched_until_its_body_is_dropped() {
         let hub = crate::hub::HubSender::detached();
-        for (kick, aborted) in [(true, false), (false, true)] {
+        for kick in [true, false] {
             let queue = Arc::new(Queue::new(1 << 20));
-            let watch = Arc::new(AbortWatch::default());
+            let watch = Arc::new(EndWatch::default());
             let mut body = SseBody::new(ConnId(1), queue.clone(), hub.clone());
             body.watch_end(watch.clone(), true);
             assert_eq!(watch.oldest(), None);
@@ -586,9 +586,9 @@ mod tests {
             } else {
                 queue.abort();
             }
-            assert!(watch.oldest().is_some(), "aborted: {aborted}");
+            assert!(watch.oldest().is_some(), "kicked: {kick}");
             drop(body);
-            assert_eq!(watch.oldest(), None, "aborted: {aborted}");
+            assert_eq!(watch.oldest(), None, "kicked: {kick}");
         }
     }
 
