@@ -551,6 +551,13 @@ impl Herald {
         lock(&self.stderr).clone()
     }
 
+    /// Waits until the server has logged `text` (within [`WAIT`]), failing the test with what
+    /// it did log otherwise.
+    pub async fn assert_logs(&self, text: &str) {
+        let logged = eventually(WAIT, || async { self.stderr().contains(text) }).await;
+        assert!(logged, "{text:?} was not logged:\n{}", self.stderr());
+    }
+
     /// SIGKILL, then reap: a crash, with no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -518,11 +518,7 @@ async fn an_idempotency_key_is_its_publishers_own() {
 #[tokio::test]
 async fn a_short_secret_is_warned_about_at_start() {
     let herald = Herald::start(&["--jwt-secret", "short"]);
-    let warned = herald_tests::eventually(WAIT, || async {
-        herald.stderr().contains("a JWT secret is 5 bytes")
-    })
-    .await;
-    assert!(warned, "{}", herald.stderr());
+    herald.assert_logs("a JWT secret is 5 bytes").await;
     let long = "k".repeat(32);
     let fine = Herald::start(&["--jwt-secret", &long]);
     fine.call(Method::GET, "/healthz").send().await;
@@ -868,11 +864,7 @@ async fn an_identity_providers_key_set_is_read_from_its_url_and_read_again() {
     );
     // The provider is down for a while: the keys read last stay in use.
     provider.abort();
-    let warned = herald_tests::eventually(WAIT, || async {
-        herald.stderr().contains("cannot read the JWKS")
-    })
-    .await;
-    assert!(warned, "{}", herald.stderr());
+    herald.assert_logs("cannot read the JWKS").await;
     assert_eq!(status(token("two.pem", "two")).await, StatusCode::OK);
 
     // A key set the server cannot read at start stops it, saying why.

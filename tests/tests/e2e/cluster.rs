@@ -1425,12 +1425,8 @@ async fn an_instance_cut_off_from_redis_sends_a_resume_it_cannot_read_back_unmov
     let notice = resumed.assert_refused_for_now("log_unavailable").await;
     // No `id:`: the client keeps its own resume point, not b's older one.
     assert_eq!(notice.last_event_id, "", "{notice:?}");
-    let logged = eventually(WAIT, || async {
-        b.stderr()
-            .contains("a client resumed from an id this instance has not read")
-    })
-    .await;
-    assert!(logged, "{}", b.stderr());
+    b.assert_logs("a client resumed from an id this instance has not read")
+        .await;
 
     // Once b reads again, the same resume gets what follows, and nothing it had. A refusal
     // comes within the 2 s catch-up wait: a stream quiet for longer was taken.
@@ -1521,11 +1517,7 @@ async fn a_redis_that_evicts_keys_when_full_is_warned_about_at_start() {
     );
     redis_cli(redis.port, &["CONFIG", "SET", "maxmemory", "100mb"]);
     let evicting = Herald::start(&["--dev", "--redis", &redis.url()]);
-    let warned = eventually(WAIT, || async {
-        evicting
-            .stderr()
-            .contains("Redis evicts keys when it is full (maxmemory-policy allkeys-lru)")
-    })
-    .await;
-    assert!(warned, "{}", evicting.stderr());
+    evicting
+        .assert_logs("Redis evicts keys when it is full (maxmemory-policy allkeys-lru)")
+        .await;
 }

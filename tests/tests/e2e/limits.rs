@@ -334,13 +334,9 @@ async fn a_subscriber_that_stops_reading_is_cut_off_at_once_and_resumes_without_
     let ids = overflow_a_slow_subscriber(&herald, "slow", 140).await;
     assert_released(&herald).await;
     // The operator reads it in the log too.
-    let logged = eventually(WAIT, || async {
-        herald
-            .stderr()
-            .contains("closing subscribers that do not read fast enough")
-    })
-    .await;
-    assert!(logged, "{}", herald.stderr());
+    herald
+        .assert_logs("closing subscribers that do not read fast enough")
+        .await;
 
     // The client gets what had reached it, then the reset, and resumes from there.
     let got = read_until_closed(&mut tcp, WAIT)
@@ -406,17 +402,9 @@ async fn the_other_stream_goes_on_until_the_connection_is_reset(
         matches!(end, Some(End::Error(_))),
         "the connection was not reset: {end:?}"
     );
-    let logged = eventually(WAIT, || async {
-        herald
-            .stderr()
-            .contains("is not taken by its client: resetting the connection")
-    })
-    .await;
-    assert!(
-        logged,
-        "the reset of the other streams is logged: {}",
-        herald.stderr()
-    );
+    herald
+        .assert_logs("is not taken by its client: resetting the connection")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

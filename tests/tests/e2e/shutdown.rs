@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use herald_core::EventId;
-use herald_tests::{End, Herald, Subscriber, WAIT, eventually};
+use herald_tests::{End, Herald, Subscriber, WAIT};
 use serde_json::json;
 
 /// The `retry:` value of the stream's last frame, if that frame is the `herald.closed`
@@ -99,13 +99,9 @@ async fn on_sigterm_every_open_stream_gets_a_retry_and_ends_and_the_process_exit
 /// Waits until the server takes no more connections (its open files are all held): those that
 /// come next wait in the kernel's backlog.
 async fn until_not_accepting(herald: &Herald) {
-    let full = eventually(WAIT, || async {
-        herald
-            .stderr()
-            .contains("not accepting: the connections hold the open files")
-    })
-    .await;
-    assert!(full, "{}", herald.stderr());
+    herald
+        .assert_logs("not accepting: the connections hold the open files")
+        .await;
 }
 
 #[tokio::test]
