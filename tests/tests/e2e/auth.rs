@@ -614,6 +614,15 @@ fn sign_with(key: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Alice's token, allowed to subscribe to `orders`, signed with the private key `dir/key`
+/// and naming its key id `kid` (as a key set lists it).
+fn alice_signed_with(dir: &std::path::Path, key: &str, kid: &str) -> String {
+    sign_with(
+        &dir.join(key),
+        &["--sub", "alice", "--subscribe", "orders", "--kid", kid],
+    )
+}
+
 #[tokio::test]
 async fn tokens_an_identity_provider_signs_are_checked_with_its_public_keys() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -819,12 +828,7 @@ async fn an_identity_providers_key_set_is_read_from_its_url_and_read_again() {
     let document = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [one.clone(), rsa]})));
     let (url, provider) = serve_json(document.clone()).await;
     let herald = Herald::start(&["--jwt-jwks", &url, "--jwt-jwks-refresh", "1s"]);
-    let token = |key: &str, kid: &str| {
-        sign_with(
-            &dir.path().join(key),
-            &["--sub", "alice", "--subscribe", "orders", "--kid", kid],
-        )
-    };
+    let token = |key: &str, kid: &str| alice_signed_with(dir.path(), key, kid);
     let status = |token: String| {
         let herald = &herald;
         async move {
@@ -926,12 +930,7 @@ async fn a_token_naming_a_key_the_provider_just_added_has_the_set_read_at_once()
     let (url, _provider) = serve_json(document.clone()).await;
     // Read on a timer only once an hour: what follows is the read a token asks for.
     let herald = Herald::start(&["--jwt-jwks", &url, "--jwt-jwks-refresh", "1h"]);
-    let token = |key: &str, kid: &str| {
-        sign_with(
-            &dir.path().join(key),
-            &["--sub", "alice", "--subscribe", "orders", "--kid", kid],
-        )
-    };
+    let token = |key: &str, kid: &str| alice_signed_with(dir.path(), key, kid);
     herald
         .events()
         .topic("orders")
@@ -1014,10 +1013,7 @@ async fn a_key_set_served_over_https_by_a_private_ca_is_read_with_its_ca_file() 
     assert!(stderr.contains("with --jwt-jwks-ca-file)"), "{stderr}");
     let ca = certs.ca.to_str().expect("a UTF-8 path");
     let herald = Herald::start(&["--jwt-jwks", &url, "--jwt-jwks-ca-file", ca]);
-    let token = sign_with(
-        &dir.path().join("one.pem"),
-        &["--sub", "alice", "--subscribe", "orders", "--kid", "one"],
-    );
+    let token = alice_signed_with(dir.path(), "one.pem", "one");
     herald.events().topic("orders").token(&token).open().await;
     // The CA file is for key sets read over HTTPS only.
     let stderr = herald_tests::serve_refused(&[
